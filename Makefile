@@ -1,0 +1,59 @@
+# Two commands set everything up: `make run` and `make test` (see README.md).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PROTO_OUT := ranker/v1/ranker_pb2.py
+# The bundled sentence-transformer is loaded from site-packages; never reach for a hub.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install proto test test-all run prepare serve bench lint typecheck clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install -q --upgrade 'pip>=24'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[export,dev]'
+	touch $@
+
+$(PROTO_OUT): proto/ranker/v1/ranker.proto $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. proto/ranker/v1/ranker.proto
+	touch ranker/v1/__init__.py
+
+install: $(STAMP) $(PROTO_OUT)
+
+proto: $(PROTO_OUT)
+
+test: install
+	$(BIN)/python -m pytest
+
+test-all: install
+	$(BIN)/python -m pytest -m ''
+
+# Each step skips itself when its output is already up to date, so a second `make run` starts in seconds.
+prepare: install
+	$(BIN)/ranker export-encoder --if-missing
+	$(BIN)/ranker demo-data --if-missing
+	$(BIN)/ranker ingest --if-missing
+	$(BIN)/ranker train --if-missing
+
+run: prepare
+	$(BIN)/ranker serve
+
+serve: install
+	$(BIN)/ranker serve
+
+bench: install
+	$(BIN)/python -m bench
+
+lint: install
+	$(BIN)/ruff check embeddings ranker training tests bench
+	$(BIN)/ruff format --check embeddings ranker training tests bench
+
+typecheck: install
+	$(BIN)/mypy embeddings ranker training
+
+clean:
+	rm -rf $(VENV) ranker/v1 data

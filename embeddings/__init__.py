@@ -1,0 +1,1 @@
+"""Text to vectors: tokenisation, chunking, the ONNX sentence encoder and its export."""

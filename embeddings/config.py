@@ -1,0 +1,48 @@
+"""Settings of the text encoder: where it lives and how ONNX Runtime runs it (env prefix `RANKER_`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class EncoderSettings(BaseSettings):
+    """The encoder's part of the service settings; `ranker.config.Settings` extends it.
+
+    `embeddings` may import nothing else of ours, so the encoder's fields live here and the
+    service's single settings object inherits them rather than duplicating them.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="RANKER_", extra="ignore")
+
+    data_dir: Path = Field(default=Path("data"))
+    """Root of the embedded default: store, index, encoder, registry and demo data live below it."""
+
+    encoder_dir: Path | None = None
+    """Folder of the exported ONNX encoder; defaults to `<data_dir>/encoder`."""
+
+    intra_op_threads: int = Field(default=0, ge=0)
+    """ONNX Runtime threads inside one operator; 0 lets ONNX Runtime use one per physical core."""
+
+    inter_op_threads: int = Field(default=1, ge=1)
+    """ONNX Runtime threads across operators; the graphs here are sequential, so 1 is right."""
+
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    """ONNX Runtime graph optimisation level for every session we create."""
+
+    encoder_batch_size: int = Field(default=32, ge=1, le=1024)
+    """Texts per ONNX call when encoding; texts are sorted by length first."""
+
+    encoder_quantized: bool = False
+    """Use the int8-quantised encoder (`model.int8.onnx`) when the export produced one."""
+
+    chunk_overlap: int = Field(default=32, ge=0)
+    """Tokens shared by neighbouring chunks of a text longer than the model window."""
+
+    @property
+    def resolved_encoder_dir(self) -> Path:
+        """The encoder folder, defaulting below the data folder."""
+        return self.encoder_dir if self.encoder_dir is not None else self.data_dir / "encoder"

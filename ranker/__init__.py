@@ -1,0 +1,1 @@
+"""The serving side: config, store, FAISS index, features, ONNX scorer, pipeline, gRPC, CLI."""

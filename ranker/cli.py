@@ -1,0 +1,38 @@
+"""The `ranker` command line: serving, querying, models; training adds its commands as a plugin."""
+
+from __future__ import annotations
+
+import logging
+from importlib.metadata import entry_points
+
+import typer
+
+app = typer.Typer(
+    name="ranker",
+    help="Candidate ranking service: serve, query, manage models, train (see README.md).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register_builtin() -> None:
+    # Each command module adds its commands to `app`; one module per area keeps them apart.
+    from ranker.commands import encoder, models, serving
+
+    for module in (encoder, models, serving):
+        module.register(app)
+
+
+def _register_plugins() -> None:
+    # `ranker` must not import `training` (DESIGN.md): training registers its commands
+    # (demo-data, train, evaluate) through the `ranker.commands` entry-point group.
+    for ep in entry_points(group="ranker.commands"):
+        ep.load()(app)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _register_builtin()
+    _register_plugins()
+    app()

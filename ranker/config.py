@@ -1,0 +1,81 @@
+"""The service's one settings object (pydantic-settings, env prefix `RANKER_`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from embeddings.config import EncoderSettings
+
+
+class Settings(EncoderSettings):
+    """Everything configurable about the service; nothing else reads the environment.
+
+    Inherits the encoder's fields (`data_dir`, ONNX Runtime threads, ...) from
+    `embeddings.config.EncoderSettings`.
+    """
+
+    host: str = "127.0.0.1"
+    """Address the gRPC server binds to."""
+
+    port: int = Field(default=50051, ge=0, le=65535)
+    """gRPC port; 0 picks a free one (tests)."""
+
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
+    """Prometheus metrics HTTP port; 0 disables the metrics endpoint."""
+
+    retrieve_n: int = Field(default=500, ge=1, le=10_000)
+    """Candidates retrieved by FAISS before reranking, when the request does not say."""
+
+    default_top_k: int = Field(default=10, ge=1)
+    """Candidates returned when the request does not say."""
+
+    max_top_k: int = Field(default=1000, ge=1)
+    """Largest `top_k` a request may ask for."""
+
+    max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    """Largest gRPC message accepted; larger ones get RESOURCE_EXHAUSTED."""
+
+    max_batch_items: int = Field(default=1000, ge=1)
+    """Most candidates, postings or outcomes in one upsert call."""
+
+    max_text_chars: int = Field(default=100_000, ge=100)
+    """Longest CV or posting text accepted, in characters."""
+
+    worker_threads: int = Field(default=4, ge=1)
+    """Threads that run CPU work (encoding, search, scoring) off the event loop."""
+
+    model_poll_seconds: float = Field(default=2.0, gt=0)
+    """How often the service checks the registry for a newly promoted model version."""
+
+    grace_seconds: float = Field(default=5.0, ge=0)
+    """On shutdown, how long in-flight requests get to finish."""
+
+    db_path: Path | None = None
+    """SQLite store; defaults to `<data_dir>/ranker.db`."""
+
+    index_dir: Path | None = None
+    """FAISS index folder; defaults to `<data_dir>/index`."""
+
+    registry_dir: Path | None = None
+    """Model registry; defaults to `<data_dir>/registry`."""
+
+    demo_dir: Path | None = None
+    """Generated demo data files; defaults to `<data_dir>/demo`."""
+
+    @property
+    def resolved_db_path(self) -> Path:
+        return self.db_path if self.db_path is not None else self.data_dir / "ranker.db"
+
+    @property
+    def resolved_index_dir(self) -> Path:
+        return self.index_dir if self.index_dir is not None else self.data_dir / "index"
+
+    @property
+    def resolved_registry_dir(self) -> Path:
+        return self.registry_dir if self.registry_dir is not None else self.data_dir / "registry"
+
+    @property
+    def resolved_demo_dir(self) -> Path:
+        return self.demo_dir if self.demo_dir is not None else self.data_dir / "demo"

@@ -1,0 +1,137 @@
+"""Domain records shared by ingestion, features, training and serving: validated and frozen."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+
+from ranker.errors import InvalidInput
+
+
+class Stage(str, Enum):
+    """Hiring stages an ATS reports for a (posting, candidate) pair."""
+
+    APPLIED = "applied"
+    SCREENED = "screened"
+    INTERVIEWED = "interviewed"
+    OFFERED = "offered"
+    HIRED = "hired"
+    REJECTED = "rejected"
+
+
+def _require_id(kind: str, value: str) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInput(f"{kind} id must be a non-empty string")
+    if len(value) > 200:
+        raise InvalidInput(f"{kind} id {value[:40]!r}... is longer than 200 characters")
+
+
+def _require_text(kind: str, name: str, value: str) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInput(f"{kind} {name} must be non-empty text")
+
+
+def _normalise_skills(kind: str, skills: tuple[str, ...]) -> tuple[str, ...]:
+    out: list[str] = []
+    for s in skills:
+        if not isinstance(s, str) or not s.strip():
+            raise InvalidInput(f"{kind} skills must be non-empty strings, got {s!r}")
+        norm = " ".join(s.lower().split())
+        if norm not in out:
+            out.append(norm)
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A candidate as the ATS sends it. Protected attributes are never part of this record."""
+
+    id: str
+    cv_text: str
+    skills: tuple[str, ...] = ()
+    years_experience: float = 0.0
+    location: str = ""
+    willing_to_relocate: bool = False
+    remote_ok: bool = False
+    title: str = ""
+    """Current or most recent job title."""
+    updated_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        _require_id("candidate", self.id)
+        _require_text(f"candidate {self.id!r}", "cv_text", self.cv_text)
+        object.__setattr__(
+            self, "skills", _normalise_skills(f"candidate {self.id!r}", tuple(self.skills))
+        )
+        y = self.years_experience
+        if (
+            isinstance(y, bool)
+            or not isinstance(y, int | float)
+            or not math.isfinite(y)
+            or not 0 <= y <= 80
+        ):
+            raise InvalidInput(
+                f"candidate {self.id!r} years_experience must be a number in 0..80, got {y!r}"
+            )
+        object.__setattr__(self, "years_experience", float(y))
+
+
+@dataclass(frozen=True)
+class Posting:
+    """A job posting (requisition)."""
+
+    id: str
+    title: str
+    description: str
+    required_skills: tuple[str, ...] = ()
+    nice_skills: tuple[str, ...] = ()
+    min_years: float = 0.0
+    location: str = ""
+    remote: bool = False
+    created_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        _require_id("posting", self.id)
+        _require_text(f"posting {self.id!r}", "title", self.title)
+        _require_text(f"posting {self.id!r}", "description", self.description)
+        object.__setattr__(
+            self,
+            "required_skills",
+            _normalise_skills(f"posting {self.id!r}", tuple(self.required_skills)),
+        )
+        object.__setattr__(
+            self, "nice_skills", _normalise_skills(f"posting {self.id!r}", tuple(self.nice_skills))
+        )
+        y = self.min_years
+        if (
+            isinstance(y, bool)
+            or not isinstance(y, int | float)
+            or not math.isfinite(y)
+            or not 0 <= y <= 80
+        ):
+            raise InvalidInput(
+                f"posting {self.id!r} min_years must be a number in 0..80, got {y!r}"
+            )
+        object.__setattr__(self, "min_years", float(y))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One stage event reported by the ATS: the raw material of training labels."""
+
+    posting_id: str
+    candidate_id: str
+    stage: Stage
+    at: datetime = field(default_factory=datetime.now)
+
+    def __post_init__(self) -> None:
+        _require_id("posting", self.posting_id)
+        _require_id("candidate", self.candidate_id)
+        if not isinstance(self.stage, Stage):
+            try:
+                object.__setattr__(self, "stage", Stage(str(self.stage).lower()))
+            except ValueError:
+                allowed = ", ".join(s.value for s in Stage)
+                raise InvalidInput(f"stage {self.stage!r} is not one of: {allowed}") from None

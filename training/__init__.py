@@ -1,0 +1,1 @@
+"""The offline side: demo data, datasets from outcomes, LightGBM training, evaluation, registry."""
