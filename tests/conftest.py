@@ -1,0 +1,15 @@
+"""Session-wide fixtures, one module per area, so expensive artefacts are built once per run."""
+
+from __future__ import annotations
+
+import os
+
+# The bundled sentence-transformer must load from site-packages, never from a hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+pytest_plugins = [
+    "tests.fixtures.encoder",  # exported ONNX encoder (embeddings)
+    "tests.fixtures.training",  # small demo data set and a trained, registered model (training)
+    "tests.fixtures.server",  # a real gRPC server on port 0 with a real stub (serving)
+]
