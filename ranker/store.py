@@ -1,0 +1,668 @@
+"""The SQLite store: the source of truth for candidates, postings, outcomes, vectors and decisions."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from ranker.domain import Candidate, Outcome, Posting, Stage
+from ranker.errors import InvalidInput, NotFound
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- faiss_id is the integer id of the candidate in the FAISS index. AUTOINCREMENT guarantees an
+-- erased candidate's faiss_id is never reused, so a stale index entry can never alias a new one.
+CREATE TABLE IF NOT EXISTS candidates (
+    faiss_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    cv_text TEXT NOT NULL,
+    title TEXT NOT NULL,
+    skills TEXT NOT NULL,
+    years_experience REAL NOT NULL,
+    location TEXT NOT NULL,
+    willing_to_relocate INTEGER NOT NULL,
+    remote_ok INTEGER NOT NULL,
+    updated_at TEXT,
+    stored_at TEXT NOT NULL,
+    doc_vector BLOB NOT NULL,
+    chunk_vectors BLOB NOT NULL,
+    n_chunks INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS postings (
+    id TEXT PRIMARY KEY,
+    title TEXT NOT NULL,
+    description TEXT NOT NULL,
+    required_skills TEXT NOT NULL,
+    nice_skills TEXT NOT NULL,
+    min_years REAL NOT NULL,
+    location TEXT NOT NULL,
+    remote INTEGER NOT NULL,
+    created_at TEXT,
+    stored_at TEXT NOT NULL,
+    vector BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outcomes (
+    posting_id TEXT NOT NULL,
+    candidate_id TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    at TEXT NOT NULL,
+    recorded_at TEXT NOT NULL,
+    PRIMARY KEY (posting_id, candidate_id, stage, at)
+);
+CREATE INDEX IF NOT EXISTS outcomes_by_candidate ON outcomes (candidate_id);
+-- Protected attributes are kept apart, for fairness audits only; features never read them.
+CREATE TABLE IF NOT EXISTS protected_attributes (
+    candidate_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (candidate_id, name)
+);
+CREATE TABLE IF NOT EXISTS decisions (
+    request_id TEXT PRIMARY KEY,
+    at TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    posting_id TEXT,
+    posting_hash TEXT NOT NULL,
+    top_k INTEGER NOT NULL,
+    feature_names TEXT NOT NULL,
+    params TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS decision_items (
+    request_id TEXT NOT NULL,
+    rank INTEGER NOT NULL,
+    candidate_id TEXT NOT NULL,
+    score REAL NOT NULL,
+    features BLOB NOT NULL,
+    PRIMARY KEY (request_id, rank)
+);
+CREATE INDEX IF NOT EXISTS decision_items_by_candidate ON decision_items (candidate_id);
+-- An erasure receipt proves a request was carried out without keeping the erased id itself.
+CREATE TABLE IF NOT EXISTS erasures (
+    receipt_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    candidate_id_sha256 TEXT NOT NULL,
+    rows TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class CandidateRow:
+    """A candidate with its document vector and per-chunk vectors."""
+
+    candidate: Candidate
+    doc_vector: np.ndarray
+    chunk_vectors: np.ndarray
+
+
+@dataclass(frozen=True)
+class PostingRow:
+    """A posting with the vector of its text, computed once when it was stored."""
+
+    posting: Posting
+    vector: np.ndarray
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One logged ranking: what was served, by which model, from which exact features."""
+
+    request_id: str
+    at: datetime
+    model_version: str
+    posting_id: str | None
+    posting_hash: str
+    top_k: int
+    feature_names: tuple[str, ...]
+    candidate_ids: tuple[str, ...]
+    scores: np.ndarray
+    features: np.ndarray
+    params: dict[str, object]
+
+
+@dataclass(frozen=True)
+class ErasureReceipt:
+    """What an erasure removed: when, which ids were found, and how many rows per table."""
+
+    at: datetime
+    erased: tuple[str, ...]
+    not_found: tuple[str, ...]
+    rows: dict[str, int]
+    receipt_ids: tuple[int, ...]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(dt: datetime | None) -> str | None:
+    return dt.isoformat() if dt is not None else None
+
+
+def _parse_dt(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _vec_bytes(v: np.ndarray, dim: int | None, what: str) -> bytes:
+    arr = np.ascontiguousarray(v, dtype=np.float32)
+    if dim is not None and arr.shape[-1] != dim:
+        raise InvalidInput(f"{what} has dimension {arr.shape[-1]}, the store holds {dim}-d vectors")
+    if not np.all(np.isfinite(arr)):
+        raise InvalidInput(f"{what} contains NaN or infinite values")
+    return arr.tobytes()
+
+
+def sha256_id(candidate_id: str) -> str:
+    """The digest kept in erasure receipts instead of the erased id."""
+    return hashlib.sha256(candidate_id.encode("utf-8")).hexdigest()
+
+
+class SqliteStore:
+    """SQLite in WAL mode, one connection guarded by a lock, every write one transaction.
+
+    `synchronous=FULL` so an acknowledged write survives power loss, not only a crash: the
+    service acknowledges upserts only once they are durable.
+    """
+
+    def __init__(self, path: Path, dim: int = 384) -> None:
+        self.path = Path(path)
+        self.dim = dim
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._conn = sqlite3.connect(
+            self.path, check_same_thread=False, isolation_level=None, timeout=30.0
+        )
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+        # executescript commits implicitly, so it runs outside our BEGIN/COMMIT helper.
+        with self._lock:
+            self._conn.executescript(_SCHEMA)
+            self._conn.execute(
+                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+            self._conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('generation', '0')")
+            self._conn.execute(
+                "INSERT OR IGNORE INTO meta(key, value) VALUES ('store_uuid', lower(hex(randomblob(16))))"
+            )
+            found = self._meta("schema_version")
+            if found != str(SCHEMA_VERSION):
+                raise InvalidInput(
+                    f"{self.path} has store schema {found}, this code reads {SCHEMA_VERSION}; "
+                    "re-ingest into a new data folder"
+                )
+
+    # -- plumbing -------------------------------------------------------------------------
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction: all of it is stored, or none of it."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _meta(self, key: str) -> str | None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def _bump_generation(self, c: sqlite3.Connection) -> None:
+        c.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+
+    def generation(self) -> str:
+        """Changes on every candidate write or erasure; a saved index from another generation is stale."""
+        with self._lock:
+            return f"{self._meta('store_uuid')}:{self._meta('generation')}"
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # -- candidates -----------------------------------------------------------------------
+    def upsert_candidates(self, rows: Sequence[CandidateRow]) -> list[int]:
+        """Insert or replace candidates by id, atomically; returns their faiss ids in order."""
+        now = _iso(_now())
+        params = []
+        for r in rows:
+            c = r.candidate
+            chunks = np.atleast_2d(np.asarray(r.chunk_vectors, dtype=np.float32))
+            params.append(
+                (
+                    c.id,
+                    c.cv_text,
+                    c.title,
+                    json.dumps(list(c.skills)),
+                    c.years_experience,
+                    c.location,
+                    int(c.willing_to_relocate),
+                    int(c.remote_ok),
+                    _iso(c.updated_at),
+                    now,
+                    _vec_bytes(r.doc_vector, self.dim, f"candidate {c.id!r} doc_vector"),
+                    _vec_bytes(chunks, self.dim, f"candidate {c.id!r} chunk_vectors"),
+                    int(chunks.shape[0]),
+                )
+            )
+        ids: list[int] = []
+        with self._tx() as tx:
+            for p in params:
+                row = tx.execute(
+                    """INSERT INTO candidates (id, cv_text, title, skills, years_experience, location,
+                           willing_to_relocate, remote_ok, updated_at, stored_at, doc_vector,
+                           chunk_vectors, n_chunks)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                       ON CONFLICT(id) DO UPDATE SET cv_text=excluded.cv_text, title=excluded.title,
+                           skills=excluded.skills, years_experience=excluded.years_experience,
+                           location=excluded.location,
+                           willing_to_relocate=excluded.willing_to_relocate,
+                           remote_ok=excluded.remote_ok, updated_at=excluded.updated_at,
+                           stored_at=excluded.stored_at, doc_vector=excluded.doc_vector,
+                           chunk_vectors=excluded.chunk_vectors, n_chunks=excluded.n_chunks
+                       RETURNING faiss_id""",
+                    p,
+                ).fetchone()
+                ids.append(int(row[0]))
+            if params:
+                self._bump_generation(tx)
+        return ids
+
+    _CAND_COLS = (
+        "faiss_id, id, cv_text, title, skills, years_experience, location, willing_to_relocate, "
+        "remote_ok, updated_at, doc_vector, chunk_vectors, n_chunks"
+    )
+
+    def _candidate_row(self, r: tuple) -> CandidateRow:
+        cand = Candidate(
+            id=r[1],
+            cv_text=r[2],
+            title=r[3],
+            skills=tuple(json.loads(r[4])),
+            years_experience=r[5],
+            location=r[6],
+            willing_to_relocate=bool(r[7]),
+            remote_ok=bool(r[8]),
+            updated_at=_parse_dt(r[9]),
+        )
+        doc = np.frombuffer(r[10], dtype=np.float32).copy()
+        chunks = np.frombuffer(r[11], dtype=np.float32).reshape(int(r[12]), -1).copy()
+        return CandidateRow(candidate=cand, doc_vector=doc, chunk_vectors=chunks)
+
+    def get_candidates(self, ids: Sequence[str]) -> list[CandidateRow]:
+        """The stored candidates among `ids`, in the order asked; unknown ids are skipped."""
+        found: dict[str, CandidateRow] = {}
+        with self._lock:
+            for start in range(0, len(ids), 500):
+                part = list(ids[start : start + 500])
+                marks = ",".join("?" * len(part))
+                for r in self._conn.execute(
+                    f"SELECT {self._CAND_COLS} FROM candidates WHERE id IN ({marks})", part
+                ):
+                    found[r[1]] = self._candidate_row(r)
+        return [found[i] for i in ids if i in found]
+
+    def get_candidate(self, candidate_id: str) -> CandidateRow:
+        rows = self.get_candidates([candidate_id])
+        if not rows:
+            raise NotFound(f"candidate {candidate_id!r} is not stored; upsert it first")
+        return rows[0]
+
+    def iter_candidates(self, batch: int = 1000) -> Iterator[CandidateRow]:
+        """Every stored candidate, in faiss-id order (see `iter_candidates_with_ids` for the ids)."""
+        for _, row in self.iter_candidates_with_ids(batch):
+            yield row
+
+    def iter_candidates_with_ids(self, batch: int = 1000) -> Iterator[tuple[int, CandidateRow]]:
+        """(faiss_id, row) for every stored candidate; pages so memory stays flat."""
+        last = -1
+        while True:
+            with self._lock:
+                page = self._conn.execute(
+                    f"SELECT {self._CAND_COLS} FROM candidates WHERE faiss_id > ? "
+                    "ORDER BY faiss_id LIMIT ?",
+                    (last, batch),
+                ).fetchall()
+            if not page:
+                return
+            for r in page:
+                yield int(r[0]), self._candidate_row(r)
+            last = int(page[-1][0])
+
+    def count_candidates(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("SELECT COUNT(*) FROM candidates").fetchone()[0])
+
+    def faiss_ids(self, candidate_ids: Sequence[str]) -> dict[str, int]:
+        """The faiss id of each stored candidate among `candidate_ids`."""
+        out: dict[str, int] = {}
+        with self._lock:
+            for start in range(0, len(candidate_ids), 500):
+                part = list(candidate_ids[start : start + 500])
+                marks = ",".join("?" * len(part))
+                for cid, fid in self._conn.execute(
+                    f"SELECT id, faiss_id FROM candidates WHERE id IN ({marks})", part
+                ):
+                    out[cid] = int(fid)
+        return out
+
+    def candidate_ids(self, faiss_ids: Sequence[int]) -> dict[int, str]:
+        """The candidate id of each stored faiss id among `faiss_ids`."""
+        out: dict[int, str] = {}
+        with self._lock:
+            for start in range(0, len(faiss_ids), 500):
+                part = [int(x) for x in faiss_ids[start : start + 500]]
+                marks = ",".join("?" * len(part))
+                for fid, cid in self._conn.execute(
+                    f"SELECT faiss_id, id FROM candidates WHERE faiss_id IN ({marks})", part
+                ):
+                    out[int(fid)] = cid
+        return out
+
+    # -- postings -------------------------------------------------------------------------
+    def upsert_postings(self, rows: Sequence[PostingRow]) -> None:
+        """Insert or replace postings by id, atomically."""
+        now = _iso(_now())
+        params = [
+            (
+                r.posting.id,
+                r.posting.title,
+                r.posting.description,
+                json.dumps(list(r.posting.required_skills)),
+                json.dumps(list(r.posting.nice_skills)),
+                r.posting.min_years,
+                r.posting.location,
+                int(r.posting.remote),
+                _iso(r.posting.created_at),
+                now,
+                _vec_bytes(r.vector, self.dim, f"posting {r.posting.id!r} vector"),
+            )
+            for r in rows
+        ]
+        with self._tx() as tx:
+            tx.executemany(
+                """INSERT INTO postings (id, title, description, required_skills, nice_skills,
+                       min_years, location, remote, created_at, stored_at, vector)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT(id) DO UPDATE SET title=excluded.title,
+                       description=excluded.description, required_skills=excluded.required_skills,
+                       nice_skills=excluded.nice_skills, min_years=excluded.min_years,
+                       location=excluded.location, remote=excluded.remote,
+                       created_at=excluded.created_at, stored_at=excluded.stored_at,
+                       vector=excluded.vector""",
+                params,
+            )
+
+    _POST_COLS = (
+        "id, title, description, required_skills, nice_skills, min_years, location, remote, "
+        "created_at, vector"
+    )
+
+    @staticmethod
+    def _posting_row(r: tuple) -> PostingRow:
+        posting = Posting(
+            id=r[0],
+            title=r[1],
+            description=r[2],
+            required_skills=tuple(json.loads(r[3])),
+            nice_skills=tuple(json.loads(r[4])),
+            min_years=r[5],
+            location=r[6],
+            remote=bool(r[7]),
+            created_at=_parse_dt(r[8]),
+        )
+        return PostingRow(posting=posting, vector=np.frombuffer(r[9], dtype=np.float32).copy())
+
+    def get_posting(self, posting_id: str) -> PostingRow:
+        with self._lock:
+            r = self._conn.execute(
+                f"SELECT {self._POST_COLS} FROM postings WHERE id = ?", (posting_id,)
+            ).fetchone()
+        if r is None:
+            raise NotFound(
+                f"posting {posting_id!r} is not stored; send it with UpsertPostings first"
+            )
+        return self._posting_row(r)
+
+    def has_postings(self, posting_ids: Sequence[str]) -> set[str]:
+        """The ids among `posting_ids` that are stored."""
+        out: set[str] = set()
+        with self._lock:
+            for start in range(0, len(posting_ids), 500):
+                part = list(posting_ids[start : start + 500])
+                marks = ",".join("?" * len(part))
+                out.update(
+                    r[0]
+                    for r in self._conn.execute(
+                        f"SELECT id FROM postings WHERE id IN ({marks})", part
+                    )
+                )
+        return out
+
+    def list_postings(self) -> list[PostingRow]:
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT {self._POST_COLS} FROM postings ORDER BY id"
+            ).fetchall()
+        return [self._posting_row(r) for r in rows]
+
+    def count_postings(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("SELECT COUNT(*) FROM postings").fetchone()[0])
+
+    # -- outcomes -------------------------------------------------------------------------
+    def record_outcomes(self, outcomes: Sequence[Outcome]) -> int:
+        """Store stage events; a repeated identical event is stored once. Returns how many were new."""
+        now = _iso(_now())
+        params = [(o.posting_id, o.candidate_id, o.stage.value, _iso(o.at), now) for o in outcomes]
+        with self._tx() as tx:
+            before = tx.total_changes
+            tx.executemany(
+                "INSERT OR IGNORE INTO outcomes (posting_id, candidate_id, stage, at, recorded_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                params,
+            )
+            return tx.total_changes - before
+
+    def list_outcomes(self) -> list[Outcome]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT posting_id, candidate_id, stage, at FROM outcomes "
+                "ORDER BY at, posting_id, candidate_id, stage"
+            ).fetchall()
+        return [
+            Outcome(posting_id=p, candidate_id=c, stage=Stage(s), at=datetime.fromisoformat(a))
+            for p, c, s, a in rows
+        ]
+
+    def count_outcomes(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("SELECT COUNT(*) FROM outcomes").fetchone()[0])
+
+    # -- protected attributes (audits only) -----------------------------------------------
+    def upsert_protected(self, rows: Sequence[tuple[str, str, str]]) -> None:
+        """(candidate_id, attribute, value) triples, kept apart from everything features read."""
+        with self._tx() as tx:
+            tx.executemany(
+                "INSERT INTO protected_attributes (candidate_id, name, value) VALUES (?, ?, ?) "
+                "ON CONFLICT(candidate_id, name) DO UPDATE SET value=excluded.value",
+                rows,
+            )
+
+    def protected_attributes(self, name: str) -> dict[str, str]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT candidate_id, value FROM protected_attributes WHERE name = ?", (name,)
+            ).fetchall()
+        return dict(rows)
+
+    # -- decision log ---------------------------------------------------------------------
+    def log_decision(self, d: Decision) -> None:
+        """Store one ranking with the exact feature vectors served."""
+        feats = np.ascontiguousarray(d.features, dtype=np.float32)
+        if feats.shape[0] != len(d.candidate_ids):
+            raise InvalidInput("decision log: one feature row per returned candidate is required")
+        with self._tx() as tx:
+            tx.execute(
+                "INSERT INTO decisions (request_id, at, model_version, posting_id, posting_hash, "
+                "top_k, feature_names, params) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    d.request_id,
+                    _iso(d.at),
+                    d.model_version,
+                    d.posting_id,
+                    d.posting_hash,
+                    d.top_k,
+                    json.dumps(list(d.feature_names)),
+                    json.dumps(d.params, default=str),
+                ),
+            )
+            tx.executemany(
+                "INSERT INTO decision_items (request_id, rank, candidate_id, score, features) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [
+                    (d.request_id, rank, cid, float(score), feats[rank - 1].tobytes())
+                    for rank, (cid, score) in enumerate(
+                        zip(d.candidate_ids, d.scores, strict=True), 1
+                    )
+                ],
+            )
+
+    def get_decision(self, request_id: str) -> Decision:
+        with self._lock:
+            head = self._conn.execute(
+                "SELECT request_id, at, model_version, posting_id, posting_hash, top_k, "
+                "feature_names, params FROM decisions WHERE request_id = ?",
+                (request_id,),
+            ).fetchone()
+            if head is None:
+                raise NotFound(f"no decision logged with request id {request_id!r}")
+            items = self._conn.execute(
+                "SELECT candidate_id, score, features FROM decision_items WHERE request_id = ? "
+                "ORDER BY rank",
+                (request_id,),
+            ).fetchall()
+        names = tuple(json.loads(head[6]))
+        feats = (
+            np.stack([np.frombuffer(f, dtype=np.float32) for _, _, f in items])
+            if items
+            else np.zeros((0, len(names)), dtype=np.float32)
+        )
+        return Decision(
+            request_id=head[0],
+            at=datetime.fromisoformat(head[1]),
+            model_version=head[2],
+            posting_id=head[3],
+            posting_hash=head[4],
+            top_k=int(head[5]),
+            feature_names=names,
+            candidate_ids=tuple(c for c, _, _ in items),
+            scores=np.array([s for _, s, _ in items], dtype=np.float32),
+            features=feats,
+            params=json.loads(head[7]),
+        )
+
+    def count_decisions(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("SELECT COUNT(*) FROM decisions").fetchone()[0])
+
+    # -- erasure --------------------------------------------------------------------------
+    def delete_candidates(self, ids: Sequence[str]) -> ErasureReceipt:
+        """Erase candidates: CV, vectors, outcomes, protected attributes and logged feature rows.
+
+        One transaction for the whole request; a receipt per erased id keeps only its sha256.
+        """
+        at = _now()
+        erased: list[str] = []
+        not_found: list[str] = []
+        totals = {"candidates": 0, "outcomes": 0, "decision_items": 0, "protected_attributes": 0}
+        receipt_ids: list[int] = []
+        with self._tx() as tx:
+            for cid in dict.fromkeys(ids):
+                counts = {
+                    "candidates": tx.execute(
+                        "DELETE FROM candidates WHERE id = ?", (cid,)
+                    ).rowcount,
+                    "outcomes": tx.execute(
+                        "DELETE FROM outcomes WHERE candidate_id = ?", (cid,)
+                    ).rowcount,
+                    "decision_items": tx.execute(
+                        "DELETE FROM decision_items WHERE candidate_id = ?", (cid,)
+                    ).rowcount,
+                    "protected_attributes": tx.execute(
+                        "DELETE FROM protected_attributes WHERE candidate_id = ?", (cid,)
+                    ).rowcount,
+                }
+                if counts["candidates"] == 0 and not any(counts.values()):
+                    not_found.append(cid)
+                    continue
+                erased.append(cid)
+                for k, v in counts.items():
+                    totals[k] += v
+                cur = tx.execute(
+                    "INSERT INTO erasures (at, candidate_id_sha256, rows) VALUES (?, ?, ?)",
+                    (_iso(at), sha256_id(cid), json.dumps(counts)),
+                )
+                receipt_ids.append(int(cur.lastrowid or 0))
+            if erased:
+                self._bump_generation(tx)
+        return ErasureReceipt(
+            at=at,
+            erased=tuple(erased),
+            not_found=tuple(not_found),
+            rows=totals,
+            receipt_ids=tuple(receipt_ids),
+        )
+
+    def erasure_receipts(self, candidate_id: str) -> list[dict[str, object]]:
+        """The receipts recorded for an id (looked up by its digest; the id itself is not kept)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT receipt_id, at, rows FROM erasures WHERE candidate_id_sha256 = ? "
+                "ORDER BY receipt_id",
+                (sha256_id(candidate_id),),
+            ).fetchall()
+        return [{"receipt_id": r, "at": a, "rows": json.loads(rows_)} for r, a, rows_ in rows]
+
+    def content_sha256(self) -> str:
+        """A digest of candidates, postings and outcomes: the training data's identity."""
+        h = hashlib.sha256()
+        with self._lock:
+            for table, cols, order in (
+                (
+                    "candidates",
+                    "id, cv_text, title, skills, years_experience, location, "
+                    "willing_to_relocate, remote_ok, doc_vector",
+                    "id",
+                ),
+                (
+                    "postings",
+                    "id, title, description, required_skills, nice_skills, min_years, "
+                    "location, remote, created_at, vector",
+                    "id",
+                ),
+                (
+                    "outcomes",
+                    "posting_id, candidate_id, stage, at",
+                    "posting_id, candidate_id, stage, at",
+                ),
+            ):
+                h.update(table.encode())
+                for row in self._conn.execute(f"SELECT {cols} FROM {table} ORDER BY {order}"):
+                    for v in row:
+                        h.update(v if isinstance(v, bytes) else repr(v).encode("utf-8"))
+                        h.update(b"\x1f")
+        return h.hexdigest()

@@ -1,0 +1,94 @@
+"""FaissIndex: exact cosine search, filters inside the search, replace/remove, atomic save."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ranker.errors import InvalidInput
+from ranker.index import INDEX_FILE, FaissIndex
+
+
+def _unit(rng: np.random.Generator, n: int, dim: int = 16) -> np.ndarray:
+    v = rng.standard_normal((n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+@pytest.fixture
+def populated() -> tuple[FaissIndex, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(7)
+    vecs = _unit(rng, 300)
+    ids = np.arange(1, 301, dtype=np.int64) * 3  # sparse, non-zero-based ids
+    index = FaissIndex(dim=16)
+    index.add(ids, vecs)
+    return index, ids, vecs
+
+
+def test_search_matches_brute_force(populated: tuple[FaissIndex, np.ndarray, np.ndarray]) -> None:
+    index, ids, vecs = populated
+    q = vecs[10]
+    got_ids, got_scores = index.search(q, 20)
+    sims = vecs @ q
+    order = np.argsort(-sims)[:20]
+    np.testing.assert_array_equal(got_ids, ids[order])
+    np.testing.assert_allclose(got_scores, sims[order], atol=1e-5)
+    assert got_ids[0] == ids[10]
+
+
+def test_filter_is_applied_inside_the_search(
+    populated: tuple[FaissIndex, np.ndarray, np.ndarray],
+) -> None:
+    index, ids, vecs = populated
+    allowed = ids[::7]
+    got_ids, _ = index.search(vecs[0], 50, allowed=allowed)
+    # All allowed ids come back (43 < 50), and nothing else: a post-filter would return fewer.
+    assert set(got_ids.tolist()) == set(allowed.tolist())
+    sims = vecs[::7] @ vecs[0]
+    np.testing.assert_array_equal(got_ids, allowed[np.argsort(-sims)])
+    empty_ids, empty_scores = index.search(vecs[0], 5, allowed=np.array([], dtype=np.int64))
+    assert len(empty_ids) == 0 and len(empty_scores) == 0
+
+
+def test_add_replaces_and_remove_deletes(
+    populated: tuple[FaissIndex, np.ndarray, np.ndarray],
+) -> None:
+    index, ids, vecs = populated
+    index.add(ids[:1], -vecs[:1])  # replace, not duplicate
+    assert len(index) == 300
+    got, _ = index.search(vecs[0], 300)
+    assert got[-1] == ids[0]
+    assert index.remove(ids[:5]) == 5
+    assert index.remove(ids[:5]) == 0
+    got, _ = index.search(vecs[1], 300)
+    assert not set(ids[:5].tolist()) & set(got.tolist())
+    assert len(index) == 295
+
+
+def test_bad_input_is_rejected(populated: tuple[FaissIndex, np.ndarray, np.ndarray]) -> None:
+    index, ids, vecs = populated
+    with pytest.raises(InvalidInput):
+        index.add(np.array([1, 1]), vecs[:2])
+    with pytest.raises(InvalidInput):
+        index.add(np.array([1]), np.zeros((1, 8), dtype=np.float32))
+    with pytest.raises(InvalidInput):
+        index.search(vecs[0], 0)
+    assert len(index) == 300
+
+
+def test_save_load_roundtrip_is_atomic(
+    tmp_path: Path, populated: tuple[FaissIndex, np.ndarray, np.ndarray]
+) -> None:
+    index, ids, vecs = populated
+    index.generation = "abc:7"
+    index.save(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [INDEX_FILE]  # no temp file left behind
+    loaded = FaissIndex.load(tmp_path)
+    assert loaded.generation == "abc:7" and len(loaded) == 300
+    a, _ = index.search(vecs[3], 10)
+    b, _ = loaded.search(vecs[3], 10)
+    np.testing.assert_array_equal(a, b)
+    (tmp_path / INDEX_FILE).write_bytes(b"garbage")
+    with pytest.raises(InvalidInput):
+        FaissIndex.load(tmp_path)

@@ -1,0 +1,157 @@
+"""SqliteStore: upserts are idempotent and atomic, erasure removes everything and keeps a receipt."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ranker.domain import Candidate, Outcome, Posting, Stage
+from ranker.errors import InvalidInput, NotFound
+from ranker.store import CandidateRow, Decision, PostingRow, SqliteStore
+
+DIM = 8
+
+
+def _vec(seed: int, n: int | None = None) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    v = rng.standard_normal((n or 1, DIM)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    return v if n else v[0]
+
+
+def _cand(i: int, text: str = "Python developer with ten years of Django.") -> CandidateRow:
+    c = Candidate(
+        id=f"c{i}",
+        cv_text=text,
+        skills=("Python", "Django"),
+        years_experience=i % 20,
+        location="Berlin",
+        remote_ok=bool(i % 2),
+        title="Engineer",
+    )
+    return CandidateRow(candidate=c, doc_vector=_vec(i), chunk_vectors=_vec(i, 3))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SqliteStore:
+    s = SqliteStore(tmp_path / "ranker.db", dim=DIM)
+    yield s
+    s.close()
+
+
+def test_candidates_roundtrip_and_upsert_is_idempotent(store: SqliteStore) -> None:
+    ids1 = store.upsert_candidates([_cand(1), _cand(2)])
+    gen = store.generation()
+    ids2 = store.upsert_candidates([_cand(1, "Rewritten CV text.")])
+    assert ids2 == ids1[:1]  # same faiss id on re-upsert
+    assert store.generation() != gen
+    assert store.count_candidates() == 2
+    row = store.get_candidate("c1")
+    assert row.candidate.cv_text == "Rewritten CV text."
+    assert row.candidate.skills == ("python", "django")
+    np.testing.assert_array_equal(row.chunk_vectors, _vec(1, 3))
+    assert [r.candidate.id for r in store.iter_candidates(batch=1)] == ["c1", "c2"]
+    assert store.candidate_ids(ids1) == {ids1[0]: "c1", ids1[1]: "c2"}
+
+
+def test_a_bad_row_stores_nothing(store: SqliteStore) -> None:
+    store.upsert_candidates([_cand(1)])
+    bad = CandidateRow(
+        candidate=_cand(2).candidate,
+        doc_vector=np.full(DIM, np.nan, np.float32),
+        chunk_vectors=_vec(2, 1),
+    )
+    with pytest.raises(InvalidInput):
+        store.upsert_candidates([_cand(3), bad])
+    assert store.count_candidates() == 1
+
+
+def test_postings_and_outcomes(store: SqliteStore) -> None:
+    p = Posting(
+        id="p1",
+        title="Backend engineer",
+        description="Build APIs in Python.",
+        required_skills=("python",),
+        min_years=3,
+        created_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    store.upsert_postings([PostingRow(posting=p, vector=_vec(9))])
+    assert store.get_posting("p1").posting == p
+    with pytest.raises(NotFound):
+        store.get_posting("nope")
+    o = Outcome(
+        posting_id="p1",
+        candidate_id="c1",
+        stage=Stage.SCREENED,
+        at=datetime(2026, 2, 1, tzinfo=UTC),
+    )
+    assert store.record_outcomes([o, o]) == 1
+    assert store.record_outcomes([o]) == 0
+    assert store.list_outcomes() == [o]
+
+
+def test_erasure_removes_every_trace_and_keeps_a_receipt(store: SqliteStore) -> None:
+    store.upsert_candidates([_cand(1), _cand(2)])
+    store.record_outcomes([Outcome(posting_id="p1", candidate_id="c1", stage=Stage.HIRED)])
+    store.upsert_protected([("c1", "sex", "f")])
+    store.log_decision(
+        Decision(
+            request_id="r1",
+            at=datetime.now(UTC),
+            model_version="v1",
+            posting_id="p1",
+            posting_hash="h",
+            top_k=2,
+            feature_names=("a", "b"),
+            candidate_ids=("c1", "c2"),
+            scores=np.array([0.9, 0.1]),
+            features=np.ones((2, 2)),
+            params={},
+        )
+    )
+    receipt = store.delete_candidates(["c1", "ghost"])
+    assert receipt.erased == ("c1",) and receipt.not_found == ("ghost",)
+    assert receipt.rows == {
+        "candidates": 1,
+        "outcomes": 1,
+        "decision_items": 1,
+        "protected_attributes": 1,
+    }
+    assert store.get_candidates(["c1"]) == []
+    assert store.list_outcomes() == []
+    assert store.get_decision("r1").candidate_ids == ("c2",)
+    assert store.protected_attributes("sex") == {}
+    receipts = store.erasure_receipts("c1")
+    assert len(receipts) == 1 and receipts[0]["rows"]["candidates"] == 1
+
+
+def test_reopen_keeps_data(tmp_path: Path) -> None:
+    s = SqliteStore(tmp_path / "db.sqlite", dim=DIM)
+    s.upsert_candidates([_cand(5)])
+    gen = s.generation()
+    digest = s.content_sha256()
+    s.close()
+    s2 = SqliteStore(tmp_path / "db.sqlite", dim=DIM)
+    assert s2.count_candidates() == 1 and s2.generation() == gen and s2.content_sha256() == digest
+    s2.close()
+
+
+def test_concurrent_upserts_lose_nothing(store: SqliteStore) -> None:
+    def work(offset: int) -> None:
+        for i in range(offset, offset + 25):
+            store.upsert_candidates([_cand(i)])
+
+    threads = [threading.Thread(target=work, args=(k * 100,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert store.count_candidates() == 100
+    assert (
+        len(set(store.faiss_ids([f"c{k * 100 + i}" for k in range(4) for i in range(25)]).values()))
+        == 100
+    )
