@@ -52,6 +52,12 @@ class Settings(EncoderSettings):
     grace_seconds: float = Field(default=5.0, ge=0)
     """On shutdown, how long in-flight requests get to finish."""
 
+    max_concurrent_rpcs: int = Field(default=256, ge=1)
+    """RPCs in flight at once; more get RESOURCE_EXHAUSTED instead of queueing without bound."""
+
+    index_save_delay_seconds: float = Field(default=2.0, ge=0)
+    """After a candidate write, how long the service waits for more before saving the index."""
+
     db_path: Path | None = None
     """SQLite store; defaults to `<data_dir>/ranker.db`."""
 

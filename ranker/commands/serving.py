@@ -1,0 +1,265 @@
+"""Serving commands: `ranker serve`, `ranker query`, `ranker health` and `ranker ingest`."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ranker.config import Settings
+
+console = Console()
+err_console = Console(stderr=True)
+
+_DEMO_FILES = {
+    "candidates": "candidates.jsonl",
+    "postings": "postings.jsonl",
+    "outcomes": "outcomes.jsonl",
+    "protected": "protected.jsonl",
+}
+
+
+def _address(settings: Settings, address: str | None) -> str:
+    return address or f"{settings.host}:{settings.port}"
+
+
+def _fail(message: str) -> typer.Exit:
+    err_console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code=1)
+
+
+def _rpc_failure(e: object, address: str) -> typer.Exit:
+    import grpc
+
+    assert isinstance(e, grpc.RpcError)
+    code = e.code()  # type: ignore[attr-defined]
+    details = e.details()  # type: ignore[attr-defined]
+    if code == grpc.StatusCode.UNAVAILABLE and "failed to connect" in (details or "").lower():
+        return _fail(f"no service answers at {address}; start it with `ranker serve`")
+    return _fail(f"{code.name}: {details}")
+
+
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default: settings).")] = None,
+    port: Annotated[int | None, typer.Option(help="gRPC port; 0 picks a free one.")] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Prometheus port; 0 disables it.")
+    ] = None,
+) -> None:
+    """Serve the CandidateRanker gRPC service until SIGTERM or Ctrl-C."""
+    from ranker.errors import RankerError
+    from ranker.grpc_server import serve as run_server
+
+    updates = {
+        k: v
+        for k, v in {"host": host, "port": port, "metrics_port": metrics_port}.items()
+        if v is not None
+    }
+    settings = Settings(**updates)  # type: ignore[arg-type]
+    try:
+        asyncio.run(run_server(settings))
+    except KeyboardInterrupt:
+        pass
+    except RankerError as e:
+        raise _fail(str(e)) from None
+
+
+def query(
+    posting_id: Annotated[str | None, typer.Option(help="A stored posting's id.")] = None,
+    posting_file: Annotated[
+        Path | None,
+        typer.Option(help="A .jsonl or .csv file holding the posting to rank for (first row)."),
+    ] = None,
+    k: Annotated[int, typer.Option("--k", "-k", help="How many candidates to show.")] = 10,
+    explain: Annotated[bool, typer.Option(help="Show the reasons for each candidate.")] = True,
+    location: Annotated[
+        list[str] | None, typer.Option(help="Only candidates located here (repeatable).")
+    ] = None,
+    include_remote: Annotated[
+        bool, typer.Option(help="With --location: also candidates open to remote work.")
+    ] = False,
+    include_relocating: Annotated[
+        bool, typer.Option(help="With --location: also candidates willing to relocate.")
+    ] = False,
+    remote_only: Annotated[bool, typer.Option(help="Only candidates open to remote work.")] = False,
+    min_years: Annotated[
+        float | None, typer.Option(help="Only candidates with this much experience.")
+    ] = None,
+    skill: Annotated[
+        list[str] | None, typer.Option(help="Only candidates listing this skill (repeatable).")
+    ] = None,
+    address: Annotated[str | None, typer.Option(help="host:port of the service.")] = None,
+    timeout: Annotated[float, typer.Option(help="Deadline in seconds.")] = 30.0,
+) -> None:
+    """Ask the running service for the top-k candidates of a posting; print them with reasons."""
+    import grpc
+
+    from ranker.grpc_server import posting_to_pb
+    from ranker.v1 import ranker_pb2 as pb
+    from ranker.v1 import ranker_pb2_grpc as pb_grpc
+
+    settings = Settings()
+    if (posting_id is None) == (posting_file is None):
+        raise _fail("give exactly one of --posting-id or --posting-file")
+    request = pb.RankCandidatesRequest(top_k=k, explain=explain)
+    if posting_id is not None:
+        request.posting_id = posting_id
+    else:
+        from ranker import datafiles
+        from ranker.errors import InvalidInput
+
+        assert posting_file is not None
+        try:
+            postings = datafiles.read_postings(posting_file)
+        except (InvalidInput, OSError) as e:
+            raise _fail(str(e)) from None
+        if not postings:
+            raise _fail(f"{posting_file} holds no posting")
+        if len(postings) > 1:
+            err_console.print(f"{posting_file} holds {len(postings)} postings; ranking the first")
+        request.posting.CopyFrom(posting_to_pb(postings[0]))
+    if location or remote_only or min_years is not None or skill:
+        request.filters.CopyFrom(
+            pb.Filters(
+                locations=location or [],
+                include_remote=include_remote,
+                include_relocating=include_relocating,
+                remote_only=remote_only,
+                must_have_skills=skill or [],
+            )
+        )
+        if min_years is not None:
+            request.filters.min_years = min_years
+    target = _address(settings, address)
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.CandidateRankerStub(channel)
+        try:
+            response = stub.RankCandidates(request, timeout=timeout)
+        except grpc.RpcError as e:
+            raise _rpc_failure(e, target) from None
+    _print_ranking(response)
+
+
+def _print_ranking(r: object) -> None:
+    from ranker.v1 import ranker_pb2 as pb
+
+    assert isinstance(r, pb.RankCandidatesResponse)
+    console.print(
+        f"posting [bold]{r.posting_id}[/bold] · model [bold]{r.model_version}[/bold] · "
+        f"{r.eligible} eligible, {r.retrieved} reranked · {r.timings.total_ms:.1f} ms · "
+        f"request {r.request_id}"
+    )
+    table = Table(show_lines=True)
+    table.add_column("#", justify="right")
+    table.add_column("candidate")
+    table.add_column("score", justify="right")
+    table.add_column("similarity", justify="right")
+    table.add_column("reasons")
+    for c in r.results:
+        reasons = "\n".join(c.explanation.reasons) if c.HasField("explanation") else ""
+        table.add_row(str(c.rank), c.candidate_id, f"{c.score:.3f}", f"{c.similarity:.3f}", reasons)
+    console.print(table)
+    if not r.results:
+        console.print("no candidate passed the filters")
+
+
+def health(
+    address: Annotated[str | None, typer.Option(help="host:port of the service.")] = None,
+    timeout: Annotated[float, typer.Option(help="Deadline in seconds.")] = 5.0,
+) -> None:
+    """Print the service's gRPC health status; exit 1 unless SERVING."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    target = _address(Settings(), address)
+    with grpc.insecure_channel(target) as channel:
+        try:
+            status = (
+                health_pb2_grpc.HealthStub(channel)
+                .Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+                .status
+            )
+        except grpc.RpcError as e:
+            raise _rpc_failure(e, target) from None
+    name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+    console.print(name)
+    if status != health_pb2.HealthCheckResponse.SERVING:
+        raise typer.Exit(code=1)
+
+
+def ingest(
+    candidates: Annotated[
+        Path | None, typer.Option(help="Candidates (.jsonl/.csv); default: the demo file.")
+    ] = None,
+    postings: Annotated[
+        Path | None, typer.Option(help="Postings (.jsonl/.csv); default: the demo file.")
+    ] = None,
+    outcomes: Annotated[
+        Path | None, typer.Option(help="Outcomes (.jsonl/.csv); default: the demo file.")
+    ] = None,
+    protected: Annotated[
+        Path | None,
+        typer.Option(help="Protected attributes, kept apart for audits; default: the demo file."),
+    ] = None,
+    if_missing: Annotated[
+        bool, typer.Option(help="Skip when the store already holds candidates.")
+    ] = False,
+) -> None:
+    """Encode and store candidates, postings and outcomes, and build the index (service stopped)."""
+    from rich.progress import Progress
+
+    from ranker.errors import InvalidInput
+    from ranker.ingest import ensure_index, ingest_files, is_ingested
+
+    settings = Settings()
+    if if_missing and is_ingested(settings):
+        size, rebuilt = ensure_index(settings)
+        note = "index rebuilt" if rebuilt else "index up to date"
+        console.print(f"store already holds candidates ({size} indexed, {note}); skipping ingest")
+        return
+    files = {"candidates": candidates, "postings": postings, "outcomes": outcomes}
+    files["protected"] = protected
+    if all(v is None for v in files.values()):
+        demo = settings.resolved_demo_dir
+        if not (demo / _DEMO_FILES["candidates"]).exists():
+            raise _fail(
+                f"no data files given and no demo data in {demo}; generate it with "
+                "`ranker demo-data` or pass --candidates/--postings/--outcomes"
+            )
+        files = {k: demo / name for k, name in _DEMO_FILES.items() if (demo / name).exists()}
+    from embeddings import load_encoder
+
+    encoder = load_encoder(settings=settings)
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("encoding candidates", total=None)
+        try:
+            report = ingest_files(
+                settings,
+                encoder,
+                candidates=files.get("candidates"),
+                postings=files.get("postings"),
+                outcomes=files.get("outcomes"),
+                protected=files.get("protected"),
+                progress=lambda done, total: progress.update(task, completed=done, total=total),
+            )
+        except (InvalidInput, OSError) as e:
+            raise _fail(str(e)) from None
+    for line in report.rejected:
+        err_console.print(f"[yellow]skipped[/yellow] {line}")
+    console.print(
+        f"stored {report.candidates} candidates, {report.postings} postings, "
+        f"{report.outcomes} new outcomes, {report.protected} protected attributes; "
+        f"index holds {report.index_size} candidates"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add the serving commands to the `ranker` CLI."""
+    app.command()(serve)
+    app.command()(query)
+    app.command()(health)
+    app.command()(ingest)

@@ -1,0 +1,607 @@
+"""Ranking features: one implementation shared by training and serving, vectorised over candidates.
+
+A posting and a candidate are first *prepared* once (text tokenised, term counts hashed, skills
+normalised); `FeatureBuilder.build` then turns one posting and many prepared candidates into a
+float32 matrix whose columns are `FEATURE_NAMES`, in that order. The model card records the names,
+and the service refuses a model whose names differ.
+
+Protected attributes (sex, age, ethnicity, disability, name, photo) are not part of `Candidate`,
+so no feature can read them; `tests/ranker/test_features.py` keeps it that way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import threading
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+
+from ranker.domain import Candidate, Posting
+from ranker.errors import InvalidInput
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """A named feature column and what it means."""
+
+    name: str
+    doc: str
+
+
+FEATURES: tuple[FeatureSpec, ...] = (
+    FeatureSpec("dense_cosine", "Cosine of the posting vector and the CV's document vector."),
+    FeatureSpec(
+        "chunk_max_cosine", "Highest cosine of the posting vector and any single chunk of the CV."
+    ),
+    FeatureSpec(
+        "bm25",
+        "BM25 of the posting's terms (title, description, skills) against the CV, divided by its "
+        "upper bound sum(idf * (k1 + 1)) so postings of any length share one scale (0..1).",
+    ),
+    FeatureSpec(
+        "bm25_required",
+        "The same normalised BM25 with only the terms of the required skills as the query.",
+    ),
+    FeatureSpec(
+        "required_coverage",
+        "Share of the posting's required skills listed in the candidate's structured skills "
+        "(1 when the posting requires none).",
+    ),
+    FeatureSpec("required_missing", "Number of required skills absent from the structured skills."),
+    FeatureSpec(
+        "nice_coverage",
+        "Share of the nice-to-have skills listed in the structured skills (0 when there are none).",
+    ),
+    FeatureSpec(
+        "required_text_coverage",
+        "Share of the required skills whose every word occurs somewhere in the CV text: "
+        "a mention, which is weaker evidence than the structured skills.",
+    ),
+    FeatureSpec("years_experience", "The candidate's years of experience, clipped to 0..40."),
+    FeatureSpec(
+        "experience_gap", "Years of experience minus the posting's minimum, clipped to -10..20."
+    ),
+    FeatureSpec("under_min_years", "1 when the candidate has fewer years than the minimum."),
+    FeatureSpec(
+        "same_location", "1 when candidate and posting name the same location (case-insensitive)."
+    ),
+    FeatureSpec(
+        "remote_fit", "1 when the posting is remote and the candidate accepts remote work."
+    ),
+    FeatureSpec(
+        "relocation_needed",
+        "1 when the posting is on site elsewhere and the candidate is willing to relocate.",
+    ),
+    FeatureSpec(
+        "location_fit",
+        "1 same location or remote accepted, 0.5 relocation needed and accepted, 0 otherwise.",
+    ),
+    FeatureSpec(
+        "title_overlap",
+        "Jaccard overlap of the posting title's and the candidate title's words, "
+        "seniority words left out.",
+    ),
+    FeatureSpec(
+        "seniority_gap",
+        "Seniority level of the candidate's title minus the posting title's "
+        "(intern 0, junior 1, unmarked 2, senior 3, lead/principal 4, head/director 5).",
+    ),
+    FeatureSpec("skills_listed", "Number of structured skills the candidate lists."),
+    FeatureSpec("cv_log_length", "log(1 + number of words in the CV): a proxy of its detail."),
+)
+"""Every feature, in column order, with its meaning."""
+
+FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
+"""Column names of `FeatureBuilder.build`, in order: the contract with every model version."""
+
+_COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
+
+# Words that say nothing about fit. Hand-written (and short) rather than taken from a library:
+# BM25's idf already discounts common words; this list only keeps the query small and fast.
+_STOPWORDS = frozenset(
+    """a an and are as at be by for from has have in is it its of on or our that the their this to
+    we will with you your who what which while would can could should into across within over about
+    were was been being also such other more most very than then there these those they them
+    i my me he she his her us""".split()
+)
+
+# Keeps "c++", "c#", "node.js" and "3d" whole; splits on everything else.
+_TOKEN_RE = re.compile(r"[a-z0-9][a-z0-9+#]*(?:\.[a-z0-9]+)*")
+
+_SENIORITY = {
+    "intern": 0,
+    "internship": 0,
+    "trainee": 1,
+    "junior": 1,
+    "jr": 1,
+    "graduate": 1,
+    "assistant": 1,
+    "associate": 1,
+    "entry": 1,
+    "senior": 3,
+    "sr": 3,
+    "experienced": 3,
+    "lead": 4,
+    "principal": 4,
+    "staff": 4,
+    "chief": 5,
+    "head": 5,
+    "director": 5,
+    "vp": 5,
+}
+_DEFAULT_SENIORITY = 2
+
+# Buckets of the per-thread term lookup table (2**20 int32 = 4 MiB per thread).
+_LUT_MASK = (1 << 20) - 1
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-cased word tokens of `text`, stop words kept (BM25 counts document length with them)."""
+    return _TOKEN_RE.findall(text.lower())
+
+
+@lru_cache(maxsize=1 << 18)
+def term_hash(term: str) -> int:
+    """A stable 64-bit id of a term (Python's `hash` differs between processes)."""
+    return int.from_bytes(hashlib.blake2b(term.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def _hashes(terms: Iterable[str]) -> np.ndarray:
+    return np.fromiter((term_hash(t) for t in terms), dtype=np.uint64)
+
+
+def _norm_location(value: str) -> str:
+    return " ".join(value.lower().split())
+
+
+def _title_words(title: str) -> tuple[frozenset[str], int]:
+    words = [w for w in tokenize(title) if w not in _STOPWORDS]
+    levels = [_SENIORITY[w] for w in words if w in _SENIORITY]
+    level = max(levels) if levels else _DEFAULT_SENIORITY
+    return frozenset(w for w in words if w not in _SENIORITY), level
+
+
+def posting_text(p: Posting) -> str:
+    """The text embedded for a posting: title, description and the skills it asks for."""
+    parts = [p.title, p.description]
+    if p.required_skills:
+        parts.append("Required skills: " + ", ".join(p.required_skills) + ".")
+    if p.nice_skills:
+        parts.append("Nice to have: " + ", ".join(p.nice_skills) + ".")
+    return "\n".join(parts)
+
+
+def candidate_text(c: Candidate) -> str:
+    """The text embedded for a candidate: the current title, then the CV as written."""
+    if c.title and c.title.lower() not in c.cv_text[:200].lower():
+        return f"{c.title}\n{c.cv_text}"
+    return c.cv_text
+
+
+# Columns of `PreparedCandidate.numbers`: gathering one small row per candidate is far cheaper
+# than one Python loop per attribute when building features for hundreds of candidates.
+(
+    _N_YEARS,
+    _N_REMOTE,
+    _N_RELOCATE,
+    _N_SENIORITY,
+    _N_DOC_LEN,
+    _N_CHUNKS,
+    _N_TERMS,
+    _N_SKILLS,
+    _N_TITLE,
+) = range(9)
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedCandidate:
+    """Everything the features need from one candidate, computed once at ingest or load."""
+
+    candidate: Candidate
+    doc_vector: np.ndarray
+    """(dim,) float32 unit vector of the whole CV."""
+    chunk_vectors: np.ndarray
+    """(k, dim) float32 unit vectors of the CV's chunks, k >= 1."""
+    term_hashes: np.ndarray
+    """Sorted unique `term_hash` of the CV's words (uint64)."""
+    term_buckets: np.ndarray
+    """`term_hashes` modulo the lookup-table size (intp), precomputed for `FeatureBuilder`."""
+    term_counts: np.ndarray
+    """How often each of `term_hashes` occurs (float64)."""
+    skill_hashes: np.ndarray
+    """`term_hash` of each structured skill (uint64)."""
+    title_hashes: np.ndarray
+    """`term_hash` of each title word, seniority words left out (uint64)."""
+    location_hash: int
+    """`term_hash` of the normalised location (0 when none)."""
+    numbers: np.ndarray
+    """Per-candidate scalars in the `_N_*` column order (float64)."""
+
+    @property
+    def id(self) -> str:
+        return self.candidate.id
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedPosting:
+    """Everything the features need from one posting, computed once per request or at load."""
+
+    posting: Posting
+    vector: np.ndarray
+    """(dim,) float32 unit vector of `posting_text`."""
+    terms: tuple[str, ...]
+    """Lexical query: the posting's non-stop-word terms and the words of its required skills,
+    ordered by `term_hash`."""
+    term_hashes: np.ndarray
+    """Sorted `term_hash` of `terms` (uint64)."""
+    in_text: np.ndarray
+    """Which `terms` occur in the posting text (bool): the BM25 query."""
+    in_required: np.ndarray
+    """Which `terms` are words of a required skill (bool)."""
+    required_slots: tuple[tuple[int, ...], ...]
+    """For each required skill, the indices of its words in `terms`."""
+    required_hashes: np.ndarray
+    nice_hashes: np.ndarray
+    title_hashes: np.ndarray
+    seniority: int
+    location_hash: int
+
+    @property
+    def id(self) -> str:
+        return self.posting.id
+
+
+def _unit(v: np.ndarray, what: str, ndim: int) -> np.ndarray:
+    arr = np.ascontiguousarray(v, dtype=np.float32)
+    if arr.ndim != ndim or arr.size == 0:
+        raise InvalidInput(f"{what} must be a non-empty {ndim}-d array, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise InvalidInput(f"{what} contains NaN or infinite values; re-encode the text")
+    return arr
+
+
+def prepare_candidate(
+    c: Candidate, doc_vector: np.ndarray, chunk_vectors: np.ndarray
+) -> PreparedCandidate:
+    """Precompute a candidate's model-independent parts (term counts, skills, title, location)."""
+    doc = _unit(doc_vector, f"candidate {c.id!r} doc_vector", 1)
+    chunks = _unit(chunk_vectors, f"candidate {c.id!r} chunk_vectors", 2)
+    if chunks.shape[1] != doc.shape[0]:
+        raise InvalidInput(
+            f"candidate {c.id!r} chunk vectors are {chunks.shape[1]}-d but its doc vector is "
+            f"{doc.shape[0]}-d; encode both with the same encoder"
+        )
+    tokens = tokenize(candidate_text(c))
+    counts = Counter(tokens)
+    hashes = _hashes(counts)
+    tf = np.fromiter(counts.values(), dtype=np.float64, count=len(counts))
+    order = np.argsort(hashes)
+    hashes = hashes[order]
+    title_words, seniority = _title_words(c.title)
+    numbers = np.zeros(9, dtype=np.float64)
+    numbers[[_N_YEARS, _N_REMOTE, _N_RELOCATE, _N_SENIORITY, _N_DOC_LEN]] = (
+        c.years_experience,
+        c.remote_ok,
+        c.willing_to_relocate,
+        seniority,
+        len(tokens),
+    )
+    numbers[[_N_CHUNKS, _N_TERMS, _N_SKILLS, _N_TITLE]] = (
+        len(chunks),
+        len(hashes),
+        len(c.skills),
+        len(title_words),
+    )
+    location = _norm_location(c.location)
+    return PreparedCandidate(
+        candidate=c,
+        doc_vector=doc,
+        chunk_vectors=chunks,
+        term_hashes=hashes,
+        term_buckets=(hashes & np.uint64(_LUT_MASK)).astype(np.intp),
+        term_counts=tf[order],
+        skill_hashes=_hashes(c.skills),
+        title_hashes=_hashes(sorted(title_words)),
+        location_hash=term_hash(location) if location else 0,
+        numbers=numbers,
+    )
+
+
+def prepare_posting(p: Posting, vector: np.ndarray) -> PreparedPosting:
+    """Precompute a posting's parts: its lexical query, skills, title and location."""
+    vec = _unit(vector, f"posting {p.id!r} vector", 1)
+    text_terms = {t for t in tokenize(posting_text(p)) if t not in _STOPWORDS}
+    skill_words = [tuple(tokenize(s)) or (s,) for s in p.required_skills]
+    terms = sorted(text_terms.union(*skill_words), key=term_hash)
+    slot = {t: i for i, t in enumerate(terms)}
+    title_words, seniority = _title_words(p.title)
+    location = _norm_location(p.location)
+    return PreparedPosting(
+        posting=p,
+        vector=vec,
+        terms=tuple(terms),
+        term_hashes=_hashes(terms),
+        in_text=np.array([t in text_terms for t in terms], dtype=bool),
+        in_required=np.isin(np.arange(len(terms)), [slot[w] for ws in skill_words for w in ws]),
+        required_slots=tuple(tuple(slot[w] for w in ws) for ws in skill_words),
+        required_hashes=_hashes(p.required_skills),
+        nice_hashes=_hashes(p.nice_skills),
+        title_hashes=_hashes(sorted(title_words)),
+        seniority=seniority,
+        location_hash=term_hash(location) if location else 0,
+    )
+
+
+@dataclass(frozen=True)
+class Lexicon:
+    """BM25 corpus statistics of the training candidates, frozen with the model version.
+
+    Saved as `lexicon.json` next to the model, so serving scores BM25 with the same idf and average
+    document length the model was trained on, whatever the store holds later.
+    """
+
+    n_docs: int
+    avgdl: float
+    df: dict[str, int]
+    k1: float = 1.2
+    b: float = 0.75
+    _idf_by_hash: dict[int, float] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.n_docs < 1 or not self.avgdl > 0:
+            raise InvalidInput("a lexicon needs at least one document with words; fit it on CVs")
+        self._idf_by_hash.update({term_hash(t): self._idf(d) for t, d in self.df.items()})
+
+    def _idf(self, df: int) -> float:
+        # Lucene's BM25 idf: never negative, even for a term in every document.
+        return math.log(1.0 + (self.n_docs - df + 0.5) / (df + 0.5))
+
+    def idf(self, terms: Sequence[str]) -> np.ndarray:
+        """idf of each term; a term never seen in training gets the idf of document frequency 0."""
+        unseen = self._idf(0)
+        return np.array(
+            [self._idf_by_hash.get(term_hash(t), unseen) for t in terms], dtype=np.float64
+        )
+
+    @classmethod
+    def fit(cls, candidates: Iterable[Candidate | PreparedCandidate]) -> Lexicon:
+        """Document frequencies and average length over the candidates' CV texts."""
+        df: Counter[str] = Counter()
+        n = 0
+        total = 0
+        for item in candidates:
+            c = item.candidate if isinstance(item, PreparedCandidate) else item
+            tokens = tokenize(candidate_text(c))
+            df.update(set(tokens))
+            n += 1
+            total += len(tokens)
+        if n == 0:
+            raise InvalidInput("cannot fit a lexicon on no candidates; load candidates first")
+        return cls(n_docs=n, avgdl=total / n, df=dict(sorted(df.items())))
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "format": 1,
+                "n_docs": self.n_docs,
+                "avgdl": self.avgdl,
+                "k1": self.k1,
+                "b": self.b,
+                "df": self.df,
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Lexicon:
+        try:
+            d = json.loads(text)
+            return cls(
+                n_docs=int(d["n_docs"]),
+                avgdl=float(d["avgdl"]),
+                df={str(k): int(v) for k, v in d["df"].items()},
+                k1=float(d["k1"]),
+                b=float(d["b"]),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise InvalidInput(
+                f"lexicon is not valid ({e}); retrain the model version: `ranker train`"
+            ) from e
+
+
+class _LookupTable(threading.local):
+    """A per-thread table from term bucket to query slot, kept zeroed between uses.
+
+    Hand-written because no library does this lookup as fast: a gather through a table indexed by
+    each CV term's bucket costs ~0.2 ms for 500 CVs, where a binary search of every term in the
+    query (np.searchsorted / np.isin) costs several ms, mostly in branch mispredictions.
+    """
+
+    def __init__(self) -> None:
+        self.table = np.zeros(_LUT_MASK + 1, dtype=np.int32)
+
+
+_LUT = _LookupTable()
+
+
+def _match_terms(
+    query: np.ndarray, candidates: Sequence[PreparedCandidate]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (in the concatenated CV terms) of terms in `query`, and their query index."""
+    q_buckets = (query & np.uint64(_LUT_MASK)).astype(np.intp)
+    all_hashes = np.concatenate([c.term_hashes for c in candidates])
+    if len(np.unique(q_buckets)) < len(q_buckets):
+        # Two query terms share a bucket (rare): fall back to the exact, slower binary search.
+        pos = np.minimum(np.searchsorted(query, all_hashes), len(query) - 1)
+        idx = np.flatnonzero(query[pos] == all_hashes)
+        return idx, pos[idx]
+    table = _LUT.table
+    table[q_buckets] = np.arange(1, len(query) + 1, dtype=np.int32)
+    try:
+        slots = np.take(table, np.concatenate([c.term_buckets for c in candidates]))
+    finally:
+        table[q_buckets] = 0
+    idx = np.flatnonzero(slots)
+    pos = slots[idx].astype(np.intp) - 1
+    exact = all_hashes[idx] == query[pos]  # a bucket hit is only a hash-prefix match
+    return idx[exact], pos[exact]
+
+
+class FeatureBuilder:
+    """Builds the feature matrix of one posting against many prepared candidates."""
+
+    def __init__(self, lexicon: Lexicon) -> None:
+        self.lexicon = lexicon
+        self.feature_names = FEATURE_NAMES
+
+    def build(
+        self, posting: PreparedPosting, candidates: Sequence[PreparedCandidate]
+    ) -> np.ndarray:
+        """(len(candidates), len(FEATURE_NAMES)) float32, columns in `FEATURE_NAMES` order."""
+        n = len(candidates)
+        x = np.zeros((n, len(FEATURE_NAMES)), dtype=np.float32)
+        if n == 0:
+            return x
+        p = posting.posting
+        num = np.concatenate([c.numbers for c in candidates]).reshape(n, -1)
+        rows = np.arange(n)
+
+        # Dense similarity: one product over all chunks, then a max per candidate. einsum, not
+        # `@`: BLAS's threaded matrix-vector product costs ~8 ms here against ~0.1 ms.
+        docs = np.concatenate([c.doc_vector for c in candidates]).reshape(n, -1)
+        x[:, _COL["dense_cosine"]] = np.einsum("ij,j->i", docs, posting.vector)
+        chunks = np.concatenate([c.chunk_vectors for c in candidates])
+        chunk_sims = np.einsum("ij,j->i", chunks, posting.vector)
+        x[:, _COL["chunk_max_cosine"]] = np.maximum.reduceat(chunk_sims, _starts(num[:, _N_CHUNKS]))
+
+        self._lexical(posting, candidates, num, x)
+
+        # Structured skills, as hashes: membership tests over all candidates at once.
+        n_req, n_nice = len(posting.required_hashes), len(posting.nice_hashes)
+        skills = np.concatenate([c.skill_hashes for c in candidates])
+        owner = np.repeat(rows, num[:, _N_SKILLS].astype(np.intp))
+        matched = np.bincount(owner, np.isin(skills, posting.required_hashes), minlength=n)
+        x[:, _COL["required_coverage"]] = matched / n_req if n_req else 1.0
+        x[:, _COL["required_missing"]] = n_req - matched
+        if n_nice:
+            nice = np.bincount(owner, np.isin(skills, posting.nice_hashes), minlength=n)
+            x[:, _COL["nice_coverage"]] = nice / n_nice
+        x[:, _COL["skills_listed"]] = num[:, _N_SKILLS]
+
+        years = num[:, _N_YEARS]
+        x[:, _COL["years_experience"]] = np.clip(years, 0, 40)
+        x[:, _COL["experience_gap"]] = np.clip(years - p.min_years, -10, 20)
+        x[:, _COL["under_min_years"]] = years < p.min_years
+
+        locations = np.fromiter((c.location_hash for c in candidates), np.uint64, count=n)
+        same = (locations == np.uint64(posting.location_hash)) & (posting.location_hash != 0)
+        remote_fit = (num[:, _N_REMOTE] > 0) & p.remote
+        reloc = ~same & (num[:, _N_RELOCATE] > 0) & (not p.remote)
+        x[:, _COL["same_location"]] = same
+        x[:, _COL["remote_fit"]] = remote_fit
+        x[:, _COL["relocation_needed"]] = reloc
+        x[:, _COL["location_fit"]] = np.where(same | remote_fit, 1.0, np.where(reloc, 0.5, 0.0))
+
+        if len(posting.title_hashes):
+            titles = np.concatenate([c.title_hashes for c in candidates])
+            t_owner = np.repeat(rows, num[:, _N_TITLE].astype(np.intp))
+            common = np.bincount(t_owner, np.isin(titles, posting.title_hashes), minlength=n)
+            union = num[:, _N_TITLE] + len(posting.title_hashes) - common
+            x[:, _COL["title_overlap"]] = common / np.maximum(union, 1)
+        x[:, _COL["seniority_gap"]] = num[:, _N_SENIORITY] - posting.seniority
+        x[:, _COL["cv_log_length"]] = np.log1p(num[:, _N_DOC_LEN])
+        return x
+
+    def _lexical(
+        self,
+        posting: PreparedPosting,
+        candidates: Sequence[PreparedCandidate],
+        num: np.ndarray,
+        x: np.ndarray,
+    ) -> None:
+        """BM25 (whole posting, required skills) and skill mentions, in one pass over all terms."""
+        if not posting.terms:
+            return
+        n = len(candidates)
+        idx, pos = _match_terms(posting.term_hashes, candidates)
+        ends = np.cumsum(num[:, _N_TERMS]).astype(np.intp)
+        rows = np.searchsorted(ends, idx, side="right")
+        tf = np.concatenate([c.term_counts for c in candidates])[idx]
+
+        idf = self.lexicon.idf(posting.terms)
+        k1, b = self.lexicon.k1, self.lexicon.b
+        norm = k1 * (1.0 - b + b * num[rows, _N_DOC_LEN] / self.lexicon.avgdl)
+        contrib = idf[pos] * tf * (k1 + 1.0) / (tf + norm)
+        for name, mask in (("bm25", posting.in_text), ("bm25_required", posting.in_required)):
+            bound = float(idf[mask].sum()) * (k1 + 1.0)
+            if bound > 0:
+                sel = mask[pos]
+                x[:, _COL[name]] = np.bincount(rows[sel], contrib[sel], minlength=n) / bound
+
+        if posting.required_slots:
+            present = np.zeros((n, len(posting.terms)), dtype=bool)
+            present[rows, pos] = True
+            mentioned = [present[:, list(s)].all(axis=1) for s in posting.required_slots]
+            x[:, _COL["required_text_coverage"]] = np.mean(mentioned, axis=0)
+
+
+def _starts(lengths: np.ndarray) -> np.ndarray:
+    starts = np.zeros(len(lengths), dtype=np.intp)
+    starts[1:] = np.cumsum(lengths[:-1])
+    return starts
+
+
+@dataclass(frozen=True)
+class FitSummary:
+    """A recruiter-readable account of how a candidate fits a posting."""
+
+    required_matched: tuple[str, ...]
+    required_missing: tuple[str, ...]
+    nice_matched: tuple[str, ...]
+    years_experience: float
+    min_years: float
+    meets_experience: bool
+    location_fit: str
+    """One of: "remote", "same location", "willing to relocate", "location mismatch"."""
+
+    def describe(self) -> str:
+        """One line, e.g. `3/4 required skills (missing: sql); 6 yrs vs 5 required; remote`."""
+        n_req = len(self.required_matched) + len(self.required_missing)
+        parts = [f"{len(self.required_matched)}/{n_req} required skills"]
+        if self.required_missing:
+            parts[-1] += f" (missing: {', '.join(self.required_missing)})"
+        if self.nice_matched:
+            parts.append(f"nice-to-have: {', '.join(self.nice_matched)}")
+        parts.append(f"{self.years_experience:g} yrs vs {self.min_years:g} required")
+        parts.append(self.location_fit)
+        return "; ".join(parts)
+
+
+def fit_summary(p: Posting, c: Candidate) -> FitSummary:
+    """Skills matched and missing, experience against the minimum, and location fit."""
+    skills = set(c.skills)
+    if p.remote and c.remote_ok:
+        where = "remote"
+    elif p.location and _norm_location(p.location) == _norm_location(c.location):
+        where = "same location"
+    elif not p.remote and c.willing_to_relocate:
+        where = "willing to relocate"
+    else:
+        where = "location mismatch"
+    return FitSummary(
+        required_matched=tuple(s for s in p.required_skills if s in skills),
+        required_missing=tuple(s for s in p.required_skills if s not in skills),
+        nice_matched=tuple(s for s in p.nice_skills if s in skills),
+        years_experience=c.years_experience,
+        min_years=p.min_years,
+        meets_experience=c.years_experience >= p.min_years,
+        location_fit=where,
+    )

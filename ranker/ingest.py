@@ -1,0 +1,243 @@
+"""Ingestion: encode candidates and postings, store them, and keep the FAISS index in step."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+import numpy as np
+
+from ranker.config import Settings
+from ranker.domain import Candidate, Posting
+from ranker.errors import InvalidInput
+from ranker.features import candidate_text, posting_text
+from ranker.index import INDEX_FILE, FaissIndex
+from ranker.store import CandidateRow, PostingRow, SqliteStore
+
+log = logging.getLogger(__name__)
+
+INGEST_BATCH = 256
+"""Candidates encoded and stored per transaction when ingesting files."""
+
+
+class DocumentVectors(Protocol):
+    """What the encoder returns per document (see `embeddings.DocumentEmbedding`)."""
+
+    @property
+    def vector(self) -> np.ndarray: ...
+
+    @property
+    def chunks(self) -> np.ndarray: ...
+
+
+class TextEncoder(Protocol):
+    """The part of `embeddings.OnnxEncoder` ingestion uses; tests may pass a stand-in."""
+
+    @property
+    def dim(self) -> int: ...
+
+    def encode(self, texts: list[str]) -> np.ndarray: ...
+
+    def encode_documents(self, texts: list[str]) -> Sequence[DocumentVectors]: ...
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def _one_by_one(
+    items: Sequence[T], encode_batch: Callable[[list[T]], list[R]]
+) -> list[R | InvalidInput]:
+    """Encode a batch; if the encoder refuses it, retry item by item to name the bad ones."""
+    try:
+        return list(encode_batch(list(items)))
+    except ValueError:
+        pass
+    out: list[R | InvalidInput] = []
+    for item in items:
+        try:
+            out.append(encode_batch([item])[0])
+        except ValueError as e:
+            out.append(InvalidInput(f"the encoder refused this text ({e}); send readable text"))
+    return out
+
+
+def encode_candidates(
+    encoder: TextEncoder, candidates: Sequence[Candidate]
+) -> list[CandidateRow | InvalidInput]:
+    """One stored row per candidate (document and chunk vectors), or why it could not be encoded."""
+
+    def batch(cs: list[Candidate]) -> list[CandidateRow]:
+        docs = encoder.encode_documents([candidate_text(c) for c in cs])
+        return [
+            CandidateRow(candidate=c, doc_vector=d.vector, chunk_vectors=d.chunks)
+            for c, d in zip(cs, docs, strict=True)
+        ]
+
+    return _one_by_one(candidates, batch)
+
+
+def encode_postings(
+    encoder: TextEncoder, postings: Sequence[Posting]
+) -> list[PostingRow | InvalidInput]:
+    """One stored row per posting (the vector of `posting_text`), or why it could not be encoded."""
+
+    def batch(ps: list[Posting]) -> list[PostingRow]:
+        vectors = encoder.encode([posting_text(p) for p in ps])
+        return [PostingRow(posting=p, vector=v) for p, v in zip(ps, vectors, strict=True)]
+
+    return _one_by_one(postings, batch)
+
+
+def build_index(
+    faiss_ids: np.ndarray, vectors: np.ndarray, generation: str, dim: int = 384
+) -> FaissIndex:
+    """A fresh index over the given candidates, tagged with the store generation it reflects."""
+    index = FaissIndex(dim=dim, generation=generation)
+    if len(faiss_ids):
+        index.add(np.asarray(faiss_ids, dtype=np.int64), np.asarray(vectors, dtype=np.float32))
+    return index
+
+
+def load_index_if_current(index_dir: Path, generation: str) -> FaissIndex | None:
+    """The saved index when it reflects `generation` of the store; None when missing or stale."""
+    if not (index_dir / INDEX_FILE).exists():
+        return None
+    try:
+        index = FaissIndex.load(index_dir)
+    except (OSError, InvalidInput, RuntimeError) as e:
+        log.warning(
+            "saved index in %s is unreadable (%s); rebuilding it from the store", index_dir, e
+        )
+        return None
+    if index.generation != generation:
+        log.info("saved index is out of date (store changed since); rebuilding it from the store")
+        return None
+    return index
+
+
+def index_from_store(store: SqliteStore, index_dir: Path) -> tuple[FaissIndex, bool]:
+    """The store's index: the saved one when current, else rebuilt and saved. True if rebuilt."""
+    generation = store.generation()
+    index = load_index_if_current(index_dir, generation)
+    if index is not None and len(index) == store.count_candidates():
+        return index, False
+    ids: list[int] = []
+    vectors: list[np.ndarray] = []
+    for fid, row in store.iter_candidates_with_ids():
+        ids.append(fid)
+        vectors.append(row.doc_vector)
+    index = build_index(
+        np.asarray(ids, dtype=np.int64),
+        np.stack(vectors) if vectors else np.zeros((0, store.dim), np.float32),
+        generation,
+        store.dim,
+    )
+    index.save(index_dir)
+    return index, True
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    """What `ingest_files` stored."""
+
+    candidates: int
+    postings: int
+    outcomes: int
+    protected: int
+    rejected: tuple[str, ...]
+    """One line per item that could not be encoded: which and why."""
+    index_size: int
+
+
+def ingest_files(
+    settings: Settings,
+    encoder: TextEncoder,
+    *,
+    candidates: Path | None = None,
+    postings: Path | None = None,
+    outcomes: Path | None = None,
+    protected: Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> IngestReport:
+    """Read data files into the store and rebuild the index (the offline path of `ranker ingest`).
+
+    Run it while the service is stopped: a running service keeps its own in-memory view and
+    learns of new candidates only through UpsertCandidates.
+    """
+    # Imported here: the data-file readers are needed only by this offline path.
+    from ranker import datafiles
+
+    store = SqliteStore(settings.resolved_db_path, dim=encoder.dim)
+    try:
+        rejected: list[str] = []
+        n_cand = n_post = n_out = n_prot = 0
+        if candidates is not None:
+            cands = datafiles.read_candidates(candidates)
+            for start in range(0, len(cands), INGEST_BATCH):
+                part = cands[start : start + INGEST_BATCH]
+                rows = []
+                for c, r in zip(part, encode_candidates(encoder, part), strict=True):
+                    if isinstance(r, InvalidInput):
+                        rejected.append(f"candidate {c.id!r}: {r}")
+                    else:
+                        rows.append(r)
+                store.upsert_candidates(rows)
+                n_cand += len(rows)
+                if progress is not None:
+                    progress(min(start + INGEST_BATCH, len(cands)), len(cands))
+        if postings is not None:
+            posts = datafiles.read_postings(postings)
+            prows = []
+            for p, prow in zip(posts, encode_postings(encoder, posts), strict=True):
+                if isinstance(prow, InvalidInput):
+                    rejected.append(f"posting {p.id!r}: {prow}")
+                else:
+                    prows.append(prow)
+            store.upsert_postings(prows)
+            n_post = len(prows)
+        if outcomes is not None:
+            n_out = store.record_outcomes(datafiles.read_outcomes(outcomes))
+        if protected is not None:
+            triples = [
+                (cid, name, value)
+                for cid, attrs in datafiles.read_protected(protected).items()
+                for name, value in attrs.items()
+            ]
+            store.upsert_protected(triples)
+            n_prot = len(triples)
+        index, _ = index_from_store(store, settings.resolved_index_dir)
+        return IngestReport(
+            candidates=n_cand,
+            postings=n_post,
+            outcomes=n_out,
+            protected=n_prot,
+            rejected=tuple(rejected),
+            index_size=len(index),
+        )
+    finally:
+        store.close()
+
+
+def is_ingested(settings: Settings) -> bool:
+    """True when the store already holds candidates (what `ranker ingest --if-missing` skips on)."""
+    if not settings.resolved_db_path.exists():
+        return False
+    store = SqliteStore(settings.resolved_db_path)
+    try:
+        return store.count_candidates() > 0
+    finally:
+        store.close()
+
+
+def ensure_index(settings: Settings) -> tuple[int, bool]:
+    """Bring the saved index in line with the store; (index size, whether it was rebuilt)."""
+    store = SqliteStore(settings.resolved_db_path)
+    try:
+        index, rebuilt = index_from_store(store, settings.resolved_index_dir)
+        return len(index), rebuilt
+    finally:
+        store.close()

@@ -1,0 +1,294 @@
+"""The model registry: one folder per version, a pointer to the version in service, promote/rollback.
+
+Layout under the registry root:
+
+    v0001/  model.onnx  model.txt  lexicon.json  check.json  model_card.json  MODEL_CARD.md
+    v0002/  ...
+    current.json   {"current": "v0002", "history": ["v0001", "v0002"], "events": [...]}
+    .lock          serialises writers (registering, promoting, rolling back)
+
+A version folder is written under a temporary name and renamed into place, so a reader sees a
+whole version or none. `current.json` is replaced atomically (temp file + os.replace), so a reader
+sees the old pointer or the new one, never half of either. `history` is the list of promoted
+versions, the last one in service; `rollback` steps back through it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embeddings.config import EncoderSettings
+from ranker.errors import InvalidInput, ModelRejected, NotFound
+from ranker.features import FEATURE_NAMES, FeatureBuilder, Lexicon
+from ranker.scorer import OnnxScorer
+
+POINTER_FILE = "current.json"
+MODEL_FILE = "model.onnx"
+BOOSTER_FILE = "model.txt"
+LEXICON_FILE = "lexicon.json"
+CHECK_FILE = "check.json"
+CARD_FILE = "model_card.json"
+CARD_MD_FILE = "MODEL_CARD.md"
+CHECK_TOLERANCE = 1e-4
+"""Largest difference allowed between the ONNX scores and LightGBM's on the check rows."""
+
+_VERSION_RE = re.compile(r"^v(\d{4,})$")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    """A loaded model version: everything serving needs to rank and explain with it."""
+
+    version: str
+    feature_names: tuple[str, ...]
+    card: dict[str, Any]
+    scorer: OnnxScorer
+    builder: FeatureBuilder
+    booster_path: Path
+    """LightGBM's native model (TreeSHAP explanations use it)."""
+    check_rows: np.ndarray
+    check_scores: np.ndarray
+
+    def check(self) -> None:
+        """Raise `ModelRejected` unless the features match this code and a test prediction works."""
+        if self.feature_names != FEATURE_NAMES:
+            raise ModelRejected(
+                f"model {self.version} was trained on features {list(self.feature_names)}, this "
+                f"code builds {list(FEATURE_NAMES)}; retrain with `ranker train` or roll back"
+            )
+        if self.scorer.n_features not in (None, len(FEATURE_NAMES)):
+            raise ModelRejected(
+                f"model {self.version} takes {self.scorer.n_features} features, the builder makes "
+                f"{len(FEATURE_NAMES)}; retrain with `ranker train`"
+            )
+        got = self.scorer.score(self.check_rows)
+        if got.shape != self.check_scores.shape or not np.all(np.isfinite(got)):
+            raise ModelRejected(f"model {self.version} gave no usable scores on its check rows")
+        diff = float(np.max(np.abs(got - self.check_scores))) if len(got) else 0.0
+        if diff > CHECK_TOLERANCE:
+            raise ModelRejected(
+                f"model {self.version}'s ONNX scores differ from LightGBM's by {diff:.2e} "
+                f"(allowed {CHECK_TOLERANCE:g}); re-export it with `ranker train`"
+            )
+
+
+class ModelRegistry:
+    """Model versions in folders under `root`, and the pointer to the one in service."""
+
+    def __init__(self, root: Path, settings: EncoderSettings | None = None) -> None:
+        self.root = Path(root)
+        self.settings = settings
+
+    # -- reading ---------------------------------------------------------------------------
+    def versions(self) -> list[str]:
+        """Registered versions, oldest first."""
+        if not self.root.is_dir():
+            return []
+        found = [
+            (int(m.group(1)), d.name)
+            for d in self.root.iterdir()
+            if (m := _VERSION_RE.match(d.name)) and (d / CARD_FILE).is_file()
+        ]
+        return [name for _, name in sorted(found)]
+
+    def version_dir(self, version: str) -> Path:
+        if not _VERSION_RE.match(version):
+            raise InvalidInput(f"{version!r} is not a model version; versions look like v0001")
+        path = self.root / version
+        if not (path / CARD_FILE).is_file():
+            known = ", ".join(self.versions()) or "none yet (run `ranker train`)"
+            raise NotFound(f"model version {version} is not in {self.root}; known: {known}")
+        return path
+
+    def _pointer(self) -> dict[str, Any]:
+        path = self.root / POINTER_FILE
+        if not path.is_file():
+            return {"current": None, "history": [], "events": []}
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ModelRejected(
+                f"{path} is not valid JSON ({e}); fix it or promote a version again: "
+                "`ranker models promote VERSION`"
+            ) from e
+        return dict(data)
+
+    def current_version(self) -> str | None:
+        """The version in service, or None when nothing was promoted yet."""
+        current = self._pointer().get("current")
+        return str(current) if current else None
+
+    def history(self) -> list[str]:
+        """Promoted versions in order; the last one is in service."""
+        return [str(v) for v in self._pointer().get("history", [])]
+
+    def card(self, version: str) -> dict[str, Any]:
+        """The version's model card (model_card.json)."""
+        return dict(json.loads((self.version_dir(version) / CARD_FILE).read_text("utf-8")))
+
+    def load(self, version: str | None = None) -> ModelBundle:
+        """Load a version (default: the one in service); call `.check()` before serving it."""
+        if version is None:
+            version = self.current_version()
+            if version is None:
+                raise NotFound(
+                    f"no model version is in service in {self.root}; train and promote one: "
+                    "`ranker train`"
+                )
+        return self._load_dir(self.version_dir(version), version)
+
+    def _load_dir(self, folder: Path, version: str) -> ModelBundle:
+        card = json.loads((folder / CARD_FILE).read_text("utf-8"))
+        for name, digest in card.get("files", {}).items():
+            if not (folder / name).is_file() or _sha256(folder / name) != digest:
+                raise ModelRejected(
+                    f"{folder / name} is missing or changed since version {version} was "
+                    "registered; retrain (`ranker train`) or roll back (`ranker models rollback`)"
+                )
+        check = json.loads((folder / CHECK_FILE).read_text("utf-8"))
+        return ModelBundle(
+            version=version,
+            feature_names=tuple(card["feature_names"]),
+            card=card,
+            scorer=OnnxScorer(folder / MODEL_FILE, self.settings),
+            builder=FeatureBuilder(Lexicon.from_json((folder / LEXICON_FILE).read_text("utf-8"))),
+            booster_path=folder / BOOSTER_FILE,
+            check_rows=np.asarray(check["rows"], dtype=np.float32).reshape(
+                -1, len(card["feature_names"])
+            ),
+            check_scores=np.asarray(check["scores"], dtype=np.float32),
+        )
+
+    # -- writing ---------------------------------------------------------------------------
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def register(
+        self,
+        *,
+        onnx_model: bytes,
+        booster_text: str,
+        lexicon: Lexicon,
+        check_rows: np.ndarray,
+        check_scores: np.ndarray,
+        card: Mapping[str, Any],
+        render_card: Callable[[Mapping[str, Any]], str],
+    ) -> str:
+        """Write a new version atomically and return its name; it is not promoted.
+
+        Refuses (`ModelRejected`) when the ONNX model does not reproduce `check_scores` (LightGBM's
+        own predictions of `check_rows`) within `CHECK_TOLERANCE`, or its feature names differ.
+        """
+        with self._locked():
+            existing = [int(v[1:]) for v in self.versions()]
+            # Also skip numbers of half-written folders left by a crash.
+            taken = existing + [
+                int(m.group(1)) for d in self.root.iterdir() if (m := _VERSION_RE.match(d.name))
+            ]
+            version = f"v{max(taken, default=0) + 1:04d}"
+            tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=f".{version}."))
+            try:
+                (tmp / MODEL_FILE).write_bytes(onnx_model)
+                (tmp / BOOSTER_FILE).write_text(booster_text, encoding="utf-8")
+                (tmp / LEXICON_FILE).write_text(lexicon.to_json(), encoding="utf-8")
+                rows = np.asarray(check_rows, dtype=np.float32)
+                (tmp / CHECK_FILE).write_text(
+                    json.dumps(
+                        {
+                            "rows": rows.tolist(),
+                            "scores": np.asarray(check_scores, dtype=np.float64).tolist(),
+                        }
+                    ),
+                    encoding="utf-8",
+                )
+                full = dict(card)
+                full["version"] = version
+                full["files"] = {
+                    name: _sha256(tmp / name)
+                    for name in (MODEL_FILE, BOOSTER_FILE, LEXICON_FILE, CHECK_FILE)
+                }
+                (tmp / CARD_FILE).write_text(
+                    json.dumps(full, indent=2, sort_keys=False) + "\n", encoding="utf-8"
+                )
+                self._load_dir(tmp, version).check()
+                (tmp / CARD_MD_FILE).write_text(render_card(full), encoding="utf-8")
+                os.rename(tmp, self.root / version)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            return version
+
+    def _set_pointer(self, pointer: dict[str, Any], action: str, version: str) -> None:
+        history = list(pointer.get("history", []))
+        events = list(pointer.get("events", []))
+        events.append({"at": datetime.now(UTC).isoformat(), "action": action, "version": version})
+        pointer = {
+            "current": history[-1] if history else None,
+            "history": history,
+            "events": events,
+        }
+        _write_atomic(self.root / POINTER_FILE, json.dumps(pointer, indent=2) + "\n")
+
+    def promote(self, version: str) -> None:
+        """Put `version` in service after checking it loads and predicts (`ModelRejected` if not)."""
+        self.load(version).check()
+        with self._locked():
+            pointer = self._pointer()
+            if pointer.get("current") == version:
+                return
+            pointer["history"] = [*pointer.get("history", []), version]
+            self._set_pointer(pointer, "promote", version)
+
+    def rollback(self) -> str:
+        """Put the previously promoted version back in service and return it."""
+        with self._locked():
+            pointer = self._pointer()
+            history = list(pointer.get("history", []))
+            if len(history) < 2:
+                raise NotFound(
+                    "no earlier promoted version to roll back to; promote one by name: "
+                    "`ranker models promote VERSION`"
+                )
+            previous = history[-2]
+            self.load(previous).check()
+            pointer["history"] = history[:-1]
+            self._set_pointer(pointer, "rollback", previous)
+            return previous

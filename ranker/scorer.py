@@ -1,0 +1,56 @@
+"""The ONNX ranking model: feature rows in, one score per row out (CPU ONNX Runtime)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from embeddings.config import EncoderSettings
+from ranker.errors import InvalidInput, ModelRejected
+
+
+def _session(path: Path, settings: EncoderSettings | None) -> ort.InferenceSession:
+    # The one place that configures ONNX Runtime is embeddings.runtime (STYLE.md); fall back to
+    # a plain CPU session only while that module does not exist yet.
+    try:
+        from embeddings.runtime import make_session
+    except ImportError:  # pragma: no cover - transitional
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return make_session(path, settings)
+
+
+class OnnxScorer:
+    """Scores feature matrices with an exported LightGBM model; thread-safe (ORT sessions are)."""
+
+    def __init__(self, path: Path, settings: EncoderSettings | None = None) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelRejected(f"{self.path} does not exist; train a model first: `ranker train`")
+        try:
+            self._session = _session(self.path, settings)
+        except Exception as e:  # ORT raises its own untyped errors for a corrupt file
+            raise ModelRejected(
+                f"{self.path} is not a loadable ONNX model ({e}); retrain: `ranker train`"
+            ) from e
+        inputs = self._session.get_inputs()
+        if len(inputs) != 1 or len(inputs[0].shape) != 2:
+            raise ModelRejected(f"{self.path} must take one 2-d float input, found {inputs}")
+        self._input = inputs[0].name
+        width = inputs[0].shape[1]
+        self.n_features: int | None = width if isinstance(width, int) else None
+        self._output = self._session.get_outputs()[0].name
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        """(n,) float32 scores of the (n, n_features) matrix `x`; higher ranks first."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.ndim != 2 or (self.n_features is not None and x.shape[1] != self.n_features):
+            raise InvalidInput(
+                f"the model takes (n, {self.n_features}) features, got shape {x.shape}; "
+                "build them with the model version's FeatureBuilder"
+            )
+        if len(x) == 0:
+            return np.zeros(0, dtype=np.float32)
+        out = self._session.run([self._output], {self._input: x})[0]
+        return np.asarray(out, dtype=np.float32).reshape(-1)

@@ -1,0 +1,271 @@
+"""Features: names, meaning of each column, the vectorised BM25 against a plain reference, no
+protected attributes anywhere near the inputs."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import math
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ranker.features as features
+from ranker.datafiles import PROTECTED_NAMES
+from ranker.domain import Candidate, Posting
+from ranker.errors import InvalidInput
+from ranker.features import (
+    FEATURE_NAMES,
+    FEATURES,
+    FeatureBuilder,
+    Lexicon,
+    candidate_text,
+    fit_summary,
+    posting_text,
+    prepare_candidate,
+    prepare_posting,
+    tokenize,
+)
+from training.demo import DemoConfig, generate
+
+COL = {n: i for i, n in enumerate(FEATURE_NAMES)}
+
+
+def _unit(rng: np.random.Generator, *shape: int) -> np.ndarray:
+    v = rng.normal(size=shape).astype(np.float32)
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+def _cand(cid: str, **kw: object) -> Candidate:
+    values: dict[str, object] = {"cv_text": "Generic CV text about work.", "title": ""}
+    values.update(kw)
+    return Candidate(id=cid, **values)  # type: ignore[arg-type]
+
+
+POSTING = Posting(
+    id="p1",
+    title="Senior Data Engineer",
+    description="Build pipelines in python and sql with airflow.",
+    required_skills=("python", "sql", "machine learning"),
+    nice_skills=("airflow", "dbt"),
+    min_years=5,
+    location="Berlin",
+)
+
+
+def _build(posting: Posting, cands: list[Candidate], lexicon: Lexicon | None = None) -> np.ndarray:
+    rng = np.random.default_rng(1)
+    pc = [prepare_candidate(c, _unit(rng, 8), _unit(rng, 2, 8)) for c in cands]
+    pp = prepare_posting(posting, _unit(rng, 8))
+    return FeatureBuilder(lexicon or Lexicon.fit(cands)).build(pp, pc)
+
+
+def test_names_are_unique_documented_and_match_the_specs() -> None:
+    assert len(set(FEATURE_NAMES)) == len(FEATURE_NAMES)
+    assert FEATURE_NAMES == tuple(f.name for f in FEATURES)
+    assert all(len(f.doc) > 20 for f in FEATURES)
+
+
+def test_no_protected_attribute_is_a_feature_or_an_input() -> None:
+    words = {w for name in FEATURE_NAMES for w in name.split("_")}
+    assert not PROTECTED_NAMES & set(FEATURE_NAMES)
+    assert not {"sex", "gender", "age", "ethnicity", "race", "disability", "photo"} & words
+    # The records the features read cannot carry them ...
+    fields = {f.name for f in dataclasses.fields(Candidate)}
+    assert not PROTECTED_NAMES & fields
+    params = set(inspect.signature(prepare_candidate).parameters)
+    assert params == {"c", "doc_vector", "chunk_vectors"}
+    # ... and the feature code never names one (identifiers, attributes or strings).
+    tree = ast.parse(Path(features.__file__).read_text(encoding="utf-8"))
+    docstrings = {
+        id(n.value)
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)
+    }
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in docstrings:
+            continue
+        if isinstance(node, ast.Name):
+            names.add(node.id.lower())
+        elif isinstance(node, ast.Attribute):
+            names.add(node.attr.lower())
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            names.update(tokenize(node.value))
+    assert not (PROTECTED_NAMES - {"name"}) & names
+
+
+def test_skill_experience_and_location_columns() -> None:
+    cands = [
+        _cand(
+            "full",
+            skills=("python", "sql", "machine learning", "dbt"),
+            years_experience=7,
+            location="berlin ",
+        ),
+        _cand(
+            "half",
+            skills=("python",),
+            years_experience=3,
+            location="Paris",
+            willing_to_relocate=True,
+        ),
+        _cand("none", skills=("excel",), years_experience=12, location="Paris", remote_ok=True),
+    ]
+    x = _build(POSTING, cands)
+    assert x.shape == (3, len(FEATURE_NAMES)) and x.dtype == np.float32
+    np.testing.assert_allclose(x[:, COL["required_coverage"]], [1, 1 / 3, 0], rtol=1e-6)
+    np.testing.assert_array_equal(x[:, COL["required_missing"]], [0, 2, 3])
+    np.testing.assert_allclose(x[:, COL["nice_coverage"]], [0.5, 0, 0])
+    np.testing.assert_array_equal(x[:, COL["experience_gap"]], [2, -2, 7])
+    np.testing.assert_array_equal(x[:, COL["under_min_years"]], [0, 1, 0])
+    np.testing.assert_array_equal(x[:, COL["same_location"]], [1, 0, 0])
+    np.testing.assert_array_equal(x[:, COL["relocation_needed"]], [0, 1, 0])
+    np.testing.assert_array_equal(x[:, COL["remote_fit"]], [0, 0, 0])  # the posting is on site
+    np.testing.assert_array_equal(x[:, COL["location_fit"]], [1, 0.5, 0])
+    np.testing.assert_array_equal(x[:, COL["skills_listed"]], [4, 1, 1])
+
+    remote = dataclasses.replace(POSTING, location="", remote=True)
+    xr = _build(remote, cands)
+    np.testing.assert_array_equal(xr[:, COL["remote_fit"]], [0, 0, 1])
+    np.testing.assert_array_equal(xr[:, COL["location_fit"]], [0, 0, 1])
+
+
+def test_posting_without_skills_or_title_words() -> None:
+    bare = Posting(id="p2", title="Junior", description="Anything at all.")
+    x = _build(bare, [_cand("a", skills=("sql",))])
+    assert x[0, COL["required_coverage"]] == 1.0
+    assert x[0, COL["nice_coverage"]] == 0.0
+    assert x[0, COL["title_overlap"]] == 0.0
+
+
+def test_title_and_seniority() -> None:
+    cands = [
+        _cand("a", title="Lead Data Engineer"),
+        _cand("b", title="Junior Data Analyst"),
+        _cand("c", title="Registered Nurse"),
+    ]
+    x = _build(POSTING, cands)
+    np.testing.assert_allclose(x[:, COL["title_overlap"]], [1.0, 1 / 3, 0.0], rtol=1e-6)
+    np.testing.assert_array_equal(x[:, COL["seniority_gap"]], [1, -2, -1])
+
+
+def test_dense_columns_are_cosines() -> None:
+    rng = np.random.default_rng(3)
+    cands = [_cand(f"c{i}") for i in range(5)]
+    pc = [prepare_candidate(c, _unit(rng, 16), _unit(rng, i + 1, 16)) for i, c in enumerate(cands)]
+    pp = prepare_posting(POSTING, _unit(rng, 16))
+    x = FeatureBuilder(Lexicon.fit(cands)).build(pp, pc)
+    np.testing.assert_allclose(
+        x[:, COL["dense_cosine"]], [c.doc_vector @ pp.vector for c in pc], rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        x[:, COL["chunk_max_cosine"]], [np.max(c.chunk_vectors @ pp.vector) for c in pc], rtol=1e-5
+    )
+
+
+def _reference_bm25(lex: Lexicon, query: set[str], text: str) -> float:
+    """BM25 written the slow, obvious way."""
+    tf = Counter(tokenize(text))
+    dl = sum(tf.values())
+    score = bound = 0.0
+    for t in query:
+        idf = math.log(1 + (lex.n_docs - lex.df.get(t, 0) + 0.5) / (lex.df.get(t, 0) + 0.5))
+        bound += idf * (lex.k1 + 1)
+        f = tf.get(t, 0)
+        score += idf * f * (lex.k1 + 1) / (f + lex.k1 * (1 - lex.b + lex.b * dl / lex.avgdl))
+    return score / bound
+
+
+def test_vectorised_lexical_features_match_a_plain_reference() -> None:
+    data = generate(DemoConfig(candidates=60, postings=4, applicants=(5, 8), seed=2))
+    lex = Lexicon.fit(data.candidates[:40])  # some CVs are unseen by the lexicon
+    rng = np.random.default_rng(0)
+    pc = [prepare_candidate(c, _unit(rng, 8), _unit(rng, 1, 8)) for c in data.candidates]
+    for posting in data.postings:
+        pp = prepare_posting(posting, _unit(rng, 8))
+        x = FeatureBuilder(lex).build(pp, pc)
+        stop = features._STOPWORDS
+        query = {t for t in tokenize(posting_text(posting)) if t not in stop}
+        required = {w for s in posting.required_skills for w in tokenize(s)}
+        for i, c in enumerate(data.candidates):
+            text = candidate_text(c)
+            assert x[i, COL["bm25"]] == pytest.approx(_reference_bm25(lex, query, text), rel=1e-5)
+            assert x[i, COL["bm25_required"]] == pytest.approx(
+                _reference_bm25(lex, required, text), rel=1e-5
+            )
+            words = set(tokenize(text))
+            mentioned = [all(w in words for w in tokenize(s)) for s in posting.required_skills]
+            assert x[i, COL["required_text_coverage"]] == pytest.approx(np.mean(mentioned))
+            assert x[i, COL["cv_log_length"]] == pytest.approx(np.log1p(len(tokenize(text))))
+
+
+def test_bucket_collisions_fall_back_to_exact_matching() -> None:
+    data = generate(DemoConfig(candidates=10, postings=2, applicants=(3, 4), seed=4))
+    rng = np.random.default_rng(0)
+    pc = [prepare_candidate(c, _unit(rng, 8), _unit(rng, 1, 8)) for c in data.candidates]
+    real = np.unique(np.concatenate([c.term_hashes for c in pc]))[:5]
+    # A fake hash sharing the first real hash's bucket, but not its value.
+    fake = real[0] ^ np.uint64(1 << 40)
+    query = np.sort(np.append(real, fake))
+    idx, pos = features._match_terms(query, pc)
+    all_hashes = np.concatenate([c.term_hashes for c in pc])
+    assert np.array_equal(idx, np.flatnonzero(np.isin(all_hashes, real)))
+    assert np.array_equal(query[pos], all_hashes[idx])
+    # And the fast path gives the same answer without the colliding term.
+    idx2, pos2 = features._match_terms(real, pc)
+    assert np.array_equal(idx2, idx)
+    assert np.array_equal(real[pos2], all_hashes[idx2])
+
+
+def test_empty_candidate_list_and_bad_vectors() -> None:
+    rng = np.random.default_rng(0)
+    pp = prepare_posting(POSTING, _unit(rng, 8))
+    x = FeatureBuilder(Lexicon.fit([_cand("a")])).build(pp, [])
+    assert x.shape == (0, len(FEATURE_NAMES))
+    with pytest.raises(InvalidInput, match="NaN"):
+        prepare_candidate(_cand("a"), np.full(8, np.nan), _unit(rng, 1, 8))
+    with pytest.raises(InvalidInput, match="same encoder"):
+        prepare_candidate(_cand("a"), _unit(rng, 8), _unit(rng, 1, 4))
+
+
+def test_lexicon_round_trip_and_errors() -> None:
+    lex = Lexicon.fit([_cand("a", cv_text="python sql"), _cand("b", cv_text="python nursing care")])
+    back = Lexicon.from_json(lex.to_json())
+    assert back.df == lex.df == {"care": 1, "nursing": 1, "python": 2, "sql": 1}
+    assert back.avgdl == 2.5 and back.n_docs == 2
+    np.testing.assert_allclose(
+        back.idf(["python", "never-seen"]), lex.idf(["python", "never-seen"])
+    )
+    assert lex.idf(["never-seen"])[0] > lex.idf(["sql"])[0] > lex.idf(["python"])[0]
+    with pytest.raises(InvalidInput, match="lexicon is not valid"):
+        Lexicon.from_json('{"n_docs": 2}')
+    with pytest.raises(InvalidInput):
+        Lexicon.fit([])
+
+
+def test_fit_summary() -> None:
+    c = _cand(
+        "a",
+        skills=("python", "dbt"),
+        years_experience=3,
+        location="Paris",
+        willing_to_relocate=True,
+    )
+    s = fit_summary(POSTING, c)
+    assert s.required_matched == ("python",)
+    assert s.required_missing == ("sql", "machine learning")
+    assert s.nice_matched == ("dbt",)
+    assert not s.meets_experience
+    assert s.location_fit == "willing to relocate"
+    assert s.describe() == (
+        "1/3 required skills (missing: sql, machine learning); nice-to-have: dbt; "
+        "3 yrs vs 5 required; willing to relocate"
+    )
+    assert fit_summary(POSTING, _cand("b", location="Berlin")).location_fit == "same location"
+    remote = dataclasses.replace(POSTING, remote=True, location="")
+    assert fit_summary(remote, _cand("c", remote_ok=True)).location_fit == "remote"
+    assert fit_summary(remote, _cand("d")).location_fit == "location mismatch"

@@ -1,0 +1,460 @@
+"""The CandidateRanker service end to end: a real server on port 0, a real stub, every RPC."""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import threading
+import urllib.request
+from datetime import datetime
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from ranker.features import FEATURE_NAMES
+from ranker.grpc_server import SERVICE_NAME, candidate_to_pb
+from ranker.v1 import ranker_pb2 as pb
+from tests.fixtures.server import MAX_BATCH, MAX_MESSAGE_BYTES, ServerHandle
+from training.demo import DemoData
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+
+
+def _code(excinfo: pytest.ExceptionInfo[grpc.RpcError]) -> grpc.StatusCode:
+    return excinfo.value.code()  # type: ignore[attr-defined, no-any-return]
+
+
+def _details(excinfo: pytest.ExceptionInfo[grpc.RpcError]) -> str:
+    return excinfo.value.details()  # type: ignore[attr-defined, no-any-return]
+
+
+def _cand(
+    cid: str, text: str = "Backend engineer: Python, SQL, Kubernetes.", **kw: object
+) -> pb.Candidate:
+    return pb.Candidate(id=cid, cv_text=text, **kw)  # type: ignore[arg-type]
+
+
+# -- health, reflection, model info ---------------------------------------------------------
+
+
+def test_health_is_serving_for_the_server_and_the_service(served: ServerHandle) -> None:
+    assert served.health_status("") == health_pb2.HealthCheckResponse.SERVING
+    assert served.health_status(SERVICE_NAME) == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_reflection_lists_the_service(served: ServerHandle) -> None:
+    stub = reflection_pb2_grpc.ServerReflectionStub(served.channel)
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    responses = list(stub.ServerReflectionInfo(iter([request])))
+    names = {s.name for s in responses[0].list_services_response.service}
+    assert "ranker.v1.CandidateRanker" in names
+    assert "grpc.health.v1.Health" in names
+
+
+def test_get_model_info_reports_the_promoted_version(served: ServerHandle) -> None:
+    info = served.stub.GetModelInfo(pb.GetModelInfoRequest())
+    assert info.version == served.pipeline.registry.current_version()  # type: ignore[union-attr]
+    assert tuple(info.feature_names) == FEATURE_NAMES
+    card = json.loads(info.card_json)
+    assert card["feature_names"] == list(FEATURE_NAMES)
+    assert all(math.isfinite(v) for v in info.metrics.values())
+    assert info.total_candidates == served.pipeline.candidate_count
+    assert info.loaded_at.seconds > 0
+
+
+# -- ranking --------------------------------------------------------------------------------
+
+
+def test_rank_by_stored_posting_returns_top_k_with_reasons(
+    served: ServerHandle, serving_demo: DemoData
+) -> None:
+    posting = serving_demo.postings[0]
+    r = served.stub.RankCandidates(
+        pb.RankCandidatesRequest(posting_id=posting.id, top_k=5, explain=True)
+    )
+    assert [c.rank for c in r.results] == [1, 2, 3, 4, 5]
+    scores = [c.score for c in r.results]
+    assert scores == sorted(scores, reverse=True)
+    assert len({c.candidate_id for c in r.results}) == 5
+    assert r.posting_id == posting.id
+    assert r.model_version == served.stub.GetModelInfo(pb.GetModelInfoRequest()).version
+    assert r.eligible == len(serving_demo.candidates)
+    assert r.retrieved == len(serving_demo.candidates)  # retrieve_n 500 > 90 stored
+    assert r.timings.total_ms > 0 and r.timings.encode_ms == 0
+    by_id = {c.id: c for c in serving_demo.candidates}
+    for c in r.results:
+        e = c.explanation
+        assert e.reasons, "every result must carry readable reasons"
+        assert set(e.required_matched) | set(e.required_missing) == set(posting.required_skills)
+        assert set(e.required_matched) == set(posting.required_skills) & set(
+            by_id[c.candidate_id].skills
+        )
+        assert e.years_experience == pytest.approx(by_id[c.candidate_id].years_experience)
+        assert e.min_years == pytest.approx(posting.min_years)
+        assert e.top_features and all(f.name in FEATURE_NAMES for f in e.top_features)
+        assert -1.0 <= c.similarity <= 1.0
+
+
+def test_ranking_without_explain_has_no_reasons(
+    served: ServerHandle, serving_demo: DemoData
+) -> None:
+    r = served.stub.RankCandidates(
+        pb.RankCandidatesRequest(posting_id=serving_demo.postings[1].id, top_k=3)
+    )
+    assert len(r.results) == 3
+    assert not any(c.HasField("explanation") for c in r.results)
+    assert r.timings.explain_ms == 0
+
+
+def test_the_decision_log_holds_the_exact_features_served(
+    served: ServerHandle, serving_demo: DemoData
+) -> None:
+    posting = serving_demo.postings[2]
+    r = served.stub.RankCandidates(pb.RankCandidatesRequest(posting_id=posting.id, top_k=4))
+    pipeline = served.pipeline
+    pipeline._decisions.flush()
+    d = pipeline.store.get_decision(r.request_id)
+    assert d.model_version == r.model_version
+    assert d.posting_id == posting.id
+    assert list(d.candidate_ids) == [c.candidate_id for c in r.results]
+    np.testing.assert_allclose(d.scores, [c.score for c in r.results], rtol=1e-6)
+    # Rebuild the features independently and score them: the log must match what was served.
+    bundle = pipeline._served.bundle  # type: ignore[union-attr]
+    prepared = [pipeline._catalog.get(cid) for cid in d.candidate_ids]
+    x = bundle.builder.build(pipeline._postings[posting.id], prepared)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(d.features, x)
+    np.testing.assert_allclose(bundle.scorer.score(d.features), d.scores, rtol=1e-6)
+
+
+def test_rank_inline_posting(served: ServerHandle, serving_demo: DemoData) -> None:
+    p = serving_demo.postings[0]
+    inline = pb.Posting(
+        title=p.title,
+        description=p.description,
+        required_skills=list(p.required_skills),
+        min_years=p.min_years,
+        location=p.location,
+    )
+    r = served.stub.RankCandidates(pb.RankCandidatesRequest(posting=inline, top_k=3))
+    assert r.posting_id.startswith("inline-")
+    assert len(r.results) == 3
+    assert r.timings.encode_ms > 0
+    again = served.stub.RankCandidates(pb.RankCandidatesRequest(posting=inline, top_k=3))
+    assert again.posting_id == r.posting_id  # named by a hash of its content
+
+
+def test_hard_filters_apply_inside_retrieval(served: ServerHandle, serving_demo: DemoData) -> None:
+    skill = serving_demo.candidates[0].skills[0]
+    city = serving_demo.candidates[0].location
+    expected = {
+        c.id
+        for c in serving_demo.candidates
+        if (c.location.lower() == city.lower() or c.remote_ok)
+        and c.years_experience >= 2
+        and skill in c.skills
+    }
+    assert expected, "the demo set must give this filter something to find"
+    filters = pb.Filters(
+        locations=[city.upper()], include_remote=True, min_years=2, must_have_skills=[skill.title()]
+    )
+    r = served.stub.RankCandidates(
+        pb.RankCandidatesRequest(
+            posting_id=serving_demo.postings[0].id, top_k=1000, filters=filters
+        )
+    )
+    assert r.eligible == len(expected)
+    assert {c.candidate_id for c in r.results} == expected
+
+
+def test_filters_that_match_nothing_give_an_empty_ranking(
+    served: ServerHandle, serving_demo: DemoData
+) -> None:
+    r = served.stub.RankCandidates(
+        pb.RankCandidatesRequest(
+            posting_id=serving_demo.postings[0].id,
+            filters=pb.Filters(must_have_skills=["no such skill anywhere"]),
+        )
+    )
+    assert r.eligible == 0 and not r.results
+
+
+def test_retrieve_n_bounds_the_reranked_set(served: ServerHandle, serving_demo: DemoData) -> None:
+    r = served.stub.RankCandidates(
+        pb.RankCandidatesRequest(posting_id=serving_demo.postings[0].id, top_k=3, retrieve_n=7)
+    )
+    assert r.retrieved == 7 and len(r.results) == 3
+
+
+# -- bad input ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "request_kwargs",
+    [
+        {"top_k": 0},
+        {"top_k": 1001},
+        {"top_k": -3},
+        {"retrieve_n": 0},
+        {"retrieve_n": 10_001},
+        {"filters": pb.Filters(min_years=float("nan"))},
+        {"filters": pb.Filters(min_years=-1)},
+        {"filters": pb.Filters(must_have_skills=["  "])},
+    ],
+    ids=str,
+)
+def test_out_of_range_arguments_are_invalid(
+    served: ServerHandle, serving_demo: DemoData, request_kwargs: dict[str, object]
+) -> None:
+    req = pb.RankCandidatesRequest(posting_id=serving_demo.postings[0].id, **request_kwargs)  # type: ignore[arg-type]
+    with pytest.raises(grpc.RpcError) as e:
+        served.stub.RankCandidates(req)
+    assert _code(e) == INVALID
+    assert _details(e)
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        pb.RankCandidatesRequest(),
+        pb.RankCandidatesRequest(posting_id="  "),
+        pb.RankCandidatesRequest(posting=pb.Posting(title="Engineer", description="   ")),
+        pb.RankCandidatesRequest(posting=pb.Posting(title="", description="Builds things.")),
+        pb.RankCandidatesRequest(
+            posting=pb.Posting(title="Engineer", description="Builds.", min_years=math.inf)
+        ),
+    ],
+    ids=["no-posting", "blank-id", "empty-description", "empty-title", "infinite-years"],
+)
+def test_malformed_postings_are_invalid(
+    served: ServerHandle, request_: pb.RankCandidatesRequest
+) -> None:
+    with pytest.raises(grpc.RpcError) as e:
+        served.stub.RankCandidates(request_)
+    assert _code(e) == INVALID
+
+
+def test_unknown_posting_is_not_found(served: ServerHandle) -> None:
+    with pytest.raises(grpc.RpcError) as e:
+        served.stub.RankCandidates(pb.RankCandidatesRequest(posting_id="P-does-not-exist"))
+    assert _code(e) == grpc.StatusCode.NOT_FOUND
+    assert "UpsertPostings" in _details(e)
+
+
+def test_bytes_that_do_not_parse_are_invalid_not_internal(served: ServerHandle) -> None:
+    raw = served.channel.unary_unary(
+        f"/{SERVICE_NAME}/RankCandidates",
+        request_serializer=lambda b: b,
+        response_deserializer=lambda b: b,
+    )
+    # Field 1 (posting_id, a string) carrying bytes that are not UTF-8.
+    with pytest.raises(grpc.RpcError) as e:
+        raw(b"\x0a\x02\xff\xfe")
+    assert _code(e) == INVALID
+    # Field 2 (an embedded Posting) whose length prefix runs past the end of the message.
+    with pytest.raises(grpc.RpcError) as e:
+        raw(b"\x12\x40\x0a")
+    assert _code(e) == INVALID
+
+
+def test_oversized_message_is_resource_exhausted_and_stores_nothing(served: ServerHandle) -> None:
+    big = _cand("too-big", "x" * (MAX_MESSAGE_BYTES + 10))
+    with pytest.raises(grpc.RpcError) as e:
+        served.stub.UpsertCandidates(pb.UpsertCandidatesRequest(candidates=[big]))
+    assert _code(e) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    with pytest.raises(grpc.RpcError) as e:
+        served.stub.GetCandidate(pb.GetCandidateRequest(id="too-big"))
+    assert _code(e) == grpc.StatusCode.NOT_FOUND
+
+
+def test_an_unexpected_failure_is_internal_with_a_generic_message(
+    served: ServerHandle, serving_demo: DemoData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def boom(*args: object) -> None:
+        raise RuntimeError("secret detail that must not reach the client")
+
+    monkeypatch.setattr(served.pipeline, "rank", boom)
+    with pytest.raises(grpc.RpcError) as e:
+        served.stub.RankCandidates(pb.RankCandidatesRequest(posting_id=serving_demo.postings[0].id))
+    assert _code(e) == grpc.StatusCode.INTERNAL
+    assert "secret" not in _details(e) and "server log" in _details(e)
+
+
+# -- writes ---------------------------------------------------------------------------------
+
+
+def test_upsert_reports_per_item_and_is_idempotent(served: ServerHandle) -> None:
+    before = served.pipeline.candidate_count
+    items = [
+        _cand("u-good", skills=["Python"], years_experience=4, location="Lisbon"),
+        _cand("u-empty", "   "),
+        _cand("u-nan", years_experience=float("nan")),
+        _cand("u-good", "a second copy of the same id"),
+        _cand("", "no id"),
+    ]
+    r = served.stub.UpsertCandidates(pb.UpsertCandidatesRequest(candidates=items))
+    codes = [i.code for i in r.items]
+    ok, invalid = grpc.StatusCode.OK.value[0], INVALID.value[0]
+    assert codes == [ok, invalid, invalid, invalid, invalid]
+    assert [i.index for i in r.items] == [0, 1, 2, 3, 4]
+    assert all(i.message for i in r.items[1:])
+    assert r.stored == 1 and r.items[0].created
+    assert r.total_candidates == before + 1
+    got = served.stub.GetCandidate(pb.GetCandidateRequest(id="u-good")).candidate
+    assert got.skills == ["python"] and got.location == "Lisbon"
+    for bad in ("u-empty", "u-nan"):
+        with pytest.raises(grpc.RpcError):
+            served.stub.GetCandidate(pb.GetCandidateRequest(id=bad))
+    # The same id again replaces it: not created, the count unchanged, the new text stored.
+    again = served.stub.UpsertCandidates(
+        pb.UpsertCandidatesRequest(candidates=[_cand("u-good", "Now a Go developer.")])
+    )
+    assert again.items[0].code == ok and not again.items[0].created
+    assert again.total_candidates == before + 1
+    got = served.stub.GetCandidate(pb.GetCandidateRequest(id="u-good")).candidate
+    assert got.cv_text == "Now a Go developer."
+    served.stub.DeleteCandidates(pb.DeleteCandidatesRequest(ids=["u-good"]))
+
+
+@pytest.mark.parametrize("n", [0, MAX_BATCH + 1])
+def test_empty_or_oversized_batches_are_invalid_and_store_nothing(
+    served: ServerHandle, n: int
+) -> None:
+    before = served.pipeline.candidate_count
+    items = [_cand(f"batch-{i}") for i in range(n)]
+    with pytest.raises(grpc.RpcError) as e:
+        served.stub.UpsertCandidates(pb.UpsertCandidatesRequest(candidates=items))
+    assert _code(e) == INVALID
+    assert served.pipeline.candidate_count == before
+    with pytest.raises(grpc.RpcError) as e:
+        served.stub.DeleteCandidates(pb.DeleteCandidatesRequest(ids=[f"x{i}" for i in range(n)]))
+    assert _code(e) == INVALID
+
+
+def test_upsert_postings_and_list_them(served: ServerHandle, serving_demo: DemoData) -> None:
+    r = served.stub.UpsertPostings(
+        pb.UpsertPostingsRequest(
+            postings=[
+                pb.Posting(id="P-new", title="Data engineer", description="Pipelines in Spark."),
+                pb.Posting(id="P-bad", title="No description", description=""),
+            ]
+        )
+    )
+    assert [i.code for i in r.items] == [0, INVALID.value[0]]
+    assert r.stored == 1 and r.items[0].created
+    listed = [p.id for p in served.stub.ListPostings(pb.ListPostingsRequest()).postings]
+    assert listed == sorted(listed)
+    assert "P-new" in listed and "P-bad" not in listed
+    assert {p.id for p in serving_demo.postings} <= set(listed)
+    r = served.stub.RankCandidates(pb.RankCandidatesRequest(posting_id="P-new", top_k=2))
+    assert len(r.results) == 2
+
+
+def test_record_outcomes_per_item(served: ServerHandle, serving_demo: DemoData) -> None:
+    p, c = serving_demo.postings[0].id, serving_demo.candidates[5].id
+    before = served.pipeline.store.count_outcomes()
+    r = served.stub.RecordOutcomes(
+        pb.RecordOutcomesRequest(
+            outcomes=[
+                pb.Outcome(posting_id=p, candidate_id=c, stage="Hired"),
+                pb.Outcome(posting_id=p, candidate_id="nobody", stage="screened"),
+                pb.Outcome(posting_id="P-none", candidate_id=c, stage="screened"),
+                pb.Outcome(posting_id=p, candidate_id=c, stage="promoted to CEO"),
+            ]
+        )
+    )
+    nf = grpc.StatusCode.NOT_FOUND.value[0]
+    assert [i.code for i in r.items] == [0, nf, nf, INVALID.value[0]]
+    assert r.recorded == 1
+    assert served.pipeline.store.count_outcomes() == before + 1
+    stored = [o for o in served.pipeline.store.list_outcomes() if o.candidate_id == c]
+    assert any(o.stage.value == "hired" and o.posting_id == p for o in stored)
+    assert all(isinstance(o.at, datetime) for o in stored)
+
+
+def test_get_candidate_round_trips_the_fields(served: ServerHandle, serving_demo: DemoData) -> None:
+    c = serving_demo.candidates[3]
+    got = served.stub.GetCandidate(pb.GetCandidateRequest(id=c.id)).candidate
+    assert got == candidate_to_pb(c)
+
+
+def test_concurrent_upserts_and_rankings_lose_nothing(
+    served: ServerHandle, serving_demo: DemoData
+) -> None:
+    before = served.pipeline.candidate_count
+    errors: list[BaseException] = []
+    rankings: list[pb.RankCandidatesResponse] = []
+
+    def upsert(worker: int) -> None:
+        try:
+            for batch in range(3):
+                ids = [f"conc-{worker}-{batch}-{i}" for i in range(4)]
+                r = served.stub.UpsertCandidates(
+                    pb.UpsertCandidatesRequest(
+                        candidates=[_cand(cid, f"Engineer {cid} with Rust.") for cid in ids]
+                    )
+                )
+                assert r.stored == 4
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+            errors.append(e)
+
+    def rank(worker: int) -> None:
+        try:
+            for i in range(6):
+                p = serving_demo.postings[(worker + i) % len(serving_demo.postings)]
+                rankings.append(
+                    served.stub.RankCandidates(pb.RankCandidatesRequest(posting_id=p.id, top_k=5))
+                )
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=upsert, args=(w,)) for w in range(3)]
+    threads += [threading.Thread(target=rank, args=(w,)) for w in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(rankings) == 18 and all(len(r.results) == 5 for r in rankings)
+    new_ids = [f"conc-{w}-{b}-{i}" for w in range(3) for b in range(3) for i in range(4)]
+    assert served.pipeline.candidate_count == before + len(new_ids)
+    for cid in new_ids:
+        assert served.stub.GetCandidate(pb.GetCandidateRequest(id=cid)).candidate.id == cid
+    # Every one of them is searchable: a filter-free ranking over everything can return them.
+    r = served.stub.RankCandidates(
+        pb.RankCandidatesRequest(
+            posting=pb.Posting(title="Rust engineer", description="Rust."), top_k=1000
+        )
+    )
+    assert set(new_ids) <= {c.candidate_id for c in r.results}
+    d = served.stub.DeleteCandidates(pb.DeleteCandidatesRequest(ids=new_ids))
+    assert all(i.code == 0 for i in d.items)
+
+
+# -- metrics --------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_metrics_endpoint(start_server, registry_path, serving_demo: DemoData) -> None:  # type: ignore[no-untyped-def]
+    port = _free_port()
+    h = start_server(registry_dir=registry_path, metrics_port=port)
+    h.stub.UpsertCandidates(
+        pb.UpsertCandidatesRequest(candidates=[candidate_to_pb(serving_demo.candidates[0])])
+    )
+    with pytest.raises(grpc.RpcError):
+        h.stub.RankCandidates(pb.RankCandidatesRequest(posting_id="nope"))
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert 'ranker_requests_total{code="OK",rpc="UpsertCandidates"} 1.0' in text
+    assert 'ranker_errors_total{code="NOT_FOUND",rpc="RankCandidates"} 1.0' in text
+    assert 'ranker_request_seconds_count{rpc="RankCandidates"} 1.0' in text
+    assert "ranker_index_size 1.0" in text
+    version = h.stub.GetModelInfo(pb.GetModelInfoRequest()).version
+    assert f'ranker_model_info{{version="{version}"}} 1.0' in text

@@ -1,0 +1,107 @@
+"""Ingestion: files to store and index, per-item encoder failures, and the index's freshness."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ranker.config import Settings
+from ranker.domain import Candidate
+from ranker.errors import InvalidInput
+from ranker.index import INDEX_FILE
+from ranker.ingest import (
+    TextEncoder,
+    encode_candidates,
+    ensure_index,
+    index_from_store,
+    ingest_files,
+    is_ingested,
+)
+from ranker.store import SqliteStore
+from training.demo import DemoData, write_demo
+
+
+@pytest.fixture
+def demo_files(serving_demo: DemoData, tmp_path: Path) -> Path:
+    small = DemoData(
+        candidates=serving_demo.candidates[:25],
+        postings=serving_demo.postings[:3],
+        outcomes=[o for o in serving_demo.outcomes if o.candidate_id <= "C0025"],
+        protected={k: v for k, v in serving_demo.protected.items() if k <= "C0025"},
+    )
+    write_demo(small, tmp_path / "demo")
+    return tmp_path / "demo"
+
+
+def test_ingest_files_fills_store_and_index(
+    encoder: TextEncoder, demo_files: Path, tmp_path: Path
+) -> None:
+    settings = Settings(data_dir=tmp_path / "data")
+    assert not is_ingested(settings)
+    report = ingest_files(
+        settings,
+        encoder,
+        candidates=demo_files / "candidates.jsonl",
+        postings=demo_files / "postings.jsonl",
+        outcomes=demo_files / "outcomes.jsonl",
+        protected=demo_files / "protected.jsonl",
+    )
+    assert (report.candidates, report.postings, report.index_size) == (25, 3, 25)
+    assert report.outcomes > 0 and report.protected > 0 and not report.rejected
+    assert is_ingested(settings)
+    assert ensure_index(settings) == (25, False)  # the saved index is current
+
+    store = SqliteStore(settings.resolved_db_path)
+    try:
+        assert store.count_candidates() == 25 and store.count_postings() == 3
+        assert store.count_outcomes() == report.outcomes
+        row = store.get_candidate("C0001")
+        assert row.doc_vector.shape == (encoder.dim,)
+        np.testing.assert_allclose(np.linalg.norm(row.doc_vector), 1.0, rtol=1e-5)
+        assert row.chunk_vectors.ndim == 2 and row.chunk_vectors.shape[1] == encoder.dim
+        # A write after the save makes the saved index stale: it is rebuilt, with the change.
+        store.delete_candidates(["C0002"])
+        index, rebuilt = index_from_store(store, settings.resolved_index_dir)
+        assert rebuilt and len(index) == 24
+        assert store.faiss_ids(["C0001"])["C0001"] in set(index.ids().tolist())
+    finally:
+        store.close()
+
+    (settings.resolved_index_dir / INDEX_FILE).unlink()
+    assert ensure_index(settings) == (24, True)
+    # Ingesting the same files again is idempotent by id.
+    again = ingest_files(settings, encoder, candidates=demo_files / "candidates.jsonl")
+    assert again.index_size == 25
+
+
+class _PickyEncoder:
+    """The real encoder, except that it refuses any text containing REFUSE."""
+
+    def __init__(self, inner: TextEncoder) -> None:
+        self.inner = inner
+        self.dim = inner.dim
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return self.inner.encode(texts)
+
+    def encode_documents(self, texts: list[str]):  # type: ignore[no-untyped-def]
+        if any("REFUSE" in t for t in texts):
+            raise ValueError("cannot encode this text")
+        return self.inner.encode_documents(texts)
+
+
+def test_an_encoder_failure_is_pinned_on_its_item(encoder: TextEncoder) -> None:
+    cands = [
+        Candidate(id="a", cv_text="Python developer."),
+        Candidate(id="b", cv_text="REFUSE me"),
+        Candidate(id="c", cv_text="Registered nurse."),
+    ]
+    rows = encode_candidates(_PickyEncoder(encoder), cands)
+    assert isinstance(rows[1], InvalidInput)
+    good = [r for r in rows if not isinstance(r, InvalidInput)]
+    assert [r.candidate.id for r in good] == ["a", "c"]
+    direct = encoder.encode_documents(["Python developer.", "Registered nurse."])
+    for row, doc in zip(good, direct, strict=True):
+        np.testing.assert_allclose(row.doc_vector, doc.vector, atol=1e-5)

@@ -1,0 +1,236 @@
+"""The transport-free pipeline: filter columns, locks, deadlines, erasure and re-ingest."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ranker.domain import Candidate
+from ranker.errors import DeadlineExceeded, InvalidInput
+from ranker.features import prepare_candidate
+from ranker.ingest import TextEncoder
+from ranker.pipeline import (
+    CandidateCatalog,
+    Deadline,
+    RankFilters,
+    RankingPipeline,
+    RankQuery,
+    ReadWriteLock,
+    Rejected,
+)
+from tests.fixtures.server import serving_settings
+from training.demo import DemoData
+
+CITIES = ("Berlin", "Lisbon", "Warsaw", "")
+SKILLS = ("python", "sql", "go", "excel", "nursing")
+
+
+def _random_candidates(rng: np.random.Generator, n: int, start: int = 0) -> list[Candidate]:
+    return [
+        Candidate(
+            id=f"c{start + i}",
+            cv_text=f"cv {start + i}",
+            skills=tuple(s for s in SKILLS if rng.random() < 0.4),
+            years_experience=float(rng.integers(0, 15)),
+            location=str(rng.choice(CITIES)),
+            willing_to_relocate=bool(rng.random() < 0.3),
+            remote_ok=bool(rng.random() < 0.3),
+        )
+        for i in range(n)
+    ]
+
+
+def _brute_force(cands: dict[int, Candidate], f: RankFilters) -> set[int]:
+    keep = set()
+    for fid, c in cands.items():
+        if f.locations:
+            ok = c.location.lower() in f.locations
+            ok |= f.include_remote and c.remote_ok
+            ok |= f.include_relocating and c.willing_to_relocate
+            if not ok:
+                continue
+        if f.remote_only and not c.remote_ok:
+            continue
+        if f.min_years is not None and c.years_experience < f.min_years:
+            continue
+        if not set(f.must_have_skills) <= set(c.skills):
+            continue
+        keep.add(fid)
+    return keep
+
+
+def test_catalog_filters_match_a_brute_force_scan_through_upserts_and_deletes() -> None:
+    rng = np.random.default_rng(3)
+    catalog = CandidateCatalog(capacity=4)  # small, so the columns grow several times
+    vec = np.ones(8, dtype=np.float32) / np.sqrt(8)
+    live: dict[int, Candidate] = {}
+    next_fid = 100
+
+    def put(c: Candidate) -> None:
+        nonlocal next_fid
+        fid = next((f for f, old in live.items() if old.id == c.id), None)
+        if fid is None:
+            fid, next_fid = next_fid, next_fid + 1
+        catalog.put(fid, prepare_candidate(c, vec, vec[None, :]))
+        live[fid] = c
+
+    for c in _random_candidates(rng, 60):
+        put(c)
+    for cid in [f"c{i}" for i in range(0, 60, 3)]:  # erase a third: their slots are reused
+        fid = catalog.remove(cid)
+        assert fid is not None and live.pop(fid).id == cid
+    assert catalog.remove("c0") is None
+    for c in _random_candidates(rng, 30, start=45):  # overlaps: replaces c46..c59 in place
+        put(c)
+    assert len(catalog) == len(live)
+
+    for _ in range(200):
+        f = RankFilters(
+            locations=tuple(rng.choice(CITIES[:3], size=int(rng.integers(0, 3)), replace=False)),
+            include_remote=bool(rng.random() < 0.5),
+            include_relocating=bool(rng.random() < 0.5),
+            remote_only=bool(rng.random() < 0.2),
+            min_years=float(rng.integers(0, 10)) if rng.random() < 0.5 else None,
+            must_have_skills=tuple(rng.choice(SKILLS, size=int(rng.integers(0, 3)), replace=False)),
+        )
+        allowed = catalog.allowed(f)
+        expected = _brute_force(live, f)
+        if allowed is None:
+            assert expected == set(live)
+        else:
+            assert set(allowed.tolist()) == expected
+
+
+def test_catalog_without_filters_searches_everything() -> None:
+    assert CandidateCatalog().allowed(RankFilters()) is None
+    assert CandidateCatalog().allowed(RankFilters(min_years=0)) is None
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"min_years": float("nan")},
+        {"min_years": 81},
+        {"locations": ("",)},
+        {"must_have_skills": (" ",)},
+    ],
+    ids=str,
+)
+def test_filters_validate_themselves(kwargs: dict[str, object]) -> None:
+    with pytest.raises(InvalidInput):
+        RankFilters(**kwargs)  # type: ignore[arg-type]
+
+
+def test_filters_normalise_case_and_spaces() -> None:
+    f = RankFilters(locations=(" New  York",), must_have_skills=("Machine   Learning", "SQL"))
+    assert f.locations == ("new york",)
+    assert f.must_have_skills == ("machine learning", "sql")
+
+
+def test_a_waiting_writer_goes_before_new_readers() -> None:
+    lock = ReadWriteLock()
+    order: list[str] = []
+    first_reader_in = threading.Event()
+    release_first = threading.Event()
+
+    def reader(name: str, hold: threading.Event | None) -> None:
+        with lock.read():
+            if hold is not None:
+                first_reader_in.set()
+                hold.wait(10)
+            order.append(name)
+
+    def writer() -> None:
+        with lock.write():
+            order.append("writer")
+
+    r1 = threading.Thread(target=reader, args=("r1", release_first))
+    r1.start()
+    first_reader_in.wait(10)
+    w = threading.Thread(target=writer)
+    w.start()
+    while lock._writers_waiting == 0:  # the writer is queued behind r1
+        time.sleep(0.001)
+    r2 = threading.Thread(target=reader, args=("r2", None))
+    r2.start()
+    time.sleep(0.05)  # r2 would slip in now if readers could pass a waiting writer
+    release_first.set()
+    for t in (r1, w, r2):
+        t.join(10)
+    assert order == ["r1", "writer", "r2"]
+
+
+@pytest.fixture
+def pipeline(
+    encoder: TextEncoder, registry_path: Path, tmp_path: Path
+) -> Iterator[RankingPipeline]:
+    p = RankingPipeline.open(serving_settings(tmp_path / "data", registry_path), encoder=encoder)
+    yield p
+    p.close()
+
+
+def test_a_spent_deadline_stores_nothing(pipeline: RankingPipeline, serving_demo: DemoData) -> None:
+    spent = Deadline(at=time.monotonic() - 1)
+    with pytest.raises(DeadlineExceeded, match="longer deadline"):
+        pipeline.upsert_candidates(serving_demo.candidates[:3], spent)
+    assert pipeline.candidate_count == 0 and pipeline.store.count_candidates() == 0
+    with pytest.raises(DeadlineExceeded):
+        pipeline.upsert_postings(serving_demo.postings[:1], spent)
+    assert pipeline.list_postings() == []
+    pipeline.upsert_candidates(serving_demo.candidates[:3])
+    with pytest.raises(DeadlineExceeded):
+        pipeline.delete_candidates([serving_demo.candidates[0].id], spent)
+    assert pipeline.candidate_count == 3
+
+
+def test_rejected_items_are_reported_in_place(
+    pipeline: RankingPipeline, serving_demo: DemoData
+) -> None:
+    good = serving_demo.candidates[0]
+    r = pipeline.upsert_candidates([Rejected("bad", InvalidInput("no text")), good])
+    assert [(i.index, i.id, i.error is None) for i in r.items] == [
+        (0, "bad", False),
+        (1, good.id, True),
+    ]
+    assert r.succeeded == 1 and r.total_candidates == 1
+
+
+def test_an_erased_id_can_be_ingested_again_as_a_new_candidate(
+    pipeline: RankingPipeline, serving_demo: DemoData
+) -> None:
+    cands = serving_demo.candidates[:5]
+    pipeline.upsert_candidates(cands)
+    pipeline.upsert_postings(serving_demo.postings[:1])
+    victim = cands[1]
+    old_fid = pipeline.store.faiss_ids([victim.id])[victim.id]
+    r = pipeline.delete_candidates([victim.id])
+    assert r.receipt is not None and r.receipt.erased == (victim.id,)
+    ranked = pipeline.rank(RankQuery(posting_id=serving_demo.postings[0].id, top_k=10))
+    assert victim.id not in {c.candidate_id for c in ranked.results}
+    # The ATS sends the candidate again (a new application): a new record with a new FAISS id.
+    again = pipeline.upsert_candidates([victim])
+    assert again.items[0].created
+    assert pipeline.store.faiss_ids([victim.id])[victim.id] != old_fid
+    ranked = pipeline.rank(RankQuery(posting_id=serving_demo.postings[0].id, top_k=10))
+    assert victim.id in {c.candidate_id for c in ranked.results}
+    assert len(ranked.results) == 5
+
+
+def test_texts_over_the_limit_are_refused_per_item(
+    encoder: TextEncoder, registry_path: Path, tmp_path: Path, serving_demo: DemoData
+) -> None:
+    settings = serving_settings(tmp_path / "data", registry_path, max_text_chars=500)
+    p = RankingPipeline.open(settings, encoder=encoder)
+    try:
+        long = Candidate(id="long", cv_text="word " * 200)
+        short = Candidate(id="short", cv_text="Nurse with ICU experience.")
+        r = p.upsert_candidates([long, short])
+        assert isinstance(r.items[0].error, InvalidInput) and "shorten" in str(r.items[0].error)
+        assert r.items[1].error is None and p.candidate_count == 1
+    finally:
+        p.close()

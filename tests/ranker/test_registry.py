@@ -1,0 +1,186 @@
+"""Model registry: versions, promote/rollback through the pointer, atomic writes, refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ranker.errors import InvalidInput, ModelRejected, NotFound
+from ranker.features import FEATURE_NAMES
+from ranker.registry import (
+    BOOSTER_FILE,
+    CARD_FILE,
+    CARD_MD_FILE,
+    LEXICON_FILE,
+    MODEL_FILE,
+    POINTER_FILE,
+    ModelRegistry,
+)
+from training.card import render_markdown
+from training.train import TrainResult
+
+
+def _register(registry: ModelRegistry, result: TrainResult, **overrides: object) -> str:
+    values: dict[str, object] = {
+        "onnx_model": result.onnx_model,
+        "booster_text": result.booster_text,
+        "lexicon": result.lexicon,
+        "check_rows": result.check_rows,
+        "check_scores": result.check_scores,
+        "card": result.card,
+        "render_card": render_markdown,
+    }
+    values.update(overrides)
+    return registry.register(**values)  # type: ignore[arg-type]
+
+
+def _folders(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.is_dir())
+
+
+def test_trained_registry_has_one_promoted_version(trained_registry: ModelRegistry) -> None:
+    assert trained_registry.versions() == ["v0001"]
+    assert trained_registry.current_version() == "v0001"
+    folder = trained_registry.version_dir("v0001")
+    for name in (MODEL_FILE, BOOSTER_FILE, LEXICON_FILE, CARD_FILE, CARD_MD_FILE):
+        assert (folder / name).is_file(), name
+    bundle = trained_registry.load()
+    bundle.check()
+    assert bundle.version == "v0001"
+    assert bundle.feature_names == FEATURE_NAMES
+    assert bundle.booster_path == folder / BOOSTER_FILE
+    assert bundle.card["version"] == "v0001"
+
+
+def test_promote_and_rollback_walk_the_history(
+    tmp_path: Path, trained_model: tuple[ModelRegistry, TrainResult]
+) -> None:
+    _, result = trained_model
+    registry = ModelRegistry(tmp_path / "reg")
+    assert registry.versions() == [] and registry.current_version() is None
+    with pytest.raises(NotFound, match="ranker train"):
+        registry.load()
+    v1, v2, v3 = (_register(registry, result) for _ in range(3))
+    assert [v1, v2, v3] == ["v0001", "v0002", "v0003"] == registry.versions()
+    assert registry.current_version() is None  # registering does not promote
+
+    registry.promote(v1)
+    registry.promote(v3)
+    registry.promote(v3)  # promoting the version in service changes nothing
+    registry.promote(v2)
+    assert registry.current_version() == v2
+    assert registry.history() == [v1, v3, v2]
+    assert registry.rollback() == v3
+    assert registry.rollback() == v1
+    assert registry.current_version() == v1
+    with pytest.raises(NotFound, match="no earlier promoted version"):
+        registry.rollback()
+    pointer = json.loads((registry.root / POINTER_FILE).read_text())
+    assert pointer["current"] == v1
+    assert [e["action"] for e in pointer["events"]] == [
+        "promote",
+        "promote",
+        "promote",
+        "rollback",
+        "rollback",
+    ]
+
+
+def test_unknown_and_malformed_versions(registry_path: Path) -> None:
+    registry = ModelRegistry(registry_path)
+    with pytest.raises(NotFound, match="v0042 is not in"):
+        registry.promote("v0042")
+    with pytest.raises(InvalidInput, match="look like v0001"):
+        registry.card("../etc")
+
+
+def test_pointer_write_is_atomic(
+    registry_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    trained_model: tuple[ModelRegistry, TrainResult],
+) -> None:
+    registry = ModelRegistry(registry_path)
+    v2 = _register(registry, trained_model[1])
+    before = (registry.root / POINTER_FILE).read_bytes()
+
+    def crash(src: object, dst: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        registry.promote(v2)
+    monkeypatch.undo()
+    # The old pointer is intact and no temporary file is left behind.
+    assert (registry.root / POINTER_FILE).read_bytes() == before
+    assert registry.current_version() == "v0001"
+    assert not [p for p in registry.root.iterdir() if p.name.startswith(f".{POINTER_FILE}")]
+
+
+def test_register_refuses_a_model_whose_parity_fails(
+    tmp_path: Path, trained_model: tuple[ModelRegistry, TrainResult]
+) -> None:
+    _, result = trained_model
+    registry = ModelRegistry(tmp_path / "reg")
+    wrong = np.asarray(result.check_scores) + 0.01
+    with pytest.raises(ModelRejected, match="differ from LightGBM's"):
+        _register(registry, result, check_scores=wrong)
+    # Nothing half-written stays: no version, no temporary folder.
+    assert registry.versions() == []
+    assert _folders(registry.root) == []
+
+
+def test_register_refuses_different_feature_names(
+    tmp_path: Path, trained_model: tuple[ModelRegistry, TrainResult]
+) -> None:
+    _, result = trained_model
+    registry = ModelRegistry(tmp_path / "reg")
+    card = dict(result.card)
+    card["feature_names"] = [*FEATURE_NAMES[:-1], "renamed"]
+    with pytest.raises(ModelRejected, match="trained on features"):
+        _register(registry, result, card=card)
+    assert registry.versions() == []
+
+
+def test_load_refuses_changed_files_and_promote_keeps_the_old_version(
+    registry_path: Path, trained_model: tuple[ModelRegistry, TrainResult]
+) -> None:
+    registry = ModelRegistry(registry_path)
+    v2 = _register(registry, trained_model[1])
+    onnx = registry.version_dir(v2) / MODEL_FILE
+    onnx.write_bytes(onnx.read_bytes()[:-10])
+    with pytest.raises(ModelRejected, match="changed since"):
+        registry.promote(v2)
+    assert registry.current_version() == "v0001"
+
+
+def test_check_refuses_names_differing_from_the_builder(registry_path: Path) -> None:
+    registry = ModelRegistry(registry_path)
+    card_path = registry.version_dir("v0001") / CARD_FILE
+    card = json.loads(card_path.read_text())
+    card["feature_names"] = list(reversed(card["feature_names"]))
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(ModelRejected, match="retrain"):
+        registry.load("v0001").check()
+
+
+def test_model_card_content(trained_registry: ModelRegistry) -> None:
+    card = trained_registry.card("v0001")
+    assert card["feature_names"] == list(FEATURE_NAMES)
+    test = card["metrics"]["test"]
+    assert {"model", "dense_cosine", "bm25"} <= set(test)
+    assert set(test["model"]) >= {"ndcg@5", "ndcg@10", "map", "recall@10"}
+    assert len(card["data"]["sha256"]) == 64
+    assert card["data"]["counts"]["postings"] == 12
+    split = card["data"]["split"]
+    assert split["valid_start"] < split["test_start"]
+    assert card["seed"] == card["params"]["seed"]
+    assert card["parity"]["max_abs_diff"] <= 1e-4
+    assert card["code_version"] != "unknown"
+    assert card["intended_use"] and card["limitations"] and card["fairness_note"]
+    md = (trained_registry.version_dir("v0001") / CARD_MD_FILE).read_text()
+    assert "# Model card: candidate ranker v0001" in md
+    assert "| dense_cosine |" in md and card["data"]["sha256"] in md

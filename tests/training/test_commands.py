@@ -1,0 +1,71 @@
+"""The training and model CLI commands, end to end on a real store in a temporary data folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from ranker.commands import models
+from ranker.registry import ModelRegistry
+from ranker.store import SqliteStore
+from tests.fixtures.training import EncodedDemo
+from training import commands
+from training.demo import DEMO_FILES
+
+runner = CliRunner()
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    commands.register(app)
+    models.register(app)
+    return app
+
+
+def _run(*args: str) -> str:
+    result = runner.invoke(_app(), list(args), terminal_width=200)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result.output
+
+
+def test_demo_data_writes_files_and_skips_when_present(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    text = _run("demo-data", "--out", str(out), "--candidates", "30", "--postings", "8")
+    assert "wrote 30 candidates, 8 postings" in text
+    assert all((out / name).is_file() for name in DEMO_FILES)
+    assert "skipping" in _run("demo-data", "--out", str(out), "--if-missing")
+
+
+def test_train_evaluate_and_manage_models(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, demo_data: EncodedDemo
+) -> None:
+    monkeypatch.setenv("RANKER_DATA_DIR", str(tmp_path))
+    result = runner.invoke(_app(), ["train"])
+    assert result.exit_code == 1 and "ranker ingest" in result.output
+
+    store = SqliteStore(tmp_path / "ranker.db")
+    store.upsert_candidates(demo_data.candidate_rows)
+    store.upsert_postings(demo_data.posting_rows)
+    store.record_outcomes(demo_data.data.outcomes)
+    store.close()
+
+    text = _run("train", "--seed", "3")
+    assert "dense_cosine" in text and "promoted v0001" in text
+    assert "trained on this data; skipping" in _run("train", "--if-missing")
+    assert "registered v0002" in _run("train", "--no-promote", "--seed", "4")
+    registry = ModelRegistry(tmp_path / "registry")
+    assert registry.current_version() == "v0001"
+
+    listing = _run("models", "list")
+    assert "v0001" in listing and "v0002" in listing and "in service: v0001" in listing
+    assert "in service: v0002" in _run("models", "promote", "v0002")
+    assert "v0002 (in service)" not in _run("evaluate")
+    table = _run("evaluate", "v0001")
+    assert "v0001" in table and "v0002 (in service)" in table and "bm25" in table
+    assert "in service v0001" in _run("models", "rollback")
+    assert "Model card: candidate ranker v0002" in _run("models", "show", "v0002")
+    failed = runner.invoke(_app(), ["models", "promote", "v0009"])
+    assert failed.exit_code == 1 and "v0009 is not in" in failed.output

@@ -1,0 +1,90 @@
+"""Training: deterministic model bytes, ONNX parity, registration and promotion rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ranker.errors import InvalidInput, ModelRejected
+from ranker.registry import BOOSTER_FILE, ModelRegistry
+from tests.fixtures.training import TRAINING_CONFIG, EncodedDemo
+from training import export
+from training.train import TrainResult, register_result, train_model
+
+
+def test_same_data_and_seed_give_the_same_model_bytes(
+    demo_data: EncodedDemo, trained_model: tuple[ModelRegistry, TrainResult]
+) -> None:
+    registry, first = trained_model
+    again = train_model(
+        demo_data.candidate_rows,
+        demo_data.posting_rows,
+        demo_data.data.outcomes,
+        config=TRAINING_CONFIG,
+    )
+    stored = (registry.version_dir("v0001") / BOOSTER_FILE).read_bytes()
+    assert again.booster_text.encode("utf-8") == stored
+    assert again.onnx_model == first.onnx_model
+
+
+def test_onnx_matches_lightgbm_on_the_test_features(
+    trained_model: tuple[ModelRegistry, TrainResult],
+) -> None:
+    _, result = trained_model
+    test = result.datasets.sets["test"]
+    assert len(test.y) > 0
+    assert export.parity(result.onnx_model, result.booster, test.x) <= export.PARITY_TOLERANCE
+    assert result.card["parity"]["max_abs_diff"] <= export.PARITY_TOLERANCE
+
+
+def test_a_failing_parity_check_refuses_the_model(
+    demo_data: EncodedDemo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(export, "parity", lambda *a, **k: 3e-3)
+    with pytest.raises(ModelRejected, match="differs from LightGBM by 3.00e-03"):
+        train_model(
+            demo_data.candidate_rows,
+            demo_data.posting_rows,
+            demo_data.data.outcomes,
+            config=TRAINING_CONFIG,
+        )
+
+
+def test_model_ranks_better_than_chance(trained_model: tuple[ModelRegistry, TrainResult]) -> None:
+    _, result = trained_model
+    valid = result.metrics["valid"]["model"]
+    test = result.metrics["test"]["model"]
+    # Eight training postings are few; still, the hidden process is learnable.
+    assert max(valid["ndcg@10"], test["ndcg@10"]) > 0.5
+
+
+def test_promotion_rules(tmp_path: Path, trained_model: tuple[ModelRegistry, TrainResult]) -> None:
+    _, result = trained_model
+    registry = ModelRegistry(tmp_path / "reg")
+    first = register_result(result, registry)  # nothing in service: promoted
+    assert first.promoted and registry.current_version() == first.version
+    second = register_result(result, registry)  # something in service: registered only
+    assert not second.promoted and registry.current_version() == first.version
+    third = register_result(result, registry, promote=True)
+    assert third.promoted and registry.current_version() == third.version
+    assert third.card["version"] == third.version
+
+
+def test_training_needs_outcomes_beyond_applied(demo_data: EncodedDemo) -> None:
+    applied = [o for o in demo_data.data.outcomes if o.stage.value == "applied"]
+    with pytest.raises(InvalidInput, match="beyond 'applied'"):
+        train_model(demo_data.candidate_rows, demo_data.posting_rows, applied)
+    with pytest.raises(InvalidInput, match="ranker ingest"):
+        train_model([], demo_data.posting_rows, demo_data.data.outcomes)
+
+
+def test_check_rows_are_scored_like_the_booster(
+    trained_model: tuple[ModelRegistry, TrainResult],
+) -> None:
+    registry, result = trained_model
+    bundle = registry.load()
+    np.testing.assert_allclose(
+        bundle.scorer.score(result.check_rows), result.booster.predict(result.check_rows), atol=1e-4
+    )

@@ -1,0 +1,169 @@
+"""Model cards: the JSON record of a model version and its readable MODEL_CARD.md."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from ranker.features import FEATURES
+from training.labels import RELEVANT_LABEL, STAGE_LABEL
+
+INTENDED_USE = (
+    "Orders applicants or retrieved candidates for one job posting so a recruiter reviews the "
+    "likeliest matches first. A decision aid for people: every shortlist is read by a recruiter, "
+    "who sees the reasons (skills matched and missing, experience against the requirement)."
+)
+LIMITATIONS = (
+    "Learnt from past hiring outcomes, so it repeats the choices recruiters made, including their "
+    "biases; it ranks, it does not decide, and must not auto-reject anyone. It knows only what the "
+    "CV text and structured fields say (skills listed, years, location), not ability. Scores are "
+    "comparable within one posting only. Job families or countries missing from the training data "
+    "are ranked mostly by text similarity. Retrain when postings or the candidate pool change."
+)
+FAIRNESS_NOTE = (
+    "Protected attributes (sex, age, ethnicity, disability, name, photo) are never features: they "
+    "are not part of the candidate record the feature builder reads, and a test enforces it. "
+    "Features can still correlate with them (years of experience with age, for example), so the "
+    "card reports, where protected data was supplied for audit, each group's share of the top 10 "
+    "against its share of applicants on the test postings."
+)
+
+
+def code_version() -> str:
+    """`git rev-parse HEAD` of the source tree if it is a checkout, else the package version."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+        return "git:" + out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        try:
+            return "package:" + version("candidate-ranker")
+        except PackageNotFoundError:
+            return "unknown"
+
+
+def build_card(
+    *,
+    params: Mapping[str, Any],
+    seed: int,
+    best_iteration: int,
+    metrics: Mapping[str, Any],
+    data: Mapping[str, Any],
+    parity: Mapping[str, Any],
+    importance: Mapping[str, float],
+    fairness: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The model card's content (the registry adds `version` and file digests)."""
+    return {
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "model": {
+            "type": "LightGBM lambdarank, served as ONNX (onnxmltools)",
+            "best_iteration": best_iteration,
+        },
+        "feature_names": [f.name for f in FEATURES],
+        "features": {f.name: f.doc for f in FEATURES},
+        "params": dict(params),
+        "seed": seed,
+        "labels": {
+            "stages": {stage.value: label for stage, label in STAGE_LABEL.items()},
+            "rule": "highest stage reached; a later rejection keeps it",
+            "relevant_at_or_above": RELEVANT_LABEL,
+        },
+        "metrics": dict(metrics),
+        "data": dict(data),
+        "parity": dict(parity),
+        "feature_importance_gain": dict(importance),
+        "fairness": dict(fairness) if fairness else {},
+        "code_version": code_version(),
+        "intended_use": INTENDED_USE,
+        "limitations": LIMITATIONS,
+        "fairness_note": FAIRNESS_NOTE,
+    }
+
+
+def _metrics_table(results: Mapping[str, Mapping[str, float]]) -> list[str]:
+    names = [m for m in next(iter(results.values())) if m != "queries"]
+    lines = ["| ranker | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for ranker, values in results.items():
+        lines.append(f"| {ranker} | " + " | ".join(f"{values[m]:.4f}" for m in names) + " |")
+    return lines
+
+
+def render_markdown(card: Mapping[str, Any]) -> str:
+    """MODEL_CARD.md: the same facts as model_card.json, for people."""
+    data = card["data"]
+    split = data["split"]
+    test = card["metrics"]["test"]
+    lines = [
+        f"# Model card: candidate ranker {card['version']}",
+        "",
+        f"- Created: {card['created_at']}",
+        f"- Model: {card['model']['type']}, {card['model']['best_iteration']} trees (best "
+        "iteration by validation NDCG@10)",
+        f"- Seed: {card['seed']}",
+        f"- Code version: {card['code_version']}",
+        f"- Training data sha256: `{data['sha256']}`",
+        f"- ONNX parity: max |ONNX - LightGBM| = {card['parity']['max_abs_diff']:.2e} on "
+        f"{card['parity']['rows']} rows",
+        "",
+        "## Intended use",
+        "",
+        card["intended_use"],
+        "",
+        "## Limits",
+        "",
+        card["limitations"],
+        "",
+        "## Data",
+        "",
+        f"- Candidates: {data['counts']['candidates']}, postings: {data['counts']['postings']}, "
+        f"outcome events: {data['counts']['outcomes']}",
+        f"- Time split by posting creation: train {split['first_posting']} .. "
+        f"{split['valid_start']}, validation .. {split['test_start']}, test .. "
+        f"{split['last_posting']}",
+        "- Queries (postings) / labelled rows: "
+        + ", ".join(f"{name} {q} / {data['rows'][name]}" for name, q in data["queries"].items()),
+        "",
+        "## Labels",
+        "",
+        "Highest stage reached per (posting, candidate): "
+        + ", ".join(f"{s} {v}" for s, v in card["labels"]["stages"].items())
+        + ". A later rejection keeps the highest stage.",
+        "",
+        f"## Test metrics ({int(next(iter(test.values()))['queries'])} held-out postings with "
+        "a relevant candidate)",
+        "",
+        *_metrics_table(test),
+        "",
+        "## Features (in model input order)",
+        "",
+        *(f"{i + 1}. `{name}`: {doc}" for i, (name, doc) in enumerate(card["features"].items())),
+        "",
+        "## Parameters",
+        "",
+        *(f"- {k}: {v}" for k, v in card["params"].items()),
+        "",
+        "## Fairness",
+        "",
+        card["fairness_note"],
+    ]
+    for attr, groups in card.get("fairness", {}).items():
+        lines += ["", f"Top-10 share vs applicant share by `{attr}` (test postings):", ""]
+        lines += ["| group | applicants | top 10 | ratio |", "|---|---|---|---|"]
+        for group, v in groups.items():
+            lines.append(
+                f"| {group} | {v['applicant_share']:.3f} | {v['top10_share']:.3f} | "
+                f"{v['ratio']:.2f} |"
+            )
+    return "\n".join(lines) + "\n"

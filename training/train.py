@@ -1,0 +1,282 @@
+"""Training a LightGBM lambdarank ranker and registering it: the whole offline pipeline.
+
+rows -> prepared candidates/postings -> lexicon -> time split + labels + features -> LightGBM
+(early stopping on validation NDCG@10) -> test metrics for the model and baselines -> ONNX export
+with parity check -> registry version with model card -> promotion (when asked, or when nothing
+is in service yet).
+
+Determinism: a fixed seed, `deterministic=True`, `force_row_wise=True` (LightGBM's automatic
+row/column choice times both, which can differ between runs) and a fixed `num_threads` make the
+same data give the same `model.txt` bytes; nothing in model.txt depends on the clock.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+
+from embeddings.config import EncoderSettings
+from ranker.domain import Outcome
+from ranker.errors import InvalidInput
+from ranker.features import FEATURE_NAMES, FeatureBuilder, Lexicon
+from ranker.registry import ModelRegistry
+from training.card import build_card, render_markdown
+from training.dataset import (
+    SPLITS,
+    CandidateLike,
+    Datasets,
+    PostingLike,
+    RankingSet,
+    data_sha256,
+    make_datasets,
+    prepare_all,
+)
+from training.evaluate import evaluate_all
+from training.export import check_parity, to_onnx
+
+log = logging.getLogger(__name__)
+
+CHECK_ROWS = 64
+"""Feature rows stored with a version so serving can test-predict it before swapping it in."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """LightGBM settings; the defaults suit a few thousand labelled rows."""
+
+    seed: int = 7
+    num_threads: int = 2
+    learning_rate: float = 0.05
+    num_leaves: int = 15
+    min_data_in_leaf: int = 20
+    feature_fraction: float = 0.9
+    lambda_l2: float = 1.0
+    max_rounds: int = 1000
+    early_stopping_rounds: int = 50
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "objective": "lambdarank",
+            "metric": "ndcg",
+            "eval_at": [10],
+            "learning_rate": self.learning_rate,
+            "num_leaves": self.num_leaves,
+            "min_data_in_leaf": self.min_data_in_leaf,
+            "feature_fraction": self.feature_fraction,
+            "lambda_l2": self.lambda_l2,
+            "seed": self.seed,
+            "deterministic": True,
+            "force_row_wise": True,
+            "num_threads": self.num_threads,
+            "verbosity": -1,
+        }
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training run produced."""
+
+    booster: lgb.Booster
+    booster_text: str
+    onnx_model: bytes
+    lexicon: Lexicon
+    check_rows: np.ndarray
+    check_scores: np.ndarray
+    datasets: Datasets
+    metrics: dict[str, Any]
+    card: dict[str, Any]
+    version: str | None
+    promoted: bool
+
+
+def fit_booster(sets: Mapping[str, RankingSet], config: TrainConfig) -> tuple[lgb.Booster, str]:
+    """Train with early stopping on validation NDCG@10; returns the best booster and its text."""
+    train, valid = sets["train"], sets["valid"]
+    if train.n_queries == 0 or not np.any(train.y > 0):
+        raise InvalidInput(
+            "no training posting has applicants beyond 'applied'; record screening, interview or "
+            "hiring outcomes (RecordOutcomes or outcomes.jsonl) before training"
+        )
+    dtrain = lgb.Dataset(
+        train.x, train.y, group=train.group, feature_name=list(FEATURE_NAMES), free_raw_data=False
+    )
+    valid_sets = [dtrain]
+    names = ["train"]
+    callbacks: list[Any] = []
+    if valid.n_queries:
+        valid_sets.append(
+            lgb.Dataset(valid.x, valid.y, group=valid.group, reference=dtrain, free_raw_data=False)
+        )
+        names.append("valid")
+        callbacks.append(
+            lgb.early_stopping(config.early_stopping_rounds, first_metric_only=True, verbose=False)
+        )
+    booster = lgb.train(
+        config.params(),
+        dtrain,
+        num_boost_round=config.max_rounds,
+        valid_sets=valid_sets,
+        valid_names=names,
+        callbacks=callbacks,
+    )
+    best = booster.best_iteration or booster.current_iteration()
+    text = booster.model_to_string(num_iteration=best)
+    # Reload from the text, so ONNX, parity and metrics all use exactly what model.txt holds.
+    return lgb.Booster(model_str=text), text
+
+
+def _predict(booster: lgb.Booster, x: np.ndarray) -> np.ndarray:
+    """LightGBM's scores as float64 (n,); empty for no rows (predict refuses those)."""
+    if len(x) == 0:
+        return np.zeros(0)
+    return np.asarray(booster.predict(x), dtype=np.float64).reshape(-1)
+
+
+def _fairness(
+    test: RankingSet, scores: np.ndarray, protected: Mapping[str, Mapping[str, str]]
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Per attribute and group: share of applicants vs share of the model's top 10 (test)."""
+    attrs = sorted({a for values in protected.values() for a in values})
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for attr in attrs:
+        applicants: Counter[str] = Counter()
+        top: Counter[str] = Counter()
+        for _, rows in test.queries():
+            ids = test.candidate_ids[rows]
+            order = np.argsort(-scores[rows], kind="stable")[:10]
+            applicants.update(protected.get(c, {}).get(attr, "unknown") for c in ids)
+            top.update(protected.get(ids[i], {}).get(attr, "unknown") for i in order)
+        n_app, n_top = sum(applicants.values()), sum(top.values())
+        if not n_app or not n_top:
+            continue
+        out[attr] = {}
+        for group in sorted(applicants):
+            a, t = applicants[group] / n_app, top[group] / n_top
+            out[attr][group] = {
+                "applicant_share": round(a, 4),
+                "top10_share": round(t, 4),
+                "ratio": round(t / a, 4) if a else 0.0,
+            }
+    return out
+
+
+def train_model(
+    candidates: Sequence[CandidateLike],
+    postings: Sequence[PostingLike],
+    outcomes: Sequence[Outcome],
+    *,
+    config: TrainConfig | None = None,
+    protected: Mapping[str, Mapping[str, str]] | None = None,
+    settings: EncoderSettings | None = None,
+) -> TrainResult:
+    """Train and evaluate, export to ONNX and check parity; nothing is written anywhere."""
+    config = config or TrainConfig()
+    if not candidates or not postings or not outcomes:
+        raise InvalidInput(
+            f"need candidates, postings and outcomes to train, got {len(candidates)}, "
+            f"{len(postings)}, {len(outcomes)}; load data first: `ranker ingest`"
+        )
+    prepared_c, prepared_p = prepare_all(candidates, postings)
+    lexicon = Lexicon.fit(prepared_c.values())
+    builder = FeatureBuilder(lexicon)
+    known = [o for o in outcomes if o.posting_id in prepared_p]
+    datasets = make_datasets(builder, prepared_c, prepared_p, known)
+    sets = datasets.sets
+    for name in SPLITS:
+        log.info("%s: %d postings, %d rows", name, sets[name].n_queries, len(sets[name].y))
+
+    booster, text = fit_booster(sets, config)
+    test = sets["test"]
+    test_scores = _predict(booster, test.x)
+    metrics: dict[str, Any] = {
+        "test": evaluate_all(test, {"model": test_scores}),
+        "valid": evaluate_all(sets["valid"], {"model": _predict(booster, sets["valid"].x)}),
+    }
+
+    onnx_model = to_onnx(booster)
+    parity_rows = np.concatenate([sets["valid"].x, test.x, sets["train"].x[:1000]])
+    diff = check_parity(onnx_model, booster, parity_rows, settings)
+    check_rows = parity_rows[:CHECK_ROWS]
+
+    gain = booster.feature_importance(importance_type="gain")
+    card = build_card(
+        params=config.params(),
+        seed=config.seed,
+        best_iteration=booster.current_iteration(),
+        metrics=metrics,
+        data={
+            "sha256": data_sha256(
+                (r.candidate for r in candidates), (r.posting for r in postings), outcomes
+            ),
+            "counts": {
+                "candidates": len(candidates),
+                "postings": len(postings),
+                "outcomes": len(outcomes),
+            },
+            "split": datasets.split.as_dict(),
+            "queries": {name: sets[name].n_queries for name in SPLITS},
+            "rows": {name: len(sets[name].y) for name in SPLITS},
+        },
+        parity={"max_abs_diff": diff, "rows": len(parity_rows), "tolerance": 1e-4},
+        importance={
+            name: round(float(g), 3)
+            for name, g in sorted(zip(FEATURE_NAMES, gain, strict=True), key=lambda t: -t[1])
+        },
+        fairness=_fairness(test, test_scores, protected) if protected and len(test.y) else None,
+    )
+    return TrainResult(
+        booster=booster,
+        booster_text=text,
+        onnx_model=onnx_model,
+        lexicon=lexicon,
+        check_rows=check_rows,
+        check_scores=_predict(booster, check_rows),
+        datasets=datasets,
+        metrics=metrics,
+        card=card,
+        version=None,
+        promoted=False,
+    )
+
+
+def register_result(
+    result: TrainResult, registry: ModelRegistry, promote: bool | None = None
+) -> TrainResult:
+    """Register the trained model; promote it if `promote`, or if None and nothing is in service."""
+    version = registry.register(
+        onnx_model=result.onnx_model,
+        booster_text=result.booster_text,
+        lexicon=result.lexicon,
+        check_rows=result.check_rows,
+        check_scores=result.check_scores,
+        card=result.card,
+        render_card=render_markdown,
+    )
+    do_promote = promote if promote is not None else registry.current_version() is None
+    if do_promote:
+        registry.promote(version)
+    return replace(result, card=registry.card(version), version=version, promoted=do_promote)
+
+
+def train_and_register(
+    candidates: Sequence[CandidateLike],
+    postings: Sequence[PostingLike],
+    outcomes: Sequence[Outcome],
+    registry: ModelRegistry,
+    *,
+    config: TrainConfig | None = None,
+    promote: bool | None = None,
+    protected: Mapping[str, Mapping[str, str]] | None = None,
+    settings: EncoderSettings | None = None,
+) -> TrainResult:
+    """`train_model`, then `register_result`."""
+    result = train_model(
+        candidates, postings, outcomes, config=config, protected=protected, settings=settings
+    )
+    return register_result(result, registry, promote)
