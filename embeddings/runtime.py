@@ -43,8 +43,9 @@ def make_session(path: Path, settings: EncoderSettings | None = None) -> ort.Inf
     if not path.is_file():
         raise FileNotFoundError(f"ONNX model {path} does not exist; export or register it first")
     options = ort.SessionOptions()
-    # Set explicitly rather than leaving 0 to ONNX Runtime: its own count ignores CPU affinity,
-    # and oversubscribed threads on a pinned container make GEMMs slower, not faster.
+    # Set explicitly rather than leaving 0 to ONNX Runtime, so the count is the one torch gets
+    # in the benchmark, shows in logs, and respects CPU affinity: oversubscribed threads on a
+    # pinned container make GEMMs slower, not faster.
     options.intra_op_num_threads = intra_op_threads(settings)
     options.inter_op_num_threads = settings.inter_op_threads
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import datetime
-from enum import Enum
+from datetime import UTC, datetime
+from enum import StrEnum
 
 from ranker.errors import InvalidInput
 
 
-class Stage(str, Enum):
+class Stage(StrEnum):
     """Hiring stages an ATS reports for a (posting, candidate) pair."""
 
     APPLIED = "applied"
@@ -19,6 +19,23 @@ class Stage(str, Enum):
     OFFERED = "offered"
     HIRED = "hired"
     REJECTED = "rejected"
+
+
+def _utc(value: datetime | None, what: str) -> datetime | None:
+    """Every time in the domain is timezone-aware UTC; a naive time is taken to be UTC already.
+
+    Files and ATSs send both kinds, and comparing a naive with an aware time raises, so the
+    records normalise once here instead of every consumer guessing.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        raise InvalidInput(f"{what} must be a date-time, got {value!r}")
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 def _require_id(kind: str, value: str) -> None:
@@ -76,6 +93,9 @@ class Candidate:
                 f"candidate {self.id!r} years_experience must be a number in 0..80, got {y!r}"
             )
         object.__setattr__(self, "years_experience", float(y))
+        object.__setattr__(
+            self, "updated_at", _utc(self.updated_at, f"candidate {self.id!r} updated_at")
+        )
 
 
 @dataclass(frozen=True)
@@ -115,6 +135,9 @@ class Posting:
                 f"posting {self.id!r} min_years must be a number in 0..80, got {y!r}"
             )
         object.__setattr__(self, "min_years", float(y))
+        object.__setattr__(
+            self, "created_at", _utc(self.created_at, f"posting {self.id!r} created_at")
+        )
 
 
 @dataclass(frozen=True)
@@ -124,7 +147,7 @@ class Outcome:
     posting_id: str
     candidate_id: str
     stage: Stage
-    at: datetime = field(default_factory=datetime.now)
+    at: datetime = field(default_factory=_now)
 
     def __post_init__(self) -> None:
         _require_id("posting", self.posting_id)
@@ -135,3 +158,4 @@ class Outcome:
             except ValueError:
                 allowed = ", ".join(s.value for s in Stage)
                 raise InvalidInput(f"stage {self.stage!r} is not one of: {allowed}") from None
+        object.__setattr__(self, "at", _utc(self.at, "outcome at"))

@@ -352,7 +352,9 @@ class Lexicon:
     df: dict[str, int]
     k1: float = 1.2
     b: float = 0.75
-    _idf_by_hash: dict[int, float] = field(default_factory=dict, repr=False, compare=False)
+    _idf_by_hash: dict[int, float] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         if self.n_docs < 1 or not self.avgdl > 0:

@@ -21,7 +21,7 @@ _MAGIC = b"RNKIDX1\n"
 
 
 class _ReadWriteLock:
-    """Many concurrent searches, one writer at a time.
+    """Many concurrent searches, one writer at a time; a waiting writer goes before new readers.
 
     Hand-written because the standard library has none; FAISS searches on a flat index are
     read-only and may run in parallel, but an add or remove must not overlap any of them.
@@ -31,11 +31,13 @@ class _ReadWriteLock:
         self._cond = threading.Condition(threading.Lock())
         self._readers = 0
         self._writer = False
+        self._writers_waiting = 0
 
     @contextmanager
     def read(self) -> Iterator[None]:
         with self._cond:
-            while self._writer:
+            # Writer preference: a steady stream of rankings must not starve an upsert.
+            while self._writer or self._writers_waiting:
                 self._cond.wait()
             self._readers += 1
         try:
@@ -49,8 +51,12 @@ class _ReadWriteLock:
     @contextmanager
     def write(self) -> Iterator[None]:
         with self._cond:
-            while self._writer or self._readers:
-                self._cond.wait()
+            self._writers_waiting += 1
+            try:
+                while self._writer or self._readers:
+                    self._cond.wait()
+            finally:
+                self._writers_waiting -= 1
             self._writer = True
         try:
             yield
@@ -137,7 +143,7 @@ class FaissIndex:
             bitmap = np.packbits(bits, bitorder="little")
             # The bitmap size is given in bytes.
             selector = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))
-            params = faiss.SearchParameters(sel=selector)
+            params = faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]  # SWIG kwargs
         with self._lock.read():
             n = int(self._index.ntotal)
             if n == 0:
@@ -191,7 +197,7 @@ class FaissIndex:
         loaded = faiss.deserialize_index(raw)
         if loaded.d != index.dim:
             raise InvalidInput(f"{path} holds {loaded.d}-d vectors, expected {index.dim}")
-        index._index = loaded
+        index._index = loaded  # type: ignore[assignment]  # checked just below
         if not isinstance(loaded, faiss.IndexIDMap2):
             raise InvalidInput(f"{path} is not an id-mapped index; delete it to rebuild")
         return index

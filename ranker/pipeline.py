@@ -439,18 +439,28 @@ class DecisionLog:
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
+            batch = [self._queue.get()]
+            # Drain what is already queued so a burst of rankings costs one fsync, not one each.
+            while len(batch) < 256:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = any(item is None for item in batch)
+            decisions = [item for item in batch if item is not None]
             try:
-                if item is None:
-                    return
-                self._store.log_decision(item)
+                if decisions:
+                    self._store.log_decisions(decisions)
             except Exception:
-                # The ranking was already served; losing its log entry must be loud, not fatal.
-                log.exception("could not write decision %s to the decision log", item)
+                # The rankings were already served; losing their log entries must be loud, not fatal.
+                log.exception("could not write %d decisions to the decision log", len(decisions))
                 if self._metrics is not None:
                     self._metrics.errors.labels(rpc="DecisionLog", code="INTERNAL").inc()
             finally:
-                self._queue.task_done()
+                for _ in batch:
+                    self._queue.task_done()
+            if stop:
+                return
 
 
 @dataclass(frozen=True)
@@ -708,7 +718,6 @@ class RankingPipeline:
     def rank(self, q: RankQuery, deadline: Deadline = NO_DEADLINE) -> RankResult:
         """The top-k candidates of a posting, scored by one model version from start to end."""
         t0 = time.perf_counter()
-        served = self._require_model()
         s = self.settings
         top_k = s.default_top_k if q.top_k is None else q.top_k
         if not 1 <= top_k <= s.max_top_k:
@@ -719,6 +728,7 @@ class RankingPipeline:
                 f"retrieve_n must be between 1 and {MAX_RETRIEVE_N}, got {retrieve_n}"
             )
         retrieve_n = max(retrieve_n, top_k)
+        served = self._require_model()
 
         prepared, inline = self._query_posting(q, deadline)
         posting = prepared.posting
@@ -790,8 +800,10 @@ class RankingPipeline:
             "total": (t_end - t0) * 1000,
         }
         if self.metrics is not None:
+            skipped = {"total"} | ({"encode"} if not inline else set())
+            skipped |= {"explain"} if not q.explain else set()
             for stage, ms in timings.items():
-                if stage != "total":
+                if stage not in skipped:
                     self.metrics.stage_latency.labels(stage=stage).observe(ms / 1000)
         return RankResult(
             request_id=request_id,

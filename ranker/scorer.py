@@ -8,17 +8,16 @@ import numpy as np
 import onnxruntime as ort
 
 from embeddings.config import EncoderSettings
+from embeddings.runtime import make_session
 from ranker.errors import InvalidInput, ModelRejected
 
 
 def _session(path: Path, settings: EncoderSettings | None) -> ort.InferenceSession:
-    # The one place that configures ONNX Runtime is embeddings.runtime (STYLE.md); fall back to
-    # a plain CPU session only while that module does not exist yet.
-    try:
-        from embeddings.runtime import make_session
-    except ImportError:  # pragma: no cover - transitional
-        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return make_session(path, settings)
+    settings = settings if settings is not None else EncoderSettings()
+    # One intra-op thread: a tree ensemble over a few hundred rows takes ~1 ms, and a second
+    # thread spinning on a busy 2-core machine made it slower (3 ms vs 1.2 ms for 500 rows);
+    # serving gets its parallelism from concurrent requests instead.
+    return make_session(path, settings.model_copy(update={"intra_op_threads": 1}))
 
 
 class OnnxScorer:

@@ -512,13 +512,19 @@ class SqliteStore:
     # -- decision log ---------------------------------------------------------------------
     def log_decision(self, d: Decision) -> None:
         """Store one ranking with the exact feature vectors served."""
-        feats = np.ascontiguousarray(d.features, dtype=np.float32)
-        if feats.shape[0] != len(d.candidate_ids):
-            raise InvalidInput("decision log: one feature row per returned candidate is required")
-        with self._tx() as tx:
-            tx.execute(
-                "INSERT INTO decisions (request_id, at, model_version, posting_id, posting_hash, "
-                "top_k, feature_names, params) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        self.log_decisions([d])
+
+    def log_decisions(self, decisions: Sequence[Decision]) -> None:
+        """Store several rankings in one transaction (one sync to disk for the batch)."""
+        heads = []
+        items = []
+        for d in decisions:
+            feats = np.ascontiguousarray(d.features, dtype=np.float32)
+            if feats.shape[0] != len(d.candidate_ids):
+                raise InvalidInput(
+                    "decision log: one feature row per returned candidate is required"
+                )
+            heads.append(
                 (
                     d.request_id,
                     _iso(d.at),
@@ -528,17 +534,22 @@ class SqliteStore:
                     d.top_k,
                     json.dumps(list(d.feature_names)),
                     json.dumps(d.params, default=str),
-                ),
+                )
+            )
+            items.extend(
+                (d.request_id, rank, cid, float(score), feats[rank - 1].tobytes())
+                for rank, (cid, score) in enumerate(zip(d.candidate_ids, d.scores, strict=True), 1)
+            )
+        with self._tx() as tx:
+            tx.executemany(
+                "INSERT INTO decisions (request_id, at, model_version, posting_id, posting_hash, "
+                "top_k, feature_names, params) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                heads,
             )
             tx.executemany(
                 "INSERT INTO decision_items (request_id, rank, candidate_id, score, features) "
                 "VALUES (?, ?, ?, ?, ?)",
-                [
-                    (d.request_id, rank, cid, float(score), feats[rank - 1].tobytes())
-                    for rank, (cid, score) in enumerate(
-                        zip(d.candidate_ids, d.scores, strict=True), 1
-                    )
-                ],
+                items,
             )
 
     def get_decision(self, request_id: str) -> Decision:

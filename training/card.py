@@ -37,15 +37,23 @@ def code_version() -> str:
     """`git rev-parse HEAD` of the source tree if it is a checkout, else the package version."""
     root = Path(__file__).resolve().parents[1]
     try:
-        out = subprocess.run(
+        head = subprocess.run(
             ["git", "rev-parse", "HEAD"],
             cwd=root,
             capture_output=True,
             text=True,
             timeout=5,
             check=True,
-        )
-        return "git:" + out.stdout.strip()
+        ).stdout.strip()
+        # Uncommitted changes mean HEAD alone does not say which code trained the model.
+        dirty = subprocess.run(
+            ["git", "diff", "--quiet", "HEAD", "--", "ranker", "training", "embeddings"],
+            cwd=root,
+            capture_output=True,
+            timeout=5,
+            check=False,
+        ).returncode
+        return f"git:{head}" + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         try:
             return "package:" + version("candidate-ranker")

@@ -46,8 +46,8 @@ def demo_data(
         Path | None, typer.Option(help="Folder for the files (default: <data_dir>/demo).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same data.")] = 7,
-    candidates: Annotated[int, typer.Option(min=10, help="Number of candidates.")] = 2400,
-    postings: Annotated[int, typer.Option(min=6, help="Number of postings.")] = 110,
+    candidates: Annotated[int, typer.Option(min=10, help="Number of candidates.")] = 2000,
+    postings: Annotated[int, typer.Option(min=6, help="Number of postings.")] = 100,
     if_missing: Annotated[
         bool, typer.Option("--if-missing", help="Do nothing when the files already exist.")
     ] = False,
@@ -115,6 +115,7 @@ def train(
     ] = False,
 ) -> None:
     """Train a ranker on the store's outcomes, evaluate it, register it (and maybe promote it)."""
+    from ranker.features import FEATURE_NAMES
     from ranker.registry import ModelRegistry
     from training.dataset import data_sha256
     from training.train import TrainConfig, train_and_register
@@ -127,7 +128,10 @@ def train(
         digest = data_sha256(
             (r.candidate for r in candidates), (r.posting for r in postings), outcomes
         )
-        if registry.card(current).get("data", {}).get("sha256") == digest:
+        card = registry.card(current)
+        # A model of other features would be refused by the service: retrain it whatever the data.
+        same_features = card.get("feature_names") == list(FEATURE_NAMES)
+        if same_features and card.get("data", {}).get("sha256") == digest:
             console.print(f"model {current} in service was trained on this data; skipping")
             return
     started = time.perf_counter()

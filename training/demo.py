@@ -447,10 +447,14 @@ MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Sizes and shape of the demo set."""
+    """Sizes and shape of the demo set.
 
-    candidates: int = 2400
-    postings: int = 110
+    The default size keeps `make run` to a few minutes on 2 cores: ingestion encodes every CV
+    (~500 words, ~4 encoder windows each, so ~8,000 window encodes), training takes seconds.
+    """
+
+    candidates: int = 2000
+    postings: int = 100
     applicants: tuple[int, int] = (50, 90)
     """Applicants per posting, drawn uniformly from this range (inclusive)."""
     seed: int = 7

@@ -45,16 +45,16 @@ def list_versions() -> None:
         console.print(f"no model versions in {registry.root}; train one: `ranker train`")
         return
     current = registry.current_version()
-    table = Table(title=f"model registry {registry.root}")
+    table = Table(title=f"model registry {registry.root} (metrics: held-out test postings)")
     for col, justify in (
         ("", "left"),
         ("version", "left"),
         ("created", "left"),
         ("trees", "right"),
-        ("test NDCG@10", "right"),
-        ("dense cosine NDCG@10", "right"),
-        ("test MAP", "right"),
-        ("data sha256", "left"),
+        ("NDCG@10", "right"),
+        ("dense NDCG@10", "right"),
+        ("MAP", "right"),
+        ("data", "left"),
     ):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for v in versions:
@@ -66,12 +66,12 @@ def list_versions() -> None:
         table.add_row(
             "[green]*[/green]" if v == current else "",
             v,
-            str(card.get("created_at", "-")),
+            str(card.get("created_at", "-"))[:16].replace("T", " "),
             str(card.get("model", {}).get("best_iteration", "-")),
             _metric(card, "model", "ndcg@10"),
             _metric(card, "dense_cosine", "ndcg@10"),
             _metric(card, "model", "map"),
-            str(card.get("data", {}).get("sha256", "-"))[:12],
+            str(card.get("data", {}).get("sha256", "-"))[:8],
         )
     console.print(table)
     console.print(f"in service: {current or 'none (promote one: `ranker models promote VERSION`)'}")

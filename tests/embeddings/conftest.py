@@ -49,6 +49,6 @@ VARIED_TEXTS = [
 @pytest.fixture(scope="session")
 def reference_model() -> Any:
     """sentence-transformers' own all-MiniLM-L6-v2, loaded offline from the bundled package."""
-    from embeddings.export import _load_reference
+    from embeddings.export import load_reference_model
 
-    return _load_reference()
+    return load_reference_model()

@@ -20,18 +20,18 @@ from ranker.datafiles import (
 )
 from ranker.domain import Stage
 from ranker.errors import InvalidInput
-from training.demo import DemoConfig, generate, write_demo
+from training.demo import DemoConfig, DemoData, generate, write_demo
 
 SMALL = DemoConfig(candidates=25, postings=6, applicants=(5, 10), seed=5, short_cvs=True)
 
 
 @pytest.fixture(scope="module")
-def small_demo():  # type: ignore[no-untyped-def]
+def small_demo() -> DemoData:
     return generate(SMALL)
 
 
 @pytest.mark.parametrize("suffix", ["jsonl", "csv"])
-def test_round_trip_keeps_every_field(small_demo, tmp_path: Path, suffix: str) -> None:  # type: ignore[no-untyped-def]
+def test_round_trip_keeps_every_field(small_demo: DemoData, tmp_path: Path, suffix: str) -> None:
     write = write_jsonl if suffix == "jsonl" else write_csv
     write(tmp_path / f"c.{suffix}", [candidate_record(c) for c in small_demo.candidates])
     write(tmp_path / f"p.{suffix}", [posting_record(p) for p in small_demo.postings])
@@ -41,7 +41,9 @@ def test_round_trip_keeps_every_field(small_demo, tmp_path: Path, suffix: str) -
     assert read_outcomes(tmp_path / f"o.{suffix}") == small_demo.outcomes
 
 
-def test_demo_files_read_back_and_protected_is_separate(small_demo, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_demo_files_read_back_and_protected_is_separate(
+    small_demo: DemoData, tmp_path: Path
+) -> None:
     write_demo(small_demo, tmp_path)
     assert read_candidates(tmp_path / "candidates.jsonl") == small_demo.candidates
     assert read_protected(tmp_path / "protected.jsonl") == small_demo.protected

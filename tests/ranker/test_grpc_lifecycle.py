@@ -336,7 +336,7 @@ def test_serve_shuts_down_gracefully_on_sigterm(
 ) -> None:
     data = tmp_path / "data"
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if not k.startswith("RANKER_")},
         "RANKER_DATA_DIR": str(data),
         "RANKER_ENCODER_DIR": str(encoder_dir),
         "RANKER_REGISTRY_DIR": str(registry_path),

@@ -38,7 +38,8 @@ def demo_files(serving_demo: DemoData, tmp_path: Path) -> Path:
 def test_ingest_files_fills_store_and_index(
     encoder: TextEncoder, demo_files: Path, tmp_path: Path
 ) -> None:
-    settings = Settings(data_dir=tmp_path / "data")
+    # Paths given explicitly so RANKER_* variables in the environment cannot redirect the test.
+    settings = Settings(data_dir=tmp_path / "data", db_path=None, index_dir=None)
     assert not is_ingested(settings)
     report = ingest_files(
         settings,

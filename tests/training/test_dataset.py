@@ -10,10 +10,11 @@ import pytest
 
 from ranker.domain import Posting
 from ranker.errors import InvalidInput
-from ranker.features import FEATURE_NAMES, FeatureBuilder, Lexicon
+from ranker.features import FEATURE_NAMES, FeatureBuilder, Lexicon, PreparedPosting
 from tests.fixtures.training import EncodedDemo
 from training.dataset import (
     SPLITS,
+    Datasets,
     data_sha256,
     make_datasets,
     posting_times,
@@ -26,7 +27,7 @@ from training.labels import as_utc
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
 
-def _datasets(demo: EncodedDemo):  # type: ignore[no-untyped-def]
+def _datasets(demo: EncodedDemo) -> tuple[Datasets, dict[str, PreparedPosting]]:
     pc, pp = prepare_all(demo.candidate_rows, demo.posting_rows)
     builder = FeatureBuilder(Lexicon.fit(pc.values()))
     return make_datasets(builder, pc, pp, demo.data.outcomes), pp

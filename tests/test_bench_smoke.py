@@ -1,0 +1,137 @@
+"""Smoke tests of the bench helpers on tiny sizes: they run and measure what they claim, fast."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench._baseline import StraightforwardStack
+from bench._data import (
+    NOISE_COSINE,
+    BaseSet,
+    build_candidate_set,
+    index_file,
+    load_prepared,
+    synthesize,
+)
+from ranker.index import FaissIndex
+from ranker.registry import ModelRegistry
+from ranker.store import SqliteStore
+from tests.fixtures.training import EncodedDemo
+
+N = 200
+
+
+@pytest.fixture(scope="module")
+def base(
+    demo_data: EncodedDemo,
+    trained_registry: ModelRegistry,
+    encoder_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> BaseSet:
+    """The session's small encoded demo set and trained model, as the bench's seed set."""
+    registry = tmp_path_factory.mktemp("bench-registry") / "registry"
+    shutil.copytree(trained_registry.root, registry, ignore=shutil.ignore_patterns(".lock"))
+    return BaseSet(
+        candidates=demo_data.candidate_rows,
+        postings=demo_data.posting_rows,
+        registry_dir=registry,
+        encoder_dir=encoder_dir,
+        source="the test session's demo set",
+    )
+
+
+@pytest.fixture(scope="module")
+def bench_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("bench")
+
+
+def test_synthesize_copies_real_candidates_with_noise(base: BaseSet) -> None:
+    rows = [r for batch in synthesize(base.candidates, N, seed=1, batch=64) for r in batch]
+    assert len(rows) == N
+    assert len({r.candidate.id for r in rows}) == N
+    assert not {r.candidate.id for r in rows} & {r.candidate.id for r in base.candidates}
+    by_text = {r.candidate.cv_text: r for r in base.candidates}
+    cosines = []
+    for r in rows:
+        source = by_text[r.candidate.cv_text]  # the CV text is the real one it was copied from
+        assert np.isclose(np.linalg.norm(r.doc_vector), 1.0, atol=1e-5)
+        assert np.allclose(np.linalg.norm(r.chunk_vectors, axis=1), 1.0, atol=1e-5)
+        assert r.chunk_vectors.shape == np.atleast_2d(source.chunk_vectors).shape
+        assert set(r.candidate.skills) <= set(source.candidate.skills)
+        cosines.append(float(r.doc_vector @ source.doc_vector))
+    # Noisy but recognisably the same CV, and not a verbatim copy.
+    assert abs(np.mean(cosines) - NOISE_COSINE) < 0.03
+    assert max(cosines) < 0.999
+
+
+def test_synthesize_is_deterministic(base: BaseSet) -> None:
+    a = next(synthesize(base.candidates, 20, seed=5))
+    b = next(synthesize(base.candidates, 20, seed=5))
+    assert [r.candidate for r in a] == [r.candidate for r in b]
+    assert all(np.array_equal(x.doc_vector, y.doc_vector) for x, y in zip(a, b, strict=True))
+
+
+def test_candidate_set_is_stored_indexed_and_reused(base: BaseSet, bench_dir: Path) -> None:
+    data = build_candidate_set(base, N, bench_dir)
+    store = SqliteStore(data.db_path)
+    try:
+        assert store.count_candidates() == N
+        assert store.count_postings() == len(base.postings)
+        generation = store.generation()
+    finally:
+        store.close()
+    index = FaissIndex.load(data.index_dir)
+    assert len(index) == N
+    assert index.generation == generation  # the server will load it instead of rebuilding
+    assert index_file(data).stat().st_size > N * 384 * 4
+    again = build_candidate_set(base, N, bench_dir)
+    assert again.build_seconds == 0.0 and again.data_dir == data.data_dir
+    fids, prepared = load_prepared(data)
+    assert len(fids) == len(prepared) == N
+
+
+def test_baseline_ranks_the_set(base: BaseSet, bench_dir: Path) -> None:
+    data = build_candidate_set(base, N, bench_dir)
+    stack = StraightforwardStack(base, data)
+    posting = base.postings[0].posting.id
+    run = stack.rank(posting, top_k=10, retrieve_n=50, explain=True)
+    assert len(run.top) == 10 and len(set(run.top)) == 10
+    assert all(cid.startswith("S") for cid in run.top)
+    stages = [run.encode, run.retrieve, run.features, run.score, run.explain]
+    assert all(s >= 0 for s in stages)
+    assert sum(stages) <= run.total + 1e-6
+    assert stack.rank(posting, 10, 50, lgb_threads=1).top == run.top
+
+
+def test_serving_measures_a_real_server(base: BaseSet, bench_dir: Path) -> None:
+    from bench.serving import PATHS, ServingConfig, measure_size, report
+
+    cfg = ServingConfig(
+        sizes=(N,),
+        requests=6,
+        inline_requests=2,
+        throughput_requests=6,
+        inline_throughput_requests=2,
+        concurrency=(1, 2),
+        retrieve_n=50,
+        warmup=1,
+    )
+    r = measure_size(base, N, cfg, bench_dir)
+    for path in PATHS:
+        for explain in (False, True):
+            run = r.service[(path, explain)]
+            assert len(run.client_ms) == (6 if path == "id" else 2)
+            # The server's own total fits inside the client's round trip.
+            assert np.all(run.stages["total"] <= run.client_ms)
+            assert (run.stages["explain"] > 0).all() == explain
+        assert (r.service[(path, False)].stages["encode"] > 0).all() == (path == "inline")
+    # Same model, same features, same exact search: the two stacks rank alike.
+    assert r.top_overlap() >= 0.8
+    assert all(rate > 0 for pair in r.throughput.values() for rate in pair)
+    assert r.rss_loaded > 0 and r.index_bytes > 0 and r.store_bytes > 0
+    text = report(base, [r], cfg)
+    assert "### Targets" in text and f"{N:,} candidates" in text
