@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     previous = _existing_sections(args.out.read_text()) if args.out.exists() else {}
-    header = _machine.header(chosen)  # taken before the runs: the load average is pre-bench
+    load_start = _machine.load_average()
+    run_started = time.perf_counter()
     bodies: dict[str, str] = {}
     for name in chosen:
         module = _load(name)
@@ -71,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         bodies[name] = module.run().rstrip() + "\n"
         print(f"[bench] {name}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
 
-    parts = [header, ""]
+    minutes = (time.perf_counter() - run_started) / 60
+    parts = [_machine.header(chosen, load_start, minutes), ""]
     for name in [n for n in available if n in bodies or n in previous]:
         start, end = _marker(name)
         body = bodies.get(name, previous.get(name, ""))

@@ -85,6 +85,7 @@ class StraightforwardStack:
     """The baseline ranker over one candidate set, held in this process."""
 
     def __init__(self, base: BaseSet, data: BenchData) -> None:
+        self._omp_default = faiss.omp_get_max_threads()
         _, self.candidates = load_prepared(data)
         vectors = np.stack([pc.doc_vector for pc in self.candidates])
         self.index = faiss.IndexFlatIP(vectors.shape[1])
@@ -102,14 +103,16 @@ class StraightforwardStack:
         top_k: int = 10,
         retrieve_n: int = 500,
         explain: bool = False,
-        lgb_threads: int | None = None,
+        one_thread: bool = False,
     ) -> BaselineRun:
         """Rank for a stored posting id (vector precomputed) or an inline posting (encoded now).
 
-        `lgb_threads` None leaves LightGBM on its default (OpenMP over every core), as the
-        straightforward stack would; 1 is the tuned variant the report also shows.
+        By default LightGBM and FAISS use their OpenMP defaults (every core), as the
+        straightforward stack would; `one_thread` is the tuned variant the report also shows,
+        where neither leaves OpenMP threads spinning on the cores the next stage needs.
         """
-        extra = {} if lgb_threads is None else {"num_threads": lgb_threads}
+        extra = {"num_threads": 1} if one_thread else {}
+        faiss.omp_set_num_threads(1 if one_thread else self._omp_default)
         t0 = time.perf_counter()
         if isinstance(posting, str):
             prepared = self.postings[posting]

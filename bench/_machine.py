@@ -190,10 +190,14 @@ def _version(name: str) -> str:
         return "not installed"
 
 
-def header(sections: list[str]) -> str:
+def load_average() -> tuple[float, float, float]:
+    return os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+
+
+def header(sections: list[str], load_start: tuple[float, float, float], minutes: float) -> str:
     """The Markdown header of BENCHMARKS.md: when, on what, with which versions."""
     c = cpu()
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    end = load_average()
     mem = psutil.virtual_memory().total / 2**30
     versions = ", ".join(f"{p} {_version(p)}" for p in PACKAGES)
     isa = ", ".join(
@@ -210,8 +214,10 @@ def header(sections: list[str]) -> str:
             f"- **CPU:** {c.model} (vendor {c.vendor}, family {c.family:#x}), "
             f"{c.physical_cores} physical cores / {c.logical_cpus} logical CPUs, "
             f"reported clock {c.mhz:.0f} MHz; ISA: {isa}",
-            f"- **Memory:** {mem:.0f} GiB; load average at start {load[0]:.2f}, {load[1]:.2f}, "
-            f"{load[2]:.2f} (the machine is shared: other work adds noise)",
+            f"- **Memory:** {mem:.0f} GiB",
+            f"- **Load:** 1-minute load average {load_start[0]:.1f} at the start, {end[0]:.1f} "
+            f"at the end of the {minutes:.0f}-minute run, on {c.logical_cpus} CPUs (the machine "
+            "is shared: other work adds noise; ratios within one run are what count)",
             f"- **OS / Python:** {platform.platform()}, Python {sys.version.split()[0]}",
             f"- **Packages:** {versions}",
             f"- **Sections:** {', '.join(sections)}",

@@ -56,10 +56,12 @@ class ServingConfig:
     sizes: tuple[int, ...] = (10_000, 100_000)
     requests: int = 300
     """Sequential rankings per (path, explain) for latency, by stored posting id."""
-    inline_requests: int = 150
-    """The same for inline postings (each is encoded: ~20x slower)."""
-    throughput_requests: int = 320
-    inline_throughput_requests: int = 64
+    inline_requests: int = 100
+    """The same for inline postings (each is encoded: ~10x slower)."""
+    block: int = 10
+    """Rankings per turn when service and baseline take turns."""
+    throughput_requests: int = 240
+    inline_throughput_requests: int = 40
     concurrency: tuple[int, ...] = (1, 4, 16)
     top_k: int = 10
     retrieve_n: int = 500
@@ -89,7 +91,7 @@ class SizeResult:
     service: dict[tuple[str, bool], PathRun] = field(default_factory=dict)
     baseline: dict[tuple[str, bool], PathRun] = field(default_factory=dict)
     tuned: PathRun | None = None
-    """The baseline by id, no explain, with LightGBM on one thread instead of its default."""
+    """The baseline by id, no explain, with LightGBM and FAISS on one OpenMP thread."""
     throughput: dict[tuple[str, int], tuple[float, float]] = field(default_factory=dict)
     """(path, concurrency) -> (service rankings/s, baseline rankings/s)."""
 
@@ -131,39 +133,92 @@ def _count(cfg: ServingConfig, path: str) -> int:
     return cfg.requests if path == "id" else cfg.inline_requests
 
 
-def _service_runs(
-    server: ServerProcess, base: BaseSet, cfg: ServingConfig, n: int
-) -> dict[tuple[str, bool], PathRun]:
-    stub = server.stub()
-    runs: dict[tuple[str, bool], PathRun] = {}
-    for path in PATHS:
-        for explain in (False, True):
-            reqs = _requests(base, cfg, path, explain)
-            for i in range(cfg.warmup):
-                stub.RankCandidates(reqs[i % len(reqs)], timeout=60)
-            client: list[float] = []
-            stages: dict[str, list[float]] = {s: [] for s in (*STAGES, "total")}
-            tops: list[tuple[str, ...]] = []
-            for i in range(_count(cfg, path)):
-                req = reqs[i % len(reqs)]
-                t0 = time.perf_counter()
-                resp = stub.RankCandidates(req, timeout=60)
-                client.append((time.perf_counter() - t0) * 1000)
-                t = resp.timings
-                for s in STAGES:
-                    stages[s].append(getattr(t, f"{s}_ms"))
-                stages["total"].append(t.total_ms)
-                tops.append(tuple(r.candidate_id for r in resp.results))
-                if resp.retrieved < min(cfg.retrieve_n, n) or len(resp.results) < min(cfg.top_k, n):
-                    raise RuntimeError(
-                        f"the service retrieved {resp.retrieved} and returned "
-                        f"{len(resp.results)} of {n} candidates; the benchmark measures full "
-                        f"rankings (top {cfg.top_k} of {cfg.retrieve_n}) only"
-                    )
-            runs[(path, explain)] = PathRun(
-                np.asarray(client), {k: np.asarray(v) for k, v in stages.items()}, tops
+class _Recorder:
+    """Collects the timings of one kind of ranking, block by block."""
+
+    def __init__(self) -> None:
+        self.client: list[float] = []
+        self.stages: dict[str, list[float]] = {s: [] for s in (*STAGES, "total")}
+        self.top: list[tuple[str, ...]] = []
+
+    def add(self, client_ms: float, stages: dict[str, float], top: tuple[str, ...]) -> None:
+        self.client.append(client_ms)
+        for k, v in stages.items():
+            self.stages[k].append(v)
+        self.top.append(top)
+
+    def run(self) -> PathRun:
+        return PathRun(
+            np.asarray(self.client), {k: np.asarray(v) for k, v in self.stages.items()}, self.top
+        )
+
+
+def _service_block(
+    stub: pb_grpc.CandidateRankerStub,
+    reqs: Sequence[object],
+    idx: range,
+    rec: _Recorder | None,
+    cfg: ServingConfig,
+    n: int,
+) -> None:
+    for i in idx:
+        t0 = time.perf_counter()
+        resp = stub.RankCandidates(reqs[i % len(reqs)], timeout=60)
+        client = (time.perf_counter() - t0) * 1000
+        if resp.retrieved < min(cfg.retrieve_n, n) or len(resp.results) < min(cfg.top_k, n):
+            raise RuntimeError(
+                f"the service retrieved {resp.retrieved} and returned {len(resp.results)} of "
+                f"{n} candidates; the benchmark measures full rankings (top {cfg.top_k} of "
+                f"{cfg.retrieve_n}) only"
             )
-    return runs
+        if rec is not None:
+            t = resp.timings
+            stages = {s: float(getattr(t, f"{s}_ms")) for s in STAGES}
+            stages["total"] = t.total_ms
+            rec.add(client, stages, tuple(r.candidate_id for r in resp.results))
+
+
+def _baseline_block(
+    stack: StraightforwardStack,
+    targets: Sequence[str | Posting],
+    idx: range,
+    rec: _Recorder | None,
+    cfg: ServingConfig,
+    explain: bool,
+    one_thread: bool = False,
+) -> None:
+    for i in idx:
+        d = stack.rank(targets[i % len(targets)], cfg.top_k, cfg.retrieve_n, explain, one_thread)
+        if rec is not None:
+            rec.add(d.total, {s: getattr(d, s) for s in (*STAGES, "total")}, d.top)
+
+
+def _compare(
+    stub: pb_grpc.CandidateRankerStub,
+    stack: StraightforwardStack,
+    base: BaseSet,
+    cfg: ServingConfig,
+    path: str,
+    explain: bool,
+    n: int,
+) -> tuple[PathRun, PathRun, PathRun | None]:
+    """Service and baseline rankings in alternating blocks, so a change in the load of this
+    shared machine during the run hits both alike; by id without explain also the tuned baseline."""
+    reqs = _requests(base, cfg, path, explain)
+    targets = _targets_of(base, path)
+    tuned = path == "id" and not explain
+    ours, theirs, theirs_tuned = _Recorder(), _Recorder(), _Recorder()
+    warm = range(cfg.warmup)
+    _service_block(stub, reqs, warm, None, cfg, n)
+    _baseline_block(stack, targets, warm, None, cfg, explain)
+    count = _count(cfg, path)
+    for start in range(0, count, cfg.block):
+        idx = range(start, min(count, start + cfg.block))
+        _service_block(stub, reqs, idx, ours, cfg, n)
+        _baseline_block(stack, targets, idx, theirs, cfg, explain)
+        if tuned:
+            _baseline_block(stack, targets, idx, theirs_tuned, cfg, explain, one_thread=True)
+    return ours.run(), theirs.run(), theirs_tuned.run() if tuned else None
 
 
 async def _aio_throughput(address: str, reqs: Sequence[object], total: int, conc: int) -> float:
@@ -190,24 +245,6 @@ def _thread_throughput(fn: Callable[[int], object], total: int, conc: int) -> fl
         return total / (time.perf_counter() - t0)
 
 
-def _baseline_run(
-    stack: StraightforwardStack,
-    targets: Sequence[str | Posting],
-    count: int,
-    cfg: ServingConfig,
-    explain: bool,
-    lgb_threads: int | None = None,
-) -> PathRun:
-    for i in range(cfg.warmup):
-        stack.rank(targets[i % len(targets)], cfg.top_k, cfg.retrieve_n, explain, lgb_threads)
-    done = [
-        stack.rank(targets[i % len(targets)], cfg.top_k, cfg.retrieve_n, explain, lgb_threads)
-        for i in range(count)
-    ]
-    stages = {s: np.asarray([getattr(d, s) for d in done]) for s in (*STAGES, "total")}
-    return PathRun(stages["total"], stages, [d.top for d in done])
-
-
 def _targets_of(base: BaseSet, path: str) -> list[str | Posting]:
     return [r.posting.id if path == "id" else r.posting for r in base.postings]
 
@@ -217,51 +254,46 @@ def _rss() -> int:
 
 
 def measure_size(base: BaseSet, n: int, cfg: ServingConfig, root: Path | None = None) -> SizeResult:
-    """Build (or reuse) the set, measure the service in its own process, then the baseline.
+    """Build (or reuse) the set; load the baseline here and the service in its own process;
+    measure both, alternating between them.
 
     `root` holds the sets and server logs (default `<data_dir>/bench`).
     """
     root = root if root is not None else bench_root()
     data = build_candidate_set(base, n, root)
     result = SizeResult(n=n, data=data)
-    settings = data.settings(base)
-    log.info("serving bench: %d candidates, starting the server", n)
-    with ServerProcess(settings, root / "logs" / f"serve-c{n}.log") as server:
-        result.startup_seconds = server.startup_seconds
-        result.rss_loaded = server.rss_bytes()
-        result.service = _service_runs(server, base, cfg, n)
-        for path in PATHS:
-            total = cfg.throughput_requests if path == "id" else cfg.inline_throughput_requests
-            reqs = _requests(base, cfg, path, False)
-            for c in cfg.concurrency:
-                rps = asyncio.run(_aio_throughput(server.address, reqs, total, c))
-                result.throughput[(path, c)] = (rps, float("nan"))
-        result.rss_served = server.rss_bytes()
-
-    log.info("serving bench: %d candidates, the straightforward stack", n)
+    log.info("serving bench: %d candidates, loading the straightforward stack", n)
     sentence_transformer()  # loaded before the memory reading: it is not per-candidate memory
     gc.collect()
     before = _rss()
     stack = StraightforwardStack(base, data)
     result.baseline_rss = _rss() - before
-    result.baseline = {
-        (path, explain): _baseline_run(
-            stack, _targets_of(base, path), _count(cfg, path), cfg, explain
-        )
-        for path in PATHS
-        for explain in (False, True)
-    }
-    result.tuned = _baseline_run(stack, _targets_of(base, "id"), cfg.requests, cfg, False, 1)
-    for path in PATHS:
-        total = cfg.throughput_requests if path == "id" else cfg.inline_throughput_requests
-        targets = _targets_of(base, path)
-        for c in cfg.concurrency:
-            rps = _thread_throughput(
-                lambda i, t=targets, s=stack: s.rank(t[i % len(t)], cfg.top_k, cfg.retrieve_n),
-                total,
-                c,
-            )
-            result.throughput[(path, c)] = (result.throughput[(path, c)][0], rps)
+    log.info("serving bench: %d candidates, starting the server", n)
+    with ServerProcess(data.settings(base), root / "logs" / f"serve-c{n}.log") as server:
+        result.startup_seconds = server.startup_seconds
+        result.rss_loaded = server.rss_bytes()
+        stub = server.stub()
+        for path in PATHS:
+            for explain in (False, True):
+                ours, theirs, tuned = _compare(stub, stack, base, cfg, path, explain, n)
+                result.service[(path, explain)] = ours
+                result.baseline[(path, explain)] = theirs
+                if tuned is not None:
+                    result.tuned = tuned
+        log.info("serving bench: %d candidates, throughput", n)
+        for path in PATHS:
+            total = cfg.throughput_requests if path == "id" else cfg.inline_throughput_requests
+            reqs = _requests(base, cfg, path, False)
+            targets = _targets_of(base, path)
+            for c in cfg.concurrency:
+                ours_rps = asyncio.run(_aio_throughput(server.address, reqs, total, c))
+                theirs_rps = _thread_throughput(
+                    lambda i, t=targets, s=stack: s.rank(t[i % len(t)], cfg.top_k, cfg.retrieve_n),
+                    total,
+                    c,
+                )
+                result.throughput[(path, c)] = (ours_rps, theirs_rps)
+        result.rss_served = server.rss_bytes()
     del stack
     gc.collect()
     return result
@@ -303,7 +335,7 @@ def _latency_table(r: SizeResult) -> str:
         b = Summary.of(r.tuned.client_ms)
         rows.append(
             [
-                "by stored posting id, baseline with LightGBM `num_threads=1`",
+                "by stored posting id, baseline tuned: LightGBM and FAISS on 1 thread",
                 "no",
                 ms(s.p50),
                 ms(s.p95),
@@ -427,8 +459,8 @@ def _targets(r: SizeResult, cfg: ServingConfig) -> str:
     if r.tuned is not None:
         t = Summary.of(r.tuned.client_ms)
         lines += [
-            f"Against the baseline with LightGBM on one thread (its default OpenMP threads spin "
-            f"on the cores the next stages need): {ratio(t.p99, s_id.p99)} at p99, "
+            f"Against the tuned baseline (LightGBM and FAISS on one OpenMP thread, so that no "
+            f"idle OpenMP thread spins on a core the next stage needs): {ratio(t.p99, s_id.p99)} at p99, "
             f"{ratio(t.p50, s_id.p50)} at p50.",
             "",
         ]
@@ -460,7 +492,9 @@ def report(base: BaseSet, sized: Sequence[SizeResult], cfg: ServingConfig) -> st
         f"A real `ranker serve` in its own process on 127.0.0.1, called through a real gRPC stub "
         f"from the bench process: top {cfg.top_k} of {cfg.retrieve_n} retrieved, no filters. "
         f"Latency is the client's round trip at concurrency 1 ({cfg.requests} rankings by id, "
-        f"{cfg.inline_requests} inline, per row, after {cfg.warmup} warm-up calls). The baseline "
+        f"{cfg.inline_requests} inline, per row, after {cfg.warmup} warm-up calls; service and "
+        f"baseline take turns every {cfg.block} rankings so that both see the same machine "
+        "load). The baseline "
         "is the straightforward stack in-process (`bench/_baseline.py`): sentence-transformers "
         "encode for inline postings (a precomputed vector by id), a flat FAISS `IndexFlatIP`, the "
         "same `FeatureBuilder`, LightGBM's native `predict`, and for explain TreeSHAP "

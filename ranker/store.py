@@ -516,8 +516,8 @@ class SqliteStore:
 
     def log_decisions(self, decisions: Sequence[Decision]) -> None:
         """Store several rankings in one transaction (one sync to disk for the batch)."""
-        heads = []
-        items = []
+        heads: list[tuple[object, ...]] = []
+        items: list[tuple[object, ...]] = []
         for d in decisions:
             feats = np.ascontiguousarray(d.features, dtype=np.float32)
             if feats.shape[0] != len(d.candidate_ids):

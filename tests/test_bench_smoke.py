@@ -104,7 +104,7 @@ def test_baseline_ranks_the_set(base: BaseSet, bench_dir: Path) -> None:
     stages = [run.encode, run.retrieve, run.features, run.score, run.explain]
     assert all(s >= 0 for s in stages)
     assert sum(stages) <= run.total + 1e-6
-    assert stack.rank(posting, 10, 50, lgb_threads=1).top == run.top
+    assert stack.rank(posting, 10, 50, one_thread=True).top == run.top
 
 
 def test_serving_measures_a_real_server(base: BaseSet, bench_dir: Path) -> None:

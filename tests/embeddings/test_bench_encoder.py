@@ -56,7 +56,7 @@ def test_running_one_section_keeps_the_others(
     out.write_text(f"# old header\n\n{start}\n## Other\nold numbers\n{end}\n")
     monkeypatch.setattr("bench.__main__._discover", lambda: ["encoder", "other"])
     monkeypatch.setattr("bench.encoder.run", lambda: "## Sentence encoder\nnew numbers\n")
-    monkeypatch.setattr("bench._machine.header", lambda sections: "# Benchmarks")
+    monkeypatch.setattr("bench._machine.header", lambda *args: "# Benchmarks")
     assert main(["encoder", "--out", str(out)]) == 0
     sections = _existing_sections(out.read_text())
     assert sections["encoder"].strip() == "## Sentence encoder\nnew numbers"
