@@ -26,6 +26,15 @@ def run(cfg: ServingConfig = ServingConfig()) -> str:  # noqa: B008
                 f"{r.store_bytes / r.n:,.0f} B",
             ]
         )
+    marginal = ""
+    if len(sized) >= 2 and sized[-1].n > sized[0].n:
+        lo, hi = sized[0], sized[-1]
+        per = (hi.rss_loaded - lo.rss_loaded) / (hi.n - lo.n)
+        marginal = (
+            f" Between {lo.n:,} and {hi.n:,} candidates the loaded server grows by "
+            f"{per / 1024:.1f} KiB per candidate (the per-candidate cost without the fixed "
+            "cost of the runtime, the encoder and the model)."
+        )
     cv_bytes = sum(len(c.candidate.cv_text.encode()) for c in base.candidates) / len(
         base.candidates
     )
@@ -55,6 +64,6 @@ def run(cfg: ServingConfig = ServingConfig()) -> str:  # noqa: B008
         f"For scale: one {dim}-d float32 vector is {raw:,} B, the floor of an exact index; the "
         f"store keeps, per candidate, the CV text ({cv_bytes:,.0f} B on average here), the "
         f"document vector and {chunks:.1f} chunk vectors on average "
-        f"({raw * (1 + chunks):,.0f} B of vectors), and the structured fields.",
+        f"({raw * (1 + chunks):,.0f} B of vectors), and the structured fields.{marginal}",
     ]
     return "\n".join(lines) + "\n"
