@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -45,20 +46,61 @@ def _require_id(kind: str, value: str) -> None:
         raise InvalidInput(f"{kind} id {value[:40]!r}... is longer than 200 characters")
 
 
+MAX_SKILLS = 100
+"""Most skills on one candidate or posting list: bounds memory per record in the service."""
+MAX_SKILL_CHARS = 100
+MAX_SHORT_TEXT_CHARS = 200
+"""Longest title or location."""
+
+
 def _require_text(kind: str, name: str, value: str) -> None:
     if not isinstance(value, str) or not value.strip():
         raise InvalidInput(f"{kind} {name} must be non-empty text")
 
 
+def _short_text(kind: str, name: str, value: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidInput(f"{kind} {name} must be text, got {type(value).__name__}")
+    if len(value) > MAX_SHORT_TEXT_CHARS:
+        raise InvalidInput(
+            f"{kind} {name} is {len(value)} characters; shorten it to {MAX_SHORT_TEXT_CHARS}"
+        )
+    return value.strip()
+
+
+def normalise_term(value: str) -> str:
+    """How skills and other short terms compare: NFKC, case-folded, whitespace collapsed."""
+    return " ".join(unicodedata.normalize("NFKC", value).casefold().split())
+
+
 def _normalise_skills(kind: str, skills: tuple[str, ...]) -> tuple[str, ...]:
+    if isinstance(skills, str):
+        raise InvalidInput(f"{kind} skills must be a list of strings, not one string")
+    if len(skills) > MAX_SKILLS:
+        raise InvalidInput(f"{kind} lists {len(skills)} skills; send at most {MAX_SKILLS}")
     out: list[str] = []
-    for s in skills:
+    for s in tuple(skills):
         if not isinstance(s, str) or not s.strip():
             raise InvalidInput(f"{kind} skills must be non-empty strings, got {s!r}")
-        norm = " ".join(s.lower().split())
+        if len(s) > MAX_SKILL_CHARS:
+            raise InvalidInput(
+                f"{kind} skill {s[:30]!r}... is longer than {MAX_SKILL_CHARS} characters"
+            )
+        norm = normalise_term(s)
         if norm not in out:
             out.append(norm)
     return tuple(out)
+
+
+def _years(kind: str, name: str, y: object) -> float:
+    if (
+        isinstance(y, bool)
+        or not isinstance(y, int | float)
+        or not math.isfinite(y)
+        or not 0 <= y <= 80
+    ):
+        raise InvalidInput(f"{kind} {name} must be a number in 0..80, got {y!r}")
+    return float(y)
 
 
 @dataclass(frozen=True)
@@ -79,20 +121,18 @@ class Candidate:
     def __post_init__(self) -> None:
         _require_id("candidate", self.id)
         _require_text(f"candidate {self.id!r}", "cv_text", self.cv_text)
+        object.__setattr__(self, "skills", _normalise_skills(f"candidate {self.id!r}", self.skills))
         object.__setattr__(
-            self, "skills", _normalise_skills(f"candidate {self.id!r}", tuple(self.skills))
+            self,
+            "years_experience",
+            _years(f"candidate {self.id!r}", "years_experience", self.years_experience),
         )
-        y = self.years_experience
-        if (
-            isinstance(y, bool)
-            or not isinstance(y, int | float)
-            or not math.isfinite(y)
-            or not 0 <= y <= 80
-        ):
-            raise InvalidInput(
-                f"candidate {self.id!r} years_experience must be a number in 0..80, got {y!r}"
-            )
-        object.__setattr__(self, "years_experience", float(y))
+        object.__setattr__(
+            self, "title", _short_text(f"candidate {self.id!r}", "title", self.title)
+        )
+        object.__setattr__(
+            self, "location", _short_text(f"candidate {self.id!r}", "location", self.location)
+        )
         object.__setattr__(
             self, "updated_at", _utc(self.updated_at, f"candidate {self.id!r} updated_at")
         )
@@ -119,22 +159,18 @@ class Posting:
         object.__setattr__(
             self,
             "required_skills",
-            _normalise_skills(f"posting {self.id!r}", tuple(self.required_skills)),
+            _normalise_skills(f"posting {self.id!r}", self.required_skills),
         )
         object.__setattr__(
-            self, "nice_skills", _normalise_skills(f"posting {self.id!r}", tuple(self.nice_skills))
+            self, "nice_skills", _normalise_skills(f"posting {self.id!r}", self.nice_skills)
         )
-        y = self.min_years
-        if (
-            isinstance(y, bool)
-            or not isinstance(y, int | float)
-            or not math.isfinite(y)
-            or not 0 <= y <= 80
-        ):
-            raise InvalidInput(
-                f"posting {self.id!r} min_years must be a number in 0..80, got {y!r}"
-            )
-        object.__setattr__(self, "min_years", float(y))
+        object.__setattr__(
+            self, "min_years", _years(f"posting {self.id!r}", "min_years", self.min_years)
+        )
+        object.__setattr__(self, "title", _short_text(f"posting {self.id!r}", "title", self.title))
+        object.__setattr__(
+            self, "location", _short_text(f"posting {self.id!r}", "location", self.location)
+        )
         object.__setattr__(
             self, "created_at", _utc(self.created_at, f"posting {self.id!r} created_at")
         )
@@ -154,7 +190,7 @@ class Outcome:
         _require_id("candidate", self.candidate_id)
         if not isinstance(self.stage, Stage):
             try:
-                object.__setattr__(self, "stage", Stage(str(self.stage).lower()))
+                object.__setattr__(self, "stage", Stage(str(self.stage).strip().lower()))
             except ValueError:
                 allowed = ", ".join(s.value for s in Stage)
                 raise InvalidInput(f"stage {self.stage!r} is not one of: {allowed}") from None

@@ -20,7 +20,7 @@ INDEX_FILE = "candidates.faiss"
 _MAGIC = b"RNKIDX1\n"
 
 
-class _ReadWriteLock:
+class ReadWriteLock:
     """Many concurrent searches, one writer at a time; a waiting writer goes before new readers.
 
     Hand-written because the standard library has none; FAISS searches on a flat index are
@@ -79,7 +79,7 @@ class FaissIndex:
         self.dim = dim
         self.generation = generation
         self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-        self._lock = _ReadWriteLock()
+        self._lock = ReadWriteLock()
 
     def __len__(self) -> int:
         return int(self._index.ntotal)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import os
+import secrets
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -17,7 +20,7 @@ import numpy as np
 from ranker.domain import Candidate, Outcome, Posting, Stage
 from ranker.errors import InvalidInput, NotFound
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -91,7 +94,7 @@ CREATE INDEX IF NOT EXISTS decision_items_by_candidate ON decision_items (candid
 CREATE TABLE IF NOT EXISTS erasures (
     receipt_id INTEGER PRIMARY KEY AUTOINCREMENT,
     at TEXT NOT NULL,
-    candidate_id_sha256 TEXT NOT NULL,
+    candidate_id_hmac TEXT NOT NULL,
     rows TEXT NOT NULL
 );
 """
@@ -163,9 +166,23 @@ def _vec_bytes(v: np.ndarray, dim: int | None, what: str) -> bytes:
     return arr.tobytes()
 
 
-def sha256_id(candidate_id: str) -> str:
-    """The digest kept in erasure receipts instead of the erased id."""
-    return hashlib.sha256(candidate_id.encode("utf-8")).hexdigest()
+def _load_or_create_key(path: Path) -> bytes:
+    """The secret that keys erasure-receipt digests, kept in its own owner-only file.
+
+    A plain sha256 of an ATS id like `C0001` is reversed by guessing; an HMAC with a key that
+    does not sit in the database is not.
+    """
+    try:
+        return bytes.fromhex(path.read_text(encoding="ascii").strip())
+    except FileNotFoundError:
+        pass
+    key = secrets.token_bytes(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(key.hex())
+        f.flush()
+        os.fsync(f.fileno())
+    return key
 
 
 class SqliteStore:
@@ -183,7 +200,12 @@ class SqliteStore:
         self._conn = sqlite3.connect(
             self.path, check_same_thread=False, isolation_level=None, timeout=30.0
         )
+        self._receipt_key = _load_or_create_key(
+            self.path.with_name(self.path.name + ".receipt-key")
+        )
         self._conn.execute("PRAGMA journal_mode=WAL")
+        # Erased rows are overwritten with zeros, not left readable in free pages.
+        self._conn.execute("PRAGMA secure_delete=ON")
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute("PRAGMA foreign_keys=ON")
         # executescript commits implicitly, so it runs outside our BEGIN/COMMIT helper.
@@ -212,10 +234,13 @@ class SqliteStore:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
+                self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                # Also when COMMIT itself fails (disk full, I/O error): never leave the
+                # connection inside a transaction that would block every later write.
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
                 raise
-            self._conn.execute("COMMIT")
 
     def _meta(self, key: str) -> str | None:
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -624,12 +649,17 @@ class SqliteStore:
                 for k, v in counts.items():
                     totals[k] += v
                 cur = tx.execute(
-                    "INSERT INTO erasures (at, candidate_id_sha256, rows) VALUES (?, ?, ?)",
-                    (_iso(at), sha256_id(cid), json.dumps(counts)),
+                    "INSERT INTO erasures (at, candidate_id_hmac, rows) VALUES (?, ?, ?)",
+                    (_iso(at), self.receipt_digest(cid), json.dumps(counts)),
                 )
                 receipt_ids.append(int(cur.lastrowid or 0))
             if erased:
                 self._bump_generation(tx)
+        if erased:
+            # Erased rows also sit in the write-ahead log until a checkpoint; copy them into the
+            # (secure-deleted) database now and truncate the log so no copy of the CV remains.
+            with self._lock:
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return ErasureReceipt(
             at=at,
             erased=tuple(erased),
@@ -638,13 +668,17 @@ class SqliteStore:
             receipt_ids=tuple(receipt_ids),
         )
 
+    def receipt_digest(self, candidate_id: str) -> str:
+        """The keyed digest that erasure receipts keep instead of the erased id."""
+        return hmac.new(self._receipt_key, candidate_id.encode("utf-8"), hashlib.sha256).hexdigest()
+
     def erasure_receipts(self, candidate_id: str) -> list[dict[str, object]]:
         """The receipts recorded for an id (looked up by its digest; the id itself is not kept)."""
         with self._lock:
             rows = self._conn.execute(
-                "SELECT receipt_id, at, rows FROM erasures WHERE candidate_id_sha256 = ? "
+                "SELECT receipt_id, at, rows FROM erasures WHERE candidate_id_hmac = ? "
                 "ORDER BY receipt_id",
-                (sha256_id(candidate_id),),
+                (self.receipt_digest(candidate_id),),
             ).fetchall()
         return [{"receipt_id": r, "at": a, "rows": json.loads(rows_)} for r, a, rows_ in rows]
 
