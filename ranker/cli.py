@@ -32,7 +32,11 @@ def _register_plugins() -> None:
 
 def main() -> None:
     """Console-script entry point."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # faiss logs which SIMD build it tried at INFO on every import: noise for a CLI user.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     _register_builtin()
     _register_plugins()
     app()

@@ -32,4 +32,8 @@ def test_ranker_never_imports_training() -> None:
 def test_serving_path_does_not_import_torch() -> None:
     # torch is for exporting the encoder only; serving runs on onnxruntime + tokenizers.
     for package in ("ranker",):
-        assert not _imported_top_levels(package) & {"torch", "sentence_transformers", "transformers"}
+        assert not _imported_top_levels(package) & {
+            "torch",
+            "sentence_transformers",
+            "transformers",
+        }
