@@ -25,8 +25,8 @@ import numpy as np
 
 from ranker.config import Settings
 from ranker.domain import Candidate
-from ranker.features import PreparedCandidate, prepare_candidate
-from ranker.index import FaissIndex
+from ranker.features import PreparedCandidate, candidate_text, posting_text, prepare_candidate
+from ranker.index import INDEX_FILE
 from ranker.ingest import build_index
 from ranker.registry import ModelRegistry
 from ranker.store import CandidateRow, PostingRow, SqliteStore
@@ -108,10 +108,8 @@ def _generate_base(settings: Settings, folder: Path, n_candidates: int, n_postin
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    demo = generate(DemoConfig(candidates=n_candidates, postings=n_postings, seed=SEED % 1000))
+    demo = generate(DemoConfig(candidates=n_candidates, postings=n_postings, seed=SEED))
     encoder = load_encoder(settings=settings)
-    from ranker.features import candidate_text, posting_text
-
     rows: list[CandidateRow] = []
     for start in range(0, len(demo.candidates), 64):
         part = demo.candidates[start : start + 64]
@@ -313,28 +311,13 @@ def fresh_candidates(n: int, seed: int = SEED + 1) -> list[Candidate]:
     """`n` demo candidates with realistic (300-800 word) CVs, never seen by the seed set."""
     from training.demo import DemoConfig, generate
 
-    demo = generate(DemoConfig(candidates=n, postings=6, applicants=(2, 3), seed=seed))
+    # At least 50: with only a handful of candidates a posting can draw no applicant, which the
+    # demo generator's outcome simulation does not handle.
+    demo = generate(DemoConfig(candidates=max(n, 50), postings=6, applicants=(5, 10), seed=seed))
     # New ids so they never collide with the seed set's if both land in one store.
-    return [replace(c, id=f"I{c.id}") for c in demo.candidates]
+    return [replace(c, id=f"I{c.id}") for c in demo.candidates[:n]]
 
 
 def index_file(data: BenchData) -> Path:
     """The saved FAISS index of a set."""
-    from ranker.index import INDEX_FILE
-
     return data.index_dir / INDEX_FILE
-
-
-__all__ = [
-    "BaseSet",
-    "BenchData",
-    "FaissIndex",
-    "base_set",
-    "bench_root",
-    "build_candidate_set",
-    "file_bytes",
-    "fresh_candidates",
-    "index_file",
-    "load_prepared",
-    "synthesize",
-]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from bench._data import BaseSet
 from bench._report import mib, table
-from bench.serving import ServingConfig, results
+from bench.serving import ServingConfig, SizeResult, results
 
 TITLE = "Memory"
 
@@ -11,6 +14,11 @@ TITLE = "Memory"
 def run(cfg: ServingConfig = ServingConfig()) -> str:  # noqa: B008
     """The Markdown section; reuses the serving section's servers when it already ran."""
     base, sized = results(cfg)
+    return report(base, sized)
+
+
+def report(base: BaseSet, sized: Sequence[SizeResult]) -> str:
+    """The Markdown section for candidate sets measured by the serving section."""
     dim = len(base.candidates[0].doc_vector)
     raw = dim * 4
     rows = []

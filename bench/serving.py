@@ -467,16 +467,18 @@ def _targets(r: SizeResult, cfg: ServingConfig) -> str:
     missed_id = not (checks[0][2] and checks[1][2])
     if missed_id:
         lines.append(f"- By id, where the time goes: {_where_time_goes(r, 'id')}.")
-        base = r.baseline[("id", False)]
-        lines.append(
-            "- The straightforward stack, same path: "
-            + ", ".join(
-                f"{STAGE_LABELS[s]} {ms(_median(base.stages[s]))} ms"
-                for s in STAGES
-                if s not in ("encode", "explain")
+        for label, run in (("straightforward", r.baseline[("id", False)]), ("tuned", r.tuned)):
+            if run is None:
+                continue
+            lines.append(
+                f"- The {label} baseline, same path: "
+                + ", ".join(
+                    f"{STAGE_LABELS[s]} {ms(_median(run.stages[s]))} ms"
+                    for s in STAGES
+                    if s not in ("encode", "explain")
+                )
+                + "."
             )
-            + "."
-        )
     if not checks[2][2]:
         lines.append(f"- Inline, where the time goes: {_where_time_goes(r, 'inline')}.")
     if not missed_id and checks[2][2]:

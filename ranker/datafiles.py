@@ -4,7 +4,8 @@ Four tables, each a `.jsonl` file (one JSON object per line) or a `.csv` file (a
 one row per record). In CSV, list fields are `;`-separated, booleans are `true`/`false`, datetimes
 are ISO-8601 (`2025-03-01T09:30:00+00:00`); an empty cell means "not given". Unknown columns are
 refused (a typo would otherwise silently drop data), and so are protected attributes anywhere but
-the protected table.
+the protected table. Files are UTF-8; a byte-order mark (Excel writes one) is ignored, and any
+other encoding is refused with the line of the first bad byte.
 
 candidates (`candidates.jsonl` / `.csv`):
 
@@ -56,7 +57,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -191,14 +192,30 @@ def _convert(col: _Column, value: Any, from_csv: bool) -> Any:
     raise AssertionError(col.kind)
 
 
+def _lines(path: Path, f: Iterable[bytes]) -> Iterator[str]:
+    """The file's lines decoded as UTF-8 (line endings kept), a leading byte-order mark dropped.
+
+    Decoded line by line rather than by `open(encoding=...)`, so a bad byte is reported with its
+    line number instead of escaping as a `UnicodeDecodeError` from deep inside the reader.
+    """
+    for lineno, raw in enumerate(f, start=1):
+        try:
+            yield raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+        except UnicodeDecodeError as e:
+            raise InvalidInput(
+                f"{path.name} line {lineno}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte "
+                f"{e.start + 1} of the line); save the file as UTF-8 and load it again"
+            ) from None
+
+
 def _records(path: Path) -> Iterator[tuple[int, Mapping[str, Any], bool]]:
     """(line number, raw record, whether it came from CSV) for each record of the file."""
     suffix = path.suffix.lower()
     if not path.is_file():
         raise InvalidInput(f"{path}: no such file; check the path (expected .jsonl or .csv)")
     if suffix == ".jsonl":
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
+        with path.open("rb") as f:
+            for lineno, line in enumerate(_lines(path, f), start=1):
                 if not line.strip():
                     continue
                 try:
@@ -215,8 +232,9 @@ def _records(path: Path) -> Iterator[tuple[int, Mapping[str, Any], bool]]:
                     )
                 yield lineno, record, False
     elif suffix == ".csv":
-        with path.open(encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f, strict=True)
+        with path.open("rb") as f:
+            # Binary lines keep their "\r\n" / "\n" endings, as `newline=""` would give.
+            reader = csv.DictReader(_lines(path, f), strict=True)
             start = 2  # a record's first line: quoted CVs may span several lines
             try:
                 for row in reader:

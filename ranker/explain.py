@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,28 +14,83 @@ import numpy as np
 from ranker.domain import Posting
 from ranker.features import FitSummary, PreparedCandidate, fit_summary
 
-# Recruiter-facing names of the model's features; unknown names fall back to the raw name.
-_LABELS = {
-    "dense_cosine": "overall CV similarity",
-    "chunk_max_cosine": "best-matching CV section",
-    "bm25": "keyword match",
-    "bm25_required": "keyword match on required skills",
-    "required_coverage": "required skills listed",
-    "required_missing": "required skills missing",
-    "nice_coverage": "nice-to-have skills listed",
-    "required_text_coverage": "required skills mentioned in the CV",
-    "years_experience": "years of experience",
-    "experience_gap": "experience against the minimum",
-    "under_min_years": "below the minimum experience",
-    "same_location": "same location",
-    "remote_fit": "remote fit",
-    "relocation_needed": "relocation needed",
-    "location_fit": "location fit",
-    "title_overlap": "job title match",
-    "seniority_gap": "seniority against the posting",
-    "skills_listed": "number of skills listed",
-    "cv_log_length": "CV detail",
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _signed_years(v: float, above: str, below: str, level: str) -> str:
+    if v > 0:
+        return f"{_plural_years(v)} {above}"
+    if v < 0:
+        return f"{_plural_years(-v)} {below}"
+    return level
+
+
+def _plural_years(y: float) -> str:
+    return f"{y:g} year" + ("" if y == 1 else "s")
+
+
+def _yes_no(v: float, yes: str, no: str) -> str:
+    return yes if v >= 0.5 else no
+
+
+# A feature's value in words, for a recruiter: "1 required skill missing", not "required_missing
+# = 1.0". Unknown names fall back to the raw name and value.
+_IN_WORDS: dict[str, Callable[[float], str]] = {
+    "dense_cosine": lambda v: f"CV similarity of {v:.2f}",
+    "chunk_max_cosine": lambda v: f"best-matching CV section similarity of {v:.2f}",
+    "bm25": lambda v: f"keyword match of {v:.0%}",
+    "bm25_required": lambda v: f"keyword match on required skills of {v:.0%}",
+    "required_coverage": lambda v: f"{v:.0%} of the required skills listed",
+    "required_missing": lambda v: (
+        "no required skill missing"
+        if round(v) == 0
+        else _plural(round(v), "required skill") + " missing"
+    ),
+    "nice_coverage": lambda v: f"{v:.0%} of the nice-to-have skills listed",
+    "required_text_coverage": lambda v: f"{v:.0%} of the required skills mentioned in the CV",
+    "years_experience": lambda v: f"{_plural_years(v)} of experience",
+    "experience_gap": lambda v: _signed_years(
+        v,
+        "above the minimum experience",
+        "below the minimum experience",
+        "exactly the minimum experience",
+    ),
+    "under_min_years": lambda v: _yes_no(
+        v, "experience below the minimum", "experience meeting the minimum"
+    ),
+    "same_location": lambda v: _yes_no(
+        v, "same location as the job", "a location other than the job's"
+    ),
+    "remote_fit": lambda v: _yes_no(v, "remote work wanted and accepted", "no remote match"),
+    "relocation_needed": lambda v: _yes_no(
+        v, "willing to relocate for the job", "no relocation involved"
+    ),
+    "location_fit": lambda v: (
+        "a location fit"
+        if v >= 0.75
+        else "a location fit through relocation"
+        if v >= 0.25
+        else "no location fit"
+    ),
+    "title_overlap": lambda v: f"job title overlap of {v:.0%}",
+    "seniority_gap": lambda v: (
+        f"a title {_plural(round(abs(v)), 'seniority level')} "
+        + ("above" if v > 0 else "below")
+        + " the posting's"
+        if round(v)
+        else "a title at the posting's seniority"
+    ),
+    "skills_listed": lambda v: _plural(round(v), "skill") + " listed",
+    "cv_log_length": lambda v: f"a CV of about {round(math.expm1(v))} words",
 }
+
+
+def describe_feature(name: str, value: float) -> str:
+    """A feature's value in words, e.g. `1 required skill missing`."""
+    words = _IN_WORDS.get(name)
+    return words(value) if words is not None else f"{name} = {value:.3g}"
 
 
 @dataclass(frozen=True)
@@ -106,19 +162,19 @@ def fit_reasons(posting: Posting, fit: FitSummary) -> list[str]:
     return reasons
 
 
-def _contribution_sentence(top: Sequence[FeatureContribution]) -> str | None:
-    up = [
-        f"{_LABELS.get(f.name, f.name)} (+{f.contribution:.2f})" for f in top if f.contribution > 0
-    ]
-    down = [
-        f"{_LABELS.get(f.name, f.name)} ({f.contribution:.2f})" for f in top if f.contribution < 0
-    ]
-    parts = []
-    if up:
-        parts.append("raised most by " + ", ".join(up))
-    if down:
-        parts.append("lowered most by " + ", ".join(down))
-    return ("Score " + "; ".join(parts)) if parts else None
+def contribution_sentences(top: Sequence[FeatureContribution]) -> list[str]:
+    """One sentence per feature that moved the score, e.g.
+    `1 required skill missing lowered the score (−0.06)`."""
+    out = []
+    for f in top:
+        if f.contribution == 0:
+            continue
+        words = describe_feature(f.name, f.value)
+        verb = "raised" if f.contribution > 0 else "lowered"
+        # U+2212 minus: reads as a sign, not a hyphen, next to the number.
+        amount = f"+{f.contribution:.2f}" if f.contribution > 0 else f"\u2212{-f.contribution:.2f}"
+        out.append(f"{words[0].upper()}{words[1:]} {verb} the score ({amount})")
+    return out
 
 
 class TreeExplainer:
@@ -169,9 +225,6 @@ class TreeExplainer:
                 for j in order
                 if c[j] != 0
             )
-            reasons = fit_reasons(posting, fit)
-            sentence = _contribution_sentence(top)
-            if sentence:
-                reasons.append(sentence)
+            reasons = fit_reasons(posting, fit) + contribution_sentences(top)
             out.append(Explanation(reasons=tuple(reasons), fit=fit, top_features=top))
         return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import json
 import logging
@@ -11,17 +12,14 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import message as pb_message
-from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ranker.config import Settings
-from ranker.domain import Candidate, Outcome, Posting
 from ranker.errors import (
     DeadlineExceeded,
     InvalidInput,
@@ -33,6 +31,12 @@ from ranker.errors import (
 )
 from ranker.explain import Explanation
 from ranker.ingest import TextEncoder
+from ranker.messages import candidate_from_pb as candidate_from_pb
+from ranker.messages import candidate_to_pb as candidate_to_pb
+from ranker.messages import outcome_from_pb as outcome_from_pb
+from ranker.messages import posting_from_pb as posting_from_pb
+from ranker.messages import posting_to_pb as posting_to_pb
+from ranker.messages import reject_unknown_fields, timestamp
 from ranker.metrics import ServiceMetrics
 from ranker.pipeline import (
     BatchResult,
@@ -42,6 +46,7 @@ from ranker.pipeline import (
     RankQuery,
     RankResult,
     Rejected,
+    check_settings,
 )
 from ranker.v1 import ranker_pb2 as pb
 
@@ -69,95 +74,18 @@ def status_for(error: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+class StartError(RuntimeError):
+    """The server could not start (e.g. a port in use); the message says what to do."""
+
+
+def _port_in_use(port: int) -> StartError:
+    return StartError(
+        f"port {port} in use; stop the other server or set RANKER_PORT / RANKER_METRICS_PORT"
+    )
+
+
 # ---------------------------------------------------------------------------------------------
-# Conversions (messages <-> domain records)
-
-
-def _datetime(msg: pb_message.Message, name: str) -> datetime | None:
-    if not msg.HasField(name):
-        return None
-    ts: Timestamp = getattr(msg, name)
-    try:
-        # Naive UTC, like the timestamps the data files hold, so training compares like with like.
-        return ts.ToDatetime()
-    except (ValueError, OverflowError) as e:
-        raise InvalidInput(
-            f"{name} is not a valid timestamp ({e}); send a time in years 1..9999"
-        ) from e
-
-
-def _timestamp(dt: datetime | None) -> Timestamp | None:
-    if dt is None:
-        return None
-    ts = Timestamp()
-    ts.FromDatetime(dt if dt.tzinfo is None else dt.astimezone(UTC).replace(tzinfo=None))
-    return ts
-
-
-def candidate_from_pb(m: pb.Candidate) -> Candidate:
-    return Candidate(
-        id=m.id,
-        cv_text=m.cv_text,
-        skills=tuple(m.skills),
-        years_experience=m.years_experience,
-        location=m.location.strip(),
-        willing_to_relocate=m.willing_to_relocate,
-        remote_ok=m.remote_ok,
-        title=m.title.strip(),
-        updated_at=_datetime(m, "updated_at"),
-    )
-
-
-def candidate_to_pb(c: Candidate) -> pb.Candidate:
-    return pb.Candidate(
-        id=c.id,
-        cv_text=c.cv_text,
-        skills=list(c.skills),
-        years_experience=c.years_experience,
-        location=c.location,
-        willing_to_relocate=c.willing_to_relocate,
-        remote_ok=c.remote_ok,
-        title=c.title,
-        updated_at=_timestamp(c.updated_at),
-    )
-
-
-def posting_from_pb(m: pb.Posting, default_id: str | None = None) -> Posting:
-    return Posting(
-        id=m.id or default_id or "",
-        title=m.title,
-        description=m.description,
-        required_skills=tuple(m.required_skills),
-        nice_skills=tuple(m.nice_skills),
-        min_years=m.min_years,
-        location=m.location.strip(),
-        remote=m.remote,
-        created_at=_datetime(m, "created_at"),
-    )
-
-
-def posting_to_pb(p: Posting) -> pb.Posting:
-    return pb.Posting(
-        id=p.id,
-        title=p.title,
-        description=p.description,
-        required_skills=list(p.required_skills),
-        nice_skills=list(p.nice_skills),
-        min_years=p.min_years,
-        location=p.location,
-        remote=p.remote,
-        created_at=_timestamp(p.created_at),
-    )
-
-
-def outcome_from_pb(m: pb.Outcome) -> Outcome:
-    at = _datetime(m, "at")
-    return Outcome(
-        posting_id=m.posting_id,
-        candidate_id=m.candidate_id,
-        stage=m.stage,  # type: ignore[arg-type]  # Outcome parses and checks the stage name
-        at=at if at is not None else datetime.now(UTC).replace(tzinfo=None),
-    )
+# Conversions (messages <-> domain records; the record conversions live in ranker.messages)
 
 
 R = TypeVar("R")
@@ -313,7 +241,7 @@ class CandidateRankerService:
         if r.receipt is not None:
             receipt = pb.ErasureReceipt(
                 receipt_ids=list(r.receipt.receipt_ids),
-                erased_at=_timestamp(r.receipt.at),
+                erased_at=timestamp(r.receipt.at),
                 candidates=len(r.receipt.erased),
                 rows_deleted=sum(r.receipt.rows.values()),
                 rows_by_table=dict(r.receipt.rows),
@@ -345,36 +273,48 @@ class CandidateRankerService:
         )
         r = await self._run(self._pipeline().record_outcomes, items, self._deadline(context))
         self._count_item_errors("RecordOutcomes", r)
-        return pb.RecordOutcomesResponse(items=_items_to_pb(r), recorded=r.succeeded)
+        return pb.RecordOutcomesResponse(items=_items_to_pb(r), recorded=r.recorded)
 
+    # Reads run on a worker too: they take the pipeline's lock, which must never block the loop.
     async def GetModelInfo(  # noqa: N802
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetModelInfoResponse:
-        info = self._pipeline().model_info()
-        return pb.GetModelInfoResponse(
-            version=info.version,
-            feature_names=list(info.feature_names),
-            metrics=RankingPipeline.card_metrics(info.card),
-            card_json=json.dumps(info.card, sort_keys=True, default=str),
-            loaded_at=_timestamp(info.loaded_at),
-            total_candidates=info.total_candidates,
-        )
+        pipeline = self._pipeline()
+
+        def build() -> pb.GetModelInfoResponse:
+            info = pipeline.model_info()
+            return pb.GetModelInfoResponse(
+                version=info.version,
+                feature_names=list(info.feature_names),
+                metrics=RankingPipeline.card_metrics(info.card),
+                card_json=json.dumps(info.card, sort_keys=True, default=str),
+                loaded_at=timestamp(info.loaded_at),
+                total_candidates=info.total_candidates,
+            )
+
+        return await self._run(build)
 
     async def GetCandidate(  # noqa: N802
         self, request: pb.GetCandidateRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetCandidateResponse:
         if not request.id.strip():
             raise InvalidInput("id is empty; send the candidate's id")
-        return pb.GetCandidateResponse(
-            candidate=candidate_to_pb(self._pipeline().get_candidate(request.id))
-        )
+        candidate = await self._run(self._pipeline().get_candidate, request.id)
+        return pb.GetCandidateResponse(candidate=candidate_to_pb(candidate))
 
     async def ListPostings(  # noqa: N802
         self, request: pb.ListPostingsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListPostingsResponse:
-        return pb.ListPostingsResponse(
-            postings=[posting_to_pb(p) for p in self._pipeline().list_postings()]
-        )
+        pipeline = self._pipeline()
+
+        def build() -> pb.ListPostingsResponse:
+            page = pipeline.list_postings(request.page_size, request.page_token)
+            return pb.ListPostingsResponse(
+                postings=[posting_to_pb(p) for p in page.postings],
+                next_page_token=page.next_page_token,
+            )
+
+        return await self._run(build)
 
     def _count_item_errors(self, rpc: str, r: BatchResult) -> None:
         for i in r.items:
@@ -398,6 +338,9 @@ class CandidateRankerService:
                         f"the request is not a valid {request_cls.DESCRIPTOR.full_name} ({e}); "
                         "check field types against proto/ranker/v1/ranker.proto"
                     ) from e
+                # protobuf parks a field of the wrong wire type among the unknown fields and
+                # moves on; refusing them keeps e.g. a string years_experience from reading as 0.
+                reject_unknown_fields(request)
                 return await fn(request, context)
             except RankerError as e:
                 code, message = status_for(e), str(e)
@@ -463,8 +406,23 @@ class RankerServer:
         return self.service.pipeline
 
     async def start(self) -> int:
-        """Bind and start answering (NOT_SERVING), then load the pipeline in the background."""
+        """Bind and start answering (NOT_SERVING), then load the pipeline in the background.
+
+        The metrics port is opened first and the gRPC port second; if either is taken, what
+        was started is stopped again and StartError says which port to free or change.
+        """
         s = self.settings
+        check_settings(s)
+        try:
+            self._metrics_http = self.metrics.serve_http(s.host, s.metrics_port)
+        except OSError as e:
+            self._release_threads()
+            if e.errno == errno.EADDRINUSE:
+                raise _port_in_use(s.metrics_port) from None
+            raise StartError(
+                f"cannot open the metrics port {s.host}:{s.metrics_port} ({e}); set "
+                "RANKER_METRICS_PORT (0 disables it) or RANKER_HOST"
+            ) from None
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", s.max_message_bytes),
@@ -483,16 +441,29 @@ class RankerServer:
             ),
             server,
         )
-        self.port = server.add_insecure_port(f"{s.host}:{s.port}")
-        if self.port == 0:
-            raise OSError(f"could not bind {s.host}:{s.port}; is another server running there?")
+        try:
+            # grpcio raises RuntimeError("Failed to bind ...") when the port is taken.
+            self.port = server.add_insecure_port(f"{s.host}:{s.port}")
+        except RuntimeError:
+            self._close_metrics()
+            self._release_threads()
+            raise _port_in_use(s.port) from None
         await self._set_health(False)
         await server.start()
         self._server = server
-        self._metrics_http = self.metrics.serve_http(s.host, s.metrics_port)
         log.info("listening on %s:%d (metrics on port %s)", s.host, self.port, s.metrics_port)
         self._tasks.append(asyncio.create_task(self._load(), name="ranker-load"))
         return self.port
+
+    def _close_metrics(self) -> None:
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+            self._metrics_http = None
+
+    def _release_threads(self) -> None:
+        self.pool.shutdown(wait=False)
+        self._upkeep_pool.shutdown(wait=False)
 
     async def _set_health(self, serving: bool) -> None:
         status = (
@@ -555,14 +526,15 @@ class RankerServer:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        loop = asyncio.get_running_loop()
+        # A call the server gave up on (grace over, client gone) may still run on a worker:
+        # let every worker finish before the store under them is closed.
+        await loop.run_in_executor(self._upkeep_pool, functools.partial(self.pool.shutdown, True))
         pipeline = self.service.pipeline
         self.service.pipeline = None
         if pipeline is not None:
-            await asyncio.get_running_loop().run_in_executor(self._upkeep_pool, pipeline.close)
-        if self._metrics_http is not None:
-            self._metrics_http.shutdown()
-            self._metrics_http.server_close()
-        self.pool.shutdown(wait=True)
+            await loop.run_in_executor(self._upkeep_pool, pipeline.close)
+        self._close_metrics()
         self._upkeep_pool.shutdown(wait=True)
         log.info("server stopped")
 

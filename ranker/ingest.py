@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-from collections.abc import Callable, Sequence
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -61,7 +66,9 @@ def _one_by_one(
         try:
             out.append(encode_batch([item])[0])
         except ValueError as e:
-            out.append(InvalidInput(f"the encoder refused this text ({e}); send readable text"))
+            # E.g. a text made only of zero-width or control characters: the caller's data,
+            # so it is that item's INVALID_ARGUMENT, never the batch's INTERNAL.
+            out.append(InvalidInput(f"the encoder could not read this text: {e}"))
     return out
 
 
@@ -119,25 +126,85 @@ def load_index_if_current(index_dir: Path, generation: str) -> FaissIndex | None
     return index
 
 
-def index_from_store(store: SqliteStore, index_dir: Path) -> tuple[FaissIndex, bool]:
-    """The store's index: the saved one when current, else rebuilt and saved. True if rebuilt."""
+def index_from_store(
+    store: SqliteStore,
+    index_dir: Path,
+    vectors: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[FaissIndex, bool]:
+    """The store's index: the saved one when current, else rebuilt and saved. True if rebuilt.
+
+    The one place that decides between the saved index and a rebuild. `vectors` (FAISS ids,
+    document vectors) spares a second pass over the store when the caller has read it already.
+    """
     generation = store.generation()
     index = load_index_if_current(index_dir, generation)
     if index is not None and len(index) == store.count_candidates():
         return index, False
-    ids: list[int] = []
-    vectors: list[np.ndarray] = []
-    for fid, row in store.iter_candidates_with_ids():
-        ids.append(fid)
-        vectors.append(row.doc_vector)
-    index = build_index(
-        np.asarray(ids, dtype=np.int64),
-        np.stack(vectors) if vectors else np.zeros((0, store.dim), np.float32),
-        generation,
-        store.dim,
-    )
+    if vectors is None:
+        ids: list[int] = []
+        rows: list[np.ndarray] = []
+        for fid, row in store.iter_candidates_with_ids():
+            ids.append(fid)
+            rows.append(row.doc_vector)
+        vectors = (
+            np.asarray(ids, dtype=np.int64),
+            np.stack(rows) if rows else np.zeros((0, store.dim), np.float32),
+        )
+    index = build_index(vectors[0], vectors[1], generation, store.dim)
     index.save(index_dir)
     return index, True
+
+
+# ---------------------------------------------------------------------------------------------
+# The state of `ranker ingest`: a small JSON file next to the store
+
+
+def ingest_state_path(settings: Settings) -> Path:
+    """Where `ranker ingest` records what it ingested and whether it finished."""
+    db = settings.resolved_db_path
+    return db.with_name(db.name + ".ingest.json")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def source_digests(files: Mapping[str, Path | None]) -> dict[str, str]:
+    """kind -> sha256 of each data file given: what a finished ingest is compared against."""
+    return {kind: _sha256(path) for kind, path in sorted(files.items()) if path is not None}
+
+
+def _store_uuid(store: SqliteStore) -> str:
+    # The generation is "<store uuid>:<counter>": a new database (deleted and recreated) gets a
+    # new uuid, so a state file left from the old one does not count.
+    return store.generation().split(":", 1)[0]
+
+
+def _read_state(path: Path) -> dict[str, Any] | None:
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def _write_state(path: Path, state: Mapping[str, Any]) -> None:
+    """Atomically (temp file, fsync, rename): a crash leaves the old state or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".ingest-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(state, f, indent=2, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 @dataclass(frozen=True)
@@ -151,6 +218,8 @@ class IngestReport:
     rejected: tuple[str, ...]
     """One line per item that could not be encoded: which and why."""
     index_size: int
+    unchanged: int = 0
+    """Candidates a resumed ingest found already stored as in the file (not encoded again)."""
 
 
 def ingest_files(
@@ -165,27 +234,64 @@ def ingest_files(
 ) -> IngestReport:
     """Read data files into the store and rebuild the index (the offline path of `ranker ingest`).
 
-    Run it while the service is stopped: a running service keeps its own in-memory view and
-    learns of new candidates only through UpsertCandidates.
+    Writes many transactions; the state file next to the store says "complete" only after the
+    last one and the index save. A run interrupted before that is resumed by the next run on
+    the same files: candidates already stored exactly as in the file are not encoded again,
+    and every write is an idempotent upsert. Run it while the service is stopped: a running
+    service keeps its own in-memory view and learns of new candidates only through
+    UpsertCandidates (`ranker ingest` and `ranker serve` lock the data folder).
     """
     # Imported here: the data-file readers are needed only by this offline path.
     from ranker import datafiles
 
+    files = {
+        "candidates": candidates,
+        "postings": postings,
+        "outcomes": outcomes,
+        "protected": protected,
+    }
+    sources = source_digests(files)
+    state_path = ingest_state_path(settings)
     store = SqliteStore(settings.resolved_db_path, dim=encoder.dim)
     try:
+        store_uuid = _store_uuid(store)
+        previous = _read_state(state_path)
+        resuming = (
+            previous is not None
+            and previous.get("store_uuid") == store_uuid
+            and previous.get("sources") == sources
+        )
+        _write_state(
+            state_path,
+            {
+                "state": "started",
+                "store_uuid": store_uuid,
+                "sources": sources,
+                "started_at": datetime.now(UTC).isoformat(),
+            },
+        )
         rejected: list[str] = []
-        n_cand = n_post = n_out = n_prot = 0
+        n_cand = n_post = n_out = n_prot = n_same = 0
         if candidates is not None:
             cands = datafiles.read_candidates(candidates)
             for start in range(0, len(cands), INGEST_BATCH):
                 part = cands[start : start + INGEST_BATCH]
+                if resuming:
+                    stored = {
+                        r.candidate.id: r.candidate
+                        for r in store.get_candidates([c.id for c in part])
+                    }
+                    todo = [c for c in part if stored.get(c.id) != c]
+                    n_same += len(part) - len(todo)
+                    part = todo
                 rows = []
                 for c, r in zip(part, encode_candidates(encoder, part), strict=True):
                     if isinstance(r, InvalidInput):
                         rejected.append(f"candidate {c.id!r}: {r}")
                     else:
                         rows.append(r)
-                store.upsert_candidates(rows)
+                if rows:
+                    store.upsert_candidates(rows)
                 n_cand += len(rows)
                 if progress is not None:
                     progress(min(start + INGEST_BATCH, len(cands)), len(cands))
@@ -210,27 +316,48 @@ def ingest_files(
             store.upsert_protected(triples)
             n_prot = len(triples)
         index, _ = index_from_store(store, settings.resolved_index_dir)
-        return IngestReport(
+        report = IngestReport(
             candidates=n_cand,
             postings=n_post,
             outcomes=n_out,
             protected=n_prot,
             rejected=tuple(rejected),
             index_size=len(index),
+            unchanged=n_same,
         )
+        _write_state(
+            state_path,
+            {
+                "state": "complete",
+                "store_uuid": store_uuid,
+                "sources": sources,
+                "completed_at": datetime.now(UTC).isoformat(),
+                "candidates": store.count_candidates(),
+                "rejected": len(rejected),
+            },
+        )
+        return report
     finally:
         store.close()
 
 
-def is_ingested(settings: Settings) -> bool:
-    """True when the store already holds candidates (what `ranker ingest --if-missing` skips on)."""
+def is_ingested(settings: Settings, files: Mapping[str, Path | None]) -> bool:
+    """True when an ingest of exactly these files ran to completion into this store.
+
+    What `ranker ingest --if-missing` skips on. A store that merely holds candidates does not
+    count: an ingest interrupted halfway leaves some, and must be finished.
+    """
     if not settings.resolved_db_path.exists():
+        return False
+    state = _read_state(ingest_state_path(settings))
+    if state is None or state.get("state") != "complete":
         return False
     store = SqliteStore(settings.resolved_db_path)
     try:
-        return store.count_candidates() > 0
+        same_store = state.get("store_uuid") == _store_uuid(store)
     finally:
         store.close()
+    return same_store and state.get("sources") == source_digests(files)
 
 
 def ensure_index(settings: Settings) -> tuple[int, bool]:

@@ -9,6 +9,9 @@ searchable. One writer at a time (`_write_mutex`) keeps the store and memory in 
 
 from __future__ import annotations
 
+import base64
+import binascii
+import bisect
 import hashlib
 import json
 import logging
@@ -17,17 +20,16 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, TypeVar
 
 import faiss
 import numpy as np
 
 from ranker.config import Settings
-from ranker.domain import Candidate, Outcome, Posting
+from ranker.domain import Candidate, Outcome, Posting, normalise_term
 from ranker.errors import (
     DeadlineExceeded,
     InvalidInput,
@@ -43,14 +45,8 @@ from ranker.features import (
     prepare_candidate,
     prepare_posting,
 )
-from ranker.index import FaissIndex
-from ranker.ingest import (
-    TextEncoder,
-    build_index,
-    encode_candidates,
-    encode_postings,
-    load_index_if_current,
-)
+from ranker.index import FaissIndex, ReadWriteLock
+from ranker.ingest import TextEncoder, encode_candidates, encode_postings, index_from_store
 from ranker.metrics import ServiceMetrics
 from ranker.store import CandidateRow, Decision, ErasureReceipt, PostingRow, SqliteStore
 
@@ -64,10 +60,27 @@ _Item = TypeVar("_Item", Candidate, Posting)
 MAX_RETRIEVE_N = 10_000
 """Most candidates one request may retrieve before reranking."""
 
+DEFAULT_PAGE_SIZE = 100
+"""Postings per ListPostings page when the request does not say."""
+MAX_PAGE_SIZE = 1000
+"""Most postings per ListPostings page; larger requests get this many."""
 
-def _norm(value: str) -> str:
-    # The same normalisation the domain applies to skills and the features to locations.
-    return " ".join(value.lower().split())
+MAX_OUTCOME_SKEW = timedelta(days=1)
+"""How far in the future an outcome's time may lie (clock skew between the ATS and us)."""
+
+
+def check_settings(settings: Settings) -> None:
+    """Refuse settings that contradict each other, naming the variables to fix."""
+    if settings.default_top_k > settings.max_top_k:
+        raise InvalidInput(
+            f"RANKER_DEFAULT_TOP_K ({settings.default_top_k}) is larger than RANKER_MAX_TOP_K "
+            f"({settings.max_top_k}); lower the first or raise the second"
+        )
+    if settings.max_top_k > MAX_RETRIEVE_N:
+        raise InvalidInput(
+            f"RANKER_MAX_TOP_K ({settings.max_top_k}) is larger than the {MAX_RETRIEVE_N} "
+            "candidates a request may retrieve; lower it"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,7 +124,9 @@ class RankFilters:
             values = tuple(getattr(self, name))
             if any(not isinstance(v, str) or not v.strip() for v in values):
                 raise InvalidInput(f"filters.{name} must hold non-empty strings")
-            object.__setattr__(self, name, tuple(dict.fromkeys(_norm(v) for v in values)))
+            # The domain's normalisation, so filters compare like the stored skills.
+            normalised = (normalise_term(v) for v in values)
+            object.__setattr__(self, name, tuple(dict.fromkeys(normalised)))
         y = self.min_years
         if y is not None and (
             isinstance(y, bool) or not isinstance(y, int | float) or not math.isfinite(y)
@@ -121,8 +136,17 @@ class RankFilters:
             raise InvalidInput(f"filters.min_years must be in 0..80, got {y!r}")
 
     @property
+    def location_clause(self) -> bool:
+        """True when the OR of locations / remote / relocating applies (any of them is set).
+
+        `include_remote` or `include_relocating` without locations keeps only the candidates
+        open to remote work or relocation: the clause is the union of what is asked for.
+        """
+        return bool(self.locations) or self.include_remote or self.include_relocating
+
+    @property
     def empty(self) -> bool:
-        return not (self.locations or self.remote_only or self.must_have_skills) and (
+        return not (self.location_clause or self.remote_only or self.must_have_skills) and (
             self.min_years is None or self.min_years <= 0
         )
 
@@ -189,10 +213,21 @@ class BatchResult:
     items: tuple[ItemResult, ...]
     total_candidates: int = 0
     receipt: ErasureReceipt | None = None
+    recorded: int = 0
+    """RecordOutcomes: events newly stored (repeats of a stored event are OK but not new)."""
 
     @property
     def succeeded(self) -> int:
         return sum(1 for i in self.items if i.error is None)
+
+
+@dataclass(frozen=True)
+class PostingPage:
+    """One page of stored postings, sorted by id."""
+
+    postings: tuple[Posting, ...]
+    next_page_token: str
+    """Empty on the last page."""
 
 
 @dataclass(frozen=True)
@@ -210,49 +245,8 @@ class ModelInfo:
 # In-memory state
 
 
-class ReadWriteLock:
-    """Many readers or one writer; a waiting writer stops new readers from entering.
-
-    Hand-written because the standard library has none. Writer preference matters here: a
-    steady stream of rankings must not starve an upsert or an erasure.
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._readers = 0
-        self._writer = False
-        self._writers_waiting = 0
-
-    @contextmanager
-    def read(self) -> Iterator[None]:
-        with self._cond:
-            while self._writer or self._writers_waiting:
-                self._cond.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                if not self._readers:
-                    self._cond.notify_all()
-
-    @contextmanager
-    def write(self) -> Iterator[None]:
-        with self._cond:
-            self._writers_waiting += 1
-            try:
-                while self._writer or self._readers:
-                    self._cond.wait()
-            finally:
-                self._writers_waiting -= 1
-            self._writer = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writer = False
-                self._cond.notify_all()
+def _slots(values: list[int]) -> np.ndarray:
+    return np.asarray(values, dtype=np.int32)
 
 
 class CandidateCatalog:
@@ -260,7 +254,10 @@ class CandidateCatalog:
 
     Filters are numpy operations over whole columns (no per-request Python loop over the
     candidates); the result is the array of allowed FAISS ids handed to the search. Erased
-    slots are reused. Not thread-safe: the pipeline's lock guards it.
+    slots are reused. Skills are an inverted index (skill -> int32 array of the slots holding
+    it), so memory follows the (candidate, skill) pairs held now, not every skill ever seen;
+    a skill's entry, like a location's code, goes when its last holder does. Not thread-safe:
+    the pipeline's lock guards it.
     """
 
     def __init__(self, capacity: int = 1024) -> None:
@@ -272,10 +269,12 @@ class CandidateCatalog:
         self._remote = np.zeros(self._cap, dtype=bool)
         self._relocate = np.zeros(self._cap, dtype=bool)
         self._loc = np.full(self._cap, -1, dtype=np.int32)
-        # One boolean column per skill: must-have filters become ANDs of columns. Memory is
-        # skills × capacity bytes, small for realistic skill vocabularies.
+        # Arrays are replaced, never changed in place, so a reference taken under the lock stays
+        # valid; writes are applied once per batch so a burst costs one pass per skill touched.
         self._skills: dict[str, np.ndarray] = {}
         self._loc_codes: dict[str, int] = {}
+        self._loc_refs: list[int] = []  # holders per location code
+        self._loc_free: list[int] = []  # codes whose last holder went, reused first
         self._prepared: list[PreparedCandidate | None] = []
         self._slot_by_id: dict[str, int] = {}
         self._slot_by_fid: dict[int, int] = {}
@@ -286,6 +285,16 @@ class CandidateCatalog:
 
     def __contains__(self, candidate_id: object) -> bool:
         return candidate_id in self._slot_by_id
+
+    @property
+    def distinct_skills(self) -> int:
+        """Skills held by at least one candidate now."""
+        return len(self._skills)
+
+    @property
+    def distinct_locations(self) -> int:
+        """Locations of at least one candidate now."""
+        return len(self._loc_codes)
 
     def get(self, candidate_id: str) -> PreparedCandidate | None:
         slot = self._slot_by_id.get(candidate_id)
@@ -309,17 +318,64 @@ class CandidateCatalog:
         self._remote = grown(self._remote, False)
         self._relocate = grown(self._relocate, False)
         self._loc = grown(self._loc, -1)
-        self._skills = {s: grown(m, False) for s, m in self._skills.items()}
         self._cap = new
 
-    def _clear_skills(self, slot: int, skills: Sequence[str]) -> None:
-        for s in skills:
-            mask = self._skills.get(s)
-            if mask is not None:
-                mask[slot] = False
+    # -- location codes, reference-counted ------------------------------------------------
+    def _loc_acquire(self, location: str) -> int:
+        loc = normalise_term(location)
+        if not loc:
+            return -1
+        code = self._loc_codes.get(loc)
+        if code is None:
+            if self._loc_free:
+                code = self._loc_free.pop()
+            else:
+                code = len(self._loc_refs)
+                self._loc_refs.append(0)
+            self._loc_codes[loc] = code
+        self._loc_refs[code] += 1
+        return code
+
+    def _loc_release(self, code: int, location: str) -> None:
+        if code < 0:
+            return
+        self._loc_refs[code] -= 1
+        if self._loc_refs[code] == 0:
+            del self._loc_codes[normalise_term(location)]
+            self._loc_free.append(code)
+
+    # -- changes --------------------------------------------------------------------------
+    def put_many(self, items: Sequence[tuple[int, PreparedCandidate]]) -> list[bool]:
+        """Add or replace candidates (FAISS id, prepared); True for each that was new."""
+        # Net change per (skill, slot): +1 gained, -1 lost. Netting lets an erased slot be
+        # reused within the batch, and the batch then costs one pass per skill touched.
+        delta: dict[str, dict[int, int]] = {}
+        created = [self._put(fid, pc, delta) for fid, pc in items]
+        self._apply(delta)
+        return created
+
+    def remove_many(self, candidate_ids: Sequence[str]) -> list[int | None]:
+        """Forget candidates; each one's FAISS id, or None when it was not here."""
+        delta: dict[str, dict[int, int]] = {}
+        fids = [self._remove(cid, delta) for cid in candidate_ids]
+        self._apply(delta)
+        return fids
 
     def put(self, fid: int, pc: PreparedCandidate) -> bool:
-        """Add or replace a candidate; True when it was new."""
+        """Add or replace one candidate; True when it was new."""
+        return self.put_many([(fid, pc)])[0]
+
+    def remove(self, candidate_id: str) -> int | None:
+        """Forget one candidate; its FAISS id, or None when it was not here."""
+        return self.remove_many([candidate_id])[0]
+
+    @staticmethod
+    def _note(delta: dict[str, dict[int, int]], skills: Sequence[str], slot: int, d: int) -> None:
+        for s in skills:
+            per = delta.setdefault(s, {})
+            per[slot] = per.get(slot, 0) + d
+
+    def _put(self, fid: int, pc: PreparedCandidate, delta: dict[str, dict[int, int]]) -> bool:
         slot = self._slot_by_id.get(pc.id)
         created = slot is None
         if slot is None:
@@ -334,7 +390,8 @@ class CandidateCatalog:
         else:
             old = self._prepared[slot]
             if old is not None:
-                self._clear_skills(slot, old.candidate.skills)
+                self._note(delta, old.candidate.skills, slot, -1)
+                self._loc_release(int(self._loc[slot]), old.candidate.location)
             self._slot_by_fid.pop(int(self._fid[slot]), None)
         c = pc.candidate
         self._fid[slot] = fid
@@ -342,43 +399,60 @@ class CandidateCatalog:
         self._years[slot] = c.years_experience
         self._remote[slot] = c.remote_ok
         self._relocate[slot] = c.willing_to_relocate
-        loc = _norm(c.location)
-        self._loc[slot] = self._loc_codes.setdefault(loc, len(self._loc_codes)) if loc else -1
-        for s in pc.candidate.skills:
-            mask = self._skills.get(s)
-            if mask is None:
-                mask = self._skills[s] = np.zeros(self._cap, dtype=bool)
-            mask[slot] = True
+        self._loc[slot] = self._loc_acquire(c.location)
+        self._note(delta, c.skills, slot, +1)
         self._prepared[slot] = pc
         self._slot_by_id[pc.id] = slot
         self._slot_by_fid[fid] = slot
         return created
 
-    def remove(self, candidate_id: str) -> int | None:
-        """Forget a candidate; returns its FAISS id, or None when it was not here."""
+    def _remove(self, candidate_id: str, delta: dict[str, dict[int, int]]) -> int | None:
         slot = self._slot_by_id.pop(candidate_id, None)
         if slot is None:
             return None
         pc = self._prepared[slot]
         if pc is not None:
-            self._clear_skills(slot, pc.candidate.skills)
+            self._note(delta, pc.candidate.skills, slot, -1)
+            self._loc_release(int(self._loc[slot]), pc.candidate.location)
         fid = int(self._fid[slot])
         self._slot_by_fid.pop(fid, None)
         self._alive[slot] = False
         self._fid[slot] = -1
+        self._loc[slot] = -1
         self._prepared[slot] = None
         self._free.append(slot)
         return fid
 
+    def _apply(self, delta: dict[str, dict[int, int]]) -> None:
+        for skill, per_slot in delta.items():
+            gained = [slot for slot, d in per_slot.items() if d > 0]
+            lost = [slot for slot, d in per_slot.items() if d < 0]
+            if not gained and not lost:
+                continue
+            held = self._skills.get(skill)
+            if held is None:
+                held = np.zeros(0, dtype=np.int32)
+            if lost:
+                held = held[~np.isin(held, _slots(lost))]
+            if gained:
+                held = np.concatenate([held, _slots(gained)])
+            if len(held):
+                self._skills[skill] = held
+            else:
+                self._skills.pop(skill, None)
+
+    # -- queries --------------------------------------------------------------------------
     def allowed(self, f: RankFilters) -> np.ndarray | None:
         """FAISS ids passing the filters; None when there is no filter (search everything)."""
         if f.empty:
             return None
         n = self._n
         mask = self._alive[:n].copy()
-        if f.locations:
+        if f.location_clause:
+            where = np.zeros(n, dtype=bool)
             codes = [self._loc_codes[loc] for loc in f.locations if loc in self._loc_codes]
-            where = np.isin(self._loc[:n], np.asarray(codes, dtype=np.int32))
+            if codes:
+                where |= np.isin(self._loc[:n], np.asarray(codes, dtype=np.int32))
             if f.include_remote:
                 where |= self._remote[:n]
             if f.include_relocating:
@@ -388,11 +462,14 @@ class CandidateCatalog:
             mask &= self._remote[:n]
         if f.min_years is not None and f.min_years > 0:
             mask &= self._years[:n] >= f.min_years
-        for s in f.must_have_skills:
-            col = self._skills.get(s)
-            if col is None:
+        # Rarest skill first: an empty intersection is found with the least work.
+        held = [self._skills.get(s) for s in f.must_have_skills]
+        for slots in sorted(held, key=lambda a: -1 if a is None else len(a)):
+            if slots is None:
                 return np.zeros(0, dtype=np.int64)
-            mask &= col[:n]
+            has = np.zeros(n, dtype=bool)
+            has[slots] = True
+            mask &= has
         return self._fid[:n][mask]
 
     def lookup(self, fids: np.ndarray) -> tuple[list[PreparedCandidate], np.ndarray]:
@@ -406,9 +483,6 @@ class CandidateCatalog:
                 found.append(pc)
                 keep[i] = True
         return found, keep
-
-    def ids(self) -> list[str]:
-        return list(self._slot_by_id)
 
 
 class DecisionLog:
@@ -480,6 +554,24 @@ def _posting_hash(p: Posting) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode("utf-8")).hexdigest()
 
 
+def _encode_page_token(last_id: str) -> str:
+    # The last id of the page: pages stay consistent while postings are added (ids sort).
+    return base64.urlsafe_b64encode(last_id.encode("utf-8")).decode("ascii")
+
+
+def _decode_page_token(token: str) -> str:
+    try:
+        last_id = base64.b64decode(token, altchars=b"-_", validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeError, ValueError):
+        last_id = ""
+    if not last_id:
+        raise InvalidInput(
+            "page_token is not one this service issued; send the next_page_token of the "
+            "previous page, or none for the first page"
+        )
+    return last_id
+
+
 def _flatten_numbers(d: Mapping[str, object], prefix: str = "") -> dict[str, float]:
     out: dict[str, float] = {}
     for k, v in d.items():
@@ -506,6 +598,7 @@ class RankingPipeline:
         registry: ModelRegistry | None,
         metrics: ServiceMetrics | None = None,
     ) -> None:
+        check_settings(settings)
         self.settings = settings
         self.store = store
         self.encoder = encoder
@@ -515,6 +608,8 @@ class RankingPipeline:
         self._write_mutex = threading.Lock()
         self._catalog = CandidateCatalog()
         self._postings: dict[str, PreparedPosting] = {}
+        self._posting_ids: list[str] = []  # sorted, for ListPostings pages
+        self._erasures = 0  # erasure batches so far: a ranking re-checks its results if it moved
         self._served: _Served | None = None
         self._refused_version: str | None = None
         self._index_dirty_at: float | None = None
@@ -569,28 +664,31 @@ class RankingPipeline:
     def _load_memory(self) -> FaissIndex:
         """Fill the catalog and posting cache from the store; load the index or rebuild it."""
         started = time.perf_counter()
-        generation = self.store.generation()
-        saved = load_index_if_current(self.settings.resolved_index_dir, generation)
         fids: list[int] = []
         vectors: list[np.ndarray] = []
+        batch: list[tuple[int, PreparedCandidate]] = []
         for fid, row in self.store.iter_candidates_with_ids():
             pc = prepare_candidate(row.candidate, row.doc_vector, row.chunk_vectors)
-            self._catalog.put(fid, pc)
+            batch.append((fid, pc))
             fids.append(fid)
             vectors.append(pc.doc_vector)
-        if saved is not None and len(saved) == len(fids):
-            index = saved
-        else:
-            index = build_index(
+            if len(batch) == 10_000:
+                self._catalog.put_many(batch)
+                batch = []
+        self._catalog.put_many(batch)
+        index, rebuilt = index_from_store(
+            self.store,
+            self.settings.resolved_index_dir,
+            (
                 np.asarray(fids, dtype=np.int64),
                 np.stack(vectors) if vectors else np.zeros((0, self.encoder.dim), np.float32),
-                generation,
-                self.encoder.dim,
-            )
-            index.save(self.settings.resolved_index_dir)
+            ),
+        )
+        if rebuilt:
             log.info("rebuilt the index from the store: %d candidates", len(index))
         for prow in self.store.list_postings():
             self._postings[prow.posting.id] = prepare_posting(prow.posting, prow.vector)
+        self._posting_ids = sorted(self._postings)
         log.info(
             "loaded %d candidates and %d postings in %.1fs",
             len(self._catalog),
@@ -673,12 +771,14 @@ class RankingPipeline:
 
     def model_info(self) -> ModelInfo:
         served = self._require_model()
+        with self._lock.read():
+            total = len(self._catalog)
         return ModelInfo(
             version=served.bundle.version,
             feature_names=tuple(served.bundle.feature_names),
             card=served.bundle.card,
             loaded_at=served.loaded_at,
-            total_candidates=len(self._catalog),
+            total_candidates=total,
         )
 
     @staticmethod
@@ -716,7 +816,12 @@ class RankingPipeline:
         return prepare_posting(row.posting, row.vector), True
 
     def rank(self, q: RankQuery, deadline: Deadline = NO_DEADLINE) -> RankResult:
-        """The top-k candidates of a posting, scored by one model version from start to end."""
+        """The top-k candidates of a posting, scored by one model version from start to end.
+
+        The catalog's read lock is held only to search and to take references to the
+        retrieved candidates (immutable), then again briefly to log the decision; features,
+        scoring and TreeSHAP run without it, so a writer never waits behind them.
+        """
         t0 = time.perf_counter()
         s = self.settings
         top_k = s.default_top_k if q.top_k is None else q.top_k
@@ -740,33 +845,40 @@ class RankingPipeline:
             eligible = len(self._catalog) if allowed is None else len(allowed)
             fids, sims = self.index.search(prepared.vector, retrieve_n, allowed)
             cands, keep = self._catalog.lookup(fids)
-            fids, sims = fids[keep], sims[keep]
-            t_ret = time.perf_counter()
-            deadline.check("feature building")
-            x = bundle.builder.build(prepared, cands)
-            t_feat = time.perf_counter()
-            scores = bundle.scorer.score(x) if len(cands) else np.zeros(0, dtype=np.float32)
-            # Best score first; ties go to the closer vector, then the older candidate.
-            order = np.lexsort((fids, -sims, -scores))[:top_k]
-            t_score = time.perf_counter()
-            top = [cands[i] for i in order]
-            explanations: list[Explanation | None] = [None] * len(order)
-            if q.explain and len(order):
-                deadline.check("explaining")
-                explanations = list(served.explainer.explain(posting, top, x[order]))
-            t_expl = time.perf_counter()
-            request_id = uuid.uuid4().hex
-            posting_hash = _posting_hash(posting)
-            results = tuple(
-                RankedCandidate(
-                    candidate_id=pc.id,
-                    rank=r,
-                    score=float(scores[i]),
-                    similarity=float(sims[i]),
-                    explanation=explanations[r - 1],
+            erasures_seen = self._erasures
+        fids, sims = fids[keep], sims[keep]
+        t_ret = time.perf_counter()
+        deadline.check("feature building")
+        x = bundle.builder.build(prepared, cands)
+        t_feat = time.perf_counter()
+        scores = bundle.scorer.score(x) if len(cands) else np.zeros(0, dtype=np.float32)
+        # Best score first; ties go to the closer vector, then the older candidate.
+        ranked = np.lexsort((fids, -sims, -scores))
+        order = ranked[:top_k]
+        t_score = time.perf_counter()
+        explained: dict[int, Explanation] = {}
+        if q.explain and len(order):
+            deadline.check("explaining")
+            explained = self._explain(served, posting, cands, x, order)
+        t_expl = time.perf_counter()
+        request_id = uuid.uuid4().hex
+        posting_hash = _posting_hash(posting)
+        with self._lock.read():
+            if self._erasures != erasures_seen:
+                # An erasure ran while this request scored without the lock: drop what it
+                # erased (an erased id is never served) and fill up from the next best.
+                order = np.asarray(
+                    [
+                        i
+                        for i in ranked.tolist()
+                        if self._catalog.faiss_id(cands[i].id) == int(fids[i])
+                    ][:top_k],
+                    dtype=np.intp,
                 )
-                for r, (i, pc) in enumerate(zip(order, top, strict=True), 1)
-            )
+                missing = [i for i in order.tolist() if i not in explained]
+                if q.explain and missing:
+                    explained |= self._explain(served, posting, cands, x, np.asarray(missing))
+            top = [cands[i] for i in order]
             # Submitted under the read lock: an erasure (which takes the write lock, then
             # flushes this log) then finds every decision naming its candidate already queued.
             self._decisions.submit(
@@ -790,6 +902,16 @@ class RankingPipeline:
                     },
                 )
             )
+        results = tuple(
+            RankedCandidate(
+                candidate_id=pc.id,
+                rank=r,
+                score=float(scores[i]),
+                similarity=float(sims[i]),
+                explanation=explained.get(i),
+            )
+            for r, (i, pc) in enumerate(zip(order.tolist(), top, strict=True), 1)
+        )
         t_end = time.perf_counter()
         timings = {
             "encode": (t_enc - t0) * 1000 if inline else 0.0,
@@ -814,6 +936,19 @@ class RankingPipeline:
             retrieved=len(cands),
             timings_ms=timings,
         )
+
+    @staticmethod
+    def _explain(
+        served: _Served,
+        posting: Posting,
+        cands: Sequence[PreparedCandidate],
+        x: np.ndarray,
+        rows: np.ndarray,
+    ) -> dict[int, Explanation]:
+        """Explanations of the candidates at `rows` of `cands` / `x`, keyed by row."""
+        rows_list = [int(i) for i in rows]
+        found = served.explainer.explain(posting, [cands[i] for i in rows_list], x[rows])
+        return dict(zip(rows_list, found, strict=True))
 
     # -- writes ---------------------------------------------------------------------------
     def _check_batch(self, n: int, what: str) -> None:
@@ -900,8 +1035,11 @@ class RankingPipeline:
                 with self._lock.write():
                     self.index.add(np.asarray(fids, dtype=np.int64), vectors)
                     self.index.generation = generation
-                    for (i, _, pc), fid in zip(rows, fids, strict=True):
-                        results[i] = ItemResult(i, pc.id, created=self._catalog.put(fid, pc))
+                    created = self._catalog.put_many(
+                        [(fid, pc) for (_, _, pc), fid in zip(rows, fids, strict=True)]
+                    )
+                for (i, _, pc), new in zip(rows, created, strict=True):
+                    results[i] = ItemResult(i, pc.id, created=new)
                 self._mark_index_dirty()
             total = len(self._catalog)
         self._update_gauges()
@@ -923,9 +1061,13 @@ class RankingPipeline:
         with self._write_mutex:
             if rows:
                 self.store.upsert_postings([r for _, r, _ in rows])
-                for i, _, pp in rows:
-                    results[i] = ItemResult(i, pp.id, created=pp.id not in self._postings)
-                    self._postings[pp.id] = pp
+                with self._lock.write():
+                    for i, _, pp in rows:
+                        created = pp.id not in self._postings
+                        results[i] = ItemResult(i, pp.id, created=created)
+                        self._postings[pp.id] = pp
+                        if created:
+                            bisect.insort(self._posting_ids, pp.id)
             total = len(self._catalog)
         self._update_gauges()
         return BatchResult(items=tuple(r for r in results if r is not None), total_candidates=total)
@@ -938,6 +1080,8 @@ class RankingPipeline:
         deadline.check("recording the outcomes")
         results: list[ItemResult] = []
         good: list[Outcome] = []
+        recorded = 0
+        latest = datetime.now(UTC) + MAX_OUTCOME_SKEW
         # Under the write mutex so an erasure cannot slip between the check and the insert.
         with self._write_mutex:
             for i, item in enumerate(items):
@@ -945,10 +1089,14 @@ class RankingPipeline:
                     results.append(ItemResult(i, item.id, item.error))
                     continue
                 key = f"{item.posting_id}/{item.candidate_id}"
-                if item.posting_id not in self._postings:
-                    err: RankerError | None = NotFound(
-                        f"posting {item.posting_id!r} is not stored; upsert it first"
+                err: RankerError | None
+                if item.at > latest:
+                    err = InvalidInput(
+                        f"outcome time {item.at.isoformat()} is more than a day in the future; "
+                        "send when the stage was reached (UTC), or leave it unset for now"
                     )
+                elif item.posting_id not in self._postings:
+                    err = NotFound(f"posting {item.posting_id!r} is not stored; upsert it first")
                 elif item.candidate_id not in self._catalog:
                     err = NotFound(
                         f"candidate {item.candidate_id!r} is not stored (unknown or erased); "
@@ -959,8 +1107,9 @@ class RankingPipeline:
                     good.append(item)
                 results.append(ItemResult(i, key, err))
             if good:
-                self.store.record_outcomes(good)
-        return BatchResult(items=tuple(results), total_candidates=len(self._catalog))
+                recorded = self.store.record_outcomes(good)
+            total = len(self._catalog)
+        return BatchResult(items=tuple(results), total_candidates=total, recorded=recorded)
 
     def delete_candidates(
         self, ids: Sequence[str], deadline: Deadline = NO_DEADLINE
@@ -985,14 +1134,16 @@ class RankingPipeline:
             removed: dict[str, PreparedCandidate] = {}
             if wanted:
                 with self._lock.write():
+                    held = {cid: self._catalog.get(cid) for cid in wanted}
                     fids = []
-                    for cid in wanted:
-                        pc = self._catalog.get(cid)
-                        fid = self._catalog.remove(cid)
+                    for cid, fid in zip(wanted, self._catalog.remove_many(wanted), strict=True):
+                        pc = held[cid]
                         if pc is not None and fid is not None:
                             removed[cid] = pc
                             fids.append(fid)
                     self.index.remove(np.asarray(fids, dtype=np.int64))
+                    if fids:
+                        self._erasures += 1
                 self._decisions.flush()
                 try:
                     receipt = self.store.delete_candidates(wanted)
@@ -1029,12 +1180,18 @@ class RankingPipeline:
         )
 
     def _restore(self, ids: list[str]) -> None:
-        rows = [(fid, row) for fid, row in self._fids_and_rows(ids)]
+        prepared = [
+            (fid, prepare_candidate(row.candidate, row.doc_vector, row.chunk_vectors))
+            for fid, row in self._fids_and_rows(ids)
+        ]
+        if not prepared:
+            return
         with self._lock.write():
-            for fid, row in rows:
-                pc = prepare_candidate(row.candidate, row.doc_vector, row.chunk_vectors)
-                self._catalog.put(fid, pc)
-                self.index.add(np.asarray([fid], dtype=np.int64), pc.doc_vector[None, :])
+            self._catalog.put_many(prepared)
+            self.index.add(
+                np.asarray([fid for fid, _ in prepared], dtype=np.int64),
+                np.stack([pc.doc_vector for _, pc in prepared]),
+            )
 
     def _fids_and_rows(self, ids: list[str]) -> list[tuple[int, CandidateRow]]:
         fids = self.store.faiss_ids(ids)
@@ -1042,19 +1199,34 @@ class RankingPipeline:
 
     # -- reads ----------------------------------------------------------------------------
     def get_candidate(self, candidate_id: str) -> Candidate:
-        pc = self._catalog.get(candidate_id)
+        """A stored candidate's fields; NotFound when unknown or erased."""
+        # Under the lock: the slot behind an id may be freed and reused by a concurrent write.
+        with self._lock.read():
+            pc = self._catalog.get(candidate_id)
         if pc is None:
             raise NotFound(
                 f"candidate {candidate_id!r} is not stored (unknown or erased); upsert it first"
             )
         return pc.candidate
 
-    def list_postings(self) -> list[Posting]:
-        return [self._postings[k].posting for k in sorted(self._postings)]
+    def list_postings(self, page_size: int = 0, page_token: str = "") -> PostingPage:
+        """One page of stored postings sorted by id; `page_token` is the previous page's."""
+        if page_size < 0:
+            raise InvalidInput(f"page_size must be 0..{MAX_PAGE_SIZE}, got {page_size}")
+        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        after = _decode_page_token(page_token) if page_token else None
+        with self._lock.read():
+            ids = self._posting_ids
+            start = 0 if after is None else bisect.bisect_right(ids, after)
+            page = tuple(self._postings[k].posting for k in ids[start : start + size])
+            more = start + size < len(ids)
+        token = _encode_page_token(page[-1].id) if more and page else ""
+        return PostingPage(postings=page, next_page_token=token)
 
     @property
     def candidate_count(self) -> int:
-        return len(self._catalog)
+        with self._lock.read():
+            return len(self._catalog)
 
     # -- persistence ----------------------------------------------------------------------
     def save_index(self, force: bool = False) -> bool:

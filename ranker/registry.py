@@ -3,6 +3,7 @@
 Layout under the registry root:
 
     v0001/  model.onnx  model.txt  lexicon.json  check.json  model_card.json  MODEL_CARD.md
+            evaluations/20250301T093000.123456Z.json ...  (`ranker evaluate` results, appended)
     v0002/  ...
     current.json   {"current": "v0002", "history": ["v0001", "v0002"], "events": [...]}
     .lock          serialises writers (registering, promoting, rolling back)
@@ -29,12 +30,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import lightgbm as lgb
 import numpy as np
 
 from embeddings.config import EncoderSettings
 from ranker.errors import InvalidInput, ModelRejected, NotFound
 from ranker.features import FEATURE_NAMES, FeatureBuilder, Lexicon
-from ranker.scorer import OnnxScorer
+from ranker.scorer import PARITY_TOLERANCE, OnnxScorer
 
 POINTER_FILE = "current.json"
 MODEL_FILE = "model.onnx"
@@ -43,8 +45,7 @@ LEXICON_FILE = "lexicon.json"
 CHECK_FILE = "check.json"
 CARD_FILE = "model_card.json"
 CARD_MD_FILE = "MODEL_CARD.md"
-CHECK_TOLERANCE = 1e-4
-"""Largest difference allowed between the ONNX scores and LightGBM's on the check rows."""
+EVALUATIONS_DIR = "evaluations"
 
 _VERSION_RE = re.compile(r"^v(\d{4,})$")
 
@@ -81,7 +82,12 @@ class ModelBundle:
     check_scores: np.ndarray
 
     def check(self) -> None:
-        """Raise `ModelRejected` unless the features match this code and a test prediction works."""
+        """Raise `ModelRejected` unless both model files agree with this code and with each other.
+
+        The card's feature names must be this code's; `model.onnx` (what serving scores with) and
+        `model.txt` (what TreeSHAP explains with) must both load, `model.txt` must name the same
+        features, and both must reproduce the scores stored at training time on the check rows.
+        """
         if self.feature_names != FEATURE_NAMES:
             raise ModelRejected(
                 f"model {self.version} was trained on features {list(self.feature_names)}, this "
@@ -92,15 +98,43 @@ class ModelBundle:
                 f"model {self.version} takes {self.scorer.n_features} features, the builder makes "
                 f"{len(FEATURE_NAMES)}; retrain with `ranker train`"
             )
-        got = self.scorer.score(self.check_rows)
-        if got.shape != self.check_scores.shape or not np.all(np.isfinite(got)):
-            raise ModelRejected(f"model {self.version} gave no usable scores on its check rows")
-        diff = float(np.max(np.abs(got - self.check_scores))) if len(got) else 0.0
-        if diff > CHECK_TOLERANCE:
+        retrain = "retrain (`ranker train`) or roll back (`ranker models rollback`)"
+        try:
+            booster = lgb.Booster(model_file=str(self.booster_path))
+        except (lgb.basic.LightGBMError, OSError, ValueError) as e:
             raise ModelRejected(
-                f"model {self.version}'s ONNX scores differ from LightGBM's by {diff:.2e} "
-                f"(allowed {CHECK_TOLERANCE:g}); re-export it with `ranker train`"
+                f"model {self.version}'s {self.booster_path.name} is not a loadable LightGBM "
+                f"model ({str(e).strip()}); {retrain}"
+            ) from e
+        if tuple(booster.feature_name()) != FEATURE_NAMES:
+            raise ModelRejected(
+                f"model {self.version}'s {self.booster_path.name} names features "
+                f"{booster.feature_name()}, this code builds {list(FEATURE_NAMES)}; {retrain}"
             )
+        onnx = self.scorer.score(self.check_rows).astype(np.float64)
+        native = (
+            np.asarray(booster.predict(self.check_rows), dtype=np.float64).reshape(-1)
+            if len(self.check_rows)
+            else np.zeros(0)
+        )
+        stored = self.check_scores.astype(np.float64)
+        for what, got in (("ONNX", onnx), ("LightGBM", native)):
+            if got.shape != stored.shape or not np.all(np.isfinite(got)):
+                raise ModelRejected(
+                    f"model {self.version}: {what} gave no usable scores on its check rows; "
+                    f"{retrain}"
+                )
+        for what, a, b in (
+            ("ONNX scores differ from LightGBM's", onnx, native),
+            ("ONNX scores differ from those recorded at training", onnx, stored),
+            ("LightGBM scores differ from those recorded at training", native, stored),
+        ):
+            diff = float(np.max(np.abs(a - b))) if len(a) else 0.0
+            if diff > PARITY_TOLERANCE:
+                raise ModelRejected(
+                    f"model {self.version}'s {what} by {diff:.2e} on its check rows (allowed "
+                    f"{PARITY_TOLERANCE:g}); {retrain}"
+                )
 
 
 class ModelRegistry:
@@ -190,7 +224,25 @@ class ModelRegistry:
             check_scores=np.asarray(check["scores"], dtype=np.float32),
         )
 
+    def evaluations(self, version: str) -> list[dict[str, Any]]:
+        """The version's stored evaluation results (`ranker evaluate`), oldest first."""
+        folder = self.version_dir(version) / EVALUATIONS_DIR
+        if not folder.is_dir():
+            return []
+        return [dict(json.loads(p.read_text("utf-8"))) for p in sorted(folder.glob("*.json"))]
+
     # -- writing ---------------------------------------------------------------------------
+    def record_evaluation(self, version: str, result: Mapping[str, Any]) -> Path:
+        """Store an evaluation of `version` as `evaluations/<UTC time>.json`, written atomically.
+
+        Outside the card's file digests, so adding one never invalidates the version.
+        """
+        folder = self.version_dir(version) / EVALUATIONS_DIR
+        folder.mkdir(exist_ok=True)
+        path = folder / f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S.%fZ')}.json"
+        _write_atomic(path, json.dumps(dict(result), indent=2) + "\n")
+        return path
+
     @contextmanager
     def _locked(self) -> Iterator[None]:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -214,8 +266,9 @@ class ModelRegistry:
     ) -> str:
         """Write a new version atomically and return its name; it is not promoted.
 
-        Refuses (`ModelRejected`) when the ONNX model does not reproduce `check_scores` (LightGBM's
-        own predictions of `check_rows`) within `CHECK_TOLERANCE`, or its feature names differ.
+        Refuses (`ModelRejected`) whatever `ModelBundle.check` refuses: feature names differing
+        from this code's, or ONNX or LightGBM not reproducing `check_scores` (LightGBM's own
+        predictions of `check_rows`) within `PARITY_TOLERANCE`.
         """
         with self._locked():
             existing = [int(v[1:]) for v in self.versions()]

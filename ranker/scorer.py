@@ -11,6 +11,10 @@ from embeddings.config import EncoderSettings
 from embeddings.runtime import make_session
 from ranker.errors import InvalidInput, ModelRejected
 
+PARITY_TOLERANCE = 1e-4
+"""Largest |ONNX - LightGBM| score difference accepted, at export and whenever a version is
+checked; the one tolerance of the project (onnxmltools' converted trees agree to ~1e-6)."""
+
 
 def _session(path: Path, settings: EncoderSettings | None) -> ort.InferenceSession:
     settings = settings if settings is not None else EncoderSettings()

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench import ingest, memory, scoring
 from bench._baseline import StraightforwardStack
 from bench._data import (
     NOISE_COSINE,
@@ -135,3 +136,15 @@ def test_serving_measures_a_real_server(base: BaseSet, bench_dir: Path) -> None:
     assert r.rss_loaded > 0 and r.index_bytes > 0 and r.store_bytes > 0
     text = report(base, [r], cfg)
     assert "### Targets" in text and f"{N:,} candidates" in text
+    assert f"| {N:,} |" in memory.report(base, [r])
+
+
+def test_scoring_section_runs(base: BaseSet) -> None:
+    text = scoring.run(n=50, repeats=5, base=base)
+    assert text.startswith("## Scoring") and "ONNX Runtime" in text
+
+
+def test_ingest_section_upserts_through_a_real_server(base: BaseSet, bench_dir: Path) -> None:
+    text = ingest.run(n=4, batch=2, base=base, root=bench_dir)
+    assert text.startswith("## Ingestion") and "4 new demo candidates" in text
+    assert not (bench_dir / "ingest").exists()  # the throwaway store is removed

@@ -22,38 +22,48 @@ LIMITATIONS = (
     "biases; it ranks, it does not decide, and must not auto-reject anyone. It knows only what the "
     "CV text and structured fields say (skills listed, years, location), not ability. Scores are "
     "comparable within one posting only. Job families or countries missing from the training data "
-    "are ranked mostly by text similarity. Retrain when postings or the candidate pool change."
+    "are ranked mostly by text similarity. Retrain when postings or the candidate pool change. "
+    "Training features come from each candidate's record as stored now, not as it was when they "
+    "applied: a CV updated after a hire (the new job added) makes past applicants look more like "
+    "the postings they won, so offline metrics can flatter the model; prefer data whose CVs were "
+    "snapshotted at application time."
+)
+LEXICON_NOTE = (
+    "BM25 statistics (lexicon.json) are fitted on the CVs of candidates who applied to training "
+    "postings only, and hold only terms seen in at least 3 of those CVs, so single-CV words "
+    "(names, e-mail fragments) are not stored in the model version."
 )
 FAIRNESS_NOTE = (
-    "Protected attributes (sex, age, ethnicity, disability, name, photo) are never features: they "
-    "are not part of the candidate record the feature builder reads, and a test enforces it. "
-    "Features can still correlate with them (years of experience with age, for example), so the "
-    "card reports, where protected data was supplied for audit, each group's share of the top 10 "
-    "against its share of applicants on the test postings."
+    "Structured protected attributes (sex, age, ethnicity, disability, name, photo) are never "
+    "inputs: they are not part of the candidate record the feature builder reads, and a test "
+    "enforces it. CV free text is redacted for common direct identifiers (labelled name, birth "
+    "date, gender or nationality lines, e-mails, phone numbers, URLs, written-out birth dates and "
+    "ages) before it is embedded or counted, but redaction is pattern-based and incomplete (an "
+    "unlabelled name line stays), and the text still carries proxies: graduation and job years "
+    "hint at age, names of schools, clubs or languages at origin or sex. Structured features "
+    "correlate too (years of experience with age). So the card reports, where protected data was "
+    "supplied for audit, each group's share of the top 10 against its share of applicants on "
+    "the test postings; check it before promoting."
 )
 
 
-def code_version() -> str:
-    """`git rev-parse HEAD` of the source tree if it is a checkout, else the package version."""
-    root = Path(__file__).resolve().parents[1]
+def code_version(root: Path | None = None) -> str:
+    """`git:<HEAD>` of the source tree, `-dirty` when it has uncommitted changes, else the package.
+
+    Any change `git status --porcelain` shows (untracked files included) counts: HEAD alone then
+    does not say which code trained the model.
+    """
+    root = root if root is not None else Path(__file__).resolve().parents[1]
     try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        # Uncommitted changes mean HEAD alone does not say which code trained the model.
-        dirty = subprocess.run(
-            ["git", "diff", "--quiet", "HEAD", "--", "ranker", "training", "embeddings"],
-            cwd=root,
-            capture_output=True,
-            timeout=5,
-            check=False,
-        ).returncode
-        return f"git:{head}" + ("+dirty" if dirty else "")
+
+        def git(*args: str) -> str:
+            return subprocess.run(
+                ["git", *args], cwd=root, capture_output=True, text=True, timeout=5, check=True
+            ).stdout
+
+        head = git("rev-parse", "HEAD").strip()
+        dirty = bool(git("status", "--porcelain").strip())
+        return f"git:{head}" + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         try:
             return "package:" + version("candidate-ranker")
@@ -71,6 +81,7 @@ def build_card(
     parity: Mapping[str, Any],
     importance: Mapping[str, float],
     fairness: Mapping[str, Any] | None,
+    lexicon: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The model card's content (the registry adds `version` and file digests)."""
     return {
@@ -87,10 +98,13 @@ def build_card(
             "stages": {stage.value: label for stage, label in STAGE_LABEL.items()},
             "rule": "highest stage reached; a later rejection keeps it",
             "relevant_at_or_above": RELEVANT_LABEL,
+            "gain_in_training": params.get("label_gain", "LightGBM default, 2^label - 1"),
+            "gain_in_metrics": "2^label - 1",
         },
         "metrics": dict(metrics),
         "data": dict(data),
         "parity": dict(parity),
+        "lexicon": {**(lexicon or {}), "note": LEXICON_NOTE},
         "feature_importance_gain": dict(importance),
         "fairness": dict(fairness) if fairness else {},
         "code_version": code_version(),
@@ -142,12 +156,15 @@ def render_markdown(card: Mapping[str, Any]) -> str:
         f"{split['last_posting']}",
         "- Queries (postings) / labelled rows: "
         + ", ".join(f"{name} {q} / {data['rows'][name]}" for name, q in data["queries"].items()),
+        f"- Lexicon (BM25 statistics): {card.get('lexicon', {}).get('note', '-')}",
         "",
         "## Labels",
         "",
         "Highest stage reached per (posting, candidate): "
         + ", ".join(f"{s} {v}" for s, v in card["labels"]["stages"].items())
-        + ". A later rejection keeps the highest stage.",
+        + ". A later rejection keeps the highest stage. Gain of each label in training and "
+        f"early stopping: {card['labels'].get('gain_in_training', '-')}; in the metrics below: "
+        f"{card['labels'].get('gain_in_metrics', '2^label - 1')}.",
         "",
         f"## Test metrics ({int(next(iter(test.values()))['queries'])} held-out postings with "
         "a relevant candidate)",

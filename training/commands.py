@@ -5,22 +5,20 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from ranker.commands import fail
 from ranker.config import Settings
 from ranker.errors import RankerError
 
+if TYPE_CHECKING:  # imported lazily below: `ranker --help` should not load LightGBM and ONNX
+    from ranker.registry import ModelRegistry
+
 console = Console()
-err_console = Console(stderr=True)
-
-
-def _fail(message: str) -> typer.Exit:
-    err_console.print(f"[red]error:[/red] {message}")
-    return typer.Exit(code=1)
 
 
 def metrics_table(title: str, results: Mapping[str, Mapping[str, float]]) -> Table:
@@ -77,7 +75,7 @@ def _load_store(
 
     path = settings.resolved_db_path
     if not path.is_file():
-        raise _fail(f"no store at {path}; load data first: `ranker ingest`")
+        fail(f"no store at {path}; load data first: `ranker ingest`")
     store = SqliteStore(path)
     try:
         candidates = list(store.iter_candidates())
@@ -90,11 +88,27 @@ def _load_store(
     finally:
         store.close()
     if not candidates or not postings or not outcomes:
-        raise _fail(
+        fail(
             f"the store holds {len(candidates)} candidates, {len(postings)} postings and "
             f"{len(outcomes)} outcomes; training needs all three: `ranker ingest`"
         )
     return candidates, postings, outcomes, protected
+
+
+def _trained_on(registry: ModelRegistry, digest: str) -> str | None:
+    """The newest registered version trained on data with `digest` by this code's features."""
+    from ranker.features import FEATURE_NAMES
+
+    for version in reversed(registry.versions()):
+        try:
+            card = registry.card(version)
+        except (RankerError, ValueError):
+            continue  # an unreadable card cannot vouch for anything
+        if card.get("data", {}).get("sha256") == digest and card.get("feature_names") == list(
+            FEATURE_NAMES
+        ):
+            return str(version)
+    return None
 
 
 def train(
@@ -110,29 +124,39 @@ def train(
         bool,
         typer.Option(
             "--if-missing",
-            help="Skip when the model in service was trained on exactly the stored data.",
+            help="Skip when a registered version was already trained on exactly the stored data "
+            "(promoting it instead if nothing is in service).",
         ),
     ] = False,
 ) -> None:
     """Train a ranker on the store's outcomes, evaluate it, register it (and maybe promote it)."""
-    from ranker.features import FEATURE_NAMES
     from ranker.registry import ModelRegistry
-    from training.dataset import data_sha256
+    from training.evaluate import data_digest
     from training.train import TrainConfig, train_and_register
 
     settings = Settings()
     registry = ModelRegistry(settings.resolved_registry_dir, settings)
     candidates, postings, outcomes, protected = _load_store(settings)
     current = registry.current_version()
-    if if_missing and current is not None:
-        digest = data_sha256(
-            (r.candidate for r in candidates), (r.posting for r in postings), outcomes
-        )
-        card = registry.card(current)
-        # A model of other features would be refused by the service: retrain it whatever the data.
-        same_features = card.get("feature_names") == list(FEATURE_NAMES)
-        if same_features and card.get("data", {}).get("sha256") == digest:
+    if if_missing:
+        # Any version counts, promoted or not: otherwise every run while a model is in service
+        # would register yet another copy of the same model.
+        done = _trained_on(registry, data_digest(candidates, postings, outcomes))
+        if done is not None and done == current:
             console.print(f"model {current} in service was trained on this data; skipping")
+            return
+        if done is not None and (promote or (promote is None and current is None)):
+            try:
+                registry.promote(done)
+            except RankerError as e:
+                fail(str(e))
+            console.print(f"{done} was trained on this data; promoted it (was {current or 'none'})")
+            return
+        if done is not None:
+            console.print(
+                f"{done} was trained on this data and is waiting for promotion (in service: "
+                f"{current}); skipping. Promote it: `ranker models promote {done}`"
+            )
             return
     started = time.perf_counter()
     try:
@@ -147,7 +171,7 @@ def train(
             settings=settings,
         )
     except RankerError as e:
-        raise _fail(str(e)) from None
+        fail(str(e))
     card = result.card
     console.print(metrics_table(f"test postings, model {result.version}", card["metrics"]["test"]))
     split = card["data"]["split"]
@@ -173,47 +197,37 @@ def evaluate(
         str | None, typer.Argument(help="Version to evaluate (default: the one in service).")
     ] = None,
 ) -> None:
-    """Evaluate a version on its held-out postings against the model in service and baselines."""
-    from datetime import datetime
+    """Evaluate a version against the model in service and baselines; store the result.
 
+    Both are scored on the postings neither has seen: those created from the later of the two
+    versions' test-split starts on. The result is stored in the evaluated version's folder
+    (`evaluations/<UTC time>.json`).
+    """
     from ranker.registry import ModelRegistry
-    from training.dataset import make_datasets, posting_times, prepare_all, split_at
-    from training.evaluate import evaluate_all
+    from training.evaluate import compare_versions, data_digest
 
     settings = Settings()
     registry = ModelRegistry(settings.resolved_registry_dir, settings)
+    candidates, postings, outcomes, _ = _load_store(settings)
     try:
         bundles = [registry.load(version)]
         bundles[0].check()
         current = registry.current_version()
         if current is not None and current != bundles[0].version:
             bundles.append(registry.load(current))
+        comparison = compare_versions(bundles, candidates, postings, outcomes)
+        record = comparison.record(
+            [b.version for b in bundles], data_digest(candidates, postings, outcomes)
+        )
+        path = registry.record_evaluation(bundles[0].version, record)
     except RankerError as e:
-        raise _fail(str(e)) from None
-    candidates, postings, outcomes, _ = _load_store(settings)
-    prepared_c, prepared_p = prepare_all(candidates, postings)
-    known = [o for o in outcomes if o.posting_id in prepared_p]
-    # The held-out postings of the version evaluated (its card's split dates), plus any newer.
-    recorded = bundles[0].card["data"]["split"]
-    split = split_at(
-        posting_times((r.posting for r in postings), known),
-        datetime.fromisoformat(recorded["valid_start"]),
-        datetime.fromisoformat(recorded["test_start"]),
+        fail(str(e))
+    title = (
+        f"{comparison.test.n_queries} postings created since "
+        f"{comparison.held_out_from:%Y-%m-%d %H:%M} (held out from every version compared)"
     )
-    if not split.test:
-        raise _fail(f"no stored posting was created after {split.test_start}; nothing to test on")
-    scores = {}
-    data = None
-    for i, bundle in enumerate(bundles):
-        # Each version builds features with its own frozen lexicon.
-        sets = make_datasets(bundle.builder, prepared_c, prepared_p, known, split).sets
-        data = sets["test"] if data is None else data
-        name = bundle.version if i == 0 else f"{bundle.version} (in service)"
-        if bundle.feature_names == bundles[0].feature_names:
-            scores[name] = bundle.scorer.score(sets["test"].x)
-    assert data is not None
-    title = f"{data.n_queries} postings created since {split.test_start:%Y-%m-%d}"
-    console.print(metrics_table(title, evaluate_all(data, scores)))
+    console.print(metrics_table(title, comparison.results))
+    console.print(f"stored in {path}")
 
 
 def register(app: typer.Typer) -> None:

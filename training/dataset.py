@@ -107,53 +107,23 @@ def posting_times(postings: Iterable[Posting], outcomes: Iterable[Outcome]) -> d
 
 
 def time_split(
-    times: Mapping[str, datetime], fractions: tuple[float, float] = (0.7, 0.15)
+    times: Mapping[str, datetime],
+    fractions: tuple[float, float] = (0.7, 0.15),
+    *,
+    at: tuple[datetime, datetime] | None = None,
 ) -> TimeSplit:
-    """Oldest `fractions[0]` of postings train, next `fractions[1]` validate, the rest test."""
-    if len(times) < 3:
-        raise InvalidInput(
-            f"a time split needs at least 3 postings with outcomes, got {len(times)}; "
-            "record more outcomes (`ranker ingest` or RecordOutcomes) and train again"
-        )
-    ordered = sorted(times, key=lambda pid: (times[pid], pid))
-    # Postings created at the same instant stay together, so split between distinct times.
-    instants = sorted(set(times.values()))
-    if len(instants) < 3:
-        raise InvalidInput(
-            "postings share creation times so a time split leaves a part empty; "
-            "add postings with distinct created_at"
-        )
-    per_instant = Counter(times.values())
-    counts = np.cumsum([per_instant[i] for i in instants])
-    n = len(ordered)
-    # Index of the first instant of validation and of test: at least one instant per part.
-    v = int(np.searchsorted(counts, round(n * fractions[0]), side="left")) + 1
-    v = min(max(v, 1), len(instants) - 2)
-    t = int(np.searchsorted(counts, round(n * (fractions[0] + fractions[1])), side="left")) + 1
-    t = min(max(t, v + 1), len(instants) - 1)
-    valid_start, test_start = instants[v], instants[t]
-    train = [p for p in ordered if times[p] < valid_start]
-    valid = [p for p in ordered if valid_start <= times[p] < test_start]
-    test = [p for p in ordered if times[p] >= test_start]
-    return TimeSplit(
-        train=tuple(train),
-        valid=tuple(valid),
-        test=tuple(test),
-        valid_start=valid_start,
-        test_start=test_start,
-        first=times[ordered[0]],
-        last=times[ordered[-1]],
-    )
+    """Postings split by creation time: train before `valid_start`, test from `test_start` on.
 
-
-def split_at(
-    times: Mapping[str, datetime], valid_start: datetime, test_start: datetime
-) -> TimeSplit:
-    """The split a model card records, re-applied to today's postings (newer ones join test)."""
-    ordered = sorted(times, key=lambda pid: (times[pid], pid))
-    valid_start, test_start = as_utc(valid_start), as_utc(test_start)
-    if not ordered:
+    The boundaries are `at` (valid_start, test_start) when given, e.g. re-applied from a model
+    card so newer postings join the test part; otherwise chosen so the oldest `fractions[0]` of
+    postings train, the next `fractions[1]` validate and the rest test.
+    """
+    if not times:
         raise InvalidInput("no posting has a creation time or an outcome; nothing to split")
+    valid_start, test_start = (
+        (as_utc(at[0]), as_utc(at[1])) if at is not None else _boundaries(times, fractions)
+    )
+    ordered = sorted(times, key=lambda pid: (times[pid], pid))
     return TimeSplit(
         train=tuple(p for p in ordered if times[p] < valid_start),
         valid=tuple(p for p in ordered if valid_start <= times[p] < test_start),
@@ -163,6 +133,60 @@ def split_at(
         first=times[ordered[0]],
         last=times[ordered[-1]],
     )
+
+
+def _boundaries(
+    times: Mapping[str, datetime], fractions: tuple[float, float]
+) -> tuple[datetime, datetime]:
+    """(valid_start, test_start) giving each part about its fraction of postings, none empty."""
+    if len(times) < 3:
+        raise InvalidInput(
+            f"a time split needs at least 3 postings with outcomes, got {len(times)}; "
+            "record more outcomes (`ranker ingest` or RecordOutcomes) and train again"
+        )
+    # Postings created at the same instant stay together, so split between distinct times.
+    instants = sorted(set(times.values()))
+    if len(instants) < 3:
+        raise InvalidInput(
+            "postings share creation times so a time split leaves a part empty; "
+            "add postings with distinct created_at"
+        )
+    per_instant = Counter(times.values())
+    counts = np.cumsum([per_instant[i] for i in instants])
+    n = len(times)
+    # Index of the first instant of validation and of test: at least one instant per part.
+    v = int(np.searchsorted(counts, round(n * fractions[0]), side="left")) + 1
+    v = min(max(v, 1), len(instants) - 2)
+    t = int(np.searchsorted(counts, round(n * (fractions[0] + fractions[1])), side="left")) + 1
+    t = min(max(t, v + 1), len(instants) - 1)
+    return instants[v], instants[t]
+
+
+def split_postings(
+    postings: Mapping[str, PreparedPosting], outcomes: Sequence[Outcome]
+) -> TimeSplit:
+    """The default time split of the postings that have outcomes."""
+    labelled = {o.posting_id for o in outcomes}
+    return time_split(
+        posting_times((postings[pid].posting for pid in postings if pid in labelled), outcomes)
+    )
+
+
+def training_candidates(
+    candidates: Mapping[str, PreparedCandidate], outcomes: Iterable[Outcome], split: TimeSplit
+) -> list[PreparedCandidate]:
+    """Candidates who applied to a training posting before validation starts (sorted by id).
+
+    The lexicon is fitted on these only, so no statistic of validation or test applicants' CVs
+    reaches the model through BM25's idf.
+    """
+    train = set(split.train)
+    ids = {
+        o.candidate_id
+        for o in outcomes
+        if o.posting_id in train and as_utc(o.at) < split.valid_start
+    }
+    return [candidates[cid] for cid in sorted(ids) if cid in candidates]
 
 
 @dataclass(frozen=True)
@@ -254,11 +278,7 @@ def make_datasets(
 ) -> Datasets:
     """The time split (unless given) and the three ranking sets."""
     if split is None:
-        labelled = {o.posting_id for o in outcomes}
-        times = posting_times(
-            (postings[pid].posting for pid in postings if pid in labelled), outcomes
-        )
-        split = time_split(times)
+        split = split_postings(postings, outcomes)
     sets: dict[str, RankingSet] = {}
     for name in SPLITS:
         ids = split.postings(name)

@@ -7,13 +7,28 @@ metric. `tests/training/test_evaluate.py` checks NDCG against scikit-learn's `nd
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 
+from ranker.domain import Outcome
+from ranker.errors import InvalidInput
 from ranker.features import FEATURE_NAMES
-from training.dataset import RankingSet
-from training.labels import RELEVANT_LABEL
+from ranker.registry import ModelBundle
+from training.dataset import (
+    CandidateLike,
+    PostingLike,
+    RankingSet,
+    build_set,
+    data_sha256,
+    posting_times,
+    prepare_all,
+    time_split,
+)
+from training.labels import RELEVANT_LABEL, as_utc, labels_from_outcomes
 
 METRICS = ("ndcg@5", "ndcg@10", "map", "recall@10", "recall@20")
 BASELINES: dict[str, str] = {
@@ -79,3 +94,96 @@ def evaluate_all(
     for name, column in BASELINES.items():
         results[name] = evaluate_scores(data, data.x[:, FEATURE_NAMES.index(column)])
     return results
+
+
+def held_out_start(cards: Iterable[Mapping[str, Any]]) -> datetime:
+    """The latest `test_start` of the cards: postings from then on trained none of the models.
+
+    A model in service that is newer than the version evaluated was trained (or early-stopped)
+    on some of the older version's test postings; comparing them there would be in-sample for it.
+    """
+    starts = []
+    for card in cards:
+        try:
+            starts.append(as_utc(datetime.fromisoformat(card["data"]["split"]["test_start"])))
+        except (KeyError, TypeError, ValueError) as e:
+            raise InvalidInput(
+                f"model card of {card.get('version', '?')} records no split dates ({e}); "
+                "retrain it with `ranker train`"
+            ) from e
+    if not starts:
+        raise InvalidInput("no model version to evaluate; train one: `ranker train`")
+    return max(starts)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Versions and baselines scored on the same held-out postings."""
+
+    held_out_from: datetime
+    test: RankingSet
+    results: dict[str, dict[str, float]]
+    """Ranker name (version, baselines) -> metric -> value."""
+
+    def record(self, versions: Sequence[str], data_sha: str) -> dict[str, Any]:
+        """What `ranker evaluate` stores beside the evaluated version."""
+        return {
+            "evaluated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "version": versions[0],
+            "compared_with": list(versions[1:]),
+            "held_out_from": self.held_out_from.isoformat(),
+            "held_out_rule": "postings created at or after the latest test_start of the versions "
+            "compared, so none of them trained or early-stopped on these postings",
+            "postings": self.test.n_queries,
+            "rows": len(self.test.y),
+            "data_sha256": data_sha,
+            "metrics": self.results,
+        }
+
+
+def compare_versions(
+    bundles: Sequence[ModelBundle],
+    candidates: Sequence[CandidateLike],
+    postings: Sequence[PostingLike],
+    outcomes: Sequence[Outcome],
+) -> Comparison:
+    """Score every bundle and the baselines on the postings none of the bundles has seen.
+
+    Each version builds features with its own frozen lexicon; a version whose features differ
+    from the first one's is left out (its rows would not be comparable). Baselines rank by the
+    first version's feature columns.
+    """
+    start = held_out_start(b.card for b in bundles)
+    prepared_c, prepared_p = prepare_all(candidates, postings)
+    known = [o for o in outcomes if o.posting_id in prepared_p]
+    labelled = {o.posting_id for o in known}
+    times = posting_times((prepared_p[pid].posting for pid in sorted(labelled)), known)
+    test_ids = time_split(times, at=(start, start)).test if times else ()
+    if not test_ids:
+        raise InvalidInput(
+            f"no stored posting with outcomes was created on or after {start:%Y-%m-%d %H:%M}, "
+            "after every compared version's training data; record outcomes of newer postings "
+            "(`ranker ingest`) and evaluate again"
+        )
+    mine = set(test_ids)
+    labels = labels_from_outcomes(o for o in known if o.posting_id in mine)
+    chosen = [prepared_p[pid] for pid in test_ids]
+    data: RankingSet | None = None
+    scores: dict[str, np.ndarray] = {}
+    for i, bundle in enumerate(bundles):
+        rows = build_set(bundle.builder, chosen, prepared_c, labels)
+        data = rows if data is None else data
+        if bundle.feature_names == bundles[0].feature_names:
+            name = bundle.version if i == 0 else f"{bundle.version} (in service)"
+            scores[name] = bundle.scorer.score(rows.x)
+    assert data is not None
+    return Comparison(held_out_from=start, test=data, results=evaluate_all(data, scores))
+
+
+def data_digest(
+    candidates: Sequence[CandidateLike],
+    postings: Sequence[PostingLike],
+    outcomes: Sequence[Outcome],
+) -> str:
+    """`training.dataset.data_sha256` of stored rows (the digest model cards record)."""
+    return data_sha256((r.candidate for r in candidates), (r.posting for r in postings), outcomes)

@@ -2,7 +2,8 @@
 
 onnxmltools converts a lambdarank booster through its regressor path (upstream calls ranking
 unsupported), so every export is checked: the ONNX scores of real feature rows must equal
-LightGBM's own predictions within `PARITY_TOLERANCE`, or the model is refused.
+LightGBM's own predictions within `ranker.scorer.PARITY_TOLERANCE` (the one tolerance the registry
+checks again at every load), or the model is refused.
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ from onnxmltools.convert.common.data_types import FloatTensorType
 
 from embeddings.config import EncoderSettings
 from ranker.errors import ModelRejected
-from ranker.scorer import OnnxScorer
+from ranker.scorer import PARITY_TOLERANCE, OnnxScorer
 
 TARGET_OPSET = 15
-PARITY_TOLERANCE = 1e-4
 INPUT_NAME = "features"
 
 

@@ -26,6 +26,7 @@ from ranker.domain import Outcome
 from ranker.errors import InvalidInput
 from ranker.features import FEATURE_NAMES, FeatureBuilder, Lexicon
 from ranker.registry import ModelRegistry
+from ranker.scorer import PARITY_TOLERANCE
 from training.card import build_card, render_markdown
 from training.dataset import (
     SPLITS,
@@ -36,9 +37,12 @@ from training.dataset import (
     data_sha256,
     make_datasets,
     prepare_all,
+    split_postings,
+    training_candidates,
 )
 from training.evaluate import evaluate_all
 from training.export import check_parity, to_onnx
+from training.labels import STAGE_LABEL
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +50,34 @@ CHECK_ROWS = 64
 """Feature rows stored with a version so serving can test-predict it before swapping it in."""
 
 
+LINEAR_GAIN: tuple[float, ...] = tuple(float(g) for g in range(max(STAGE_LABEL.values()) + 1))
+"""Gain of each label in training and early stopping: 0, 1, 2, 3, 4 (LightGBM's default is 2^l - 1)."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """LightGBM settings; the defaults suit a few thousand labelled rows."""
+    """LightGBM settings; the defaults suit a few thousand labelled rows.
+
+    Tuned on two demo sets (2,000 x 100 and 400 x 40) over eight time-split windows: against
+    the former defaults (learning rate 0.05, exponential gain) mean validation NDCG@10 rose from
+    0.714 to 0.743 and test NDCG@10 from 0.651 to 0.687, and early stopping keeps a median of 35
+    trees instead of 7 (3 on the small set, which tied many top scores). The differences are
+    near the noise of 15-posting validation sets; linear gain was the one change that helped in
+    every configuration tried (num_leaves 7/15, min_data_in_leaf 20/50, bagging, L2 1/10).
+    """
 
     seed: int = 7
     # One thread: the sets are small, and OpenMP threads spinning on a busy 2-core machine made
     # training 100-300x slower (0.3 s against 90+ s measured); one thread is also the surest
     # way to the same bytes on any machine.
     num_threads: int = 1
-    learning_rate: float = 0.05
+    # A smaller step than 0.05: the validation curve is noisy, and big first steps made early
+    # stopping settle on a 2-3 tree peak.
+    learning_rate: float = 0.03
+    # Linear rather than exponential gain: a hire (label 4) otherwise weighs 5x an interview
+    # and the few hires dominate the gradients. Early stopping's NDCG@10 uses the same gains;
+    # the reported metrics (training.evaluate) keep the standard 2^l - 1.
+    label_gain: tuple[float, ...] = LINEAR_GAIN
     num_leaves: int = 15
     min_data_in_leaf: int = 20
     feature_fraction: float = 0.9
@@ -69,6 +91,7 @@ class TrainConfig:
             "metric": "ndcg",
             "eval_at": [10],
             "learning_rate": self.learning_rate,
+            "label_gain": list(self.label_gain),
             "num_leaves": self.num_leaves,
             "min_data_in_leaf": self.min_data_in_leaf,
             "feature_fraction": self.feature_fraction,
@@ -186,10 +209,17 @@ def train_model(
             f"{len(postings)}, {len(outcomes)}; load data first: `ranker ingest`"
         )
     prepared_c, prepared_p = prepare_all(candidates, postings)
-    lexicon = Lexicon.fit(prepared_c.values())
-    builder = FeatureBuilder(lexicon)
     known = [o for o in outcomes if o.posting_id in prepared_p]
-    datasets = make_datasets(builder, prepared_c, prepared_p, known)
+    split = split_postings(prepared_p, known)
+    fitted_on = training_candidates(prepared_c, known, split)
+    if not fitted_on:
+        raise InvalidInput(
+            f"no stored candidate applied to the {len(split.train)} training postings (created "
+            f"before {split.valid_start:%Y-%m-%d}); ingest their candidates: `ranker ingest`"
+        )
+    lexicon = Lexicon.fit(fitted_on)
+    builder = FeatureBuilder(lexicon)
+    datasets = make_datasets(builder, prepared_c, prepared_p, known, split)
     sets = datasets.sets
     for name in SPLITS:
         log.info("%s: %d postings, %d rows", name, sets[name].n_queries, len(sets[name].y))
@@ -226,7 +256,13 @@ def train_model(
             "queries": {name: sets[name].n_queries for name in SPLITS},
             "rows": {name: len(sets[name].y) for name in SPLITS},
         },
-        parity={"max_abs_diff": diff, "rows": len(parity_rows), "tolerance": 1e-4},
+        parity={"max_abs_diff": diff, "rows": len(parity_rows), "tolerance": PARITY_TOLERANCE},
+        lexicon={
+            "fitted_on": "CVs of the candidates who applied to training postings",
+            "documents": lexicon.n_docs,
+            "terms": len(lexicon.df),
+            "min_df": lexicon.min_df,
+        },
         importance={
             name: round(float(g), 3)
             for name, g in sorted(zip(FEATURE_NAMES, gain, strict=True), key=lambda t: -t[1])

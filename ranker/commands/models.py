@@ -9,12 +9,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ranker.commands import fail
 from ranker.config import Settings
 from ranker.errors import RankerError
 from ranker.registry import CARD_MD_FILE, ModelRegistry
 
 console = Console()
-err_console = Console(stderr=True)
 
 models_app = typer.Typer(
     name="models", help="List, inspect, promote and roll back model versions.", no_args_is_help=True
@@ -24,11 +24,6 @@ models_app = typer.Typer(
 def _registry() -> ModelRegistry:
     settings = Settings()
     return ModelRegistry(settings.resolved_registry_dir, settings)
-
-
-def _fail(message: str) -> typer.Exit:
-    err_console.print(f"[red]error:[/red] {message}")
-    return typer.Exit(code=1)
 
 
 def _metric(card: dict, ranker: str, name: str) -> str:
@@ -88,7 +83,7 @@ def show(
         folder = registry.version_dir(version)
         card = registry.card(version)
     except RankerError as e:
-        raise _fail(str(e)) from None
+        fail(str(e))
     if as_json:
         console.print_json(json.dumps(card))
         return
@@ -106,7 +101,7 @@ def promote(version: Annotated[str, typer.Argument(help="Version to put in servi
     try:
         registry.promote(version)
     except RankerError as e:
-        raise _fail(str(e)) from None
+        fail(str(e))
     console.print(f"in service: {version} (was {before or 'none'}); a running service swaps it in")
 
 
@@ -118,7 +113,7 @@ def rollback() -> None:
     try:
         version = registry.rollback()
     except RankerError as e:
-        raise _fail(str(e)) from None
+        fail(str(e))
     console.print(f"rolled back: in service {version} (was {before})")
 
 

@@ -1,16 +1,26 @@
-"""Serving commands: `ranker serve`, `ranker query`, `ranker health` and `ranker ingest`."""
+"""Serving commands: `ranker serve`, `ranker query`, `ranker health` and `ranker ingest`.
+
+`query` and `health` are clients: they import only grpc, the generated stubs and the light
+message conversions, never the pipeline (FAISS, LightGBM), so they start fast and quietly.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from ranker.commands import fail
 from ranker.config import Settings
+
+if TYPE_CHECKING:
+    import grpc
+
+    from ranker.v1 import ranker_pb2 as pb
 
 console = Console()
 err_console = Console(stderr=True)
@@ -27,20 +37,14 @@ def _address(settings: Settings, address: str | None) -> str:
     return address or f"{settings.host}:{settings.port}"
 
 
-def _fail(message: str) -> typer.Exit:
-    err_console.print(f"[red]error:[/red] {message}")
-    return typer.Exit(code=1)
-
-
-def _rpc_failure(e: object, address: str) -> typer.Exit:
+def _rpc_failure(e: grpc.RpcError, address: str) -> NoReturn:
     import grpc
 
-    assert isinstance(e, grpc.RpcError)
     code = e.code()  # type: ignore[attr-defined]
     details = e.details()  # type: ignore[attr-defined]
     if code == grpc.StatusCode.UNAVAILABLE and "failed to connect" in (details or "").lower():
-        return _fail(f"no service answers at {address}; start it with `ranker serve`")
-    return _fail(f"{code.name}: {details}")
+        fail(f"no service answers at {address}; start it with `ranker serve`")
+    fail(f"{code.name}: {details}")
 
 
 def serve(
@@ -51,7 +55,9 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the CandidateRanker gRPC service until SIGTERM or Ctrl-C."""
+    from ranker.datalock import DataDirBusy, DataDirLock
     from ranker.errors import RankerError
+    from ranker.grpc_server import StartError
     from ranker.grpc_server import serve as run_server
 
     updates = {
@@ -61,11 +67,12 @@ def serve(
     }
     settings = Settings(**updates)  # type: ignore[arg-type]
     try:
-        asyncio.run(run_server(settings))
+        with DataDirLock(settings.data_dir):
+            asyncio.run(run_server(settings))
     except KeyboardInterrupt:
         pass
-    except RankerError as e:
-        raise _fail(str(e)) from None
+    except (RankerError, StartError, DataDirBusy) as e:
+        fail(str(e))
 
 
 def query(
@@ -80,10 +87,12 @@ def query(
         list[str] | None, typer.Option(help="Only candidates located here (repeatable).")
     ] = None,
     include_remote: Annotated[
-        bool, typer.Option(help="With --location: also candidates open to remote work.")
+        bool,
+        typer.Option(help="Also (with --location) or only (without) candidates open to remote."),
     ] = False,
     include_relocating: Annotated[
-        bool, typer.Option(help="With --location: also candidates willing to relocate.")
+        bool,
+        typer.Option(help="Also (with --location) or only (without) candidates who'd relocate."),
     ] = False,
     remote_only: Annotated[bool, typer.Option(help="Only candidates open to remote work.")] = False,
     min_years: Annotated[
@@ -98,56 +107,54 @@ def query(
     """Ask the running service for the top-k candidates of a posting; print them with reasons."""
     import grpc
 
-    from ranker.grpc_server import posting_to_pb
     from ranker.v1 import ranker_pb2 as pb
     from ranker.v1 import ranker_pb2_grpc as pb_grpc
 
     settings = Settings()
     if (posting_id is None) == (posting_file is None):
-        raise _fail("give exactly one of --posting-id or --posting-file")
+        fail("give exactly one of --posting-id or --posting-file")
     request = pb.RankCandidatesRequest(top_k=k, explain=explain)
     if posting_id is not None:
         request.posting_id = posting_id
     else:
         from ranker import datafiles
         from ranker.errors import InvalidInput
+        from ranker.messages import posting_to_pb
 
         assert posting_file is not None
         try:
             postings = datafiles.read_postings(posting_file)
         except (InvalidInput, OSError) as e:
-            raise _fail(str(e)) from None
+            fail(str(e))
         if not postings:
-            raise _fail(f"{posting_file} holds no posting")
+            fail(f"{posting_file} holds no posting")
         if len(postings) > 1:
             err_console.print(f"{posting_file} holds {len(postings)} postings; ranking the first")
         request.posting.CopyFrom(posting_to_pb(postings[0]))
-    if location or remote_only or min_years is not None or skill:
+    if location or include_remote or include_relocating or remote_only or min_years is not None:
         request.filters.CopyFrom(
             pb.Filters(
                 locations=location or [],
                 include_remote=include_remote,
                 include_relocating=include_relocating,
                 remote_only=remote_only,
-                must_have_skills=skill or [],
             )
         )
-        if min_years is not None:
-            request.filters.min_years = min_years
+    if skill:
+        request.filters.must_have_skills.extend(skill)
+    if min_years is not None:
+        request.filters.min_years = min_years
     target = _address(settings, address)
     with grpc.insecure_channel(target) as channel:
         stub = pb_grpc.CandidateRankerStub(channel)
         try:
             response = stub.RankCandidates(request, timeout=timeout)
         except grpc.RpcError as e:
-            raise _rpc_failure(e, target) from None
+            _rpc_failure(e, target)
     _print_ranking(response)
 
 
-def _print_ranking(r: object) -> None:
-    from ranker.v1 import ranker_pb2 as pb
-
-    assert isinstance(r, pb.RankCandidatesResponse)
+def _print_ranking(r: pb.RankCandidatesResponse) -> None:
     console.print(
         f"posting [bold]{r.posting_id}[/bold] · model [bold]{r.model_version}[/bold] · "
         f"{r.eligible} eligible, {r.retrieved} reranked · {r.timings.total_ms:.1f} ms · "
@@ -184,7 +191,7 @@ def health(
                 .status
             )
         except grpc.RpcError as e:
-            raise _rpc_failure(e, target) from None
+            _rpc_failure(e, target)
     name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
     console.print(name)
     if status != health_pb2.HealthCheckResponse.SERVING:
@@ -206,55 +213,83 @@ def ingest(
         typer.Option(help="Protected attributes, kept apart for audits; default: the demo file."),
     ] = None,
     if_missing: Annotated[
-        bool, typer.Option(help="Skip when the store already holds candidates.")
+        bool,
+        typer.Option(help="Skip when these very files were already ingested to completion."),
     ] = False,
 ) -> None:
-    """Encode and store candidates, postings and outcomes, and build the index (service stopped)."""
+    """Encode and store candidates, postings and outcomes, and build the index (service stopped).
+
+    An ingest that was interrupted is finished by running it again: what it already stored is
+    kept, and only the rest is encoded.
+    """
     from rich.progress import Progress
 
+    from ranker.datalock import DataDirBusy, DataDirLock
     from ranker.errors import InvalidInput
     from ranker.ingest import ensure_index, ingest_files, is_ingested
 
     settings = Settings()
-    if if_missing and is_ingested(settings):
-        size, rebuilt = ensure_index(settings)
-        note = "index rebuilt" if rebuilt else "index up to date"
-        console.print(f"store already holds candidates ({size} indexed, {note}); skipping ingest")
-        return
-    files = {"candidates": candidates, "postings": postings, "outcomes": outcomes}
-    files["protected"] = protected
+    files: dict[str, Path | None] = {
+        "candidates": candidates,
+        "postings": postings,
+        "outcomes": outcomes,
+        "protected": protected,
+    }
     if all(v is None for v in files.values()):
         demo = settings.resolved_demo_dir
         if not (demo / _DEMO_FILES["candidates"]).exists():
-            raise _fail(
+            fail(
                 f"no data files given and no demo data in {demo}; generate it with "
                 "`ranker demo-data` or pass --candidates/--postings/--outcomes"
             )
         files = {k: demo / name for k, name in _DEMO_FILES.items() if (demo / name).exists()}
-    from embeddings import load_encoder
-
-    encoder = load_encoder(settings=settings)
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("encoding candidates", total=None)
+    lock = DataDirLock(settings.data_dir)
+    try:
+        lock.acquire()
+    except DataDirBusy as e:
+        fail(str(e))
+    try:
         try:
-            report = ingest_files(
-                settings,
-                encoder,
-                candidates=files.get("candidates"),
-                postings=files.get("postings"),
-                outcomes=files.get("outcomes"),
-                protected=files.get("protected"),
-                progress=lambda done, total: progress.update(task, completed=done, total=total),
-            )
-        except (InvalidInput, OSError) as e:
-            raise _fail(str(e)) from None
+            done = if_missing and is_ingested(settings, files)
+        except OSError as e:
+            fail(str(e))
+        if done:
+            size, rebuilt = ensure_index(settings)
+            note = "index rebuilt" if rebuilt else "index up to date"
+            console.print(f"these files are already ingested ({size} indexed, {note}); skipping")
+            return
+        from embeddings import load_encoder
+
+        encoder = load_encoder(settings=settings)
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("encoding candidates", total=None)
+            try:
+                report = ingest_files(
+                    settings,
+                    encoder,
+                    candidates=files.get("candidates"),
+                    postings=files.get("postings"),
+                    outcomes=files.get("outcomes"),
+                    protected=files.get("protected"),
+                    progress=lambda done, total: progress.update(task, completed=done, total=total),
+                )
+            except (InvalidInput, OSError) as e:
+                fail(str(e))
+    finally:
+        lock.release()
     for line in report.rejected:
-        err_console.print(f"[yellow]skipped[/yellow] {line}")
+        err_console.print(f"[yellow]skipped[/yellow] {line}", highlight=False)
+    resumed = f" ({report.unchanged} already stored)" if report.unchanged else ""
     console.print(
-        f"stored {report.candidates} candidates, {report.postings} postings, "
+        f"stored {report.candidates} candidates{resumed}, {report.postings} postings, "
         f"{report.outcomes} new outcomes, {report.protected} protected attributes; "
         f"index holds {report.index_size} candidates"
     )
+    if report.rejected:
+        err_console.print(
+            f"[yellow]{len(report.rejected)} items could not be encoded and were skipped; fix "
+            "their text in the files and run `ranker ingest` again[/yellow]"
+        )
 
 
 def register(app: typer.Typer) -> None:

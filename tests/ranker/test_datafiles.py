@@ -187,3 +187,37 @@ def test_protected_needs_candidate_id(tmp_path: Path) -> None:
     path = _csv(tmp_path, "protected.csv", "candidate_id,sex\nc1,female\n,male\n")
     with pytest.raises(InvalidInput, match=r"protected.csv line 3, field candidate_id"):
         read_protected(path)
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "csv"])
+def test_a_byte_order_mark_is_ignored(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"candidates.{suffix}"
+    body = (
+        json.dumps({"id": "c1", "cv_text": "Pflegefachkraft in Zürich"}) + "\n"
+        if suffix == "jsonl"
+        else "id,cv_text\r\nc1,Pflegefachkraft in Zürich\r\n"
+    )
+    path.write_bytes(b"\xef\xbb\xbf" + body.encode("utf-8"))  # as Excel saves "UTF-8 CSV"
+    (c,) = read_candidates(path)
+    assert (c.id, c.cv_text) == ("c1", "Pflegefachkraft in Zürich")
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "csv"])
+def test_non_utf8_bytes_name_the_file_and_line(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"candidates.{suffix}"
+    good = (
+        json.dumps({"id": "c1", "cv_text": "ok"}) + "\n"
+        if suffix == "jsonl"
+        else "id,cv_text\nc1,ok\n"
+    ).encode("utf-8")
+    bad = (
+        json.dumps({"id": "c2", "cv_text": "Zürich"}, ensure_ascii=False) + "\n"
+        if suffix == "jsonl"
+        else "c2,Zürich\n"
+    ).encode("latin-1")
+    path.write_bytes(good + bad)
+    line = 2 if suffix == "jsonl" else 3
+    with pytest.raises(InvalidInput) as e:
+        read_candidates(path)
+    assert str(e.value).startswith(f"candidates.{suffix} line {line}: not valid UTF-8 (byte 0xfc")
+    assert "save the file as UTF-8" in str(e.value)

@@ -24,9 +24,11 @@ from ranker.features import (
     Lexicon,
     candidate_text,
     fit_summary,
+    phrase_key,
     posting_text,
     prepare_candidate,
     prepare_posting,
+    term_hash,
     tokenize,
 )
 from training.demo import DemoConfig, generate
@@ -233,10 +235,11 @@ def test_empty_candidate_list_and_bad_vectors() -> None:
 
 
 def test_lexicon_round_trip_and_errors() -> None:
-    lex = Lexicon.fit([_cand("a", cv_text="python sql"), _cand("b", cv_text="python nursing care")])
+    cands = [_cand("a", cv_text="python sql"), _cand("b", cv_text="python nursing care")]
+    lex = Lexicon.fit(cands, min_df=1)
     back = Lexicon.from_json(lex.to_json())
     assert back.df == lex.df == {"care": 1, "nursing": 1, "python": 2, "sql": 1}
-    assert back.avgdl == 2.5 and back.n_docs == 2
+    assert back.avgdl == 2.5 and back.n_docs == 2 and back.min_df == 1
     np.testing.assert_allclose(
         back.idf(["python", "never-seen"]), lex.idf(["python", "never-seen"])
     )
@@ -269,3 +272,103 @@ def test_fit_summary() -> None:
     remote = dataclasses.replace(POSTING, remote=True, location="")
     assert fit_summary(remote, _cand("c", remote_ok=True)).location_fit == "remote"
     assert fit_summary(remote, _cand("d")).location_fit == "location mismatch"
+
+
+def test_lexicon_keeps_only_terms_found_in_three_cvs() -> None:
+    cands = [
+        _cand("a", cv_text="Jane Zyxwv python sql"),
+        _cand("b", cv_text="python sql nursing"),
+        _cand("c", cv_text="python nursing care"),
+        _cand("d", cv_text="python sql care"),
+    ]
+    lex = Lexicon.fit(cands)
+    assert lex.min_df == features.MIN_DF == 3
+    assert lex.df == {"python": 4, "sql": 3}
+    assert "zyxwv" not in lex.to_json() and "jane" not in lex.to_json()
+    # Lengths still count every word, and a dropped term scores like an unseen one.
+    assert lex.avgdl == 3.25 and lex.n_docs == 4
+    assert lex.idf(["zyxwv"])[0] == lex.idf(["never-seen"])[0]
+
+
+def test_term_hash_keeps_no_cache_of_cv_words() -> None:
+    # A process-wide cache would hold CV words (names, e-mail parts) after an erasure.
+    assert not hasattr(term_hash, "cache_info")
+    assert term_hash("python") == term_hash("python") != term_hash("sql")
+
+
+def test_tokenizer_is_unicode_aware() -> None:
+    assert tokenize("Zürich ZÜRICH zurich") == ["zurich"] * 3
+    assert tokenize("ﬁnance Straße") == ["finance", "strasse"]  # NFKC ligature, case folding
+    assert tokenize("C++, C# and Node.js; 3.5 yrs") == ["c++", "c#", "and", "node.js", "3.5", "yrs"]
+    assert tokenize("数据工程师") == ["数", "据", "工", "程", "师"]
+    assert tokenize("हिन्दी தமிழ் Ελληνικά Русский 한국어") == [
+        "हिन्दी",
+        "தமிழ்",
+        "ελληνικα",
+        "русскии",
+        "한국어",
+    ]
+
+
+def test_skills_and_locations_compare_normalised() -> None:
+    assert phrase_key(" Machine-Learning ") == phrase_key("machine learning") == "machine learning"
+    assert phrase_key("ZÜRICH") == phrase_key("Zurich")
+    posting = dataclasses.replace(
+        POSTING, location="Zürich", required_skills=("Machine-Learning", "C++")
+    )
+    cands = [
+        _cand("a", location="ZURICH", skills=("machine learning", "c++")),
+        _cand("b", location="Zurich, ", skills=("C#",)),
+    ]
+    x = _build(posting, cands)
+    np.testing.assert_array_equal(x[:, COL["same_location"]], [1, 1])
+    np.testing.assert_array_equal(x[:, COL["required_coverage"]], [1, 0])
+    s = fit_summary(posting, cands[0])
+    assert s.location_fit == "same location"
+    assert s.required_matched == ("machine-learning", "c++") and not s.required_missing
+    # Two spellings of one skill count once, on both sides.
+    dup = _cand("c", skills=("machine learning", "Machine-Learning"))
+    assert _build(posting, [dup])[0, COL["required_coverage"]] == 0.5
+    assert _build(posting, [dup])[0, COL["skills_listed"]] == 1
+
+
+def test_posting_without_location_has_neutral_location_features() -> None:
+    nowhere = dataclasses.replace(POSTING, location="", remote=False)
+    cands = [
+        _cand("local", location="Berlin"),
+        _cand("mover", location="Paris", willing_to_relocate=True),
+        _cand("stayer", location="Paris"),
+        _cand("remote", remote_ok=True),
+    ]
+    x = _build(nowhere, cands)
+    for name in ("same_location", "remote_fit", "relocation_needed", "location_fit"):
+        col = x[:, COL[name]]
+        assert np.all(col == col[0]), f"{name} differs between candidates: {col}"
+    np.testing.assert_array_equal(x[:, COL["relocation_needed"]], 0)
+    np.testing.assert_array_equal(x[:, COL["location_fit"]], 1)
+    # The recruiter's reasons say the same: no location, so nobody misses it.
+    assert {fit_summary(nowhere, c).location_fit for c in cands} == {"no location requirement"}
+    assert fit_summary(nowhere, cands[0]).describe().endswith("; no location requirement")
+
+
+def test_candidate_text_is_redacted_before_embedding_and_counting() -> None:
+    cv = (
+        "Name: Jane Doe\n"
+        "Senior Data Engineer\n"
+        "Date of birth: 02.03.1985\n"
+        "jane.doe@example.com | +44 20 7946 0958 | linkedin.com/in/janedoe\n"
+        "Photo: https://cdn.example.com/jane.jpg\n"
+        "Born on 2 March 1985. Python and SQL at Acme (Jan 2019 - Present), 2015-2019 at Foo.\n"
+    )
+    c = _cand("pii", cv_text=cv)
+    text = candidate_text(c)
+    for secret in ("Jane", "Doe", "1985", "example", "7946", "janedoe", "cdn", "Photo"):
+        assert secret not in text, secret
+    for kept in ("Senior Data Engineer", "Python and SQL", "Jan 2019 - Present", "2015-2019"):
+        assert kept in text, kept
+    rng = np.random.default_rng(0)
+    prepared = prepare_candidate(c, _unit(rng, 8), _unit(rng, 1, 8))
+    words = set(tokenize(text))
+    assert {"jane", "doe", "janedoe", "7946"}.isdisjoint(words)
+    assert len(prepared.term_hashes) == len(words)
+    assert {"jane", "doe"}.isdisjoint(Lexicon.fit([c], min_df=1).df)

@@ -12,11 +12,15 @@ from datetime import datetime
 import grpc
 import numpy as np
 import pytest
+from google.protobuf import message as pb_message
+from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from ranker.features import FEATURE_NAMES
-from ranker.grpc_server import SERVICE_NAME, candidate_to_pb
+from ranker.grpc_server import SERVICE_NAME
+from ranker.index import ReadWriteLock
+from ranker.messages import candidate_to_pb
 from ranker.v1 import ranker_pb2 as pb
 from tests.fixtures.server import MAX_BATCH, MAX_MESSAGE_BYTES, ServerHandle
 from training.demo import DemoData
@@ -260,6 +264,72 @@ def test_bytes_that_do_not_parse_are_invalid_not_internal(served: ServerHandle) 
     assert _code(e) == INVALID
 
 
+def _raw(served: ServerHandle, method: str):  # type: ignore[no-untyped-def]
+    return served.channel.unary_unary(
+        f"/{SERVICE_NAME}/{method}",
+        request_serializer=lambda b: b,
+        response_deserializer=lambda b: b,
+    )
+
+
+def _field(number: int, wire_type: int, payload: bytes) -> bytes:
+    """One encoded protobuf field (tag varint, then a length prefix for wire type 2)."""
+    assert number < 16 and len(payload) < 128  # single-byte varints keep this readable
+    tag = bytes([number << 3 | wire_type])
+    return tag + (bytes([len(payload)]) + payload if wire_type == 2 else payload)
+
+
+def test_a_field_of_the_wrong_wire_type_is_invalid_and_stores_nothing(served: ServerHandle) -> None:
+    # years_experience (field 4, a double) sent as the string "5": protobuf alone would park it
+    # among the unknown fields and store the candidate with 0 years.
+    cand = pb.Candidate(id="wire-type", cv_text="Welder with ten years.").SerializeToString()
+    cand += _field(4, 2, b"5")
+    with pytest.raises(grpc.RpcError) as e:
+        _raw(served, "UpsertCandidates")(_field(1, 2, cand))
+    assert _code(e) == INVALID
+    assert "field 4 (years_experience)" in _details(e) and "ranker.v1.Candidate" in _details(e)
+    assert "candidates[0]" in _details(e)
+    with pytest.raises(grpc.RpcError) as e:
+        served.stub.GetCandidate(pb.GetCandidateRequest(id="wire-type"))
+    assert _code(e) == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_field_the_contract_does_not_define_is_invalid(
+    served: ServerHandle, serving_demo: DemoData
+) -> None:
+    request = pb.RankCandidatesRequest(posting_id=serving_demo.postings[0].id).SerializeToString()
+    with pytest.raises(grpc.RpcError) as e:
+        _raw(served, "RankCandidates")(request + _field(15, 0, b"\x01"))
+    assert _code(e) == INVALID
+    assert "field 15" in _details(e) and "ranker.v1.RankCandidatesRequest" in _details(e)
+    # Nested: an unknown field inside filters.
+    filters = _field(15, 0, b"\x01")
+    with pytest.raises(grpc.RpcError) as e:
+        _raw(served, "RankCandidates")(request + _field(5, 2, filters))
+    assert _code(e) == INVALID and "filters" in _details(e)
+    assert served.stub.RankCandidates(pb.RankCandidatesRequest.FromString(request)).results
+
+
+def test_text_of_only_invisible_characters_is_invalid_per_item(served: ServerHandle) -> None:
+    r = served.stub.UpsertCandidates(
+        pb.UpsertCandidatesRequest(
+            candidates=[
+                _cand("zw-only", "\u200b"),
+                _cand("ctl-only", "\x01\x02\u200c"),
+                _cand("zw-fine", "Nurse\u200b with ICU experience."),
+            ]
+        )
+    )
+    assert [i.code for i in r.items] == [INVALID.value[0], INVALID.value[0], 0]
+    assert "encoder could not read" in r.items[0].message
+    with pytest.raises(grpc.RpcError) as e:
+        served.stub.RankCandidates(
+            pb.RankCandidatesRequest(posting=pb.Posting(title="\u200b", description="\u200b"))
+        )
+    assert _code(e) == INVALID
+    served.stub.DeleteCandidates(pb.DeleteCandidatesRequest(ids=["zw-fine"]))
+
+
 def test_oversized_message_is_resource_exhausted_and_stores_nothing(served: ServerHandle) -> None:
     big = _cand("too-big", "x" * (MAX_MESSAGE_BYTES + 10))
     with pytest.raises(grpc.RpcError) as e:
@@ -345,10 +415,24 @@ def test_upsert_postings_and_list_them(served: ServerHandle, serving_demo: DemoD
     )
     assert [i.code for i in r.items] == [0, INVALID.value[0]]
     assert r.stored == 1 and r.items[0].created
-    listed = [p.id for p in served.stub.ListPostings(pb.ListPostingsRequest()).postings]
-    assert listed == sorted(listed)
+    first = served.stub.ListPostings(pb.ListPostingsRequest())
+    listed = [p.id for p in first.postings]
+    assert listed == sorted(listed) and not first.next_page_token
     assert "P-new" in listed and "P-bad" not in listed
     assert {p.id for p in serving_demo.postings} <= set(listed)
+    paged: list[str] = []
+    token = ""
+    while True:
+        page = served.stub.ListPostings(pb.ListPostingsRequest(page_size=2, page_token=token))
+        assert len(page.postings) <= 2
+        paged += [p.id for p in page.postings]
+        token = page.next_page_token
+        if not token:
+            break
+    assert paged == listed
+    with pytest.raises(grpc.RpcError) as e:
+        served.stub.ListPostings(pb.ListPostingsRequest(page_token="%%%"))
+    assert _code(e) == INVALID and "page_token" in _details(e)
     r = served.stub.RankCandidates(pb.RankCandidatesRequest(posting_id="P-new", top_k=2))
     assert len(r.results) == 2
 
@@ -373,12 +457,68 @@ def test_record_outcomes_per_item(served: ServerHandle, serving_demo: DemoData) 
     stored = [o for o in served.pipeline.store.list_outcomes() if o.candidate_id == c]
     assert any(o.stage.value == "hired" and o.posting_id == p for o in stored)
     assert all(isinstance(o.at, datetime) for o in stored)
+    # The same event again is OK (idempotent) but not counted as recorded; year 9999 is refused.
+    hired = next(o for o in stored if o.stage.value == "hired" and o.posting_id == p)
+    at = Timestamp()
+    at.FromDatetime(hired.at)
+    far = Timestamp(seconds=253370764800)  # 9999-01-01
+    again = served.stub.RecordOutcomes(
+        pb.RecordOutcomesRequest(
+            outcomes=[
+                pb.Outcome(posting_id=p, candidate_id=c, stage="hired", at=at),
+                pb.Outcome(posting_id=p, candidate_id=c, stage="offered", at=far),
+            ]
+        )
+    )
+    assert [i.code for i in again.items] == [0, INVALID.value[0]]
+    assert "future" in again.items[1].message
+    assert again.recorded == 0
+    assert served.pipeline.store.count_outcomes() == before + 1
 
 
 def test_get_candidate_round_trips_the_fields(served: ServerHandle, serving_demo: DemoData) -> None:
     c = serving_demo.candidates[3]
     got = served.stub.GetCandidate(pb.GetCandidateRequest(id=c.id)).candidate
     assert got == candidate_to_pb(c)
+
+
+class _RecordingLock:
+    """The pipeline's lock, noting which thread takes a read."""
+
+    def __init__(self, inner: ReadWriteLock) -> None:
+        self.inner = inner
+        self.readers: list[str] = []
+
+    def read(self):  # type: ignore[no-untyped-def]
+        self.readers.append(threading.current_thread().name)
+        return self.inner.read()
+
+    def write(self):  # type: ignore[no-untyped-def]
+        return self.inner.write()
+
+
+@pytest.mark.parametrize(
+    ("method", "request_"),
+    [
+        ("GetCandidate", pb.GetCandidateRequest(id="C0004")),
+        ("GetModelInfo", pb.GetModelInfoRequest()),
+        ("ListPostings", pb.ListPostingsRequest()),
+    ],
+    ids=["GetCandidate", "GetModelInfo", "ListPostings"],
+)
+def test_reads_take_the_lock_on_a_worker_not_the_event_loop(
+    served: ServerHandle,
+    monkeypatch: pytest.MonkeyPatch,
+    method: str,
+    request_: pb_message.Message,
+) -> None:
+    # Unlocked, a slot freed and reused by a concurrent write could hand back another
+    # candidate; and a lock taken on the event loop would stall every other call.
+    recording = _RecordingLock(served.pipeline._lock)
+    monkeypatch.setattr(served.pipeline, "_lock", recording)
+    getattr(served.stub, method)(request_)
+    assert recording.readers, f"{method} read the catalog without the lock"
+    assert all(name.startswith("ranker-worker") for name in recording.readers)
 
 
 def test_concurrent_upserts_and_rankings_lose_nothing(

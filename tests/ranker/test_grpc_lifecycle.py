@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -19,14 +21,15 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from ranker.grpc_server import candidate_to_pb
+from ranker.grpc_server import RankerServer, StartError
 from ranker.index import INDEX_FILE
 from ranker.ingest import TextEncoder, load_index_if_current
+from ranker.messages import candidate_to_pb
 from ranker.registry import CARD_FILE, MODEL_FILE, POINTER_FILE, ModelRegistry
 from ranker.store import SqliteStore
 from ranker.v1 import ranker_pb2 as pb
 from ranker.v1 import ranker_pb2_grpc as pb_grpc
-from tests.fixtures.server import ServerHandle, seed
+from tests.fixtures.server import ServerHandle, seed, serving_settings
 from training.demo import DemoData
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -382,5 +385,76 @@ def test_serve_shuts_down_gracefully_on_sigterm(
     try:
         assert store.get_candidate("kept").candidate.cv_text == "Welder, 10 years."
         assert load_index_if_current(data / "index", store.generation()) is not None
+    finally:
+        store.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+@pytest.mark.parametrize("taken", ["grpc", "metrics"])
+def test_a_taken_port_stops_what_started_and_says_which(
+    encoder: TextEncoder, registry_path: Path, tmp_path: Path, taken: str
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        other = _free_port()
+        ports = {"port": port, "metrics_port": other}
+        if taken == "metrics":
+            ports = {"port": other, "metrics_port": port}
+        server = RankerServer(
+            serving_settings(tmp_path / "data", registry_path, **ports), encoder=encoder
+        )
+        with pytest.raises(StartError) as e:
+            asyncio.run(server.start())
+    assert str(e.value) == (
+        f"port {port} in use; stop the other server or set RANKER_PORT / RANKER_METRICS_PORT"
+    )
+    # Nothing was left running: the other port is free again, no server, no loading.
+    assert server._server is None and server._metrics_http is None and not server._tasks
+    assert _port_is_free(other)
+
+
+def test_shutdown_lets_running_calls_finish_before_closing_the_store(
+    start_server: StartServer, registry_path: Path, encoder: TextEncoder, tmp_path: Path
+) -> None:
+    gated = _GateEncoder(encoder)
+    data = tmp_path / "drain"
+    h = start_server(data_dir=data, registry_dir=registry_path, text_encoder=gated)
+    gated.gate.clear()
+    future = h.stub.UpsertCandidates.future(
+        pb.UpsertCandidatesRequest(candidates=[pb.Candidate(id="late", cv_text="Welder.")]),
+        timeout=120,
+    )
+    assert gated.entered.wait(timeout=60)  # a worker is mid-call
+    stopper = threading.Thread(target=h.stop)
+    stopper.start()
+    with pytest.raises(grpc.RpcError):
+        future.result(timeout=60)  # the grace period ran out: the server gave up on the call
+    # The worker carries on after that; shutdown must wait for it rather than close the store
+    # under it (which lost the write and logged "Cannot operate on a closed database").
+    time.sleep(0.5)
+    gated.gate.set()
+    stopper.join(timeout=60)
+    assert not stopper.is_alive()
+    store = SqliteStore(data / "ranker.db")
+    try:
+        assert store.get_candidate("late").candidate.cv_text == "Welder."
+        saved = load_index_if_current(data / "index", store.generation())
+        assert saved is not None and len(saved) == 1
     finally:
         store.close()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+from ranker import ingest as ingest_module
 from ranker.config import Settings
 from ranker.domain import Candidate
 from ranker.errors import InvalidInput
@@ -35,23 +38,25 @@ def demo_files(serving_demo: DemoData, tmp_path: Path) -> Path:
     return tmp_path / "demo"
 
 
+def _files(folder: Path) -> dict[str, Any]:
+    # Any: spread into ingest_files' keyword arguments.
+    return {
+        kind: folder / f"{kind}.jsonl"
+        for kind in ("candidates", "postings", "outcomes", "protected")
+    }
+
+
 def test_ingest_files_fills_store_and_index(
     encoder: TextEncoder, demo_files: Path, tmp_path: Path
 ) -> None:
     # Paths given explicitly so RANKER_* variables in the environment cannot redirect the test.
     settings = Settings(data_dir=tmp_path / "data", db_path=None, index_dir=None)
-    assert not is_ingested(settings)
-    report = ingest_files(
-        settings,
-        encoder,
-        candidates=demo_files / "candidates.jsonl",
-        postings=demo_files / "postings.jsonl",
-        outcomes=demo_files / "outcomes.jsonl",
-        protected=demo_files / "protected.jsonl",
-    )
+    files = _files(demo_files)
+    assert not is_ingested(settings, files)
+    report = ingest_files(settings, encoder, **files)
     assert (report.candidates, report.postings, report.index_size) == (25, 3, 25)
     assert report.outcomes > 0 and report.protected > 0 and not report.rejected
-    assert is_ingested(settings)
+    assert is_ingested(settings, files)
     assert ensure_index(settings) == (25, False)  # the saved index is current
 
     store = SqliteStore(settings.resolved_db_path)
@@ -106,3 +111,86 @@ def test_an_encoder_failure_is_pinned_on_its_item(encoder: TextEncoder) -> None:
     direct = encoder.encode_documents(["Python developer.", "Registered nurse."])
     for row, doc in zip(good, direct, strict=True):
         np.testing.assert_allclose(row.doc_vector, doc.vector, atol=1e-5)
+
+
+class _CountingEncoder:
+    """The real encoder; counts the documents it encodes and can fail on a chosen call."""
+
+    def __init__(self, inner: TextEncoder, fail_on_call: int | None = None) -> None:
+        self.inner = inner
+        self.dim = inner.dim
+        self.fail_on_call = fail_on_call
+        self.calls = 0
+        self.documents = 0
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return self.inner.encode(texts)
+
+    def encode_documents(self, texts: list[str]):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        if self.calls == self.fail_on_call:
+            raise RuntimeError("the machine lost power")  # not a ValueError: not the item's fault
+        self.documents += len(texts)
+        return self.inner.encode_documents(texts)
+
+
+def test_an_interrupted_ingest_is_not_done_and_a_rerun_finishes_it(
+    encoder: TextEncoder, demo_files: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ingest_module, "INGEST_BATCH", 10)
+    settings = Settings(data_dir=tmp_path / "data", db_path=None, index_dir=None)
+    files = _files(demo_files)
+    with pytest.raises(RuntimeError, match="lost power"):
+        ingest_files(settings, _CountingEncoder(encoder, fail_on_call=2), **files)
+    store = SqliteStore(settings.resolved_db_path)
+    try:
+        assert store.count_candidates() == 10  # the first transaction is in, the rest is not
+    finally:
+        store.close()
+    assert not is_ingested(settings, files)  # holding candidates is not the same as done
+
+    counting = _CountingEncoder(encoder)
+    report = ingest_files(settings, counting, **files)
+    assert (report.unchanged, report.candidates, report.index_size) == (10, 15, 25)
+    assert counting.documents == 15  # resumed: what was stored is not encoded again
+    assert is_ingested(settings, files)
+
+
+def test_changed_files_are_not_taken_as_ingested(
+    encoder: TextEncoder, demo_files: Path, tmp_path: Path
+) -> None:
+    settings = Settings(data_dir=tmp_path / "data", db_path=None, index_dir=None)
+    files = _files(demo_files)
+    ingest_files(settings, encoder, **files)
+    assert is_ingested(settings, files)
+    with (demo_files / "postings.jsonl").open("a", encoding="utf-8") as f:
+        f.write(
+            json.dumps({"id": "P-new", "title": "Welder", "description": "MIG welding."}) + "\n"
+        )
+    assert not is_ingested(settings, files)
+    # A fresh database in the same place is not ingested either, whatever the state file says.
+    again = _files(demo_files)
+    ingest_files(settings, encoder, **again)
+    assert is_ingested(settings, again)
+    for path in settings.resolved_db_path.parent.glob("ranker.db*"):
+        if not path.name.endswith(".ingest.json"):
+            path.unlink()
+    assert not is_ingested(settings, again)
+
+
+def test_text_of_only_invisible_characters_is_skipped_with_a_reason(
+    encoder: TextEncoder, tmp_path: Path
+) -> None:
+    path = tmp_path / "candidates.jsonl"
+    rows = [
+        {"id": "ok", "cv_text": "Registered nurse, ICU."},
+        {"id": "invisible", "cv_text": "\u200b\u200c"},
+        {"id": "control", "cv_text": "\x01\x02"},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    settings = Settings(data_dir=tmp_path / "data", db_path=None, index_dir=None)
+    report = ingest_files(settings, encoder, candidates=path)
+    assert report.candidates == 1 and report.index_size == 1
+    assert len(report.rejected) == 2
+    assert "'invisible'" in report.rejected[0] and "encoder could not read" in report.rejected[0]
+    assert is_ingested(settings, {"candidates": path})  # the bad rows are data, not a crash

@@ -5,14 +5,16 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ranker.domain import Candidate
+from ranker.domain import Candidate, Outcome, Stage
 from ranker.errors import DeadlineExceeded, InvalidInput
-from ranker.features import prepare_candidate
+from ranker.features import PreparedCandidate, prepare_candidate
+from ranker.index import ReadWriteLock
 from ranker.ingest import TextEncoder
 from ranker.pipeline import (
     CandidateCatalog,
@@ -20,7 +22,6 @@ from ranker.pipeline import (
     RankFilters,
     RankingPipeline,
     RankQuery,
-    ReadWriteLock,
     Rejected,
 )
 from tests.fixtures.server import serving_settings
@@ -48,7 +49,8 @@ def _random_candidates(rng: np.random.Generator, n: int, start: int = 0) -> list
 def _brute_force(cands: dict[int, Candidate], f: RankFilters) -> set[int]:
     keep = set()
     for fid, c in cands.items():
-        if f.locations:
+        # The location clause applies when any of its three parts is set, as an OR of them.
+        if f.locations or f.include_remote or f.include_relocating:
             ok = c.location.lower() in f.locations
             ok |= f.include_remote and c.remote_ok
             ok |= f.include_relocating and c.willing_to_relocate
@@ -181,7 +183,7 @@ def test_a_spent_deadline_stores_nothing(pipeline: RankingPipeline, serving_demo
     assert pipeline.candidate_count == 0 and pipeline.store.count_candidates() == 0
     with pytest.raises(DeadlineExceeded):
         pipeline.upsert_postings(serving_demo.postings[:1], spent)
-    assert pipeline.list_postings() == []
+    assert pipeline.list_postings().postings == ()
     pipeline.upsert_candidates(serving_demo.candidates[:3])
     with pytest.raises(DeadlineExceeded):
         pipeline.delete_candidates([serving_demo.candidates[0].id], spent)
@@ -234,3 +236,150 @@ def test_texts_over_the_limit_are_refused_per_item(
         assert r.items[1].error is None and p.candidate_count == 1
     finally:
         p.close()
+
+
+def test_catalog_forgets_a_skill_or_location_when_its_last_holder_goes() -> None:
+    catalog = CandidateCatalog(capacity=4)
+    vec = np.ones(8, dtype=np.float32) / np.sqrt(8)
+
+    def prep(cid: str, skills: tuple[str, ...], location: str) -> PreparedCandidate:
+        c = Candidate(id=cid, cv_text=f"cv {cid}", skills=skills, location=location)
+        return prepare_candidate(c, vec, vec[None, :])
+
+    # Every candidate brings skills and a place nobody else has: the old design kept a column
+    # per skill ever seen, so memory grew with this stream even as the candidates went.
+    for round_ in range(3):
+        ids = [f"r{round_}-c{i}" for i in range(50)]
+        catalog.put_many(
+            [
+                (1000 * round_ + i, prep(cid, (f"skill-{cid}", "python"), f"town {cid}"))
+                for i, cid in enumerate(ids)
+            ]
+        )
+        assert catalog.distinct_skills == 51 and catalog.distinct_locations == 50
+        catalog.remove_many(ids)
+        assert catalog.distinct_skills == 0 and catalog.distinct_locations == 0
+    # A replacement drops the skills and place the candidate no longer has.
+    catalog.put(1, prep("a", ("go", "sql"), "Berlin"))
+    catalog.put(1, prep("a", ("sql",), "Lisbon"))
+    assert catalog.distinct_skills == 1 and catalog.distinct_locations == 1
+
+    def allowed(f: RankFilters) -> list[int]:
+        ids = catalog.allowed(f)
+        assert ids is not None
+        return list(ids.tolist())
+
+    assert allowed(RankFilters(must_have_skills=("go",))) == []
+    assert allowed(RankFilters(must_have_skills=("SQL",))) == [1]
+    assert allowed(RankFilters(locations=("berlin",))) == []
+    assert allowed(RankFilters(locations=("lisbon",))) == [1]
+
+
+def test_remote_or_relocating_alone_keep_only_those_candidates() -> None:
+    catalog = CandidateCatalog()
+    vec = np.ones(8, dtype=np.float32) / np.sqrt(8)
+    people = {
+        1: Candidate(id="remote", cv_text="x", remote_ok=True),
+        2: Candidate(id="mover", cv_text="x", willing_to_relocate=True),
+        3: Candidate(id="stays", cv_text="x", location="Berlin"),
+    }
+    for fid, c in people.items():
+        catalog.put(fid, prepare_candidate(c, vec, vec[None, :]))
+
+    def allowed(**kw: object) -> set[int]:
+        ids = catalog.allowed(RankFilters(**kw))  # type: ignore[arg-type]
+        assert ids is not None, "a filter was given: it must apply"
+        return set(ids.tolist())
+
+    assert allowed(include_remote=True) == {1}
+    assert allowed(include_relocating=True) == {2}
+    assert allowed(include_remote=True, include_relocating=True) == {1, 2}
+    assert allowed(locations=("Berlin",), include_remote=True) == {1, 3}
+
+
+def test_contradictory_settings_are_refused(
+    encoder: TextEncoder, registry_path: Path, tmp_path: Path
+) -> None:
+    settings = serving_settings(tmp_path / "data", registry_path, default_top_k=50, max_top_k=20)
+    with pytest.raises(InvalidInput, match="RANKER_DEFAULT_TOP_K"):
+        RankingPipeline.open(settings, encoder=encoder)
+
+
+def test_postings_are_listed_in_pages(pipeline: RankingPipeline, serving_demo: DemoData) -> None:
+    pipeline.upsert_postings(serving_demo.postings)
+    expected = sorted(p.id for p in serving_demo.postings)
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = pipeline.list_postings(page_size=2, page_token=token)
+        assert len(page.postings) <= 2
+        seen += [p.id for p in page.postings]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == expected
+    everything = pipeline.list_postings()
+    assert [p.id for p in everything.postings] == expected and not everything.next_page_token
+    with pytest.raises(InvalidInput, match="page_token"):
+        pipeline.list_postings(page_token="not base64 at all!")
+    with pytest.raises(InvalidInput, match="page_size"):
+        pipeline.list_postings(page_size=-1)
+
+
+def test_outcomes_far_in_the_future_are_refused_and_repeats_are_not_counted(
+    pipeline: RankingPipeline, serving_demo: DemoData
+) -> None:
+    c, p = serving_demo.candidates[0], serving_demo.postings[0]
+    pipeline.upsert_candidates([c])
+    pipeline.upsert_postings([p])
+    now = datetime.now(UTC)
+    good = Outcome(posting_id=p.id, candidate_id=c.id, stage=Stage.SCREENED, at=now)
+    soon = Outcome(p.id, c.id, Stage.INTERVIEWED, at=now + timedelta(hours=2))  # clock skew
+    far = Outcome(p.id, c.id, Stage.HIRED, at=datetime(9999, 1, 1, tzinfo=UTC))
+    r = pipeline.record_outcomes([good, soon, far])
+    assert [i.error is None for i in r.items] == [True, True, False]
+    assert isinstance(r.items[2].error, InvalidInput) and "future" in str(r.items[2].error)
+    assert r.recorded == 2
+    again = pipeline.record_outcomes([good])
+    assert again.items[0].error is None and again.recorded == 0  # idempotent, nothing new
+    assert pipeline.store.count_outcomes() == 2
+
+
+def test_features_and_scoring_run_without_the_lock_and_an_erasure_meanwhile_is_not_served(
+    pipeline: RankingPipeline, serving_demo: DemoData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cands = serving_demo.candidates[:8]
+    posting = serving_demo.postings[0]
+    pipeline.upsert_candidates(cands)
+    pipeline.upsert_postings([posting])
+    everyone = pipeline.rank(RankQuery(posting_id=posting.id, top_k=8))
+    victim = everyone.results[0].candidate_id  # the best: it would surely be served
+    served = pipeline._served
+    assert served is not None
+    builder = served.bundle.builder
+    real_build = builder.build
+    held_during_build: list[int] = []
+    erased = threading.Event()
+
+    def build_while_erasing(*args: object) -> np.ndarray:
+        held_during_build.append(pipeline._lock._readers)
+        if not erased.is_set():
+            # An erasure lands while this ranking builds features; with the lock held through
+            # scoring it could not run until the ranking finished (and would time out here).
+            t = threading.Thread(target=pipeline.delete_candidates, args=([victim],))
+            t.start()
+            t.join(timeout=30)
+            assert not t.is_alive(), "the erasure waited for the ranking's features"
+            erased.set()
+        return real_build(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(builder, "build", build_while_erasing)
+    r = pipeline.rank(RankQuery(posting_id=posting.id, top_k=3, explain=True))
+    assert held_during_build == [0]
+    ids = [c.candidate_id for c in r.results]
+    assert victim not in ids and len(ids) == 3  # filled up from the next best
+    assert [c.rank for c in r.results] == [1, 2, 3]
+    assert all(c.explanation is not None for c in r.results)
+    pipeline._decisions.flush()
+    logged = pipeline.store.get_decision(r.request_id)
+    assert list(logged.candidate_ids) == ids and logged.features.shape[0] == 3

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
 
+import lightgbm as lgb
 import numpy as np
 import pytest
 
@@ -126,7 +128,7 @@ def test_register_refuses_a_model_whose_parity_fails(
     _, result = trained_model
     registry = ModelRegistry(tmp_path / "reg")
     wrong = np.asarray(result.check_scores) + 0.01
-    with pytest.raises(ModelRejected, match="differ from LightGBM's"):
+    with pytest.raises(ModelRejected, match="differ from those recorded at training"):
         _register(registry, result, check_scores=wrong)
     # Nothing half-written stays: no version, no temporary folder.
     assert registry.versions() == []
@@ -184,3 +186,75 @@ def test_model_card_content(trained_registry: ModelRegistry) -> None:
     md = (trained_registry.version_dir("v0001") / CARD_MD_FILE).read_text()
     assert "# Model card: candidate ranker v0001" in md
     assert "| dense_cosine |" in md and card["data"]["sha256"] in md
+
+
+def _replace_booster(registry: ModelRegistry, version: str, text: str) -> None:
+    """Overwrite model.txt and update its digest in the card, so only `check()` can catch it."""
+    folder = registry.version_dir(version)
+    (folder / BOOSTER_FILE).write_text(text, encoding="utf-8")
+    card = json.loads((folder / CARD_FILE).read_text())
+    card["files"][BOOSTER_FILE] = hashlib.sha256((folder / BOOSTER_FILE).read_bytes()).hexdigest()
+    (folder / CARD_FILE).write_text(json.dumps(card))
+
+
+def _other_booster(names: list[str]) -> str:
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(200, len(names)))
+    data = lgb.Dataset(x, x[:, 0] + rng.normal(size=200), feature_name=names)
+    params = {"objective": "regression", "verbosity": -1, "num_threads": 1, "seed": 1}
+    return str(lgb.train(params, data, num_boost_round=5).model_to_string())
+
+
+def test_check_refuses_a_garbage_booster_file(
+    registry_path: Path, trained_model: tuple[ModelRegistry, TrainResult]
+) -> None:
+    registry = ModelRegistry(registry_path)
+    v2 = _register(registry, trained_model[1])
+    _replace_booster(registry, v2, "this is not a LightGBM model\n")
+    with pytest.raises(ModelRejected, match="model.txt is not a loadable LightGBM model"):
+        registry.load(v2).check()
+    with pytest.raises(ModelRejected, match="not a loadable LightGBM model"):
+        registry.promote(v2)
+    assert registry.current_version() == "v0001"
+
+
+def test_check_refuses_a_booster_naming_other_features(
+    registry_path: Path, trained_model: tuple[ModelRegistry, TrainResult]
+) -> None:
+    registry = ModelRegistry(registry_path)
+    v2 = _register(registry, trained_model[1])
+    _replace_booster(registry, v2, _other_booster([f"f{i}" for i in range(len(FEATURE_NAMES))]))
+    with pytest.raises(ModelRejected, match="model.txt names features"):
+        registry.load(v2).check()
+
+
+def test_check_refuses_a_booster_that_disagrees_with_the_onnx_model(
+    registry_path: Path, trained_model: tuple[ModelRegistry, TrainResult]
+) -> None:
+    registry = ModelRegistry(registry_path)
+    v2 = _register(registry, trained_model[1])
+    _replace_booster(registry, v2, _other_booster(list(FEATURE_NAMES)))
+    with pytest.raises(ModelRejected, match="ONNX scores differ from LightGBM's"):
+        registry.load(v2).check()
+
+
+def test_register_refuses_a_garbage_booster(
+    tmp_path: Path, trained_model: tuple[ModelRegistry, TrainResult]
+) -> None:
+    registry = ModelRegistry(tmp_path / "reg")
+    with pytest.raises(ModelRejected, match="not a loadable LightGBM model"):
+        _register(registry, trained_model[1], booster_text="garbage")
+    assert registry.versions() == [] and _folders(registry.root) == []
+
+
+def test_evaluations_are_stored_beside_the_version(registry_path: Path) -> None:
+    registry = ModelRegistry(registry_path)
+    assert registry.evaluations("v0001") == []
+    first = registry.record_evaluation("v0001", {"metrics": {"model": {"ndcg@10": 0.5}}})
+    registry.record_evaluation("v0001", {"metrics": {"model": {"ndcg@10": 0.6}}})
+    assert first.parent == registry.version_dir("v0001") / "evaluations"
+    got = [e["metrics"]["model"]["ndcg@10"] for e in registry.evaluations("v0001")]
+    assert got == [0.5, 0.6]
+    # The version still loads: evaluations are outside its file digests.
+    registry.load("v0001").check()
+    assert not [p for p in first.parent.iterdir() if p.name.startswith(".")]

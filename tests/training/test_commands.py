@@ -65,7 +65,42 @@ def test_train_evaluate_and_manage_models(
     assert "v0002 (in service)" not in _run("evaluate")
     table = _run("evaluate", "v0001")
     assert "v0001" in table and "v0002 (in service)" in table and "bm25" in table
+    # Each evaluation is stored beside the version evaluated.
+    (stored,) = registry.evaluations("v0001")
+    assert stored["version"] == "v0001" and stored["compared_with"] == ["v0002"]
+    assert {"v0001", "v0002 (in service)", "dense_cosine"} <= set(stored["metrics"])
+    assert stored["postings"] >= 1 and len(stored["data_sha256"]) == 64
     assert "in service v0001" in _run("models", "rollback")
     assert "Model card: candidate ranker v0002" in _run("models", "show", "v0002")
     failed = runner.invoke(_app(), ["models", "promote", "v0009"])
     assert failed.exit_code == 1 and "v0009 is not in" in failed.output
+
+
+def test_train_if_missing_registers_once_per_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, demo_data: EncodedDemo
+) -> None:
+    monkeypatch.setenv("RANKER_DATA_DIR", str(tmp_path))
+    outcomes = demo_data.data.outcomes
+    store = SqliteStore(tmp_path / "ranker.db")
+    store.upsert_candidates(demo_data.candidate_rows)
+    store.upsert_postings(demo_data.posting_rows)
+    store.record_outcomes(outcomes[:-1])
+    store.close()
+    registry = ModelRegistry(tmp_path / "registry")
+
+    assert "promoted v0001" in _run("train", "--if-missing")
+    # New data while v0001 is in service: one new version, then it waits for promotion.
+    store = SqliteStore(tmp_path / "ranker.db")
+    store.record_outcomes(outcomes[-1:])
+    store.close()
+    assert "registered v0002" in _run("train", "--if-missing")
+    for _ in range(2):
+        text = _run("train", "--if-missing")
+        assert "v0002 was trained on this data and is waiting for promotion" in text
+        assert "ranker models promote v0002" in text
+    assert registry.versions() == ["v0001", "v0002"]
+    assert registry.current_version() == "v0001"
+    # Asked to promote, it promotes the matching version instead of training a third.
+    assert "promoted it (was v0001)" in _run("train", "--if-missing", "--promote")
+    assert registry.current_version() == "v0002" and registry.versions() == ["v0001", "v0002"]
+    assert "in service was trained on this data; skipping" in _run("train", "--if-missing")

@@ -19,8 +19,8 @@ from training.dataset import (
     make_datasets,
     posting_times,
     prepare_all,
-    split_at,
     time_split,
+    training_candidates,
 )
 from training.labels import as_utc
 
@@ -95,10 +95,25 @@ def test_posting_time_falls_back_to_first_event(demo_data: EncodedDemo) -> None:
     assert posting_times([Posting("lonely", "t", "d")], []) == {}
 
 
-def test_split_at_reapplies_recorded_dates() -> None:
+def test_time_split_reapplies_recorded_dates() -> None:
     times = {f"p{i}": T0 + timedelta(days=i) for i in range(6)}
-    s = split_at(times, T0 + timedelta(days=3), T0 + timedelta(days=5))
+    s = time_split(times, at=(T0 + timedelta(days=3), T0 + timedelta(days=5)))
     assert (s.train, s.valid, s.test) == (("p0", "p1", "p2"), ("p3", "p4"), ("p5",))
+    # The chosen boundaries, re-applied, give the same split.
+    auto = time_split(times)
+    assert time_split(times, at=(auto.valid_start, auto.test_start)) == auto
+
+
+def test_lexicon_candidates_are_training_applicants_only(demo_data: EncodedDemo) -> None:
+    pc, pp = prepare_all(demo_data.candidate_rows, demo_data.posting_rows)
+    split = make_datasets(FeatureBuilder(Lexicon.fit(pc.values())), pc, pp, demo_data.data.outcomes)
+    chosen = {c.id for c in training_candidates(pc, demo_data.data.outcomes, split.split)}
+    train_rows = set(split.sets["train"].candidate_ids)
+    assert train_rows <= chosen
+    later_only = {
+        o.candidate_id for o in demo_data.data.outcomes if o.posting_id not in split.split.train
+    } - {o.candidate_id for o in demo_data.data.outcomes if o.posting_id in split.split.train}
+    assert later_only and chosen.isdisjoint(later_only)
 
 
 def test_data_digest_is_stable_and_sensitive(demo_data: EncodedDemo) -> None:

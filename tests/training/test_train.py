@@ -9,9 +9,11 @@ import pytest
 
 from ranker.errors import InvalidInput, ModelRejected
 from ranker.registry import BOOSTER_FILE, ModelRegistry
+from ranker.scorer import PARITY_TOLERANCE
 from tests.fixtures.training import TRAINING_CONFIG, EncodedDemo
 from training import export
-from training.train import TrainResult, register_result, train_model
+from training.labels import STAGE_LABEL
+from training.train import TrainConfig, TrainResult, register_result, train_model
 
 
 def test_same_data_and_seed_give_the_same_model_bytes(
@@ -35,8 +37,9 @@ def test_onnx_matches_lightgbm_on_the_test_features(
     _, result = trained_model
     test = result.datasets.sets["test"]
     assert len(test.y) > 0
-    assert export.parity(result.onnx_model, result.booster, test.x) <= export.PARITY_TOLERANCE
-    assert result.card["parity"]["max_abs_diff"] <= export.PARITY_TOLERANCE
+    assert export.parity(result.onnx_model, result.booster, test.x) <= PARITY_TOLERANCE
+    assert result.card["parity"]["max_abs_diff"] <= PARITY_TOLERANCE
+    assert result.card["parity"]["tolerance"] == PARITY_TOLERANCE
 
 
 def test_a_failing_parity_check_refuses_the_model(
@@ -88,3 +91,9 @@ def test_check_rows_are_scored_like_the_booster(
     np.testing.assert_allclose(
         bundle.scorer.score(result.check_rows), result.booster.predict(result.check_rows), atol=1e-4
     )
+
+
+def test_label_gain_covers_every_label() -> None:
+    # LightGBM refuses labels without a gain; training weighs grades linearly (see TrainConfig).
+    gain = TrainConfig().params()["label_gain"]
+    assert gain == [float(g) for g in range(max(STAGE_LABEL.values()) + 1)]

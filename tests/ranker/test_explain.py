@@ -1,0 +1,47 @@
+"""Reasons a recruiter reads: feature values in words, and which way each moved the score."""
+
+from __future__ import annotations
+
+import pytest
+
+from ranker.explain import FeatureContribution, contribution_sentences, describe_feature
+from ranker.features import FEATURE_NAMES
+
+
+def test_a_contribution_reads_as_what_the_candidate_has_and_which_way_it_moved() -> None:
+    top = [
+        FeatureContribution("required_missing", 1.0, -0.0612),
+        FeatureContribution("dense_cosine", 0.6149, 0.041),
+        FeatureContribution("experience_gap", -2.0, -0.02),
+        FeatureContribution("title_overlap", 0.5, 0.0),  # moved nothing: not mentioned
+    ]
+    assert contribution_sentences(top) == [
+        "1 required skill missing lowered the score (\u22120.06)",
+        "CV similarity of 0.61 raised the score (+0.04)",
+        "2 years below the minimum experience lowered the score (\u22120.02)",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "words"),
+    [
+        ("required_missing", 0.0, "no required skill missing"),
+        ("required_missing", 3.0, "3 required skills missing"),
+        ("required_coverage", 0.75, "75% of the required skills listed"),
+        ("years_experience", 1.0, "1 year of experience"),
+        ("experience_gap", 0.0, "exactly the minimum experience"),
+        ("under_min_years", 1.0, "experience below the minimum"),
+        ("same_location", 1.0, "same location as the job"),
+        ("location_fit", 0.5, "a location fit through relocation"),
+        ("seniority_gap", -1.0, "a title 1 seniority level below the posting's"),
+        ("skills_listed", 7.0, "7 skills listed"),
+        ("not_a_feature", 0.25, "not_a_feature = 0.25"),
+    ],
+)
+def test_feature_values_in_words(name: str, value: float, words: str) -> None:
+    assert describe_feature(name, value) == words
+
+
+def test_every_feature_has_words() -> None:
+    # A new feature without words would show its raw name to recruiters.
+    assert all("=" not in describe_feature(name, 1.0) for name in FEATURE_NAMES)
