@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -57,6 +58,10 @@ class Settings(EncoderSettings):
 
     index_save_delay_seconds: float = Field(default=2.0, ge=0)
     """After a candidate write, how long the service waits for more before saving the index."""
+
+    index_storage: Literal["flat", "fp16"] = "fp16"
+    """FAISS vector storage: `fp16` halves memory and scan time (recall@500 ≈ 0.9997 of exact),
+    `flat` is exact float32. Changing it rebuilds the index from the store at the next start."""
 
     db_path: Path | None = None
     """SQLite store; defaults to `<data_dir>/ranker.db`."""

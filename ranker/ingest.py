@@ -19,7 +19,7 @@ from ranker.config import Settings
 from ranker.domain import Candidate, Posting
 from ranker.errors import InvalidInput
 from ranker.features import candidate_text, posting_text
-from ranker.index import INDEX_FILE, FaissIndex
+from ranker.index import INDEX_FILE, FaissIndex, Storage
 from ranker.store import CandidateRow, PostingRow, SqliteStore
 
 log = logging.getLogger(__name__)
@@ -100,16 +100,22 @@ def encode_postings(
 
 
 def build_index(
-    faiss_ids: np.ndarray, vectors: np.ndarray, generation: str, dim: int = 384
+    faiss_ids: np.ndarray,
+    vectors: np.ndarray,
+    generation: str,
+    dim: int = 384,
+    storage: Storage = "fp16",
 ) -> FaissIndex:
     """A fresh index over the given candidates, tagged with the store generation it reflects."""
-    index = FaissIndex(dim=dim, generation=generation)
+    index = FaissIndex(dim=dim, generation=generation, storage=storage)
     if len(faiss_ids):
         index.add(np.asarray(faiss_ids, dtype=np.int64), np.asarray(vectors, dtype=np.float32))
     return index
 
 
-def load_index_if_current(index_dir: Path, generation: str) -> FaissIndex | None:
+def load_index_if_current(
+    index_dir: Path, generation: str, storage: Storage = "fp16"
+) -> FaissIndex | None:
     """The saved index when it reflects `generation` of the store; None when missing or stale."""
     if not (index_dir / INDEX_FILE).exists():
         return None
@@ -123,6 +129,11 @@ def load_index_if_current(index_dir: Path, generation: str) -> FaissIndex | None
     if index.generation != generation:
         log.info("saved index is out of date (store changed since); rebuilding it from the store")
         return None
+    if index.storage != storage:
+        log.info(
+            "saved index holds %s vectors, %s configured; rebuilding it", index.storage, storage
+        )
+        return None
     return index
 
 
@@ -130,6 +141,7 @@ def index_from_store(
     store: SqliteStore,
     index_dir: Path,
     vectors: tuple[np.ndarray, np.ndarray] | None = None,
+    storage: Storage = "fp16",
 ) -> tuple[FaissIndex, bool]:
     """The store's index: the saved one when current, else rebuilt and saved. True if rebuilt.
 
@@ -137,7 +149,7 @@ def index_from_store(
     document vectors) spares a second pass over the store when the caller has read it already.
     """
     generation = store.generation()
-    index = load_index_if_current(index_dir, generation)
+    index = load_index_if_current(index_dir, generation, storage)
     if index is not None and len(index) == store.count_candidates():
         return index, False
     if vectors is None:
@@ -150,7 +162,7 @@ def index_from_store(
             np.asarray(ids, dtype=np.int64),
             np.stack(rows) if rows else np.zeros((0, store.dim), np.float32),
         )
-    index = build_index(vectors[0], vectors[1], generation, store.dim)
+    index = build_index(vectors[0], vectors[1], generation, store.dim, storage)
     index.save(index_dir)
     return index, True
 
@@ -315,7 +327,9 @@ def ingest_files(
             ]
             store.upsert_protected(triples)
             n_prot = len(triples)
-        index, _ = index_from_store(store, settings.resolved_index_dir)
+        index, _ = index_from_store(
+            store, settings.resolved_index_dir, storage=settings.index_storage
+        )
         report = IngestReport(
             candidates=n_cand,
             postings=n_post,
@@ -364,7 +378,9 @@ def ensure_index(settings: Settings) -> tuple[int, bool]:
     """Bring the saved index in line with the store; (index size, whether it was rebuilt)."""
     store = SqliteStore(settings.resolved_db_path)
     try:
-        index, rebuilt = index_from_store(store, settings.resolved_index_dir)
+        index, rebuilt = index_from_store(
+            store, settings.resolved_index_dir, storage=settings.index_storage
+        )
         return len(index), rebuilt
     finally:
         store.close()

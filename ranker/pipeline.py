@@ -683,6 +683,7 @@ class RankingPipeline:
                 np.asarray(fids, dtype=np.int64),
                 np.stack(vectors) if vectors else np.zeros((0, self.encoder.dim), np.float32),
             ),
+            storage=self.settings.index_storage,
         )
         if rebuilt:
             log.info("rebuilt the index from the store: %d candidates", len(index))
