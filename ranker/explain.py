@@ -87,6 +87,9 @@ _IN_WORDS: dict[str, Callable[[float], str]] = {
 }
 
 
+_LOCATION_FEATURES = frozenset({"same_location", "remote_fit", "relocation_needed", "location_fit"})
+
+
 def describe_feature(name: str, value: float) -> str:
     """A feature's value in words, e.g. `1 required skill missing`."""
     words = _IN_WORDS.get(name)
@@ -213,10 +216,16 @@ class TreeExplainer:
     ) -> list[Explanation]:
         """One explanation per candidate (row of `x`), in the same order."""
         contrib = self.contributions(x)
+        # A posting without a location gives every candidate the same location features, so
+        # crediting "a location fit" for the score would mislead; leave them out of the sentences.
+        silent = _LOCATION_FEATURES if not posting.location and not posting.remote else frozenset()
         out: list[Explanation] = []
         for row, cand in enumerate(candidates):
             fit = fit_summary(posting, cand.candidate)
-            c = contrib[row]
+            c = contrib[row].copy()
+            for j, name in enumerate(self.feature_names):
+                if name in silent:
+                    c[j] = 0.0
             order = np.argsort(-np.abs(c), kind="stable")[: self.n_top]
             top = tuple(
                 FeatureContribution(

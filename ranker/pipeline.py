@@ -29,7 +29,7 @@ import faiss
 import numpy as np
 
 from ranker.config import Settings
-from ranker.domain import Candidate, Outcome, Posting, normalise_term
+from ranker.domain import Candidate, Outcome, Posting
 from ranker.errors import (
     DeadlineExceeded,
     InvalidInput,
@@ -42,6 +42,7 @@ from ranker.explain import Explanation, TreeExplainer
 from ranker.features import (
     PreparedCandidate,
     PreparedPosting,
+    phrase_key,
     prepare_candidate,
     prepare_posting,
 )
@@ -124,8 +125,9 @@ class RankFilters:
             values = tuple(getattr(self, name))
             if any(not isinstance(v, str) or not v.strip() for v in values):
                 raise InvalidInput(f"filters.{name} must hold non-empty strings")
-            # The domain's normalisation, so filters compare like the stored skills.
-            normalised = (normalise_term(v) for v in values)
+            # The features' comparison key, so filters agree with the reasons and features
+            # ("Zurich" matches "Zürich", "machine-learning" matches "Machine Learning").
+            normalised = (phrase_key(v) for v in values)
             object.__setattr__(self, name, tuple(dict.fromkeys(normalised)))
         y = self.min_years
         if y is not None and (
@@ -322,7 +324,7 @@ class CandidateCatalog:
 
     # -- location codes, reference-counted ------------------------------------------------
     def _loc_acquire(self, location: str) -> int:
-        loc = normalise_term(location)
+        loc = phrase_key(location)
         if not loc:
             return -1
         code = self._loc_codes.get(loc)
@@ -341,7 +343,7 @@ class CandidateCatalog:
             return
         self._loc_refs[code] -= 1
         if self._loc_refs[code] == 0:
-            del self._loc_codes[normalise_term(location)]
+            del self._loc_codes[phrase_key(location)]
             self._loc_free.append(code)
 
     # -- changes --------------------------------------------------------------------------
@@ -371,7 +373,8 @@ class CandidateCatalog:
 
     @staticmethod
     def _note(delta: dict[str, dict[int, int]], skills: Sequence[str], slot: int, d: int) -> None:
-        for s in skills:
+        # Keyed like the features compare skills (`phrase_key`), so a filter and the reasons agree.
+        for s in {phrase_key(x) for x in skills}:
             per = delta.setdefault(s, {})
             per[slot] = per.get(slot, 0) + d
 

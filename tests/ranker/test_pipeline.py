@@ -383,3 +383,13 @@ def test_features_and_scoring_run_without_the_lock_and_an_erasure_meanwhile_is_n
     pipeline._decisions.flush()
     logged = pipeline.store.get_decision(r.request_id)
     assert list(logged.candidate_ids) == ids and logged.features.shape[0] == 3
+
+
+def test_filters_compare_like_the_features() -> None:
+    """A filter for "Zurich" or "machine-learning" matches what the features call the same."""
+    from ranker.features import phrase_key
+    from ranker.pipeline import RankFilters as Filters
+
+    f = Filters(locations=("Zurich",), must_have_skills=("Machine-Learning",))
+    assert f.locations == (phrase_key("Zürich"),)
+    assert f.must_have_skills == (phrase_key("machine learning"),)
