@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import struct
-import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +13,7 @@ from typing import Literal
 import faiss
 import numpy as np
 
+from ranker.atomic import write_bytes_atomic
 from ranker.errors import InvalidInput
 
 INDEX_FILE = "candidates.faiss"
@@ -186,19 +185,7 @@ class FaissIndex:
                 }
             ).encode()
         target = directory / INDEX_FILE
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".index-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(_MAGIC)
-                f.write(struct.pack("<Q", len(header)))
-                f.write(header)
-                f.write(blob.tobytes())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_bytes_atomic(target, [_MAGIC, struct.pack("<Q", len(header)), header, blob.tobytes()])
         return target
 
     @classmethod

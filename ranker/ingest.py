@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,6 +13,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+from ranker.atomic import write_text_atomic
 from ranker.config import Settings
 from ranker.domain import Candidate, Posting
 from ranker.errors import InvalidInput
@@ -205,18 +204,8 @@ def _read_state(path: Path) -> dict[str, Any] | None:
 
 
 def _write_state(path: Path, state: Mapping[str, Any]) -> None:
-    """Atomically (temp file, fsync, rename): a crash leaves the old state or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".ingest-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(state, f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Atomically: a crash leaves the old state or the new one."""
+    write_text_atomic(path, json.dumps(state, indent=2, sort_keys=True))
 
 
 @dataclass(frozen=True)

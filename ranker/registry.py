@@ -34,6 +34,7 @@ import lightgbm as lgb
 import numpy as np
 
 from embeddings.config import EncoderSettings
+from ranker.atomic import write_text_atomic
 from ranker.errors import InvalidInput, ModelRejected, NotFound
 from ranker.features import FEATURE_NAMES, FeatureBuilder, Lexicon
 from ranker.scorer import PARITY_TOLERANCE, OnnxScorer
@@ -52,19 +53,6 @@ _VERSION_RE = re.compile(r"^v(\d{4,})$")
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass(frozen=True)
@@ -240,7 +228,7 @@ class ModelRegistry:
         folder = self.version_dir(version) / EVALUATIONS_DIR
         folder.mkdir(exist_ok=True)
         path = folder / f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S.%fZ')}.json"
-        _write_atomic(path, json.dumps(dict(result), indent=2) + "\n")
+        write_text_atomic(path, json.dumps(dict(result), indent=2) + "\n")
         return path
 
     @contextmanager
@@ -318,7 +306,7 @@ class ModelRegistry:
             "history": history,
             "events": events,
         }
-        _write_atomic(self.root / POINTER_FILE, json.dumps(pointer, indent=2) + "\n")
+        write_text_atomic(self.root / POINTER_FILE, json.dumps(pointer, indent=2) + "\n")
 
     def promote(self, version: str) -> None:
         """Put `version` in service after checking it loads and predicts (`ModelRejected` if not)."""
