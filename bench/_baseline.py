@@ -9,6 +9,7 @@ service does, so the comparison is about the serving path and not about caching.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from functools import cache
@@ -85,7 +86,8 @@ class StraightforwardStack:
     """The baseline ranker over one candidate set, held in this process."""
 
     def __init__(self, base: BaseSet, data: BenchData) -> None:
-        self._omp_default = faiss.omp_get_max_threads()
+        # OpenMP's own default (one thread per CPU we may run on), whatever this process set since.
+        self._omp_default = len(os.sched_getaffinity(0))
         _, self.candidates = load_prepared(data)
         vectors = np.stack([pc.doc_vector for pc in self.candidates])
         self.index = faiss.IndexFlatIP(vectors.shape[1])
@@ -111,7 +113,7 @@ class StraightforwardStack:
         straightforward stack would; `one_thread` is the tuned variant the report also shows,
         where neither leaves OpenMP threads spinning on the cores the next stage needs.
         """
-        extra = {"num_threads": 1} if one_thread else {}
+        threads = 1 if one_thread else 0  # LightGBM: 0 = OpenMP's default, every core
         faiss.omp_set_num_threads(1 if one_thread else self._omp_default)
         t0 = time.perf_counter()
         if isinstance(posting, str):
@@ -124,11 +126,11 @@ class StraightforwardStack:
         t_ret = time.perf_counter()
         x = self.builder.build(prepared, cands)
         t_feat = time.perf_counter()
-        scores = self.booster.predict(x, **extra)
+        scores = np.asarray(self.booster.predict(x, num_threads=threads))
         order = np.argsort(-scores, kind="stable")[:top_k]
         t_score = time.perf_counter()
         if explain:
-            self.booster.predict(x[order], pred_contrib=True, **extra)
+            self.booster.predict(x[order], pred_contrib=True, num_threads=threads)
             for i in order:
                 fit_summary(prepared.posting, cands[i].candidate)
         t_end = time.perf_counter()

@@ -97,6 +97,16 @@ def _usable(db: Path, registry: Path) -> bool:
         store.close()
 
 
+def _default_complete(settings: Settings) -> bool:
+    """Whether `ranker ingest` finished filling the embedded default (not stopped halfway)."""
+    from ranker.ingest import ingest_state_path
+
+    try:
+        return json.loads(ingest_state_path(settings).read_text()).get("state") == "complete"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _generate_base(settings: Settings, folder: Path, n_candidates: int, n_postings: int) -> None:
     """Generate, encode and store demo data, and train and promote a model on it."""
     # Imported here: only a fresh clone without the embedded default pays for training imports.
@@ -150,7 +160,9 @@ def base_set(
     from embeddings import load_encoder
 
     load_encoder(settings=settings)
-    if _usable(settings.resolved_db_path, settings.resolved_registry_dir):
+    if _default_complete(settings) and _usable(
+        settings.resolved_db_path, settings.resolved_registry_dir
+    ):
         db, registry = settings.resolved_db_path, settings.resolved_registry_dir
         where = f"the embedded default ({settings.resolved_db_path})"
     else:
@@ -258,7 +270,15 @@ def build_candidate_set(base: BaseSet, n: int, root: Path | None = None) -> Benc
     """A data folder holding `n` synthetic candidates, the seed postings and a saved index."""
     folder = (root if root is not None else bench_root()) / f"c{n}"
     marker = folder / _READY
-    want = {"n": n, "seed": SEED, "base": base.fingerprint, "noise_cosine": NOISE_COSINE}
+    # The index is saved in the storage the service is configured for, so it loads it as is.
+    storage = Settings().index_storage
+    want = {
+        "n": n,
+        "seed": SEED,
+        "base": base.fingerprint,
+        "noise_cosine": NOISE_COSINE,
+        "storage": storage,
+    }
     if marker.is_file():
         try:
             if json.loads(marker.read_text()) == want:
@@ -278,7 +298,11 @@ def build_candidate_set(base: BaseSet, n: int, root: Path | None = None) -> Benc
             vectors += [r.doc_vector for r in rows]
         store.upsert_postings(base.postings)
         build_index(
-            np.asarray(fids, dtype=np.int64), np.stack(vectors), store.generation(), store.dim
+            np.asarray(fids, dtype=np.int64),
+            np.stack(vectors),
+            store.generation(),
+            store.dim,
+            storage=storage,
         ).save(folder / "index")
     finally:
         store.close()

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from bench._data import BaseSet
 from bench._report import mib, table
 from bench.serving import ServingConfig, SizeResult, results
+from ranker.config import Settings
 
 TITLE = "Memory"
 
@@ -69,7 +70,8 @@ def report(base: BaseSet, sized: Sequence[SizeResult]) -> str:
             rows,
         ),
         "",
-        f"For scale: one {dim}-d float32 vector is {raw:,} B, the floor of an exact index; the "
+        f"For scale: one {dim}-d float32 vector is {raw:,} B (the service's index stores "
+        f"vectors as `{Settings().index_storage}`, RANKER_INDEX_STORAGE); the "
         f"store keeps, per candidate, the CV text ({cv_bytes:,.0f} B on average here), the "
         f"document vector and {chunks:.1f} chunk vectors on average "
         f"({raw * (1 + chunks):,.0f} B of vectors), and the structured fields.{marginal}",

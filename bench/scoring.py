@@ -57,10 +57,10 @@ def run(n: int = 500, repeats: int = 2000, base: BaseSet | None = None) -> str:
     native_1 = Summary.of(timings(lambda: booster.predict(x, num_threads=1), repeats))
     diff = float(np.max(np.abs(scorer.score(x) - booster.predict(x))))
     trees = booster.num_trees()
-    rows = [
-        [f"ONNX Runtime (`OnnxScorer`, {threads} intra-op threads)", onnx, "1.00×"],
-        ["LightGBM `Booster.predict`, default threads", native, ratio(native.p50, onnx.p50)],
-        ["LightGBM `Booster.predict`, `num_threads=1`", native_1, ratio(native_1.p50, onnx.p50)],
+    rows: list[tuple[str, Summary, str]] = [
+        (f"ONNX Runtime (`OnnxScorer`, {threads} intra-op threads)", onnx, "1.00×"),
+        ("LightGBM `Booster.predict`, default threads", native, ratio(native.p50, onnx.p50)),
+        ("LightGBM `Booster.predict`, `num_threads=1`", native_1, ratio(native_1.p50, onnx.p50)),
     ]
     lines = [
         f"## {TITLE}",

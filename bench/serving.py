@@ -245,6 +245,17 @@ def _thread_throughput(fn: Callable[[int], object], total: int, conc: int) -> fl
         return total / (time.perf_counter() - t0)
 
 
+def _ranker(
+    stack: StraightforwardStack, targets: Sequence[str | Posting], cfg: ServingConfig
+) -> Callable[[int], object]:
+    """The baseline ranking of request `i`, as a function for a thread pool."""
+
+    def rank(i: int) -> object:
+        return stack.rank(targets[i % len(targets)], cfg.top_k, cfg.retrieve_n)
+
+    return rank
+
+
 def _targets_of(base: BaseSet, path: str) -> list[str | Posting]:
     return [r.posting.id if path == "id" else r.posting for r in base.postings]
 
@@ -287,11 +298,7 @@ def measure_size(base: BaseSet, n: int, cfg: ServingConfig, root: Path | None = 
             targets = _targets_of(base, path)
             for c in cfg.concurrency:
                 ours_rps = asyncio.run(_aio_throughput(server.address, reqs, total, c))
-                theirs_rps = _thread_throughput(
-                    lambda i, t=targets, s=stack: s.rank(t[i % len(t)], cfg.top_k, cfg.retrieve_n),
-                    total,
-                    c,
-                )
+                theirs_rps = _thread_throughput(_ranker(stack, targets, cfg), total, c)
                 result.throughput[(path, c)] = (ours_rps, theirs_rps)
         result.rss_served = server.rss_bytes()
     del stack

@@ -30,6 +30,10 @@ class EncoderSettings(BaseSettings):
     inter_op_threads: int = Field(default=1, ge=1)
     """ONNX Runtime threads across operators; the graphs here are sequential, so 1 is right."""
 
+    ort_allow_spinning: bool = False
+    """Let ONNX Runtime's idle worker threads spin (busy-wait) for the next run. Off: on a
+    small, shared CPU their spinning slows the work that follows; on for pure batch encoding."""
+
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     """ONNX Runtime graph optimisation level for every session we create."""
 

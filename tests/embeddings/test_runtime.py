@@ -45,3 +45,10 @@ def test_zero_threads_means_one_per_physical_core(tiny_model: Path) -> None:
 def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="export or register it first"):
         make_session(tmp_path / "absent.onnx", encoder_test_settings())
+
+
+@pytest.mark.parametrize(("allow", "entry"), [(False, "0"), (True, "1")])
+def test_thread_spinning_follows_the_setting(tiny_model: Path, allow: bool, entry: str) -> None:
+    session = make_session(tiny_model, encoder_test_settings(ort_allow_spinning=allow))
+    options = session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == entry
