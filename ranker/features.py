@@ -265,8 +265,10 @@ def candidate_text(c: Candidate) -> str:
     return cv
 
 
-# Columns of `PreparedCandidate.numbers`: gathering one small row per candidate is far cheaper
-# than one Python loop per attribute when building features for hundreds of candidates.
+# Leading columns of `PreparedCandidate.numbers` (its term counts follow them). `build` gathers
+# data from hundreds of candidates whose arrays are scattered in memory and, after a FAISS scan,
+# out of cache: each candidate therefore holds few packed arrays (one float32, two uint64, one
+# float64), so a build pays a few cache misses per candidate rather than one per attribute.
 (
     _N_YEARS,
     _N_REMOTE,
@@ -278,35 +280,61 @@ def candidate_text(c: Candidate) -> str:
     _N_SKILLS,
     _N_TITLE,
 ) = range(9)
+_N_COUNTS = 9
+"""Where the term counts start in `PreparedCandidate.numbers`."""
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, slots=True)
 class PreparedCandidate:
-    """Everything the features need from one candidate, computed once at ingest or load."""
+    """Everything the features need from one candidate, computed once at ingest or load.
+
+    Stored as a few packed arrays (see `_N_COUNTS`); the properties are views into them.
+    """
 
     candidate: Candidate
-    doc_vector: np.ndarray
-    """(dim,) float32 unit vector of the whole CV."""
-    chunk_vectors: np.ndarray
-    """(k, dim) float32 unit vectors of the CV's chunks, k >= 1."""
+    vectors: np.ndarray
+    """(1 + k, dim) float32 unit rows: the whole CV's vector, then its k >= 1 chunks' vectors."""
     term_hashes: np.ndarray
     """Sorted unique `term_hash` of the CV's words (uint64)."""
-    term_buckets: np.ndarray
-    """`term_hashes` modulo the lookup-table size (intp), precomputed for `FeatureBuilder`."""
-    term_counts: np.ndarray
-    """How often each of `term_hashes` occurs (float64)."""
-    skill_hashes: np.ndarray
-    """`term_hash` of each structured skill's `phrase_key` (uint64)."""
-    title_hashes: np.ndarray
-    """`term_hash` of each title word, seniority words left out (uint64)."""
-    location_hash: int
-    """`term_hash` of the location's `phrase_key` (0 when none)."""
+    tags: np.ndarray
+    """uint64: `skill_hashes`, then `title_hashes`, then `location_hash`."""
     numbers: np.ndarray
-    """Per-candidate scalars in the `_N_*` column order (float64)."""
+    """float64: per-candidate scalars in the `_N_*` column order, then `term_counts`."""
 
     @property
     def id(self) -> str:
         return self.candidate.id
+
+    @property
+    def doc_vector(self) -> np.ndarray:
+        """(dim,) float32 unit vector of the whole CV."""
+        return self.vectors[0]
+
+    @property
+    def chunk_vectors(self) -> np.ndarray:
+        """(k, dim) float32 unit vectors of the CV's chunks, k >= 1."""
+        return self.vectors[1:]
+
+    @property
+    def term_counts(self) -> np.ndarray:
+        """How often each of `term_hashes` occurs (float64)."""
+        return self.numbers[_N_COUNTS:]
+
+    @property
+    def skill_hashes(self) -> np.ndarray:
+        """`term_hash` of each structured skill's `phrase_key` (uint64)."""
+        return self.tags[: int(self.numbers[_N_SKILLS])]
+
+    @property
+    def title_hashes(self) -> np.ndarray:
+        """`term_hash` of each title word, seniority words left out (uint64)."""
+        n_skills = int(self.numbers[_N_SKILLS])
+        return self.tags[n_skills : n_skills + int(self.numbers[_N_TITLE])]
+
+    @property
+    def location_hash(self) -> int:
+        """`term_hash` of the location's `phrase_key` (0 when none)."""
+        return int(self.tags[-1])
 
 
 @dataclass(frozen=True, eq=False)
@@ -366,7 +394,7 @@ def prepare_candidate(
     hashes = hashes[order]
     title_words, seniority = _title_words(c.title)
     skills = skill_keys(c.skills)
-    numbers = np.zeros(9, dtype=np.float64)
+    numbers = np.zeros(_N_COUNTS + len(hashes), dtype=np.float64)
     numbers[[_N_YEARS, _N_REMOTE, _N_RELOCATE, _N_SENIORITY, _N_DOC_LEN]] = (
         c.years_experience,
         c.remote_ok,
@@ -380,17 +408,20 @@ def prepare_candidate(
         len(skills),
         len(title_words),
     )
+    numbers[_N_COUNTS:] = tf[order]
     location = phrase_key(c.location)
+    tags = np.concatenate(
+        [
+            _hashes(skills),
+            _hashes(sorted(title_words)),
+            np.array([term_hash(location) if location else 0], dtype=np.uint64),
+        ]
+    )
     return PreparedCandidate(
         candidate=c,
-        doc_vector=doc,
-        chunk_vectors=chunks,
+        vectors=np.concatenate([doc[None, :], chunks]),
         term_hashes=hashes,
-        term_buckets=(hashes & np.uint64(_LUT_MASK)).astype(np.intp),
-        term_counts=tf[order],
-        skill_hashes=_hashes(skills),
-        title_hashes=_hashes(sorted(title_words)),
-        location_hash=term_hash(location) if location else 0,
+        tags=tags,
         numbers=numbers,
     )
 
@@ -453,10 +484,12 @@ class Lexicon:
 
     def idf(self, terms: Sequence[str]) -> np.ndarray:
         """idf of each term; a term never seen in training gets the idf of document frequency 0."""
+        return self.idf_of_hashes([term_hash(t) for t in terms])
+
+    def idf_of_hashes(self, hashes: Iterable[int]) -> np.ndarray:
+        """`idf` of terms given by their `term_hash` (no re-hashing: `build` runs per request)."""
         unseen = self._idf(0)
-        return np.array(
-            [self._idf_by_hash.get(term_hash(t), unseen) for t in terms], dtype=np.float64
-        )
+        return np.array([self._idf_by_hash.get(h, unseen) for h in hashes], dtype=np.float64)
 
     @classmethod
     def fit(
@@ -525,12 +558,10 @@ class _LookupTable(threading.local):
 _LUT = _LookupTable()
 
 
-def _match_terms(
-    query: np.ndarray, candidates: Sequence[PreparedCandidate]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Positions (in the concatenated CV terms) of terms in `query`, and their query index."""
+def _match_terms(query: np.ndarray, all_hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions in `all_hashes` (the concatenated CV terms) of terms in `query`, and their index
+    in `query`."""
     q_buckets = (query & np.uint64(_LUT_MASK)).astype(np.intp)
-    all_hashes = np.concatenate([c.term_hashes for c in candidates])
     if len(np.unique(q_buckets)) < len(q_buckets):
         # Two query terms share a bucket (rare): fall back to the exact, slower binary search.
         pos = np.minimum(np.searchsorted(query, all_hashes), len(query) - 1)
@@ -539,7 +570,8 @@ def _match_terms(
     table = _LUT.table
     table[q_buckets] = np.arange(1, len(query) + 1, dtype=np.int32)
     try:
-        slots = np.take(table, np.concatenate([c.term_buckets for c in candidates]))
+        # Values below 2**20, so viewing them as intp is exact and copies nothing.
+        slots = np.take(table, (all_hashes & np.uint64(_LUT_MASK)).view(np.intp))
     finally:
         table[q_buckets] = 0
     idx = np.flatnonzero(slots)
@@ -564,28 +596,46 @@ class FeatureBuilder:
         if n == 0:
             return x
         p = posting.posting
-        num = np.concatenate([c.numbers for c in candidates]).reshape(n, -1)
+        # One pass over the candidate objects; every later step works on the packed arrays.
+        vec_list, hash_list, tag_list, num_list = [], [], [], []
+        for c in candidates:
+            vec_list.append(c.vectors)
+            hash_list.append(c.term_hashes)
+            tag_list.append(c.tags)
+            num_list.append(c.numbers)
+        flat_num = np.concatenate(num_list)
+        num_len = np.fromiter(map(len, num_list), dtype=np.intp, count=n)
+        num_starts = _starts(num_len)
+        num = flat_num[num_starts[:, None] + np.arange(_N_COUNTS)]
         rows = np.arange(n)
 
-        # Dense similarity: one product over all chunks, then a max per candidate. einsum, not
-        # `@`: BLAS's threaded matrix-vector product costs ~8 ms here against ~0.1 ms.
-        docs = np.concatenate([c.doc_vector for c in candidates]).reshape(n, -1)
-        x[:, _COL["dense_cosine"]] = np.einsum("ij,j->i", docs, posting.vector)
-        chunks = np.concatenate([c.chunk_vectors for c in candidates])
-        chunk_sims = np.einsum("ij,j->i", chunks, posting.vector)
-        x[:, _COL["chunk_max_cosine"]] = np.maximum.reduceat(chunk_sims, _starts(num[:, _N_CHUNKS]))
+        # Dense similarity: one product over every candidate's doc and chunk rows, then a max per
+        # candidate over its chunk rows. einsum, not `@`: BLAS's threaded matrix-vector product
+        # costs ~8 ms here against ~0.1 ms.
+        sims = np.einsum("ij,j->i", np.concatenate(vec_list), posting.vector)
+        starts = _starts(num[:, _N_CHUNKS] + 1)
+        x[:, _COL["dense_cosine"]] = sims[starts]
+        sims[starts] = -np.inf  # the doc rows take no part in the chunk maximum
+        x[:, _COL["chunk_max_cosine"]] = np.maximum.reduceat(sims, starts)
 
-        self._lexical(posting, candidates, num, x)
+        self._lexical(posting, np.concatenate(hash_list), flat_num, num, x)
 
-        # Structured skills, as hashes: membership tests over all candidates at once.
+        # Structured skills and title words, as hashes: membership tests over all candidates at
+        # once, positions within each candidate's `tags` telling skills from title words.
+        n_skills = num[:, _N_SKILLS].astype(np.intp)
+        n_title = num[:, _N_TITLE].astype(np.intp)
+        tags = np.concatenate(tag_list)
+        tag_len = n_skills + n_title + 1
+        tag_starts = _starts(tag_len)
+        owner = np.repeat(rows, tag_len)
+        local = np.arange(len(tags)) - tag_starts[owner]
+        is_skill = local < n_skills[owner]
         n_req, n_nice = len(posting.required_hashes), len(posting.nice_hashes)
-        skills = np.concatenate([c.skill_hashes for c in candidates])
-        owner = np.repeat(rows, num[:, _N_SKILLS].astype(np.intp))
-        matched = np.bincount(owner, np.isin(skills, posting.required_hashes), minlength=n)
+        matched = np.bincount(owner, np.isin(tags, posting.required_hashes) & is_skill, minlength=n)
         x[:, _COL["required_coverage"]] = matched / n_req if n_req else 1.0
         x[:, _COL["required_missing"]] = n_req - matched
         if n_nice:
-            nice = np.bincount(owner, np.isin(skills, posting.nice_hashes), minlength=n)
+            nice = np.bincount(owner, np.isin(tags, posting.nice_hashes) & is_skill, minlength=n)
             x[:, _COL["nice_coverage"]] = nice / n_nice
         x[:, _COL["skills_listed"]] = num[:, _N_SKILLS]
 
@@ -597,7 +647,7 @@ class FeatureBuilder:
         remote_fit = (num[:, _N_REMOTE] > 0) & p.remote
         x[:, _COL["remote_fit"]] = remote_fit
         if posting.location_hash:
-            locations = np.fromiter((c.location_hash for c in candidates), np.uint64, count=n)
+            locations = tags[tag_starts + tag_len - 1]
             same = locations == np.uint64(posting.location_hash)
             reloc = ~same & (num[:, _N_RELOCATE] > 0) & (not p.remote)
             x[:, _COL["same_location"]] = same
@@ -611,9 +661,9 @@ class FeatureBuilder:
             x[:, _COL["location_fit"]] = remote_fit
 
         if len(posting.title_hashes):
-            titles = np.concatenate([c.title_hashes for c in candidates])
-            t_owner = np.repeat(rows, num[:, _N_TITLE].astype(np.intp))
-            common = np.bincount(t_owner, np.isin(titles, posting.title_hashes), minlength=n)
+            is_title = ~is_skill & (local < (n_skills + n_title)[owner])
+            in_title = np.isin(tags, posting.title_hashes) & is_title
+            common = np.bincount(owner, in_title, minlength=n)
             union = num[:, _N_TITLE] + len(posting.title_hashes) - common
             x[:, _COL["title_overlap"]] = common / np.maximum(union, 1)
         x[:, _COL["seniority_gap"]] = num[:, _N_SENIORITY] - posting.seniority
@@ -623,20 +673,23 @@ class FeatureBuilder:
     def _lexical(
         self,
         posting: PreparedPosting,
-        candidates: Sequence[PreparedCandidate],
+        all_hashes: np.ndarray,
+        flat_num: np.ndarray,
         num: np.ndarray,
         x: np.ndarray,
     ) -> None:
         """BM25 (whole posting, required skills) and skill mentions, in one pass over all terms."""
         if not posting.terms:
             return
-        n = len(candidates)
-        idx, pos = _match_terms(posting.term_hashes, candidates)
+        n = len(num)
+        idx, pos = _match_terms(posting.term_hashes, all_hashes)
         ends = np.cumsum(num[:, _N_TERMS]).astype(np.intp)
         rows = np.searchsorted(ends, idx, side="right")
-        tf = np.concatenate([c.term_counts for c in candidates])[idx]
+        # Term j of candidate i sits at _N_COUNTS * (i + 1) + (terms of candidates before i) + j
+        # in the concatenated `numbers`, and at (terms before i) + j in `all_hashes`.
+        tf = flat_num[idx + _N_COUNTS * (rows + 1)]
 
-        idf = self.lexicon.idf(posting.terms)
+        idf = self.lexicon.idf_of_hashes(posting.term_hashes.tolist())
         k1, b = self.lexicon.k1, self.lexicon.b
         norm = k1 * (1.0 - b + b * num[rows, _N_DOC_LEN] / self.lexicon.avgdl)
         contrib = idf[pos] * tf * (k1 + 1.0) / (tf + norm)
@@ -654,6 +707,7 @@ class FeatureBuilder:
 
 
 def _starts(lengths: np.ndarray) -> np.ndarray:
+    """Start offset of each segment of the given lengths in their concatenation."""
     starts = np.zeros(len(lengths), dtype=np.intp)
     starts[1:] = np.cumsum(lengths[:-1])
     return starts

@@ -691,6 +691,9 @@ def _outcomes(
     g: _Gen, p: Posting, fam: Family, applicants: list[tuple[str, _Person]]
 ) -> list[Outcome]:
     assert p.created_at is not None
+    if not applicants:
+        # Tiny configs can leave a posting with no applicants; np.quantile fails on empty input.
+        return []
     fits = np.array([_fit(g, p, fam, person) for _, person in applicants])
     s1 = fits + g.rng.normal(0, 0.4, len(fits))
     screened = s1 > max(1.0, float(np.quantile(s1, 0.6)))

@@ -213,12 +213,12 @@ def test_bucket_collisions_fall_back_to_exact_matching() -> None:
     # A fake hash sharing the first real hash's bucket, but not its value.
     fake = real[0] ^ np.uint64(1 << 40)
     query = np.sort(np.append(real, fake))
-    idx, pos = features._match_terms(query, pc)
     all_hashes = np.concatenate([c.term_hashes for c in pc])
+    idx, pos = features._match_terms(query, all_hashes)
     assert np.array_equal(idx, np.flatnonzero(np.isin(all_hashes, real)))
     assert np.array_equal(query[pos], all_hashes[idx])
     # And the fast path gives the same answer without the colliding term.
-    idx2, pos2 = features._match_terms(real, pc)
+    idx2, pos2 = features._match_terms(real, all_hashes)
     assert np.array_equal(idx2, idx)
     assert np.array_equal(real[pos2], all_hashes[idx2])
 

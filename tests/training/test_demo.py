@@ -82,3 +82,13 @@ def test_hidden_process_rewards_real_fit() -> None:
     # ... but it is not a copy of the CV: some relevant candidates' CVs miss a required skill,
     # and some irrelevant ones list them all.
     assert min(high) < 1.0 and max(low) == 1.0
+
+
+def test_tiny_config_with_postings_without_applicants_does_not_crash() -> None:
+    cfg = DemoConfig(candidates=12, postings=6, applicants=(0, 2), seed=3, short_cvs=True)
+    data = generate(cfg)
+    assert len(data.candidates) == 12 and len(data.postings) == 6
+    ids = {c.id for c in data.candidates}
+    assert all(o.candidate_id in ids for o in data.outcomes)
+    applied = {o.posting_id for o in data.outcomes}
+    assert applied < {p.id for p in data.postings}  # some posting got no applicant
