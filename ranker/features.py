@@ -112,6 +112,10 @@ FEATURES: tuple[FeatureSpec, ...] = (
 """Every feature, in column order, with its meaning."""
 
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
+
+FEATURES_VERSION = 2
+"""Bump whenever a feature's computation changes while its name stays (tokenizer, redaction,
+clipping ...): a model trained on other semantics is then refused instead of served quietly."""
 """Column names of `FeatureBuilder.build`, in order: the contract with every model version."""
 
 _COL = {name: i for i, name in enumerate(FEATURE_NAMES)}

@@ -36,7 +36,7 @@ import numpy as np
 from embeddings.config import EncoderSettings
 from ranker.atomic import write_text_atomic
 from ranker.errors import InvalidInput, ModelRejected, NotFound
-from ranker.features import FEATURE_NAMES, FeatureBuilder, Lexicon
+from ranker.features import FEATURE_NAMES, FEATURES_VERSION, FeatureBuilder, Lexicon
 from ranker.scorer import PARITY_TOLERANCE, OnnxScorer
 
 POINTER_FILE = "current.json"
@@ -80,6 +80,12 @@ class ModelBundle:
             raise ModelRejected(
                 f"model {self.version} was trained on features {list(self.feature_names)}, this "
                 f"code builds {list(FEATURE_NAMES)}; retrain with `ranker train` or roll back"
+            )
+        trained_on = self.card.get("features_version")
+        if trained_on != FEATURES_VERSION:
+            raise ModelRejected(
+                f"model {self.version} was trained with feature code version {trained_on}, this "
+                f"code computes version {FEATURES_VERSION}; retrain with `ranker train`"
             )
         if self.scorer.n_features not in (None, len(FEATURE_NAMES)):
             raise ModelRejected(

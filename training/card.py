@@ -9,7 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from ranker.features import FEATURES
+from ranker.features import FEATURES, FEATURES_VERSION
 from training.labels import RELEVANT_LABEL, STAGE_LABEL
 
 INTENDED_USE = (
@@ -91,6 +91,7 @@ def build_card(
             "best_iteration": best_iteration,
         },
         "feature_names": [f.name for f in FEATURES],
+        "features_version": FEATURES_VERSION,
         "features": {f.name: f.doc for f in FEATURES},
         "params": dict(params),
         "seed": seed,

@@ -97,15 +97,17 @@ def _load_store(
 
 def _trained_on(registry: ModelRegistry, digest: str) -> str | None:
     """The newest registered version trained on data with `digest` by this code's features."""
-    from ranker.features import FEATURE_NAMES
+    from ranker.features import FEATURE_NAMES, FEATURES_VERSION
 
     for version in reversed(registry.versions()):
         try:
             card = registry.card(version)
         except (RankerError, ValueError):
             continue  # an unreadable card cannot vouch for anything
-        if card.get("data", {}).get("sha256") == digest and card.get("feature_names") == list(
-            FEATURE_NAMES
+        if (
+            card.get("data", {}).get("sha256") == digest
+            and card.get("feature_names") == list(FEATURE_NAMES)
+            and card.get("features_version") == FEATURES_VERSION
         ):
             return str(version)
     return None
@@ -138,6 +140,14 @@ def train(
     registry = ModelRegistry(settings.resolved_registry_dir, settings)
     candidates, postings, outcomes, protected = _load_store(settings)
     current = registry.current_version()
+    if current is not None and promote is None:
+        try:
+            registry.load(current).check()
+        except RankerError as e:
+            # The version in service cannot be served by this code (e.g. trained on an older
+            # feature version): the service would refuse to start, so the new one replaces it.
+            console.print(f"{current} in service is no longer servable ({e}); replacing it")
+            promote = True
     if if_missing:
         # Any version counts, promoted or not: otherwise every run while a model is in service
         # would register yet another copy of the same model.

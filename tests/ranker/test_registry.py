@@ -258,3 +258,20 @@ def test_evaluations_are_stored_beside_the_version(registry_path: Path) -> None:
     # The version still loads: evaluations are outside its file digests.
     registry.load("v0001").check()
     assert not [p for p in first.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_check_refuses_a_model_trained_on_other_feature_code(
+    registry_path: Path,
+    trained_model: tuple[ModelRegistry, TrainResult],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Same feature names, changed computation (FEATURES_VERSION bumped): refused, not served."""
+    import ranker.registry as registry_module
+
+    registry = ModelRegistry(registry_path)
+    version = registry.current_version()
+    assert version is not None
+    registry.load(version).check()
+    monkeypatch.setattr(registry_module, "FEATURES_VERSION", registry_module.FEATURES_VERSION + 1)
+    with pytest.raises(ModelRejected, match="feature code version"):
+        registry.load(version).check()
