@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -13,6 +12,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+from embeddings.manifest import sha256_file
 from ranker.atomic import write_text_atomic
 from ranker.config import Settings
 from ranker.domain import Candidate, Posting
@@ -176,17 +176,25 @@ def ingest_state_path(settings: Settings) -> Path:
     return db.with_name(db.name + ".ingest.json")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def _accepted(
+    kind: str,
+    items: Sequence[Candidate | Posting],
+    results: Sequence[R | InvalidInput],
+    rejected: list[str],
+) -> list[R]:
+    """The encoded rows; each item the encoder refused is noted in `rejected` with its reason."""
+    rows: list[R] = []
+    for item, r in zip(items, results, strict=True):
+        if isinstance(r, InvalidInput):
+            rejected.append(f"{kind} {item.id!r}: {r}")
+        else:
+            rows.append(r)
+    return rows
 
 
 def source_digests(files: Mapping[str, Path | None]) -> dict[str, str]:
     """kind -> sha256 of each data file given: what a finished ingest is compared against."""
-    return {kind: _sha256(path) for kind, path in sorted(files.items()) if path is not None}
+    return {kind: sha256_file(path) for kind, path in sorted(files.items()) if path is not None}
 
 
 def _store_uuid(store: SqliteStore) -> str:
@@ -285,12 +293,7 @@ def ingest_files(
                     todo = [c for c in part if stored.get(c.id) != c]
                     n_same += len(part) - len(todo)
                     part = todo
-                rows = []
-                for c, r in zip(part, encode_candidates(encoder, part), strict=True):
-                    if isinstance(r, InvalidInput):
-                        rejected.append(f"candidate {c.id!r}: {r}")
-                    else:
-                        rows.append(r)
+                rows = _accepted("candidate", part, encode_candidates(encoder, part), rejected)
                 if rows:
                     store.upsert_candidates(rows)
                 n_cand += len(rows)
@@ -298,12 +301,7 @@ def ingest_files(
                     progress(min(start + INGEST_BATCH, len(cands)), len(cands))
         if postings is not None:
             posts = datafiles.read_postings(postings)
-            prows = []
-            for p, prow in zip(posts, encode_postings(encoder, posts), strict=True):
-                if isinstance(prow, InvalidInput):
-                    rejected.append(f"posting {p.id!r}: {prow}")
-                else:
-                    prows.append(prow)
+            prows = _accepted("posting", posts, encode_postings(encoder, posts), rejected)
             store.upsert_postings(prows)
             n_post = len(prows)
         if outcomes is not None:

@@ -17,7 +17,6 @@ versions, the last one in service; `rollback` steps back through it.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -34,6 +33,7 @@ import lightgbm as lgb
 import numpy as np
 
 from embeddings.config import EncoderSettings
+from embeddings.manifest import sha256_file
 from ranker.atomic import write_text_atomic
 from ranker.errors import InvalidInput, ModelRejected, NotFound
 from ranker.features import FEATURE_NAMES, FEATURES_VERSION, FeatureBuilder, Lexicon
@@ -49,10 +49,6 @@ CARD_MD_FILE = "MODEL_CARD.md"
 EVALUATIONS_DIR = "evaluations"
 
 _VERSION_RE = re.compile(r"^v(\d{4,})$")
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -199,7 +195,7 @@ class ModelRegistry:
     def _load_dir(self, folder: Path, version: str) -> ModelBundle:
         card = json.loads((folder / CARD_FILE).read_text("utf-8"))
         for name, digest in card.get("files", {}).items():
-            if not (folder / name).is_file() or _sha256(folder / name) != digest:
+            if not (folder / name).is_file() or sha256_file(folder / name) != digest:
                 raise ModelRejected(
                     f"{folder / name} is missing or changed since version {version} was "
                     "registered; retrain (`ranker train`) or roll back (`ranker models rollback`)"
@@ -289,7 +285,7 @@ class ModelRegistry:
                 full = dict(card)
                 full["version"] = version
                 full["files"] = {
-                    name: _sha256(tmp / name)
+                    name: sha256_file(tmp / name)
                     for name in (MODEL_FILE, BOOSTER_FILE, LEXICON_FILE, CHECK_FILE)
                 }
                 (tmp / CARD_FILE).write_text(
