@@ -23,15 +23,10 @@ import numpy as np
 from bench._data import BaseSet, BenchData, load_prepared
 from ranker.config import Settings
 from ranker.domain import Posting
-from ranker.features import (
-    FeatureBuilder,
-    Lexicon,
-    PreparedCandidate,
-    PreparedPosting,
-    fit_summary,
-    posting_text,
-    prepare_posting,
-)
+from ranker.explain import fit_summary
+from ranker.features import FeatureBuilder
+from ranker.lexicon import Lexicon
+from ranker.prepared import PreparedCandidate, PreparedPosting, posting_text, prepare_posting
 from ranker.registry import BOOSTER_FILE, LEXICON_FILE, ModelRegistry
 
 

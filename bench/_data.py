@@ -25,9 +25,9 @@ import numpy as np
 
 from ranker.config import Settings
 from ranker.domain import Candidate
-from ranker.features import PreparedCandidate, candidate_text, posting_text, prepare_candidate
 from ranker.index import INDEX_FILE
 from ranker.ingest import build_index
+from ranker.prepared import PreparedCandidate, candidate_text, posting_text, prepare_candidate
 from ranker.registry import ModelRegistry
 from ranker.store import CandidateRow, PostingRow, SqliteStore
 

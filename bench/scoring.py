@@ -13,7 +13,9 @@ from bench._data import BaseSet, base_set
 from bench._report import Summary, ms, ratio, table
 from embeddings.runtime import intra_op_threads
 from ranker.config import Settings
-from ranker.features import FeatureBuilder, Lexicon, prepare_candidate, prepare_posting
+from ranker.features import FeatureBuilder
+from ranker.lexicon import Lexicon
+from ranker.prepared import prepare_candidate, prepare_posting
 from ranker.registry import BOOSTER_FILE, LEXICON_FILE, MODEL_FILE
 from ranker.scorer import OnnxScorer
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-import unicodedata
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 
 from ranker.errors import InvalidInput
+from ranker.text import display_term, phrase_key
 
 
 class Stage(StrEnum):
@@ -68,17 +68,13 @@ def _short_text(kind: str, name: str, value: str) -> str:
     return value.strip()
 
 
-def normalise_term(value: str) -> str:
-    """How skills and other short terms compare: NFKC, case-folded, whitespace collapsed."""
-    return " ".join(unicodedata.normalize("NFKC", value).casefold().split())
-
-
 def _normalise_skills(kind: str, skills: tuple[str, ...]) -> tuple[str, ...]:
+    """Each skill in its stored form (`display_term`), one per `phrase_key`, first spelling kept."""
     if isinstance(skills, str):
         raise InvalidInput(f"{kind} skills must be a list of strings, not one string")
     if len(skills) > MAX_SKILLS:
         raise InvalidInput(f"{kind} lists {len(skills)} skills; send at most {MAX_SKILLS}")
-    out: list[str] = []
+    out: dict[str, str] = {}
     for s in tuple(skills):
         if not isinstance(s, str) or not s.strip():
             raise InvalidInput(f"{kind} skills must be non-empty strings, got {s!r}")
@@ -86,10 +82,8 @@ def _normalise_skills(kind: str, skills: tuple[str, ...]) -> tuple[str, ...]:
             raise InvalidInput(
                 f"{kind} skill {s[:30]!r}... is longer than {MAX_SKILL_CHARS} characters"
             )
-        norm = normalise_term(s)
-        if norm not in out:
-            out.append(norm)
-    return tuple(out)
+        out.setdefault(phrase_key(s), display_term(s))
+    return tuple(out.values())
 
 
 def _years(kind: str, name: str, y: object) -> float:

@@ -2,98 +2,90 @@
 
 from __future__ import annotations
 
-import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
 
-from ranker.domain import Posting
-from ranker.features import FitSummary, PreparedCandidate, fit_summary
+from ranker.domain import Candidate, Posting
+from ranker.features import FEATURES, FEATURES_BY_NAME
+from ranker.prepared import PreparedCandidate
+from ranker.text import phrase_key, skill_keys
 
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
-
-
-def _signed_years(v: float, above: str, below: str, level: str) -> str:
-    if v > 0:
-        return f"{_plural_years(v)} {above}"
-    if v < 0:
-        return f"{_plural_years(-v)} {below}"
-    return level
-
-
-def _plural_years(y: float) -> str:
-    return f"{y:g} year" + ("" if y == 1 else "s")
-
-
-def _yes_no(v: float, yes: str, no: str) -> str:
-    return yes if v >= 0.5 else no
-
-
-# A feature's value in words, for a recruiter: "1 required skill missing", not "required_missing
-# = 1.0". Unknown names fall back to the raw name and value.
-_IN_WORDS: dict[str, Callable[[float], str]] = {
-    "dense_cosine": lambda v: f"CV similarity of {v:.2f}",
-    "chunk_max_cosine": lambda v: f"best-matching CV section similarity of {v:.2f}",
-    "bm25": lambda v: f"keyword match of {v:.0%}",
-    "bm25_required": lambda v: f"keyword match on required skills of {v:.0%}",
-    "required_coverage": lambda v: f"{v:.0%} of the required skills listed",
-    "required_missing": lambda v: (
-        "no required skill missing"
-        if round(v) == 0
-        else _plural(round(v), "required skill") + " missing"
-    ),
-    "nice_coverage": lambda v: f"{v:.0%} of the nice-to-have skills listed",
-    "required_text_coverage": lambda v: f"{v:.0%} of the required skills mentioned in the CV",
-    "years_experience": lambda v: f"{_plural_years(v)} of experience",
-    "experience_gap": lambda v: _signed_years(
-        v,
-        "above the minimum experience",
-        "below the minimum experience",
-        "exactly the minimum experience",
-    ),
-    "under_min_years": lambda v: _yes_no(
-        v, "experience below the minimum", "experience meeting the minimum"
-    ),
-    "same_location": lambda v: _yes_no(
-        v, "same location as the job", "a location other than the job's"
-    ),
-    "remote_fit": lambda v: _yes_no(v, "remote work wanted and accepted", "no remote match"),
-    "relocation_needed": lambda v: _yes_no(
-        v, "willing to relocate for the job", "no relocation involved"
-    ),
-    "location_fit": lambda v: (
-        "a location fit"
-        if v >= 0.75
-        else "a location fit through relocation"
-        if v >= 0.25
-        else "no location fit"
-    ),
-    "title_overlap": lambda v: f"job title overlap of {v:.0%}",
-    "seniority_gap": lambda v: (
-        f"a title {_plural(round(abs(v)), 'seniority level')} "
-        + ("above" if v > 0 else "below")
-        + " the posting's"
-        if round(v)
-        else "a title at the posting's seniority"
-    ),
-    "skills_listed": lambda v: _plural(round(v), "skill") + " listed",
-    "cv_log_length": lambda v: f"a CV of about {round(math.expm1(v))} words",
-}
-
-
-_LOCATION_FEATURES = frozenset({"same_location", "remote_fit", "relocation_needed", "location_fit"})
+# Location features of a posting that names no location are the same for every candidate, so
+# crediting "a location fit" for the score would mislead.
+_LOCATION_FEATURES = frozenset(f.name for f in FEATURES if f.location)
 
 
 def describe_feature(name: str, value: float) -> str:
-    """A feature's value in words, e.g. `1 required skill missing`."""
-    words = _IN_WORDS.get(name)
-    return words(value) if words is not None else f"{name} = {value:.3g}"
+    """A feature's value in words (its spec's `in_words`), e.g. `1 required skill missing`.
+
+    A name that is no feature (a model's column the code no longer knows) reads as name = value.
+    """
+    spec = FEATURES_BY_NAME.get(name)
+    return spec.in_words(value) if spec is not None else f"{name} = {value:.3g}"
+
+
+@dataclass(frozen=True)
+class FitSummary:
+    """A recruiter-readable account of how a candidate fits a posting."""
+
+    required_matched: tuple[str, ...]
+    required_missing: tuple[str, ...]
+    nice_matched: tuple[str, ...]
+    years_experience: float
+    min_years: float
+    meets_experience: bool
+    location_fit: str
+    """One of: "remote", "same location", "willing to relocate", "location mismatch", or
+    "no location requirement" (an on-site posting that names no location; the location features
+    are then the same for every candidate)."""
+
+    def describe(self) -> str:
+        """One line, e.g. `3/4 required skills (missing: sql); 6 yrs vs 5 required; remote`."""
+        n_req = len(self.required_matched) + len(self.required_missing)
+        parts = [f"{len(self.required_matched)}/{n_req} required skills"]
+        if self.required_missing:
+            parts[-1] += f" (missing: {', '.join(self.required_missing)})"
+        if self.nice_matched:
+            parts.append(f"nice-to-have: {', '.join(self.nice_matched)}")
+        parts.append(f"{self.years_experience:g} yrs vs {self.min_years:g} required")
+        parts.append(self.location_fit)
+        return "; ".join(parts)
+
+
+def fit_summary(p: Posting, c: Candidate) -> FitSummary:
+    """Skills matched and missing, experience against the minimum, and location fit.
+
+    Compares exactly as `FeatureBuilder` does (`phrase_key`), so the reasons agree with the
+    `required_coverage`, `nice_coverage` and location columns.
+    """
+    skills = skill_keys(c.skills)
+    required = skill_keys(p.required_skills)
+    nice = skill_keys(p.nice_skills)
+    location = phrase_key(p.location)
+    if p.remote and c.remote_ok:
+        where = "remote"
+    elif not location:
+        where = "location mismatch" if p.remote else "no location requirement"
+    elif location == phrase_key(c.location):
+        where = "same location"
+    elif not p.remote and c.willing_to_relocate:
+        where = "willing to relocate"
+    else:
+        where = "location mismatch"
+    return FitSummary(
+        required_matched=tuple(s for k, s in required.items() if k in skills),
+        required_missing=tuple(s for k, s in required.items() if k not in skills),
+        nice_matched=tuple(s for k, s in nice.items() if k in skills),
+        years_experience=c.years_experience,
+        min_years=p.min_years,
+        meets_experience=c.years_experience >= p.min_years,
+        location_fit=where,
+    )
 
 
 @dataclass(frozen=True)
@@ -216,8 +208,6 @@ class TreeExplainer:
     ) -> list[Explanation]:
         """One explanation per candidate (row of `x`), in the same order."""
         contrib = self.contributions(x)
-        # A posting without a location gives every candidate the same location features, so
-        # crediting "a location fit" for the score would mislead; leave them out of the sentences.
         silent = _LOCATION_FEATURES if not posting.location and not posting.remote else frozenset()
         out: list[Explanation] = []
         for row, cand in enumerate(candidates):

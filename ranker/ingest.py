@@ -17,8 +17,8 @@ from ranker.atomic import write_text_atomic
 from ranker.config import Settings
 from ranker.domain import Candidate, Posting
 from ranker.errors import InvalidInput
-from ranker.features import candidate_text, posting_text
 from ranker.index import INDEX_FILE, FaissIndex, Storage
+from ranker.prepared import candidate_text, posting_text
 from ranker.store import CandidateRow, PostingRow, SqliteStore
 
 log = logging.getLogger(__name__)

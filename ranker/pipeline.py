@@ -39,17 +39,12 @@ from ranker.errors import (
     RankerError,
 )
 from ranker.explain import Explanation, TreeExplainer
-from ranker.features import (
-    PreparedCandidate,
-    PreparedPosting,
-    phrase_key,
-    prepare_candidate,
-    prepare_posting,
-)
 from ranker.index import FaissIndex, ReadWriteLock
 from ranker.ingest import TextEncoder, encode_candidates, encode_postings, index_from_store
 from ranker.metrics import ServiceMetrics
+from ranker.prepared import PreparedCandidate, PreparedPosting, prepare_candidate, prepare_posting
 from ranker.store import CandidateRow, Decision, ErasureReceipt, PostingRow, SqliteStore
+from ranker.text import phrase_key
 
 if TYPE_CHECKING:
     from ranker.registry import ModelBundle, ModelRegistry

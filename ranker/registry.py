@@ -36,7 +36,8 @@ from embeddings.config import EncoderSettings
 from embeddings.manifest import sha256_file
 from ranker.atomic import write_text_atomic
 from ranker.errors import InvalidInput, ModelRejected, NotFound
-from ranker.features import FEATURE_NAMES, FEATURES_VERSION, FeatureBuilder, Lexicon
+from ranker.features import FEATURE_NAMES, FEATURES_VERSION, FeatureBuilder
+from ranker.lexicon import Lexicon
 from ranker.scorer import PARITY_TOLERANCE, OnnxScorer
 
 POINTER_FILE = "current.json"

@@ -1,4 +1,4 @@
-"""The layout contract of DESIGN.md: package boundaries hold."""
+"""The layout contract: package boundaries hold, and the modules below them layer as documented."""
 
 from __future__ import annotations
 
@@ -37,3 +37,34 @@ def test_serving_path_does_not_import_torch() -> None:
             "sentence_transformers",
             "transformers",
         }
+
+
+def _imported_modules(module: str) -> set[str]:
+    """Full names of the modules one module of ours imports (absolute imports)."""
+    path = ROOT / (module.replace(".", "/") + ".py")
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_text_normalisation_imports_nothing_of_ours() -> None:
+    # Records, prepared features, filters and reasons all compare terms through it.
+    ours = {"embeddings", "ranker", "training"}
+    assert not {m.split(".")[0] for m in _imported_modules("ranker.text")} & ours
+
+
+def test_features_layer_text_prepared_lexicon_builder() -> None:
+    # text <- prepared <- lexicon <- features <- explain: each reads only the layers below it,
+    # so the feature code never drags in LightGBM, the store or the serving pipeline.
+    below = {
+        "ranker.prepared": {"ranker.domain", "ranker.errors", "ranker.redaction", "ranker.text"},
+        "ranker.lexicon": {"ranker.domain", "ranker.errors", "ranker.prepared", "ranker.text"},
+        "ranker.features": {"ranker.lexicon", "ranker.prepared"},
+    }
+    for module, allowed in below.items():
+        ours = {m for m in _imported_modules(module) if m.split(".")[0] == "ranker"}
+        assert ours <= allowed, (module, ours - allowed)

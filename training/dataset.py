@@ -22,14 +22,8 @@ import numpy as np
 from ranker.datafiles import candidate_record, outcome_record, posting_record
 from ranker.domain import Candidate, Outcome, Posting
 from ranker.errors import InvalidInput
-from ranker.features import (
-    FEATURE_NAMES,
-    FeatureBuilder,
-    PreparedCandidate,
-    PreparedPosting,
-    prepare_candidate,
-    prepare_posting,
-)
+from ranker.features import FEATURE_NAMES, FeatureBuilder
+from ranker.prepared import PreparedCandidate, PreparedPosting, prepare_candidate, prepare_posting
 from training.labels import as_utc, labels_from_outcomes
 
 SPLITS = ("train", "valid", "test")

@@ -24,7 +24,8 @@ import numpy as np
 from embeddings.config import EncoderSettings
 from ranker.domain import Outcome
 from ranker.errors import InvalidInput
-from ranker.features import FEATURE_NAMES, FeatureBuilder, Lexicon
+from ranker.features import FEATURE_NAMES, FeatureBuilder
+from ranker.lexicon import Lexicon
 from ranker.registry import ModelRegistry
 from ranker.scorer import PARITY_TOLERANCE
 from training.card import build_card, render_markdown

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ranker.explain import FeatureContribution, contribution_sentences, describe_feature
-from ranker.features import FEATURE_NAMES
+from ranker.features import FEATURE_NAMES, FEATURES
 
 
 def test_a_contribution_reads_as_what_the_candidate_has_and_which_way_it_moved() -> None:
@@ -45,3 +45,9 @@ def test_feature_values_in_words(name: str, value: float, words: str) -> None:
 def test_every_feature_has_words() -> None:
     # A new feature without words would show its raw name to recruiters.
     assert all("=" not in describe_feature(name, 1.0) for name in FEATURE_NAMES)
+
+
+def test_the_words_are_those_of_the_feature_spec() -> None:
+    # One wording per feature, on its spec: explain adds none of its own.
+    for f in FEATURES:
+        assert describe_feature(f.name, 2.0) == f.in_words(2.0)

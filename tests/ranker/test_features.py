@@ -14,23 +14,17 @@ import numpy as np
 import pytest
 
 import ranker.features as features
+import ranker.lexicon as lexicon
+import ranker.prepared as prepared
+import ranker.text as text_module
 from ranker.datafiles import PROTECTED_NAMES
 from ranker.domain import Candidate, Posting
 from ranker.errors import InvalidInput
-from ranker.features import (
-    FEATURE_NAMES,
-    FEATURES,
-    FeatureBuilder,
-    Lexicon,
-    candidate_text,
-    fit_summary,
-    phrase_key,
-    posting_text,
-    prepare_candidate,
-    prepare_posting,
-    term_hash,
-    tokenize,
-)
+from ranker.explain import fit_summary
+from ranker.features import FEATURE_NAMES, FEATURES, FeatureBuilder
+from ranker.lexicon import Lexicon
+from ranker.prepared import candidate_text, posting_text, prepare_candidate, prepare_posting
+from ranker.text import STOPWORDS, phrase_key, tokenize
 from training.demo import DemoConfig, generate
 
 COL = {n: i for i, n in enumerate(FEATURE_NAMES)}
@@ -71,6 +65,19 @@ def test_names_are_unique_documented_and_match_the_specs() -> None:
     assert all(len(f.doc) > 20 for f in FEATURES)
 
 
+def test_every_feature_spec_has_wording_a_recruiter_can_read() -> None:
+    for f in FEATURES:
+        for value in (-2.0, 0.0, 0.5, 1.0, 3.0):
+            words = f.in_words(value)
+            assert words.strip() and "=" not in words and f.name not in words, (f.name, words)
+    assert {f.name for f in FEATURES if f.location} == {
+        "same_location",
+        "remote_fit",
+        "relocation_needed",
+        "location_fit",
+    }
+
+
 def test_no_protected_attribute_is_a_feature_or_an_input() -> None:
     words = {w for name in FEATURE_NAMES for w in name.split("_")}
     assert not PROTECTED_NAMES & set(FEATURE_NAMES)
@@ -81,23 +88,24 @@ def test_no_protected_attribute_is_a_feature_or_an_input() -> None:
     params = set(inspect.signature(prepare_candidate).parameters)
     assert params == {"c", "doc_vector", "chunk_vectors"}
     # ... and the feature code never names one (identifiers, attributes or strings).
-    tree = ast.parse(Path(features.__file__).read_text(encoding="utf-8"))
-    docstrings = {
-        id(n.value)
-        for n in ast.walk(tree)
-        if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)
-    }
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if id(node) in docstrings:
-            continue
-        if isinstance(node, ast.Name):
-            names.add(node.id.lower())
-        elif isinstance(node, ast.Attribute):
-            names.add(node.attr.lower())
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
-            names.update(tokenize(node.value))
-    assert not (PROTECTED_NAMES - {"name"}) & names
+    for module in (features, prepared, lexicon, text_module):
+        tree = ast.parse(Path(module.__file__ or "").read_text(encoding="utf-8"))
+        docstrings = {
+            id(n.value)
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)
+        }
+        names: set[str] = set()
+        for node in ast.walk(tree):
+            if id(node) in docstrings:
+                continue
+            if isinstance(node, ast.Name):
+                names.add(node.id.lower())
+            elif isinstance(node, ast.Attribute):
+                names.add(node.attr.lower())
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                names.update(tokenize(node.value))
+        assert not (PROTECTED_NAMES - {"name"}) & names, module.__name__
 
 
 def test_skill_experience_and_location_columns() -> None:
@@ -190,8 +198,7 @@ def test_vectorised_lexical_features_match_a_plain_reference() -> None:
     for posting in data.postings:
         pp = prepare_posting(posting, _unit(rng, 8))
         x = FeatureBuilder(lex).build(pp, pc)
-        stop = features._STOPWORDS
-        query = {t for t in tokenize(posting_text(posting)) if t not in stop}
+        query = {t for t in tokenize(posting_text(posting)) if t not in STOPWORDS}
         required = {w for s in posting.required_skills for w in tokenize(s)}
         for i, c in enumerate(data.candidates):
             text = candidate_text(c)
@@ -234,22 +241,6 @@ def test_empty_candidate_list_and_bad_vectors() -> None:
         prepare_candidate(_cand("a"), _unit(rng, 8), _unit(rng, 1, 4))
 
 
-def test_lexicon_round_trip_and_errors() -> None:
-    cands = [_cand("a", cv_text="python sql"), _cand("b", cv_text="python nursing care")]
-    lex = Lexicon.fit(cands, min_df=1)
-    back = Lexicon.from_json(lex.to_json())
-    assert back.df == lex.df == {"care": 1, "nursing": 1, "python": 2, "sql": 1}
-    assert back.avgdl == 2.5 and back.n_docs == 2 and back.min_df == 1
-    np.testing.assert_allclose(
-        back.idf(["python", "never-seen"]), lex.idf(["python", "never-seen"])
-    )
-    assert lex.idf(["never-seen"])[0] > lex.idf(["sql"])[0] > lex.idf(["python"])[0]
-    with pytest.raises(InvalidInput, match="lexicon is not valid"):
-        Lexicon.from_json('{"n_docs": 2}')
-    with pytest.raises(InvalidInput):
-        Lexicon.fit([])
-
-
 def test_fit_summary() -> None:
     c = _cand(
         "a",
@@ -272,42 +263,6 @@ def test_fit_summary() -> None:
     remote = dataclasses.replace(POSTING, remote=True, location="")
     assert fit_summary(remote, _cand("c", remote_ok=True)).location_fit == "remote"
     assert fit_summary(remote, _cand("d")).location_fit == "location mismatch"
-
-
-def test_lexicon_keeps_only_terms_found_in_three_cvs() -> None:
-    cands = [
-        _cand("a", cv_text="Jane Zyxwv python sql"),
-        _cand("b", cv_text="python sql nursing"),
-        _cand("c", cv_text="python nursing care"),
-        _cand("d", cv_text="python sql care"),
-    ]
-    lex = Lexicon.fit(cands)
-    assert lex.min_df == features.MIN_DF == 3
-    assert lex.df == {"python": 4, "sql": 3}
-    assert "zyxwv" not in lex.to_json() and "jane" not in lex.to_json()
-    # Lengths still count every word, and a dropped term scores like an unseen one.
-    assert lex.avgdl == 3.25 and lex.n_docs == 4
-    assert lex.idf(["zyxwv"])[0] == lex.idf(["never-seen"])[0]
-
-
-def test_term_hash_keeps_no_cache_of_cv_words() -> None:
-    # A process-wide cache would hold CV words (names, e-mail parts) after an erasure.
-    assert not hasattr(term_hash, "cache_info")
-    assert term_hash("python") == term_hash("python") != term_hash("sql")
-
-
-def test_tokenizer_is_unicode_aware() -> None:
-    assert tokenize("Zürich ZÜRICH zurich") == ["zurich"] * 3
-    assert tokenize("ﬁnance Straße") == ["finance", "strasse"]  # NFKC ligature, case folding
-    assert tokenize("C++, C# and Node.js; 3.5 yrs") == ["c++", "c#", "and", "node.js", "3.5", "yrs"]
-    assert tokenize("数据工程师") == ["数", "据", "工", "程", "师"]
-    assert tokenize("हिन्दी தமிழ் Ελληνικά Русский 한국어") == [
-        "हिन्दी",
-        "தமிழ்",
-        "ελληνικα",
-        "русскии",
-        "한국어",
-    ]
 
 
 def test_skills_and_locations_compare_normalised() -> None:

@@ -13,7 +13,6 @@ import pytest
 
 from ranker.domain import Candidate, Outcome, Stage
 from ranker.errors import DeadlineExceeded, InvalidInput
-from ranker.features import PreparedCandidate, prepare_candidate
 from ranker.index import ReadWriteLock
 from ranker.ingest import TextEncoder
 from ranker.pipeline import (
@@ -24,6 +23,7 @@ from ranker.pipeline import (
     RankQuery,
     Rejected,
 )
+from ranker.prepared import PreparedCandidate, prepare_candidate
 from tests.fixtures.server import serving_settings
 from training.demo import DemoData
 
@@ -387,8 +387,8 @@ def test_features_and_scoring_run_without_the_lock_and_an_erasure_meanwhile_is_n
 
 def test_filters_compare_like_the_features() -> None:
     """A filter for "Zurich" or "machine-learning" matches what the features call the same."""
-    from ranker.features import phrase_key
     from ranker.pipeline import RankFilters as Filters
+    from ranker.text import phrase_key
 
     f = Filters(locations=("Zurich",), must_have_skills=("Machine-Learning",))
     assert f.locations == (phrase_key("Zürich"),)

@@ -10,7 +10,9 @@ import pytest
 
 from ranker.domain import Posting
 from ranker.errors import InvalidInput
-from ranker.features import FEATURE_NAMES, FeatureBuilder, Lexicon, PreparedPosting
+from ranker.features import FEATURE_NAMES, FeatureBuilder
+from ranker.lexicon import Lexicon
+from ranker.prepared import PreparedPosting
 from tests.fixtures.training import EncodedDemo
 from training.dataset import (
     SPLITS,
