@@ -26,10 +26,10 @@ import numpy as np
 from ranker.config import Settings
 from ranker.domain import Candidate
 from ranker.features import PreparedCandidate, candidate_text, posting_text, prepare_candidate
-from ranker.index import INDEX_FILE
-from ranker.ingest import build_index
+from ranker.index import INDEX_FILE, build_index
 from ranker.registry import ModelRegistry
-from ranker.store import CandidateRow, PostingRow, SqliteStore
+from ranker.rows import CandidateRow, PostingRow
+from ranker.store import SqliteStore
 
 log = logging.getLogger(__name__)
 
@@ -138,10 +138,10 @@ def _generate_base(settings: Settings, folder: Path, n_candidates: int, n_postin
         rows,
         posts,
         demo.outcomes,
-        ModelRegistry(folder / "registry", settings),
+        ModelRegistry(folder / "registry", settings.ort_session),
         config=TrainConfig(seed=7),
         promote=True,
-        settings=settings,
+        session=settings.ort_session,
     )
     log.info("bench seed set built in %.0fs", time.perf_counter() - started)
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from ranker.config import Settings
 from ranker.domain import Candidate, Outcome, Posting
+from ranker.encoding import TextEncoder, encode_candidates, encode_postings
 from ranker.errors import (
     DeadlineExceeded,
     InvalidInput,
@@ -46,10 +47,10 @@ from ranker.features import (
     prepare_candidate,
     prepare_posting,
 )
-from ranker.index import FaissIndex, ReadWriteLock
-from ranker.ingest import TextEncoder, encode_candidates, encode_postings, index_from_store
+from ranker.index import FaissIndex, ReadWriteLock, index_from_store
 from ranker.metrics import ServiceMetrics
-from ranker.store import CandidateRow, Decision, ErasureReceipt, PostingRow, SqliteStore
+from ranker.rows import CandidateRow, Decision, ErasureReceipt, PostingRow
+from ranker.store import SqliteStore
 
 if TYPE_CHECKING:
     from ranker.registry import ModelBundle, ModelRegistry
@@ -647,7 +648,7 @@ class RankingPipeline:
         else:
             text_encoder = encoder
         store = SqliteStore(settings.resolved_db_path, dim=text_encoder.dim)
-        registry = ModelRegistry(settings.resolved_registry_dir, settings)
+        registry = ModelRegistry(settings.resolved_registry_dir, settings.ort_session)
         pipeline = cls(settings, store, text_encoder, registry, metrics)
         try:
             version = registry.current_version()

@@ -36,7 +36,7 @@ SPLITS = ("train", "valid", "test")
 
 
 class CandidateLike(Protocol):
-    """A candidate with its vectors, e.g. `ranker.store.CandidateRow`."""
+    """A candidate with its vectors, e.g. `ranker.rows.CandidateRow`."""
 
     @property
     def candidate(self) -> Candidate: ...
@@ -47,7 +47,7 @@ class CandidateLike(Protocol):
 
 
 class PostingLike(Protocol):
-    """A posting with its vector, e.g. `ranker.store.PostingRow`."""
+    """A posting with its vector, e.g. `ranker.rows.PostingRow`."""
 
     @property
     def posting(self) -> Posting: ...
