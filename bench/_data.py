@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ranker.atomic import write_text_atomic
 from ranker.config import Settings
 from ranker.domain import Candidate
 from ranker.features import PreparedCandidate, candidate_text, posting_text, prepare_candidate
@@ -306,7 +307,7 @@ def build_candidate_set(base: BaseSet, n: int, root: Path | None = None) -> Benc
         ).save(folder / "index")
     finally:
         store.close()
-    marker.write_text(json.dumps(want))
+    write_text_atomic(marker, json.dumps(want))
     seconds = time.perf_counter() - started
     log.info("built %d synthetic candidates in %s in %.0fs", n, folder, seconds)
     return BenchData(n, folder, seconds)

@@ -78,4 +78,3 @@ def test_settings_and_the_offline_ingest_path_load_no_model_runtime() -> None:
 def test_file_locks_go_through_filelock() -> None:
     # One locking library (flock underneath), no hand-rolled fcntl calls to keep correct.
     assert "fcntl" not in _imported_top_levels("ranker") | _imported_top_levels("training")
-
