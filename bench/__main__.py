@@ -19,6 +19,7 @@ from types import ModuleType
 
 import bench
 from bench import _machine
+from ranker.atomic import write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 ORDER = ("encoder", "ingest", "scoring", "serving", "memory")
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         if name not in bodies and not body.startswith(KEPT):
             body = KEPT + "\n\n" + body
         parts += [start, body.rstrip() + "\n", end, ""]
-    args.out.write_text("\n".join(parts))
+    write_text_atomic(args.out, "\n".join(parts))
     print(f"[bench] wrote {args.out}", file=sys.stderr)
     return 0
 

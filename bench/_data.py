@@ -23,13 +23,14 @@ from typing import Any
 
 import numpy as np
 
+from ranker.atomic import write_text_atomic
 from ranker.config import Settings
 from ranker.domain import Candidate
-from ranker.index import INDEX_FILE
-from ranker.ingest import build_index
+from ranker.index import INDEX_FILE, build_index
 from ranker.prepared import PreparedCandidate, candidate_text, posting_text, prepare_candidate
 from ranker.registry import ModelRegistry
-from ranker.store import CandidateRow, PostingRow, SqliteStore
+from ranker.rows import CandidateRow, PostingRow
+from ranker.store import SqliteStore
 
 log = logging.getLogger(__name__)
 
@@ -138,10 +139,10 @@ def _generate_base(settings: Settings, folder: Path, n_candidates: int, n_postin
         rows,
         posts,
         demo.outcomes,
-        ModelRegistry(folder / "registry", settings),
+        ModelRegistry(folder / "registry", settings.ort_session),
         config=TrainConfig(seed=7),
         promote=True,
-        settings=settings,
+        session=settings.ort_session,
     )
     log.info("bench seed set built in %.0fs", time.perf_counter() - started)
 
@@ -306,7 +307,7 @@ def build_candidate_set(base: BaseSet, n: int, root: Path | None = None) -> Benc
         ).save(folder / "index")
     finally:
         store.close()
-    marker.write_text(json.dumps(want))
+    write_text_atomic(marker, json.dumps(want))
     seconds = time.perf_counter() - started
     log.info("built %d synthetic candidates in %s in %.0fs", n, folder, seconds)
     return BenchData(n, folder, seconds)

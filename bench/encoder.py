@@ -25,7 +25,8 @@ from embeddings import OnnxEncoder
 from embeddings.chunking import chunk_spans
 from embeddings.config import EncoderSettings
 from embeddings.export import export_encoder
-from embeddings.manifest import MODEL_FILE, TOKENIZER_FILE, EncoderManifest, sha256_file
+from embeddings.files import sha256_file
+from embeddings.manifest import MODEL_FILE, TOKENIZER_FILE, EncoderManifest
 from embeddings.runtime import physical_cores
 
 log = logging.getLogger(__name__)

@@ -117,7 +117,7 @@ def run(n: int = 96, batch: int = 32, base: BaseSet | None = None, root: Path | 
     st_s = time.perf_counter() - t0
     st_windows_s = st_encode_windows(windows, batch)
 
-    threads = intra_op_threads(settings)
+    threads = intra_op_threads(settings.ort_session)
     per = len(windows) / n
     rows = [
         [

@@ -50,9 +50,9 @@ def run(n: int = 500, repeats: int = 2000, base: BaseSet | None = None) -> str:
     folder = model_dir(base)
     settings = Settings()
     x = feature_rows(base, n)
-    scorer = OnnxScorer(folder / MODEL_FILE, settings)
+    scorer = OnnxScorer(folder / MODEL_FILE, settings.ort_session)
     booster = lgb.Booster(model_file=str(folder / BOOSTER_FILE))
-    threads = intra_op_threads(settings)
+    threads = intra_op_threads(settings.ort_session)
     onnx = Summary.of(timings(lambda: scorer.score(x), repeats))
     # LightGBM's default (all cores through OpenMP) is what the straightforward stack runs.
     native = Summary.of(timings(lambda: booster.predict(x), repeats))

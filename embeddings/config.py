@@ -2,11 +2,42 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+GraphOptimization = Literal["disable", "basic", "extended", "all"]
+
+
+@dataclass(frozen=True)
+class OrtSessionSettings:
+    """How ONNX Runtime runs one model: what `embeddings.runtime.make_session` takes.
+
+    Shared by the text encoder and the ranking model's scorer. Kept here rather than beside
+    `make_session` so the settings (imported by every CLI command) never load onnxruntime.
+    """
+
+    intra_op_threads: int = 0
+    """Threads inside one operator; 0 means one per physical core."""
+
+    inter_op_threads: int = 1
+    """Threads across operators."""
+
+    graph_optimization: GraphOptimization = "all"
+    """Graph optimisation level."""
+
+    allow_spinning: bool = False
+    """Whether idle worker threads busy-wait for the next run."""
+
+    def __post_init__(self) -> None:
+        if self.intra_op_threads < 0 or self.inter_op_threads < 1:
+            raise ValueError(
+                "ONNX Runtime needs intra_op_threads >= 0 (0: one per core) and "
+                f"inter_op_threads >= 1, got {self.intra_op_threads} and {self.inter_op_threads}"
+            )
 
 
 class EncoderSettings(BaseSettings):
@@ -34,7 +65,7 @@ class EncoderSettings(BaseSettings):
     """Let ONNX Runtime's idle worker threads spin (busy-wait) for the next run. Off: on a
     small, shared CPU their spinning slows the work that follows; on for pure batch encoding."""
 
-    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    graph_optimization: GraphOptimization = "all"
     """ONNX Runtime graph optimisation level for every session we create."""
 
     encoder_batch_size: int = Field(default=32, ge=1, le=1024)
@@ -45,6 +76,16 @@ class EncoderSettings(BaseSettings):
 
     chunk_overlap: int = Field(default=32, ge=0)
     """Tokens shared by neighbouring chunks of a text longer than the model window."""
+
+    @property
+    def ort_session(self) -> OrtSessionSettings:
+        """The ONNX Runtime settings above, as `make_session` takes them (encoder and scorer)."""
+        return OrtSessionSettings(
+            intra_op_threads=self.intra_op_threads,
+            inter_op_threads=self.inter_op_threads,
+            graph_optimization=self.graph_optimization,
+            allow_spinning=self.ort_allow_spinning,
+        )
 
     @property
     def resolved_encoder_dir(self) -> Path:

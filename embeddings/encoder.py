@@ -84,7 +84,7 @@ class OnnxEncoder:
                 self.path,
             )
         model_file = INT8_MODEL_FILE if self.quantized else MODEL_FILE
-        self._session = make_session(self.path / model_file, self._settings)
+        self._session = make_session(self.path / model_file, self._settings.ort_session)
         self._input_names = [i.name for i in self._session.get_inputs()]
 
         self._tokenizer = Tokenizer.from_file(str(self.path / TOKENIZER_FILE))

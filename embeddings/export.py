@@ -23,13 +23,13 @@ from typing import Any
 import numpy as np
 
 from embeddings.config import EncoderSettings
+from embeddings.files import sha256_file
 from embeddings.manifest import (
     INT8_MODEL_FILE,
     MODEL_FILE,
     TOKENIZER_FILE,
     EncoderManifest,
     is_valid_export,
-    sha256_file,
 )
 
 log = logging.getLogger(__name__)

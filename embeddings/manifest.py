@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from embeddings.files import sha256_file
 
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
@@ -15,15 +16,6 @@ TOKENIZER_FILE = "tokenizer.json"
 
 # Bumped whenever the exported graph or folder layout changes, so `--if-missing` redoes old exports.
 FORMAT_VERSION = 2
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in blocks so a 90 MB model does not sit in memory twice."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -2,27 +2,54 @@
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO, TextIO
 
 
-def write_bytes_atomic(path: Path, chunks: list[bytes] | bytes) -> Path:
-    """Write to a temp file beside `path`, fsync it, then rename it over `path`."""
+@contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A binary file that replaces `path` when the block ends without an error.
+
+    Written to a temp file beside `path`, fsynced, then renamed over it; an error inside the
+    block leaves `path` as it was and removes the temp file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            for chunk in [chunks] if isinstance(chunks, bytes) else chunks:
-                f.write(chunk)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+@contextmanager
+def atomic_text_file(path: Path, newline: str | None = None) -> Iterator[TextIO]:
+    """`atomic_file` as UTF-8 text; `newline` as for `open` (the csv module wants "")."""
+    with atomic_file(path) as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8", newline=newline)
+        try:
+            yield text
+        finally:
+            # Hand the binary file back unclosed: `atomic_file` still has to fsync it.
+            text.detach()
+
+
+def write_bytes_atomic(path: Path, chunks: list[bytes] | bytes) -> Path:
+    """Write `chunks` to `path` atomically (`atomic_file`)."""
+    with atomic_file(path) as f:
+        for chunk in [chunks] if isinstance(chunks, bytes) else chunks:
+            f.write(chunk)
+    return Path(path)
 
 
 def write_text_atomic(path: Path, text: str) -> Path:

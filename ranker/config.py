@@ -14,7 +14,8 @@ class Settings(EncoderSettings):
     """Everything configurable about the service; nothing else reads the environment.
 
     Inherits the encoder's fields (`data_dir`, ONNX Runtime threads, ...) from
-    `embeddings.config.EncoderSettings`.
+    `embeddings.config.EncoderSettings`; `ort_session` hands the ONNX Runtime ones to both the
+    encoder and the ranking model's scorer.
     """
 
     host: str = "127.0.0.1"

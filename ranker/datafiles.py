@@ -63,6 +63,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ranker.atomic import atomic_text_file
 from ranker.domain import Candidate, Outcome, Posting, Stage
 from ranker.errors import InvalidInput
 
@@ -374,13 +375,10 @@ def outcome_record(o: Outcome) -> dict[str, Any]:
 
 
 def write_jsonl(path: Path | str, records: Sequence[Mapping[str, Any]]) -> None:
-    """One JSON object per line, written to a temporary file and renamed into place."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    """One JSON object per line, written atomically (the old file or the whole new one)."""
+    with atomic_text_file(Path(path)) as f:
         for r in records:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    tmp.replace(path)
 
 
 def write_csv(path: Path | str, records: Sequence[Mapping[str, Any]]) -> None:
@@ -389,8 +387,7 @@ def write_csv(path: Path | str, records: Sequence[Mapping[str, Any]]) -> None:
     if not records:
         raise InvalidInput(f"{path.name}: nothing to write")
     fields = list(records[0])
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8", newline="") as f:
+    with atomic_text_file(path, newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         for r in records:
@@ -404,4 +401,3 @@ def write_csv(path: Path | str, records: Sequence[Mapping[str, Any]]) -> None:
                     for k, v in r.items()
                 }
             )
-    tmp.replace(path)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 from pathlib import Path
 from types import TracebackType
+
+from filelock import FileLock, Timeout
 
 LOCK_FILE = ".lock"
 
@@ -14,8 +15,14 @@ class DataDirBusy(RuntimeError):
     """Another process holds the data folder's lock; the message names its pid."""
 
 
+def _write_pid(fd: int) -> None:
+    # Only so a refused process can name the holder; the lock itself is the kernel's flock.
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+
+
 class DataDirLock:
-    """`flock` on `<data_dir>/.lock`, released when closed or when the process ends.
+    """`flock` on `<data_dir>/.lock` (through `filelock`), released when closed or when the process ends.
 
     An advisory lock rather than a pid file alone: the kernel drops it when its holder dies,
     so a crashed server never leaves the folder locked. The file holds the holder's pid only
@@ -25,32 +32,40 @@ class DataDirLock:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = Path(data_dir)
         self.path = self.data_dir / LOCK_FILE
-        self._fd: int | None = None
+        # timeout=0: refuse at once instead of queueing behind a server that runs for days.
+        # preserve_lock_file keeps one inode for every holder and rules out filelock's soft
+        # (marker file) fallback, which a crashed holder would leave behind.
+        # thread_local=False: `ranker serve` may release from another thread than it acquired.
+        self._lock = FileLock(
+            self.path,
+            timeout=0,
+            preserve_lock_file=True,
+            thread_local=False,
+            on_acquired=_write_pid,
+        )
 
     def acquire(self) -> DataDirLock:
         """Take the lock or raise DataDirBusy at once (never waits)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            os.close(fd)
+            self._lock.acquire()
+        except Timeout:
+            try:
+                holder = self.path.read_text("ascii", "replace").strip() or "unknown"
+            except OSError:
+                holder = "unknown"
             raise DataDirBusy(
                 f"another ranker process (pid {holder}) is using {self.data_dir}; stop it, or "
                 "point this one at another folder with RANKER_DATA_DIR"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
-        self._fd = fd
         return self
 
     def release(self) -> None:
-        if self._fd is not None:
-            os.ftruncate(self._fd, 0)
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+        if self._lock.is_locked:
+            # Clear the pid while still holding the lock, so a later reader never names a
+            # process that has gone.
+            self.path.write_bytes(b"")
+            self._lock.release()
 
     def __enter__(self) -> DataDirLock:
         return self.acquire()

@@ -20,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ranker.config import Settings
+from ranker.encoding import TextEncoder
 from ranker.errors import (
     DeadlineExceeded,
     InvalidInput,
@@ -30,7 +31,6 @@ from ranker.errors import (
     RankerError,
 )
 from ranker.explain import Explanation
-from ranker.ingest import TextEncoder
 from ranker.messages import candidate_from_pb as candidate_from_pb
 from ranker.messages import candidate_to_pb as candidate_to_pb
 from ranker.messages import outcome_from_pb as outcome_from_pb

@@ -1,8 +1,9 @@
-"""The FAISS index of candidate vectors: exact cosine search with filters applied inside FAISS."""
+"""The FAISS index of candidate vectors (exact cosine search, filters inside FAISS) and when to rebuild it."""
 
 from __future__ import annotations
 
 import json
+import logging
 import struct
 import threading
 from collections.abc import Iterator
@@ -14,7 +15,11 @@ import faiss
 import numpy as np
 
 from ranker.atomic import write_bytes_atomic
+from ranker.config import Settings
 from ranker.errors import InvalidInput
+from ranker.store import SqliteStore
+
+log = logging.getLogger(__name__)
 
 INDEX_FILE = "candidates.faiss"
 Storage = Literal["flat", "fp16"]
@@ -215,3 +220,86 @@ class FaissIndex:
         if not isinstance(loaded, faiss.IndexIDMap2):
             raise InvalidInput(f"{path} is not an id-mapped index; delete it to rebuild")
         return index
+
+
+# -- load or rebuild: the store is the truth, a saved index is a cache of it -----------------
+
+
+def build_index(
+    faiss_ids: np.ndarray,
+    vectors: np.ndarray,
+    generation: str,
+    dim: int = 384,
+    storage: Storage = "fp16",
+) -> FaissIndex:
+    """A fresh index over the given candidates, tagged with the store generation it reflects."""
+    index = FaissIndex(dim=dim, generation=generation, storage=storage)
+    if len(faiss_ids):
+        index.add(np.asarray(faiss_ids, dtype=np.int64), np.asarray(vectors, dtype=np.float32))
+    return index
+
+
+def load_index_if_current(
+    index_dir: Path, generation: str, storage: Storage = "fp16"
+) -> FaissIndex | None:
+    """The saved index when it reflects `generation` of the store; None when missing or stale."""
+    if not (index_dir / INDEX_FILE).exists():
+        return None
+    try:
+        index = FaissIndex.load(index_dir)
+    except (OSError, InvalidInput, RuntimeError) as e:
+        log.warning(
+            "saved index in %s is unreadable (%s); rebuilding it from the store", index_dir, e
+        )
+        return None
+    if index.generation != generation:
+        log.info("saved index is out of date (store changed since); rebuilding it from the store")
+        return None
+    if index.storage != storage:
+        log.info(
+            "saved index holds %s vectors, %s configured; rebuilding it", index.storage, storage
+        )
+        return None
+    return index
+
+
+def index_from_store(
+    store: SqliteStore,
+    index_dir: Path,
+    vectors: tuple[np.ndarray, np.ndarray] | None = None,
+    storage: Storage = "fp16",
+) -> tuple[FaissIndex, bool]:
+    """The store's index: the saved one when current, else rebuilt and saved. True if rebuilt.
+
+    The one place that decides between the saved index and a rebuild. `vectors` (FAISS ids,
+    document vectors) spares a second pass over the store when the caller has read it already.
+    """
+    generation = store.generation()
+    index = load_index_if_current(index_dir, generation, storage)
+    if index is not None and len(index) == store.count_candidates():
+        return index, False
+    if vectors is None:
+        ids: list[int] = []
+        rows: list[np.ndarray] = []
+        for fid, row in store.iter_candidates_with_ids():
+            ids.append(fid)
+            rows.append(row.doc_vector)
+        vectors = (
+            np.asarray(ids, dtype=np.int64),
+            np.stack(rows) if rows else np.zeros((0, store.dim), np.float32),
+        )
+    index = build_index(vectors[0], vectors[1], generation, store.dim, storage)
+    index.save(index_dir)
+    return index, True
+
+
+def ensure_index(settings: Settings) -> tuple[int, bool]:
+    """Bring the saved index in line with the store; (index size, whether it was rebuilt)."""
+    store = SqliteStore(settings.resolved_db_path)
+    try:
+        index, rebuilt = index_from_store(
+            store, settings.resolved_index_dir, storage=settings.index_storage
+        )
+        return len(index), rebuilt
+    finally:
+        store.close()

@@ -30,6 +30,7 @@ import numpy as np
 
 from ranker.config import Settings
 from ranker.domain import Candidate, Outcome, Posting
+from ranker.encoding import TextEncoder, encode_candidates, encode_postings
 from ranker.errors import (
     DeadlineExceeded,
     InvalidInput,
@@ -39,11 +40,11 @@ from ranker.errors import (
     RankerError,
 )
 from ranker.explain import Explanation, TreeExplainer
-from ranker.index import FaissIndex, ReadWriteLock
-from ranker.ingest import TextEncoder, encode_candidates, encode_postings, index_from_store
+from ranker.index import FaissIndex, ReadWriteLock, index_from_store
 from ranker.metrics import ServiceMetrics
 from ranker.prepared import PreparedCandidate, PreparedPosting, prepare_candidate, prepare_posting
-from ranker.store import CandidateRow, Decision, ErasureReceipt, PostingRow, SqliteStore
+from ranker.rows import CandidateRow, Decision, ErasureReceipt, PostingRow
+from ranker.store import SqliteStore
 from ranker.text import phrase_key
 
 if TYPE_CHECKING:
@@ -642,7 +643,7 @@ class RankingPipeline:
         else:
             text_encoder = encoder
         store = SqliteStore(settings.resolved_db_path, dim=text_encoder.dim)
-        registry = ModelRegistry(settings.resolved_registry_dir, settings)
+        registry = ModelRegistry(settings.resolved_registry_dir, settings.ort_session)
         pipeline = cls(settings, store, text_encoder, registry, metrics)
         try:
             version = registry.current_version()

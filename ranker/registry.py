@@ -16,7 +16,6 @@ versions, the last one in service; `rollback` steps back through it.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -31,9 +30,10 @@ from typing import Any
 
 import lightgbm as lgb
 import numpy as np
+from filelock import FileLock
 
-from embeddings.config import EncoderSettings
-from embeddings.manifest import sha256_file
+from embeddings.config import OrtSessionSettings
+from embeddings.files import sha256_file
 from ranker.atomic import write_text_atomic
 from ranker.errors import InvalidInput, ModelRejected, NotFound
 from ranker.features import FEATURE_NAMES, FEATURES_VERSION, FeatureBuilder
@@ -48,6 +48,7 @@ CHECK_FILE = "check.json"
 CARD_FILE = "model_card.json"
 CARD_MD_FILE = "MODEL_CARD.md"
 EVALUATIONS_DIR = "evaluations"
+LOCK_FILE = ".lock"
 
 _VERSION_RE = re.compile(r"^v(\d{4,})$")
 
@@ -131,9 +132,10 @@ class ModelBundle:
 class ModelRegistry:
     """Model versions in folders under `root`, and the pointer to the one in service."""
 
-    def __init__(self, root: Path, settings: EncoderSettings | None = None) -> None:
+    def __init__(self, root: Path, session: OrtSessionSettings | None = None) -> None:
         self.root = Path(root)
-        self.settings = settings
+        self.session = session
+        """How ONNX Runtime runs the versions' scorers (`Settings.ort_session`)."""
 
     # -- reading ---------------------------------------------------------------------------
     def versions(self) -> list[str]:
@@ -206,7 +208,7 @@ class ModelRegistry:
             version=version,
             feature_names=tuple(card["feature_names"]),
             card=card,
-            scorer=OnnxScorer(folder / MODEL_FILE, self.settings),
+            scorer=OnnxScorer(folder / MODEL_FILE, self.session),
             builder=FeatureBuilder(Lexicon.from_json((folder / LEXICON_FILE).read_text("utf-8"))),
             booster_path=folder / BOOSTER_FILE,
             check_rows=np.asarray(check["rows"], dtype=np.float32).reshape(
@@ -236,13 +238,12 @@ class ModelRegistry:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
+        """Hold the registry's writer lock (waits for another writer, in any process)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "a+") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        # A fresh lock per call: flock on its own descriptor, so two writers in one process
+        # exclude each other as two processes do. The file stays so every writer locks one inode.
+        with FileLock(self.root / LOCK_FILE, preserve_lock_file=True, thread_local=False):
+            yield
 
     def register(
         self,

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
-from embeddings.config import EncoderSettings
+from embeddings.config import OrtSessionSettings
 from embeddings.runtime import make_session
 from ranker.errors import InvalidInput, ModelRejected
 
@@ -16,23 +16,19 @@ PARITY_TOLERANCE = 1e-4
 checked; the one tolerance of the project (onnxmltools' converted trees agree to ~1e-6)."""
 
 
-def _session(path: Path, settings: EncoderSettings | None) -> ort.InferenceSession:
-    settings = settings if settings is not None else EncoderSettings()
-    # One intra-op thread: a tree ensemble over a few hundred rows takes ~1 ms, and a second
-    # thread spinning on a busy 2-core machine made it slower (3 ms vs 1.2 ms for 500 rows);
-    # serving gets its parallelism from concurrent requests instead.
-    return make_session(path, settings.model_copy(update={"intra_op_threads": 1}))
-
-
 class OnnxScorer:
     """Scores feature matrices with an exported LightGBM model; thread-safe (ORT sessions are)."""
 
-    def __init__(self, path: Path, settings: EncoderSettings | None = None) -> None:
+    def __init__(self, path: Path, session: OrtSessionSettings | None = None) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelRejected(f"{self.path} does not exist; train a model first: `ranker train`")
+        # One intra-op thread whatever `session` says: a tree ensemble over a few hundred rows
+        # takes ~1 ms, and a second thread spinning on a busy 2-core machine made it slower
+        # (3 ms vs 1.2 ms for 500 rows); serving gets its parallelism from concurrent requests.
+        options = replace(session or OrtSessionSettings(), intra_op_threads=1)
         try:
-            self._session = _session(self.path, settings)
+            self._session = make_session(self.path, options)
         except Exception as e:  # ORT raises its own untyped errors for a corrupt file
             raise ModelRejected(
                 f"{self.path} is not a loadable ONNX model ({e}); retrain: `ranker train`"

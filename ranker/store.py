@@ -11,7 +11,6 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,130 +18,11 @@ import numpy as np
 
 from ranker.domain import Candidate, Outcome, Posting, Stage
 from ranker.errors import InvalidInput, NotFound
+from ranker.rows import CandidateRow, Decision, ErasureReceipt, PostingRow
+from ranker.schema import SCHEMA, SCHEMA_VERSION
 
-SCHEMA_VERSION = 2
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
--- faiss_id is the integer id of the candidate in the FAISS index. AUTOINCREMENT guarantees an
--- erased candidate's faiss_id is never reused, so a stale index entry can never alias a new one.
-CREATE TABLE IF NOT EXISTS candidates (
-    faiss_id INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    cv_text TEXT NOT NULL,
-    title TEXT NOT NULL,
-    skills TEXT NOT NULL,
-    years_experience REAL NOT NULL,
-    location TEXT NOT NULL,
-    willing_to_relocate INTEGER NOT NULL,
-    remote_ok INTEGER NOT NULL,
-    updated_at TEXT,
-    stored_at TEXT NOT NULL,
-    doc_vector BLOB NOT NULL,
-    chunk_vectors BLOB NOT NULL,
-    n_chunks INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS postings (
-    id TEXT PRIMARY KEY,
-    title TEXT NOT NULL,
-    description TEXT NOT NULL,
-    required_skills TEXT NOT NULL,
-    nice_skills TEXT NOT NULL,
-    min_years REAL NOT NULL,
-    location TEXT NOT NULL,
-    remote INTEGER NOT NULL,
-    created_at TEXT,
-    stored_at TEXT NOT NULL,
-    vector BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS outcomes (
-    posting_id TEXT NOT NULL,
-    candidate_id TEXT NOT NULL,
-    stage TEXT NOT NULL,
-    at TEXT NOT NULL,
-    recorded_at TEXT NOT NULL,
-    PRIMARY KEY (posting_id, candidate_id, stage, at)
-);
-CREATE INDEX IF NOT EXISTS outcomes_by_candidate ON outcomes (candidate_id);
--- Protected attributes are kept apart, for fairness audits only; features never read them.
-CREATE TABLE IF NOT EXISTS protected_attributes (
-    candidate_id TEXT NOT NULL,
-    name TEXT NOT NULL,
-    value TEXT NOT NULL,
-    PRIMARY KEY (candidate_id, name)
-);
-CREATE TABLE IF NOT EXISTS decisions (
-    request_id TEXT PRIMARY KEY,
-    at TEXT NOT NULL,
-    model_version TEXT NOT NULL,
-    posting_id TEXT,
-    posting_hash TEXT NOT NULL,
-    top_k INTEGER NOT NULL,
-    feature_names TEXT NOT NULL,
-    params TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS decision_items (
-    request_id TEXT NOT NULL,
-    rank INTEGER NOT NULL,
-    candidate_id TEXT NOT NULL,
-    score REAL NOT NULL,
-    features BLOB NOT NULL,
-    PRIMARY KEY (request_id, rank)
-);
-CREATE INDEX IF NOT EXISTS decision_items_by_candidate ON decision_items (candidate_id);
--- An erasure receipt proves a request was carried out without keeping the erased id itself.
-CREATE TABLE IF NOT EXISTS erasures (
-    receipt_id INTEGER PRIMARY KEY AUTOINCREMENT,
-    at TEXT NOT NULL,
-    candidate_id_hmac TEXT NOT NULL,
-    rows TEXT NOT NULL
-);
-"""
-
-
-@dataclass(frozen=True)
-class CandidateRow:
-    """A candidate with its document vector and per-chunk vectors."""
-
-    candidate: Candidate
-    doc_vector: np.ndarray
-    chunk_vectors: np.ndarray
-
-
-@dataclass(frozen=True)
-class PostingRow:
-    """A posting with the vector of its text, computed once when it was stored."""
-
-    posting: Posting
-    vector: np.ndarray
-
-
-@dataclass(frozen=True)
-class Decision:
-    """One logged ranking: what was served, by which model, from which exact features."""
-
-    request_id: str
-    at: datetime
-    model_version: str
-    posting_id: str | None
-    posting_hash: str
-    top_k: int
-    feature_names: tuple[str, ...]
-    candidate_ids: tuple[str, ...]
-    scores: np.ndarray
-    features: np.ndarray
-    params: dict[str, object]
-
-
-@dataclass(frozen=True)
-class ErasureReceipt:
-    """What an erasure removed: when, which ids were found, and how many rows per table."""
-
-    at: datetime
-    erased: tuple[str, ...]
-    not_found: tuple[str, ...]
-    rows: dict[str, int]
-    receipt_ids: tuple[int, ...]
+_IN_LIMIT = 500
+"""Values bound per `IN (...)` query: well under SQLite's variable limit (999 before 3.32)."""
 
 
 def _now() -> datetime:
@@ -207,10 +87,9 @@ class SqliteStore:
         # Erased rows are overwritten with zeros, not left readable in free pages.
         self._conn.execute("PRAGMA secure_delete=ON")
         self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.execute("PRAGMA foreign_keys=ON")
         # executescript commits implicitly, so it runs outside our BEGIN/COMMIT helper.
         with self._lock:
-            self._conn.executescript(_SCHEMA)
+            self._conn.executescript(SCHEMA)
             self._conn.execute(
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION),),
@@ -249,10 +128,29 @@ class SqliteStore:
     def _bump_generation(self, c: sqlite3.Connection) -> None:
         c.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
 
+    def _rows_in(self, query: str, values: Sequence[object]) -> list[tuple]:
+        """The rows of `query` for all `values`, bound to its one `{marks}` (an `IN` list).
+
+        Run in slices of `_IN_LIMIT` values, the most one statement may bind safely.
+        """
+        out: list[tuple] = []
+        with self._lock:
+            for start in range(0, len(values), _IN_LIMIT):
+                part = list(values[start : start + _IN_LIMIT])
+                marks = ",".join("?" * len(part))
+                out.extend(self._conn.execute(query.format(marks=marks), part))
+        return out
+
+    @property
+    def uuid(self) -> str:
+        """This database's identity: a new database (deleted and recreated) gets a new one."""
+        with self._lock:
+            return str(self._meta("store_uuid"))
+
     def generation(self) -> str:
         """Changes on every candidate write or erasure; a saved index from another generation is stale."""
         with self._lock:
-            return f"{self._meta('store_uuid')}:{self._meta('generation')}"
+            return f"{self.uuid}:{self._meta('generation')}"
 
     def close(self) -> None:
         with self._lock:
@@ -329,22 +227,11 @@ class SqliteStore:
 
     def get_candidates(self, ids: Sequence[str]) -> list[CandidateRow]:
         """The stored candidates among `ids`, in the order asked; unknown ids are skipped."""
-        found: dict[str, CandidateRow] = {}
-        with self._lock:
-            for start in range(0, len(ids), 500):
-                part = list(ids[start : start + 500])
-                marks = ",".join("?" * len(part))
-                for r in self._conn.execute(
-                    f"SELECT {self._CAND_COLS} FROM candidates WHERE id IN ({marks})", part
-                ):
-                    found[r[1]] = self._candidate_row(r)
+        rows = self._rows_in(
+            f"SELECT {self._CAND_COLS} FROM candidates WHERE id IN ({{marks}})", ids
+        )
+        found = {r[1]: self._candidate_row(r) for r in rows}
         return [found[i] for i in ids if i in found]
-
-    def get_candidate(self, candidate_id: str) -> CandidateRow:
-        rows = self.get_candidates([candidate_id])
-        if not rows:
-            raise NotFound(f"candidate {candidate_id!r} is not stored; upsert it first")
-        return rows[0]
 
     def iter_candidates(self, batch: int = 1000) -> Iterator[CandidateRow]:
         """Every stored candidate, in faiss-id order (see `iter_candidates_with_ids` for the ids)."""
@@ -373,29 +260,10 @@ class SqliteStore:
 
     def faiss_ids(self, candidate_ids: Sequence[str]) -> dict[str, int]:
         """The faiss id of each stored candidate among `candidate_ids`."""
-        out: dict[str, int] = {}
-        with self._lock:
-            for start in range(0, len(candidate_ids), 500):
-                part = list(candidate_ids[start : start + 500])
-                marks = ",".join("?" * len(part))
-                for cid, fid in self._conn.execute(
-                    f"SELECT id, faiss_id FROM candidates WHERE id IN ({marks})", part
-                ):
-                    out[cid] = int(fid)
-        return out
-
-    def candidate_ids(self, faiss_ids: Sequence[int]) -> dict[int, str]:
-        """The candidate id of each stored faiss id among `faiss_ids`."""
-        out: dict[int, str] = {}
-        with self._lock:
-            for start in range(0, len(faiss_ids), 500):
-                part = [int(x) for x in faiss_ids[start : start + 500]]
-                marks = ",".join("?" * len(part))
-                for fid, cid in self._conn.execute(
-                    f"SELECT faiss_id, id FROM candidates WHERE faiss_id IN ({marks})", part
-                ):
-                    out[int(fid)] = cid
-        return out
+        rows = self._rows_in(
+            "SELECT id, faiss_id FROM candidates WHERE id IN ({marks})", candidate_ids
+        )
+        return {cid: int(fid) for cid, fid in rows}
 
     # -- postings -------------------------------------------------------------------------
     def upsert_postings(self, rows: Sequence[PostingRow]) -> None:
@@ -450,32 +318,6 @@ class SqliteStore:
             created_at=_parse_dt(r[8]),
         )
         return PostingRow(posting=posting, vector=np.frombuffer(r[9], dtype=np.float32).copy())
-
-    def get_posting(self, posting_id: str) -> PostingRow:
-        with self._lock:
-            r = self._conn.execute(
-                f"SELECT {self._POST_COLS} FROM postings WHERE id = ?", (posting_id,)
-            ).fetchone()
-        if r is None:
-            raise NotFound(
-                f"posting {posting_id!r} is not stored; send it with UpsertPostings first"
-            )
-        return self._posting_row(r)
-
-    def has_postings(self, posting_ids: Sequence[str]) -> set[str]:
-        """The ids among `posting_ids` that are stored."""
-        out: set[str] = set()
-        with self._lock:
-            for start in range(0, len(posting_ids), 500):
-                part = list(posting_ids[start : start + 500])
-                marks = ",".join("?" * len(part))
-                out.update(
-                    r[0]
-                    for r in self._conn.execute(
-                        f"SELECT id FROM postings WHERE id IN ({marks})", part
-                    )
-                )
-        return out
 
     def list_postings(self) -> list[PostingRow]:
         with self._lock:
@@ -535,10 +377,6 @@ class SqliteStore:
         return dict(rows)
 
     # -- decision log ---------------------------------------------------------------------
-    def log_decision(self, d: Decision) -> None:
-        """Store one ranking with the exact feature vectors served."""
-        self.log_decisions([d])
-
     def log_decisions(self, decisions: Sequence[Decision]) -> None:
         """Store several rankings in one transaction (one sync to disk for the batch)."""
         heads: list[tuple[object, ...]] = []
@@ -619,7 +457,8 @@ class SqliteStore:
     def delete_candidates(self, ids: Sequence[str]) -> ErasureReceipt:
         """Erase candidates: CV, vectors, outcomes, protected attributes and logged feature rows.
 
-        One transaction for the whole request; a receipt per erased id keeps only its sha256.
+        One transaction for the whole request; a receipt per erased id keeps only its keyed
+        digest (`_receipt_digest`), never the id.
         """
         at = _now()
         erased: list[str] = []
@@ -650,7 +489,7 @@ class SqliteStore:
                     totals[k] += v
                 cur = tx.execute(
                     "INSERT INTO erasures (at, candidate_id_hmac, rows) VALUES (?, ?, ?)",
-                    (_iso(at), self.receipt_digest(cid), json.dumps(counts)),
+                    (_iso(at), self._receipt_digest(cid), json.dumps(counts)),
                 )
                 receipt_ids.append(int(cur.lastrowid or 0))
             if erased:
@@ -668,7 +507,7 @@ class SqliteStore:
             receipt_ids=tuple(receipt_ids),
         )
 
-    def receipt_digest(self, candidate_id: str) -> str:
+    def _receipt_digest(self, candidate_id: str) -> str:
         """The keyed digest that erasure receipts keep instead of the erased id."""
         return hmac.new(self._receipt_key, candidate_id.encode("utf-8"), hashlib.sha256).hexdigest()
 
@@ -678,36 +517,6 @@ class SqliteStore:
             rows = self._conn.execute(
                 "SELECT receipt_id, at, rows FROM erasures WHERE candidate_id_hmac = ? "
                 "ORDER BY receipt_id",
-                (self.receipt_digest(candidate_id),),
+                (self._receipt_digest(candidate_id),),
             ).fetchall()
         return [{"receipt_id": r, "at": a, "rows": json.loads(rows_)} for r, a, rows_ in rows]
-
-    def content_sha256(self) -> str:
-        """A digest of candidates, postings and outcomes: the training data's identity."""
-        h = hashlib.sha256()
-        with self._lock:
-            for table, cols, order in (
-                (
-                    "candidates",
-                    "id, cv_text, title, skills, years_experience, location, "
-                    "willing_to_relocate, remote_ok, doc_vector",
-                    "id",
-                ),
-                (
-                    "postings",
-                    "id, title, description, required_skills, nice_skills, min_years, "
-                    "location, remote, created_at, vector",
-                    "id",
-                ),
-                (
-                    "outcomes",
-                    "posting_id, candidate_id, stage, at",
-                    "posting_id, candidate_id, stage, at",
-                ),
-            ):
-                h.update(table.encode())
-                for row in self._conn.execute(f"SELECT {cols} FROM {table} ORDER BY {order}"):
-                    for v in row:
-                        h.update(v if isinstance(v, bytes) else repr(v).encode("utf-8"))
-                        h.update(b"\x1f")
-        return h.hexdigest()

@@ -137,7 +137,7 @@ def train(
     from training.train import TrainConfig, train_and_register
 
     settings = Settings()
-    registry = ModelRegistry(settings.resolved_registry_dir, settings)
+    registry = ModelRegistry(settings.resolved_registry_dir, settings.ort_session)
     candidates, postings, outcomes, protected = _load_store(settings)
     current = registry.current_version()
     if current is not None and promote is None:
@@ -178,7 +178,7 @@ def train(
             config=TrainConfig(seed=seed),
             promote=promote,
             protected=protected or None,
-            settings=settings,
+            session=settings.ort_session,
         )
     except RankerError as e:
         fail(str(e))
@@ -217,7 +217,7 @@ def evaluate(
     from training.evaluate import compare_versions, data_digest
 
     settings = Settings()
-    registry = ModelRegistry(settings.resolved_registry_dir, settings)
+    registry = ModelRegistry(settings.resolved_registry_dir, settings.ort_session)
     candidates, postings, outcomes, _ = _load_store(settings)
     try:
         bundles = [registry.load(version)]

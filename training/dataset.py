@@ -30,7 +30,7 @@ SPLITS = ("train", "valid", "test")
 
 
 class CandidateLike(Protocol):
-    """A candidate with its vectors, e.g. `ranker.store.CandidateRow`."""
+    """A candidate with its vectors, e.g. `ranker.rows.CandidateRow`."""
 
     @property
     def candidate(self) -> Candidate: ...
@@ -41,7 +41,7 @@ class CandidateLike(Protocol):
 
 
 class PostingLike(Protocol):
-    """A posting with its vector, e.g. `ranker.store.PostingRow`."""
+    """A posting with its vector, e.g. `ranker.rows.PostingRow`."""
 
     @property
     def posting(self) -> Posting: ...

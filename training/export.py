@@ -16,7 +16,7 @@ import numpy as np
 import onnxmltools
 from onnxmltools.convert.common.data_types import FloatTensorType
 
-from embeddings.config import EncoderSettings
+from embeddings.config import OrtSessionSettings
 from ranker.errors import ModelRejected
 from ranker.scorer import PARITY_TOLERANCE, OnnxScorer
 
@@ -39,23 +39,29 @@ def to_onnx(booster: lgb.Booster) -> bytes:
 
 
 def parity(
-    onnx_model: bytes, booster: lgb.Booster, x: np.ndarray, settings: EncoderSettings | None = None
+    onnx_model: bytes,
+    booster: lgb.Booster,
+    x: np.ndarray,
+    session: OrtSessionSettings | None = None,
 ) -> float:
     """Max |ONNX - LightGBM| over the rows of `x`, scored the way serving scores (OnnxScorer)."""
     x = np.asarray(x, dtype=np.float32)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
         path.write_bytes(onnx_model)
-        got = OnnxScorer(path, settings).score(x)
+        got = OnnxScorer(path, session).score(x)
     want = np.asarray(booster.predict(x), dtype=np.float64)
     return float(np.max(np.abs(got.astype(np.float64) - want))) if len(x) else 0.0
 
 
 def check_parity(
-    onnx_model: bytes, booster: lgb.Booster, x: np.ndarray, settings: EncoderSettings | None = None
+    onnx_model: bytes,
+    booster: lgb.Booster,
+    x: np.ndarray,
+    session: OrtSessionSettings | None = None,
 ) -> float:
     """`parity`, raising `ModelRejected` when it exceeds `PARITY_TOLERANCE`."""
-    diff = parity(onnx_model, booster, x, settings)
+    diff = parity(onnx_model, booster, x, session)
     if not diff <= PARITY_TOLERANCE:
         raise ModelRejected(
             f"ONNX export differs from LightGBM by {diff:.2e} (allowed {PARITY_TOLERANCE:g}) on "

@@ -21,7 +21,7 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 
-from embeddings.config import EncoderSettings
+from embeddings.config import OrtSessionSettings
 from ranker.domain import Outcome
 from ranker.errors import InvalidInput
 from ranker.features import FEATURE_NAMES, FeatureBuilder
@@ -200,7 +200,7 @@ def train_model(
     *,
     config: TrainConfig | None = None,
     protected: Mapping[str, Mapping[str, str]] | None = None,
-    settings: EncoderSettings | None = None,
+    session: OrtSessionSettings | None = None,
 ) -> TrainResult:
     """Train and evaluate, export to ONNX and check parity; nothing is written anywhere."""
     config = config or TrainConfig()
@@ -235,7 +235,7 @@ def train_model(
 
     onnx_model = to_onnx(booster)
     parity_rows = np.concatenate([sets["valid"].x, test.x, sets["train"].x[:1000]])
-    diff = check_parity(onnx_model, booster, parity_rows, settings)
+    diff = check_parity(onnx_model, booster, parity_rows, session)
     check_rows = parity_rows[:CHECK_ROWS]
 
     gain = booster.feature_importance(importance_type="gain")
@@ -313,10 +313,10 @@ def train_and_register(
     config: TrainConfig | None = None,
     promote: bool | None = None,
     protected: Mapping[str, Mapping[str, str]] | None = None,
-    settings: EncoderSettings | None = None,
+    session: OrtSessionSettings | None = None,
 ) -> TrainResult:
     """`train_model`, then `register_result`."""
     result = train_model(
-        candidates, postings, outcomes, config=config, protected=protected, settings=settings
+        candidates, postings, outcomes, config=config, protected=protected, session=session
     )
     return register_result(result, registry, promote)

@@ -23,7 +23,7 @@ models_app = typer.Typer(
 
 def _registry() -> ModelRegistry:
     settings = Settings()
-    return ModelRegistry(settings.resolved_registry_dir, settings)
+    return ModelRegistry(settings.resolved_registry_dir, settings.ort_session)
 
 
 def _metric(card: dict, ranker: str, name: str) -> str:

@@ -226,7 +226,8 @@ def ingest(
 
     from ranker.datalock import DataDirBusy, DataDirLock
     from ranker.errors import InvalidInput
-    from ranker.ingest import ensure_index, ingest_files, is_ingested
+    from ranker.index import ensure_index
+    from ranker.ingest import ingest_files, is_ingested
 
     settings = Settings()
     files: dict[str, Path | None] = {

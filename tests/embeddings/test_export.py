@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from embeddings import OnnxEncoder
 from embeddings.export import PARITY_MIN_COSINE, PROBE_TEXTS, export_encoder
-from embeddings.manifest import MANIFEST_FILE, EncoderManifest, is_valid_export, sha256_file
+from embeddings.files import sha256_file
+from embeddings.manifest import MANIFEST_FILE, EncoderManifest, is_valid_export
 from tests.fixtures.encoder import encoder_test_settings
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,6 +41,22 @@ def test_round_trip_keeps_every_field(small_demo: DemoData, tmp_path: Path, suff
     assert read_candidates(tmp_path / f"c.{suffix}") == small_demo.candidates
     assert read_postings(tmp_path / f"p.{suffix}") == small_demo.postings
     assert read_outcomes(tmp_path / f"o.{suffix}") == small_demo.outcomes
+
+
+@pytest.mark.parametrize(
+    ("write", "bad"),
+    [(write_jsonl, {"id": object()}), (write_csv, {"id": "b", "extra": "not a column"})],
+)
+def test_a_failed_write_leaves_the_old_file_whole(
+    tmp_path: Path, write: Callable[[Path, list[dict[str, Any]]], None], bad: dict[str, Any]
+) -> None:
+    path = tmp_path / "c.data"
+    write(path, [{"id": "a"}])
+    before = path.read_bytes()
+    with pytest.raises((TypeError, ValueError)):
+        write(path, [{"id": "b"}, bad])
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["c.data"]  # no temp file left behind
 
 
 def test_demo_files_read_back_and_protected_is_separate(

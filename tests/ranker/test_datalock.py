@@ -29,3 +29,23 @@ def test_the_lock_goes_with_the_process_that_held_it(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
     with DataDirLock(tmp_path):
         pass
+
+
+def test_another_process_holding_the_folder_is_named_in_the_refusal(tmp_path: Path) -> None:
+    code = (
+        "import sys; from ranker.datalock import DataDirLock; "
+        f"lock = DataDirLock({str(tmp_path)!r}).acquire(); print('held', flush=True); "
+        "sys.stdin.readline(); lock.release()"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(DataDirBusy, match=rf"\(pid {holder.pid}\).*RANKER_DATA_DIR"):
+            DataDirLock(tmp_path).acquire()
+    finally:
+        holder.communicate("\n", timeout=60)
+    assert holder.returncode == 0
+    with DataDirLock(tmp_path):  # released by its holder: free again
+        pass

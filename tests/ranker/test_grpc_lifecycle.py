@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from ranker.encoding import TextEncoder
 from ranker.grpc_server import RankerServer, StartError
-from ranker.index import INDEX_FILE
-from ranker.ingest import TextEncoder, load_index_if_current
+from ranker.index import INDEX_FILE, load_index_if_current
 from ranker.messages import candidate_to_pb
 from ranker.registry import CARD_FILE, MODEL_FILE, POINTER_FILE, ModelRegistry
 from ranker.store import SqliteStore
@@ -383,7 +383,7 @@ def test_serve_shuts_down_gracefully_on_sigterm(
             proc.wait()
     store = SqliteStore(data / "ranker.db")
     try:
-        assert store.get_candidate("kept").candidate.cv_text == "Welder, 10 years."
+        assert store.get_candidates(["kept"])[0].candidate.cv_text == "Welder, 10 years."
         assert load_index_if_current(data / "index", store.generation()) is not None
     finally:
         store.close()
@@ -453,7 +453,7 @@ def test_shutdown_lets_running_calls_finish_before_closing_the_store(
     assert not stopper.is_alive()
     store = SqliteStore(data / "ranker.db")
     try:
-        assert store.get_candidate("late").candidate.cv_text == "Welder."
+        assert store.get_candidates(["late"])[0].candidate.cv_text == "Welder."
         saved = load_index_if_current(data / "index", store.generation())
         assert saved is not None and len(saved) == 1
     finally:

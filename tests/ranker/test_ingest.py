@@ -12,16 +12,10 @@ import pytest
 from ranker import ingest as ingest_module
 from ranker.config import Settings
 from ranker.domain import Candidate
+from ranker.encoding import TextEncoder, encode_candidates
 from ranker.errors import InvalidInput
-from ranker.index import INDEX_FILE
-from ranker.ingest import (
-    TextEncoder,
-    encode_candidates,
-    ensure_index,
-    index_from_store,
-    ingest_files,
-    is_ingested,
-)
+from ranker.index import INDEX_FILE, ensure_index, index_from_store
+from ranker.ingest import ingest_files, is_ingested
 from ranker.store import SqliteStore
 from training.demo import DemoData, write_demo
 
@@ -63,7 +57,7 @@ def test_ingest_files_fills_store_and_index(
     try:
         assert store.count_candidates() == 25 and store.count_postings() == 3
         assert store.count_outcomes() == report.outcomes
-        row = store.get_candidate("C0001")
+        (row,) = store.get_candidates(["C0001"])
         assert row.doc_vector.shape == (encoder.dim,)
         np.testing.assert_allclose(np.linalg.norm(row.doc_vector), 1.0, rtol=1e-5)
         assert row.chunk_vectors.ndim == 2 and row.chunk_vectors.shape[1] == encoder.dim

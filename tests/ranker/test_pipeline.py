@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from ranker.domain import Candidate, Outcome, Stage
+from ranker.encoding import TextEncoder
 from ranker.errors import DeadlineExceeded, InvalidInput
 from ranker.index import ReadWriteLock
-from ranker.ingest import TextEncoder
 from ranker.pipeline import (
     CandidateCatalog,
     Deadline,

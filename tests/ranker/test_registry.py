@@ -10,6 +10,7 @@ from pathlib import Path
 import lightgbm as lgb
 import numpy as np
 import pytest
+from filelock import FileLock, Timeout
 
 from ranker.errors import InvalidInput, ModelRejected, NotFound
 from ranker.features import FEATURE_NAMES
@@ -18,6 +19,7 @@ from ranker.registry import (
     CARD_FILE,
     CARD_MD_FILE,
     LEXICON_FILE,
+    LOCK_FILE,
     MODEL_FILE,
     POINTER_FILE,
     ModelRegistry,
@@ -275,3 +277,15 @@ def test_check_refuses_a_model_trained_on_other_feature_code(
     monkeypatch.setattr(registry_module, "FEATURES_VERSION", registry_module.FEATURES_VERSION + 1)
     with pytest.raises(ModelRejected, match="feature code version"):
         registry.load(version).check()
+
+
+def test_writers_hold_a_lock_other_processes_see(tmp_path: Path) -> None:
+    # Any process locking `<registry>/.lock` (as every writer does) is refused meanwhile.
+    registry = ModelRegistry(tmp_path / "reg")
+    other = FileLock(tmp_path / "reg" / LOCK_FILE, timeout=0)
+    with registry._locked():
+        with pytest.raises(Timeout):
+            other.acquire()
+    with other:  # released with the block
+        pass
+    assert (tmp_path / "reg" / LOCK_FILE).is_file()  # kept, so every writer locks one inode

@@ -1,0 +1,55 @@
+"""The store's row types: what it takes and returns besides the domain records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+
+from ranker.domain import Candidate, Posting
+
+
+@dataclass(frozen=True)
+class CandidateRow:
+    """A candidate with its document vector and per-chunk vectors."""
+
+    candidate: Candidate
+    doc_vector: np.ndarray
+    chunk_vectors: np.ndarray
+
+
+@dataclass(frozen=True)
+class PostingRow:
+    """A posting with the vector of its text, computed once when it was stored."""
+
+    posting: Posting
+    vector: np.ndarray
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One logged ranking: what was served, by which model, from which exact features."""
+
+    request_id: str
+    at: datetime
+    model_version: str
+    posting_id: str | None
+    posting_hash: str
+    top_k: int
+    feature_names: tuple[str, ...]
+    candidate_ids: tuple[str, ...]
+    scores: np.ndarray
+    features: np.ndarray
+    params: dict[str, object]
+
+
+@dataclass(frozen=True)
+class ErasureReceipt:
+    """What an erasure removed: when, which ids were found, and how many rows per table."""
+
+    at: datetime
+    erased: tuple[str, ...]
+    not_found: tuple[str, ...]
+    rows: dict[str, int]
+    receipt_ids: tuple[int, ...]

@@ -1,0 +1,84 @@
+"""The SQLite schema of the store: tables, indexes and the schema version."""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 2
+"""Stored in `meta`; a store written with another version is refused, not migrated."""
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- faiss_id is the integer id of the candidate in the FAISS index. AUTOINCREMENT guarantees an
+-- erased candidate's faiss_id is never reused, so a stale index entry can never alias a new one.
+CREATE TABLE IF NOT EXISTS candidates (
+    faiss_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    cv_text TEXT NOT NULL,
+    title TEXT NOT NULL,
+    skills TEXT NOT NULL,
+    years_experience REAL NOT NULL,
+    location TEXT NOT NULL,
+    willing_to_relocate INTEGER NOT NULL,
+    remote_ok INTEGER NOT NULL,
+    updated_at TEXT,
+    stored_at TEXT NOT NULL,
+    doc_vector BLOB NOT NULL,
+    chunk_vectors BLOB NOT NULL,
+    n_chunks INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS postings (
+    id TEXT PRIMARY KEY,
+    title TEXT NOT NULL,
+    description TEXT NOT NULL,
+    required_skills TEXT NOT NULL,
+    nice_skills TEXT NOT NULL,
+    min_years REAL NOT NULL,
+    location TEXT NOT NULL,
+    remote INTEGER NOT NULL,
+    created_at TEXT,
+    stored_at TEXT NOT NULL,
+    vector BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outcomes (
+    posting_id TEXT NOT NULL,
+    candidate_id TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    at TEXT NOT NULL,
+    recorded_at TEXT NOT NULL,
+    PRIMARY KEY (posting_id, candidate_id, stage, at)
+);
+CREATE INDEX IF NOT EXISTS outcomes_by_candidate ON outcomes (candidate_id);
+-- Protected attributes are kept apart, for fairness audits only; features never read them.
+CREATE TABLE IF NOT EXISTS protected_attributes (
+    candidate_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (candidate_id, name)
+);
+CREATE TABLE IF NOT EXISTS decisions (
+    request_id TEXT PRIMARY KEY,
+    at TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    posting_id TEXT,
+    posting_hash TEXT NOT NULL,
+    top_k INTEGER NOT NULL,
+    feature_names TEXT NOT NULL,
+    params TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS decision_items (
+    request_id TEXT NOT NULL,
+    rank INTEGER NOT NULL,
+    candidate_id TEXT NOT NULL,
+    score REAL NOT NULL,
+    features BLOB NOT NULL,
+    PRIMARY KEY (request_id, rank)
+);
+CREATE INDEX IF NOT EXISTS decision_items_by_candidate ON decision_items (candidate_id);
+-- An erasure receipt proves a request was carried out without keeping the erased id itself:
+-- candidate_id_hmac is an HMAC-SHA256 of the id under a key kept outside the database.
+CREATE TABLE IF NOT EXISTS erasures (
+    receipt_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    candidate_id_hmac TEXT NOT NULL,
+    rows TEXT NOT NULL
+);
+"""
