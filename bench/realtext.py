@@ -172,8 +172,11 @@ def render(
             + ".",
             f"- Per posting: retrieve_n = top_k = {ev.retrieve_n} of {ev.pool} (the served "
             f"setting: retrieve from the whole pool, rerank). Relevant CVs among the retrieved: "
-            f"{ev.relevant_retrieved:.1%}; one not retrieved sits, tied, below every retrieved "
-            "candidate in every order.",
+            f"{ev.relevant_retrieved:.1%} (a relevant CV not retrieved counts, tied with the "
+            "other unretrieved, below every retrieved candidate in every order).",
+            f"- Model scores tied with another retrieved candidate's: {ev.top10_tied:.0%} of the "
+            "served top-10 slots (mean over postings); the service breaks such ties by similarity, "
+            "which is why the two reranked rows differ.",
             "",
             "## Results",
             "",

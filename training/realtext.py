@@ -252,6 +252,9 @@ class SuiteEvaluation:
     by_ranker: Mapping[str, PostingMetrics]
     relevant_retrieved: float
     """Share of the relevant CVs found among the retrieved candidates (over all postings)."""
+    top10_tied: float
+    """Share of the served top-10 slots whose model score equals another retrieved candidate's
+    (mean over postings): how often the model leaves the order to its tie-break."""
 
     def versus_retrieval(self, metric: str, ranker: str = "reranked") -> Estimate:
         """Paired difference `ranker` - retrieval order on `metric`, with its bootstrap CI."""
@@ -285,6 +288,7 @@ def evaluate_suite(
     slot = {cid: i for i, cid in enumerate(all_ids)}
     per: dict[str, list[tuple[str, dict[str, float | None]]]] = {r: [] for r in RANKERS}
     found = total_relevant = 0
+    tied: list[float] = []
     version = ""
     for p in suite.postings:
         result = pipeline.rank(RankQuery(posting_id=p.id, top_k=n, retrieve_n=n))
@@ -300,6 +304,10 @@ def evaluate_suite(
             scores = np.full(len(all_ids), _bottom(values))
             scores[rows] = values
             per[name].append((p.id, posting_metrics(labels, scores, RELEVANT_LABEL, METRIC_KS)))
+        values, counts = np.unique(got["reranked"], return_counts=True)
+        by_score = dict(zip(values.tolist(), counts.tolist(), strict=True))
+        top = got["reranked"][:10].tolist()  # results come in served order
+        tied.append(sum(by_score[v] > 1 for v in top) / len(top) if top else 0.0)
         relevant = labels >= RELEVANT_LABEL
         total_relevant += int(relevant.sum())
         found += int(relevant[rows].sum())
@@ -309,4 +317,5 @@ def evaluate_suite(
         pool=pool,
         by_ranker={name: PostingMetrics.collect(v) for name, v in per.items()},
         relevant_retrieved=found / total_relevant if total_relevant else math.nan,
+        top10_tied=float(np.mean(tied)) if tied else math.nan,
     )

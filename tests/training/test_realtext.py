@@ -148,6 +148,7 @@ def test_a_small_suite_ranks_end_to_end_with_intervals(prepared_data: Path, tmp_
     assert evaluation.model_version == current == card["version"]
     assert (evaluation.pool, evaluation.retrieve_n) == (15, 15)  # all of a pool smaller than n
     assert evaluation.relevant_retrieved == 1.0
+    assert 0.0 <= evaluation.top10_tied <= 1.0
     for name in RANKERS:
         metrics = evaluation.by_ranker[name]
         assert len(metrics.values) == 15
