@@ -25,10 +25,16 @@ ROOT = Path(__file__).resolve().parents[1]
 ORDER = ("encoder", "ingest", "scoring", "serving", "memory")
 """Sections in report order; a new section module is picked up without being listed here."""
 KEPT = "*(kept from an earlier run; not re-measured with this header)*"
+NOT_SECTIONS = ("realtext",)
+"""Public modules that are not speed sections: `realtext` is ranking quality (`make evaluate`)."""
 
 
 def _discover() -> list[str]:
-    names = [m.name for m in pkgutil.iter_modules(bench.__path__) if not m.name.startswith("_")]
+    names = [
+        m.name
+        for m in pkgutil.iter_modules(bench.__path__)
+        if not m.name.startswith("_") and m.name not in NOT_SECTIONS
+    ]
     return [n for n in ORDER if n in names] + sorted(n for n in names if n not in ORDER)
 
 
