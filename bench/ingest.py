@@ -20,7 +20,7 @@ from embeddings.runtime import intra_op_threads
 from ranker.config import Settings
 from ranker.domain import Candidate
 from ranker.features import candidate_text
-from ranker.grpc_server import candidate_to_pb
+from ranker.transport.convert import candidate_to_pb
 from ranker.v1 import ranker_pb2 as pb
 
 log = logging.getLogger(__name__)

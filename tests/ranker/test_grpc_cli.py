@@ -94,7 +94,8 @@ for argv in (["query", "--posting-id", {serving_demo.postings[0].id!r}, "--k", "
     except SystemExit as e:
         assert not e.code, e.code
 heavy = sorted(m for m in ("faiss", "lightgbm", "ranker.pipeline", "ranker.index",
-                           "ranker.grpc_server", "ranker.features") if m in sys.modules)
+                           "ranker.transport.servicer", "ranker.transport.server",
+                           "ranker.features") if m in sys.modules)
 print("HEAVY", heavy)
 """
     env = {k: v for k, v in os.environ.items() if not k.startswith("RANKER_")}
