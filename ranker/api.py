@@ -1,4 +1,4 @@
-"""The pipeline's requests and results: plain values, free of gRPC and of the ranking machinery."""
+"""The pipeline's requests and results: plain values that know nothing of gRPC."""
 
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -18,8 +19,8 @@ from ranker.config import MAX_RETRIEVE_N
 from ranker.domain import Candidate, Outcome, Stage
 from ranker.errors import DeadlineExceeded, InvalidInput
 from ranker.features import PreparedCandidate, prepare_candidate
-from ranker.index import ReadWriteLock
-from ranker.ingest import TextEncoder
+from ranker.index import INDEX_FILE, ReadWriteLock
+from ranker.ingest import TextEncoder, load_index_if_current
 from ranker.pipeline import RankingPipeline
 from tests.fixtures.server import serving_settings
 from training.demo import DemoData
@@ -171,6 +172,30 @@ def pipeline(
     p = RankingPipeline.open(serving_settings(tmp_path / "data", registry_path), encoder=encoder)
     yield p
     p.close()
+
+
+def test_upkeep_saves_the_index_after_writes_and_logs_a_failed_save_instead_of_raising(
+    encoder: TextEncoder,
+    registry_path: Path,
+    tmp_path: Path,
+    serving_demo: DemoData,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = serving_settings(tmp_path / "data", registry_path, index_save_delay_seconds=0)
+    p = RankingPipeline.open(settings, encoder=encoder)
+    try:
+        index_dir = settings.resolved_index_dir
+        shutil.rmtree(index_dir, ignore_errors=True)
+        p.upsert_candidates(serving_demo.candidates[:3])
+        index_dir.write_text("not a folder")  # the save cannot create its folder
+        p.upkeep()  # runs in the background: it must not raise
+        assert "could not save the index" in caplog.text
+        index_dir.unlink()
+        p.upkeep()  # still dirty: retried, and saved now
+        assert (index_dir / INDEX_FILE).is_file()
+        assert load_index_if_current(index_dir, p.store.generation()) is not None
+    finally:
+        p.close()
 
 
 def test_a_spent_deadline_stores_nothing(pipeline: RankingPipeline, serving_demo: DemoData) -> None:
