@@ -19,8 +19,8 @@ from embeddings.chunking import chunk_spans
 from embeddings.runtime import intra_op_threads
 from ranker.config import Settings
 from ranker.domain import Candidate
-from ranker.grpc_server import candidate_to_pb
 from ranker.prepared import candidate_text
+from ranker.transport.convert import candidate_to_pb
 from ranker.v1 import ranker_pb2 as pb
 
 log = logging.getLogger(__name__)

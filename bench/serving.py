@@ -29,7 +29,7 @@ from bench._data import (
 from bench._report import Summary, mib, ms, rate_ratio, ratio, table
 from bench._server import ServerProcess
 from ranker.domain import Posting
-from ranker.grpc_server import posting_to_pb
+from ranker.transport.convert import posting_to_pb
 from ranker.v1 import ranker_pb2 as pb
 from ranker.v1 import ranker_pb2_grpc as pb_grpc
 

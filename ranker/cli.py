@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import sys
 from importlib.metadata import entry_points
 
 import typer
+from pydantic import ValidationError
 
 app = typer.Typer(
     name="ranker",
@@ -39,4 +41,13 @@ def main() -> None:
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     _register_builtin()
     _register_plugins()
-    app()
+    try:
+        app()
+    except ValidationError as e:
+        if e.title != "Settings":
+            raise
+        # Malformed or contradictory RANKER_* values: say which to fix, not a traceback.
+        from ranker.config import settings_error
+
+        print(f"error: {settings_error(e)}", file=sys.stderr)
+        raise SystemExit(1) from None

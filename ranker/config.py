@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import Field
+from pydantic import Field, ValidationError, model_validator
 
 from embeddings.config import EncoderSettings
+
+MAX_RETRIEVE_N = 10_000
+"""Most candidates one request may retrieve before reranking (and so the largest `top_k`)."""
 
 
 class Settings(EncoderSettings):
@@ -27,7 +30,7 @@ class Settings(EncoderSettings):
     metrics_port: int = Field(default=9464, ge=0, le=65535)
     """Prometheus metrics HTTP port; 0 disables the metrics endpoint."""
 
-    retrieve_n: int = Field(default=500, ge=1, le=10_000)
+    retrieve_n: int = Field(default=500, ge=1, le=MAX_RETRIEVE_N)
     """Candidates retrieved by FAISS before reranking, when the request does not say."""
 
     default_top_k: int = Field(default=10, ge=1)
@@ -76,6 +79,21 @@ class Settings(EncoderSettings):
     demo_dir: Path | None = None
     """Generated demo data files; defaults to `<data_dir>/demo`."""
 
+    @model_validator(mode="after")
+    def _limits_agree(self) -> Self:
+        """Refuse limits that contradict each other, naming the variables to fix."""
+        if self.default_top_k > self.max_top_k:
+            raise ValueError(
+                f"RANKER_DEFAULT_TOP_K ({self.default_top_k}) is larger than RANKER_MAX_TOP_K "
+                f"({self.max_top_k}); lower the first or raise the second"
+            )
+        if self.max_top_k > MAX_RETRIEVE_N:
+            raise ValueError(
+                f"RANKER_MAX_TOP_K ({self.max_top_k}) is larger than the {MAX_RETRIEVE_N} "
+                "candidates a request may retrieve; lower it"
+            )
+        return self
+
     @property
     def resolved_db_path(self) -> Path:
         return self.db_path if self.db_path is not None else self.data_dir / "ranker.db"
@@ -91,3 +109,12 @@ class Settings(EncoderSettings):
     @property
     def resolved_demo_dir(self) -> Path:
         return self.demo_dir if self.demo_dir is not None else self.data_dir / "demo"
+
+
+def settings_error(e: ValidationError) -> str:
+    """A refused settings object's errors, each naming the variable to fix, on one line."""
+    parts = []
+    for err in e.errors():
+        where = f"RANKER_{str(err['loc'][0]).upper()}: " if err["loc"] else ""
+        parts.append(where + err["msg"].removeprefix("Value error, "))
+    return "; ".join(parts)

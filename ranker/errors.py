@@ -19,10 +19,6 @@ class NotReady(RankerError):
     """The service cannot answer yet (index or model not loaded); try again later."""
 
 
-class Overloaded(RankerError):
-    """The request is too large or the service too busy; send less or retry later."""
-
-
 class ModelRejected(RankerError):
     """A model version failed its checks (feature names, parity, a test prediction)."""
 

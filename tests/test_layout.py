@@ -1,4 +1,5 @@
-"""The layout contract: package boundaries hold, and the modules below them layer as documented."""
+"""The layout contract: package boundaries hold, modules layer as documented, gRPC stays in the
+transport, modules stay small."""
 
 from __future__ import annotations
 
@@ -41,9 +42,9 @@ def test_serving_path_does_not_import_torch() -> None:
         }
 
 
-def _imported_modules(module: str) -> set[str]:
-    """Full names of the modules one module of ours imports (absolute imports)."""
-    path = ROOT / (module.replace(".", "/") + ".py")
+def _imported_modules(where: Path | str) -> set[str]:
+    """Absolute module names one file imports; `where` is a path or a dotted module of ours."""
+    path = where if isinstance(where, Path) else ROOT / (where.replace(".", "/") + ".py")
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
@@ -109,3 +110,54 @@ def test_settings_and_the_offline_ingest_path_load_no_model_runtime() -> None:
 def test_file_locks_go_through_filelock() -> None:
     # One locking library (flock underneath), no hand-rolled fcntl calls to keep correct.
     assert "fcntl" not in _imported_top_levels("ranker") | _imported_top_levels("training")
+
+
+def _ranker_modules() -> list[Path]:
+    return [p for p in (ROOT / "ranker").rglob("*.py") if "v1" not in p.relative_to(ROOT).parts]
+
+
+# The CLI client commands talk to a running service through the generated stubs themselves.
+GRPC_CLIENTS = {"ranker/commands/serving.py"}
+
+
+def test_only_the_transport_imports_grpc() -> None:
+    for path in _ranker_modules():
+        rel = path.relative_to(ROOT).as_posix()
+        if rel.startswith("ranker/transport/") or rel in GRPC_CLIENTS:
+            continue
+        grpc_imports = {
+            m for m in _imported_modules(path) if m.split(".")[0] in {"grpc", "grpc_health"}
+        }
+        grpc_imports |= {m for m in _imported_modules(path) if m.startswith("ranker.v1")}
+        assert not grpc_imports, f"{rel} imports {sorted(grpc_imports)}: gRPC is the transport's"
+
+
+def test_the_domain_side_never_imports_the_transport() -> None:
+    # The pipeline and everything below it are transport-free; only the CLI wires the server.
+    for path in _ranker_modules():
+        rel = path.relative_to(ROOT).as_posix()
+        if rel.startswith(("ranker/transport/", "ranker/commands/")):
+            continue
+        transport = {m for m in _imported_modules(path) if m.startswith("ranker.transport")}
+        assert not transport, f"{rel} imports {sorted(transport)}"
+
+
+def test_the_transport_package_imports_nothing_itself() -> None:
+    # `ranker query` imports ranker.transport.convert; the package must not drag in the server.
+    assert not _imported_modules(ROOT / "ranker" / "transport" / "__init__.py")
+
+
+MAX_MODULE_LINES = 600
+OVERSIZED: set[str] = set()
+"""Modules allowed over the limit, each with its reason; none today."""
+
+
+def test_no_module_in_ranker_is_over_600_lines() -> None:
+    sizes = {
+        p.relative_to(ROOT).as_posix(): len(p.read_text(encoding="utf-8").splitlines())
+        for p in _ranker_modules()
+    }
+    over = {rel: n for rel, n in sizes.items() if n > MAX_MODULE_LINES and rel not in OVERSIZED}
+    assert not over, f"split these along their seams: {over}"
+    # An exemption that no longer applies must go, so the list stays honest.
+    assert all(sizes.get(rel, 0) > MAX_MODULE_LINES for rel in OVERSIZED)

@@ -48,8 +48,9 @@ from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 
+from ranker.api import RankQuery
 from ranker.domain import Candidate, Posting, Stage
-from ranker.pipeline import RankingPipeline, RankQuery
+from ranker.pipeline import RankingPipeline
 from training.labels import RELEVANT_LABEL, STAGE_LABEL
 from training.metrics import Estimate, PostingMetrics, posting_metrics
 

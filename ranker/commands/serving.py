@@ -57,8 +57,8 @@ def serve(
     """Serve the CandidateRanker gRPC service until SIGTERM or Ctrl-C."""
     from ranker.datalock import DataDirBusy, DataDirLock
     from ranker.errors import RankerError
-    from ranker.grpc_server import StartError
-    from ranker.grpc_server import serve as run_server
+    from ranker.transport.server import StartError
+    from ranker.transport.server import serve as run_server
 
     updates = {
         k: v
@@ -119,7 +119,7 @@ def query(
     else:
         from ranker import datafiles
         from ranker.errors import InvalidInput
-        from ranker.messages import posting_to_pb
+        from ranker.transport.convert import posting_to_pb
 
         assert posting_file is not None
         try:

@@ -18,9 +18,9 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from ranker.features import FEATURE_NAMES
-from ranker.grpc_server import SERVICE_NAME
 from ranker.index import ReadWriteLock
-from ranker.messages import candidate_to_pb
+from ranker.transport.convert import candidate_to_pb
+from ranker.transport.servicer import SERVICE_NAME
 from ranker.v1 import ranker_pb2 as pb
 from tests.fixtures.server import MAX_BATCH, MAX_MESSAGE_BYTES, ServerHandle
 from training.demo import DemoData
@@ -127,7 +127,7 @@ def test_the_decision_log_holds_the_exact_features_served(
     assert list(d.candidate_ids) == [c.candidate_id for c in r.results]
     np.testing.assert_allclose(d.scores, [c.score for c in r.results], rtol=1e-6)
     # Rebuild the features independently and score them: the log must match what was served.
-    bundle = pipeline._served.bundle  # type: ignore[union-attr]
+    bundle = pipeline.model.served.bundle  # type: ignore[union-attr]
     prepared = [pipeline._catalog.get(cid) for cid in d.candidate_ids]
     x = bundle.builder.build(pipeline._postings[posting.id], prepared)  # type: ignore[arg-type]
     np.testing.assert_array_equal(d.features, x)

@@ -94,7 +94,8 @@ for argv in (["query", "--posting-id", {serving_demo.postings[0].id!r}, "--k", "
     except SystemExit as e:
         assert not e.code, e.code
 heavy = sorted(m for m in ("faiss", "lightgbm", "ranker.pipeline", "ranker.index",
-                           "ranker.grpc_server", "ranker.features") if m in sys.modules)
+                           "ranker.transport.servicer", "ranker.transport.server",
+                           "ranker.features") if m in sys.modules)
 print("HEAVY", heavy)
 """
     env = {k: v for k, v in os.environ.items() if not k.startswith("RANKER_")}
@@ -142,3 +143,22 @@ def test_ingest_refuses_a_data_folder_in_use(tmp_path: Path, registry_path: Path
     assert result.exit_code == 1, result.output
     assert f"another ranker process (pid {os.getpid()}) is using" in result.output
     assert not (tmp_path / "data" / "ranker.db").exists()
+
+
+def test_contradictory_settings_stop_any_command_naming_the_variables(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RANKER_")}
+    env |= {
+        "RANKER_DATA_DIR": str(tmp_path),
+        "RANKER_DEFAULT_TOP_K": "50",
+        "RANKER_MAX_TOP_K": "20",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", "from ranker.cli import main; main()", "health"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "RANKER_DEFAULT_TOP_K (50) is larger than RANKER_MAX_TOP_K (20)" in done.stderr
+    assert "Traceback" not in done.stderr

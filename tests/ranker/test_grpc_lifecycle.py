@@ -22,11 +22,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ranker.encoding import TextEncoder
-from ranker.grpc_server import RankerServer, StartError
 from ranker.index import INDEX_FILE, load_index_if_current
-from ranker.messages import candidate_to_pb
 from ranker.registry import CARD_FILE, MODEL_FILE, POINTER_FILE, ModelRegistry
 from ranker.store import SqliteStore
+from ranker.transport.convert import candidate_to_pb
+from ranker.transport.server import RankerServer, StartError
 from ranker.v1 import ranker_pb2 as pb
 from ranker.v1 import ranker_pb2_grpc as pb_grpc
 from tests.fixtures.server import ServerHandle, seed, serving_settings

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -10,19 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
+from ranker.api import Deadline, RankFilters, RankQuery, Rejected
+from ranker.catalog import CandidateCatalog
+from ranker.config import MAX_RETRIEVE_N
 from ranker.domain import Candidate, Outcome, Stage
 from ranker.encoding import TextEncoder
 from ranker.errors import DeadlineExceeded, InvalidInput
-from ranker.index import ReadWriteLock
-from ranker.pipeline import (
-    CandidateCatalog,
-    Deadline,
-    RankFilters,
-    RankingPipeline,
-    RankQuery,
-    Rejected,
-)
+from ranker.index import INDEX_FILE, ReadWriteLock, load_index_if_current
+from ranker.pipeline import RankingPipeline
 from ranker.prepared import PreparedCandidate, prepare_candidate
 from tests.fixtures.server import serving_settings
 from training.demo import DemoData
@@ -78,15 +76,15 @@ def test_catalog_filters_match_a_brute_force_scan_through_upserts_and_deletes() 
         fid = next((f for f, old in live.items() if old.id == c.id), None)
         if fid is None:
             fid, next_fid = next_fid, next_fid + 1
-        catalog.put(fid, prepare_candidate(c, vec, vec[None, :]))
+        catalog.put_many([(fid, prepare_candidate(c, vec, vec[None, :]))])
         live[fid] = c
 
     for c in _random_candidates(rng, 60):
         put(c)
     for cid in [f"c{i}" for i in range(0, 60, 3)]:  # erase a third: their slots are reused
-        fid = catalog.remove(cid)
+        [fid] = catalog.remove_many([cid])
         assert fid is not None and live.pop(fid).id == cid
-    assert catalog.remove("c0") is None
+    assert catalog.remove_many(["c0"]) == [None]
     for c in _random_candidates(rng, 30, start=45):  # overlaps: replaces c46..c59 in place
         put(c)
     assert len(catalog) == len(live)
@@ -176,6 +174,30 @@ def pipeline(
     p.close()
 
 
+def test_upkeep_saves_the_index_after_writes_and_logs_a_failed_save_instead_of_raising(
+    encoder: TextEncoder,
+    registry_path: Path,
+    tmp_path: Path,
+    serving_demo: DemoData,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = serving_settings(tmp_path / "data", registry_path, index_save_delay_seconds=0)
+    p = RankingPipeline.open(settings, encoder=encoder)
+    try:
+        index_dir = settings.resolved_index_dir
+        shutil.rmtree(index_dir, ignore_errors=True)
+        p.upsert_candidates(serving_demo.candidates[:3])
+        index_dir.write_text("not a folder")  # the save cannot create its folder
+        p.upkeep()  # runs in the background: it must not raise
+        assert "could not save the index" in caplog.text
+        index_dir.unlink()
+        p.upkeep()  # still dirty: retried, and saved now
+        assert (index_dir / INDEX_FILE).is_file()
+        assert load_index_if_current(index_dir, p.store.generation()) is not None
+    finally:
+        p.close()
+
+
 def test_a_spent_deadline_stores_nothing(pipeline: RankingPipeline, serving_demo: DemoData) -> None:
     spent = Deadline(at=time.monotonic() - 1)
     with pytest.raises(DeadlineExceeded, match="longer deadline"):
@@ -260,8 +282,8 @@ def test_catalog_forgets_a_skill_or_location_when_its_last_holder_goes() -> None
         catalog.remove_many(ids)
         assert catalog.distinct_skills == 0 and catalog.distinct_locations == 0
     # A replacement drops the skills and place the candidate no longer has.
-    catalog.put(1, prep("a", ("go", "sql"), "Berlin"))
-    catalog.put(1, prep("a", ("sql",), "Lisbon"))
+    catalog.put_many([(1, prep("a", ("go", "sql"), "Berlin"))])
+    catalog.put_many([(1, prep("a", ("sql",), "Lisbon"))])
     assert catalog.distinct_skills == 1 and catalog.distinct_locations == 1
 
     def allowed(f: RankFilters) -> list[int]:
@@ -283,8 +305,7 @@ def test_remote_or_relocating_alone_keep_only_those_candidates() -> None:
         2: Candidate(id="mover", cv_text="x", willing_to_relocate=True),
         3: Candidate(id="stays", cv_text="x", location="Berlin"),
     }
-    for fid, c in people.items():
-        catalog.put(fid, prepare_candidate(c, vec, vec[None, :]))
+    catalog.put_many([(fid, prepare_candidate(c, vec, vec[None, :])) for fid, c in people.items()])
 
     def allowed(**kw: object) -> set[int]:
         ids = catalog.allowed(RankFilters(**kw))  # type: ignore[arg-type]
@@ -297,12 +318,11 @@ def test_remote_or_relocating_alone_keep_only_those_candidates() -> None:
     assert allowed(locations=("Berlin",), include_remote=True) == {1, 3}
 
 
-def test_contradictory_settings_are_refused(
-    encoder: TextEncoder, registry_path: Path, tmp_path: Path
-) -> None:
-    settings = serving_settings(tmp_path / "data", registry_path, default_top_k=50, max_top_k=20)
-    with pytest.raises(InvalidInput, match="RANKER_DEFAULT_TOP_K"):
-        RankingPipeline.open(settings, encoder=encoder)
+def test_contradictory_settings_are_refused(registry_path: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="RANKER_DEFAULT_TOP_K"):
+        serving_settings(tmp_path / "data", registry_path, default_top_k=50, max_top_k=20)
+    with pytest.raises(ValidationError, match="RANKER_MAX_TOP_K"):
+        serving_settings(tmp_path / "data", registry_path, max_top_k=MAX_RETRIEVE_N + 1)
 
 
 def test_postings_are_listed_in_pages(pipeline: RankingPipeline, serving_demo: DemoData) -> None:
@@ -354,7 +374,7 @@ def test_features_and_scoring_run_without_the_lock_and_an_erasure_meanwhile_is_n
     pipeline.upsert_postings([posting])
     everyone = pipeline.rank(RankQuery(posting_id=posting.id, top_k=8))
     victim = everyone.results[0].candidate_id  # the best: it would surely be served
-    served = pipeline._served
+    served = pipeline.model.served
     assert served is not None
     builder = served.bundle.builder
     real_build = builder.build
@@ -387,7 +407,7 @@ def test_features_and_scoring_run_without_the_lock_and_an_erasure_meanwhile_is_n
 
 def test_filters_compare_like_the_features() -> None:
     """A filter for "Zurich" or "machine-learning" matches what the features call the same."""
-    from ranker.pipeline import RankFilters as Filters
+    from ranker.api import RankFilters as Filters
     from ranker.text import phrase_key
 
     f = Filters(locations=("Zurich",), must_have_skills=("Machine-Learning",))

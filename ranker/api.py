@@ -1,0 +1,245 @@
+"""The pipeline's requests and results: plain values that know nothing of gRPC."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, TypeVar
+
+from ranker.domain import Candidate, Posting
+from ranker.errors import DeadlineExceeded, InvalidInput, RankerError
+from ranker.text import phrase_key
+
+if TYPE_CHECKING:
+    from ranker.explain import Explanation
+    from ranker.rows import ErasureReceipt
+
+_Item = TypeVar("_Item", Candidate, Posting)
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """The caller's time budget as a `time.monotonic()` instant; None = no deadline."""
+
+    at: float | None = None
+
+    @classmethod
+    def after(cls, seconds: float | None) -> Deadline:
+        return cls(None if seconds is None else time.monotonic() + seconds)
+
+    def check(self, before: str) -> None:
+        """Raise DeadlineExceeded when the budget is spent, naming the step not started."""
+        if self.at is not None and time.monotonic() >= self.at:
+            raise DeadlineExceeded(
+                f"the deadline passed before {before}; retry with a longer deadline"
+            )
+
+
+NO_DEADLINE = Deadline()
+
+
+@dataclass(frozen=True)
+class RankFilters:
+    """Hard filters; a candidate failing one is never retrieved (they run inside the search)."""
+
+    locations: tuple[str, ...] = ()
+    include_remote: bool = False
+    include_relocating: bool = False
+    remote_only: bool = False
+    min_years: float | None = None
+    must_have_skills: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("locations", "must_have_skills"):
+            values = tuple(getattr(self, name))
+            if any(not isinstance(v, str) or not v.strip() for v in values):
+                raise InvalidInput(f"filters.{name} must hold non-empty strings")
+            # The features' comparison key, so filters agree with the reasons and features
+            # ("Zurich" matches "Zürich", "machine-learning" matches "Machine Learning").
+            normalised = (phrase_key(v) for v in values)
+            object.__setattr__(self, name, tuple(dict.fromkeys(normalised)))
+        y = self.min_years
+        if y is not None and (
+            isinstance(y, bool) or not isinstance(y, int | float) or not math.isfinite(y)
+        ):
+            raise InvalidInput(f"filters.min_years must be a number, got {y!r}")
+        if y is not None and not 0 <= y <= 80:
+            raise InvalidInput(f"filters.min_years must be in 0..80, got {y!r}")
+
+    @property
+    def location_clause(self) -> bool:
+        """True when the OR of locations / remote / relocating applies (any of them is set).
+
+        `include_remote` or `include_relocating` without locations keeps only the candidates
+        open to remote work or relocation: the clause is the union of what is asked for.
+        """
+        return bool(self.locations) or self.include_remote or self.include_relocating
+
+    @property
+    def empty(self) -> bool:
+        return not (self.location_clause or self.remote_only or self.must_have_skills) and (
+            self.min_years is None or self.min_years <= 0
+        )
+
+
+@dataclass(frozen=True)
+class RankQuery:
+    """One ranking request: a stored posting id or an inline posting, and how to rank."""
+
+    posting_id: str | None = None
+    posting: Posting | None = None
+    top_k: int | None = None
+    retrieve_n: int | None = None
+    filters: RankFilters = field(default_factory=RankFilters)
+    explain: bool = False
+
+
+@dataclass(frozen=True)
+class RankedCandidate:
+    """One result of a ranking."""
+
+    candidate_id: str
+    rank: int
+    score: float
+    similarity: float
+    explanation: Explanation | None = None
+
+
+@dataclass(frozen=True)
+class RankResult:
+    """A ranking as served: every result scored by `model_version`."""
+
+    request_id: str
+    model_version: str
+    posting_id: str
+    results: tuple[RankedCandidate, ...]
+    eligible: int
+    retrieved: int
+    timings_ms: Mapping[str, float]
+    """Per stage: encode, retrieve, features, score, explain, total."""
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """An item the transport could not turn into a domain record, and why."""
+
+    id: str
+    error: RankerError
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    """What happened to one item of a batch call; `error` None means it succeeded."""
+
+    index: int
+    id: str
+    error: RankerError | None = None
+    created: bool = False
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """Per-item results of a batch call, in request order."""
+
+    items: tuple[ItemResult, ...]
+    total_candidates: int = 0
+    receipt: ErasureReceipt | None = None
+    recorded: int = 0
+    """RecordOutcomes: events newly stored (repeats of a stored event are OK but not new)."""
+
+    @property
+    def succeeded(self) -> int:
+        return sum(1 for i in self.items if i.error is None)
+
+
+@dataclass(frozen=True)
+class PostingPage:
+    """One page of stored postings, sorted by id."""
+
+    postings: tuple[Posting, ...]
+    next_page_token: str
+    """Empty on the last page."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The model version in service."""
+
+    version: str
+    feature_names: tuple[str, ...]
+    card: Mapping[str, object]
+    loaded_at: datetime
+    total_candidates: int
+
+
+# ---------------------------------------------------------------------------------------------
+# Request checks shared by the batch calls
+
+
+def check_batch_size(n: int, what: str, limit: int) -> None:
+    """Refuse a batch of no items or of more than `limit` (Settings.max_batch_items)."""
+    if n == 0:
+        raise InvalidInput(f"the request holds no {what}; send 1 to {limit}")
+    if n > limit:
+        raise InvalidInput(
+            f"the request holds {n} {what}, more than the limit of {limit}; split it into "
+            "smaller batches"
+        )
+
+
+def check_posting_size(p: Posting, limit: int) -> None:
+    """Refuse a posting whose text is over `limit` characters (Settings.max_text_chars)."""
+    if len(p.title) + len(p.description) > limit:
+        raise InvalidInput(
+            f"posting {p.id!r} text is longer than {limit} characters; shorten the description"
+        )
+
+
+def split_batch(
+    items: Sequence[_Item | Rejected], what: str, *, max_items: int, max_text_chars: int
+) -> tuple[list[ItemResult | None], list[tuple[int, _Item]]]:
+    """Per-item checks shared by the upserts: parse errors, text size, repeated ids.
+
+    The results hold an error for each item refused here and None for the others, which
+    are returned with their index to go on.
+    """
+    check_batch_size(len(items), what, max_items)
+    results: list[ItemResult | None] = [None] * len(items)
+    good: list[tuple[int, _Item]] = []
+    first_at: dict[str, int] = {}
+    limit = max_text_chars
+    for i, item in enumerate(items):
+        if isinstance(item, Rejected):
+            results[i] = ItemResult(i, item.id, item.error)
+            continue
+        if item.id in first_at:
+            results[i] = ItemResult(
+                i,
+                item.id,
+                InvalidInput(
+                    f"id {item.id!r} appears more than once in this batch (first at item "
+                    f"{first_at[item.id]}); send each id once"
+                ),
+            )
+            continue
+        first_at[item.id] = i
+        size = (
+            len(item.cv_text)
+            if isinstance(item, Candidate)
+            else len(item.title) + len(item.description)
+        )
+        if size > limit:
+            results[i] = ItemResult(
+                i,
+                item.id,
+                InvalidInput(
+                    f"{what[:-1]} {item.id!r} text has {size} characters, more than the "
+                    f"limit of {limit}; shorten it"
+                ),
+            )
+            continue
+        good.append((i, item))
+    return results, good

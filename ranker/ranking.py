@@ -1,0 +1,167 @@
+"""One ranking request's own work: its records, score order, explanations, logged decision.
+
+Nothing here touches shared state: the pipeline retrieves under its lock, then hands the
+retrieved candidates to these functions, which run without it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from functools import cached_property
+
+import numpy as np
+
+from ranker.api import RankedCandidate, RankQuery, RankResult
+from ranker.domain import Posting
+from ranker.explain import Explanation
+from ranker.model_slot import ServedModel
+from ranker.prepared import PreparedCandidate, PreparedPosting
+from ranker.rows import Decision
+
+
+@dataclass(frozen=True)
+class RankRequest:
+    """One ranking request once its sizes, model and posting are settled."""
+
+    query: RankQuery
+    top_k: int
+    retrieve_n: int
+    served: ServedModel
+    posting: PreparedPosting
+    inline: bool
+    """True when the posting came inline (encoded for this request, not stored)."""
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    @cached_property
+    def posting_hash(self) -> str:
+        return posting_hash(self.posting.posting)
+
+
+@dataclass(frozen=True)
+class Retrieved:
+    """The candidates a search returned, in search order, with what the search saw."""
+
+    cands: list[PreparedCandidate]
+    fids: np.ndarray
+    sims: np.ndarray
+    eligible: int
+    """Candidates passing the filters."""
+    erasures_seen: int
+    """The pipeline's erasure count at the search: a later one may have erased a result."""
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Features and scores of the retrieved candidates; `ranked` orders their rows, best first."""
+
+    x: np.ndarray
+    scores: np.ndarray
+    ranked: np.ndarray
+
+
+class Stopwatch:
+    """Milliseconds per ranking stage, each measured from the end of the previous one."""
+
+    def __init__(self) -> None:
+        self._start = self._last = time.perf_counter()
+        self._ms: dict[str, float] = {}
+        self.ran: dict[str, float] = {}
+        """The stages that did work, for the latency metrics."""
+
+    def lap(self, stage: str, *, ran: bool = True) -> None:
+        """End `stage`; one that did not run (`ran` False) is reported as 0 ms."""
+        now = time.perf_counter()
+        self._ms[stage] = (now - self._last) * 1000 if ran else 0.0
+        if ran:
+            self.ran[stage] = self._ms[stage]
+        self._last = now
+
+    def timings(self) -> dict[str, float]:
+        """Every stage lapped and the total so far."""
+        return self._ms | {"total": (time.perf_counter() - self._start) * 1000}
+
+
+def posting_hash(p: Posting) -> str:
+    """Identifies a posting's content (not its id), so inline postings are traceable in the log."""
+    d = asdict(p)
+    d.pop("id")
+    d.pop("created_at")
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def score_and_order(req: RankRequest, hits: Retrieved, x: np.ndarray) -> Scored:
+    """Scores of the retrieved candidates' features `x`, and their rows best first."""
+    scorer = req.served.bundle.scorer
+    scores = scorer.score(x) if len(hits.cands) else np.zeros(0, dtype=np.float32)
+    # Best score first; ties go to the closer vector, then the older candidate.
+    return Scored(x, scores, np.lexsort((hits.fids, -hits.sims, -scores)))
+
+
+def explain_rows(
+    req: RankRequest, hits: Retrieved, x: np.ndarray, rows: np.ndarray
+) -> dict[int, Explanation]:
+    """Explanations of the retrieved candidates at `rows`, keyed by row."""
+    rows_list = [int(i) for i in rows]
+    found = req.served.explainer.explain(
+        req.posting.posting, [hits.cands[i] for i in rows_list], x[rows]
+    )
+    return dict(zip(rows_list, found, strict=True))
+
+
+def decision_of(req: RankRequest, hits: Retrieved, scored: Scored, order: np.ndarray) -> Decision:
+    """The decision log's record of serving the rows `order`: ids, scores, exact features."""
+    bundle = req.served.bundle
+    return Decision(
+        request_id=req.request_id,
+        at=datetime.now(UTC),
+        model_version=bundle.version,
+        posting_id=None if req.inline else req.posting.id,
+        posting_hash=req.posting_hash,
+        top_k=req.top_k,
+        feature_names=tuple(bundle.feature_names),
+        candidate_ids=tuple(hits.cands[i].id for i in order),
+        scores=scored.scores[order].astype(np.float32),
+        features=scored.x[order],
+        params={
+            "retrieve_n": req.retrieve_n,
+            "filters": asdict(req.query.filters),
+            "explain": req.query.explain,
+            "eligible": hits.eligible,
+            "retrieved": len(hits.cands),
+        },
+    )
+
+
+def result_of(
+    req: RankRequest,
+    hits: Retrieved,
+    scored: Scored,
+    order: np.ndarray,
+    explained: dict[int, Explanation],
+    timings: dict[str, float],
+) -> RankResult:
+    """The ranking as served: the rows `order`, ranked from 1."""
+    results = tuple(
+        RankedCandidate(
+            candidate_id=hits.cands[i].id,
+            rank=r,
+            score=float(scored.scores[i]),
+            similarity=float(hits.sims[i]),
+            explanation=explained.get(i),
+        )
+        for r, i in enumerate(order.tolist(), 1)
+    )
+    return RankResult(
+        request_id=req.request_id,
+        model_version=req.served.bundle.version,
+        posting_id=f"inline-{req.posting_hash[:16]}" if req.inline else req.posting.id,
+        results=results,
+        eligible=hits.eligible,
+        retrieved=len(hits.cands),
+        timings_ms=timings,
+    )
