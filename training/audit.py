@@ -229,7 +229,7 @@ class AuditResult:
         return [f for f in self.flags() if f.significant]
 
     def category(self, dimension: str, name: str) -> CategoryResult:
-        """One category's result; `NotFound`-like `KeyError` naming what exists otherwise."""
+        """One category's result; a `KeyError` naming the known ones when it is not there."""
         for dim in self.dimensions:
             if dim.name == dimension:
                 for cat in dim.categories:
