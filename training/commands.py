@@ -14,6 +14,7 @@ from rich.table import Table
 from ranker.commands import fail
 from ranker.config import Settings
 from ranker.errors import RankerError
+from training.audit_commands import audit
 
 if TYPE_CHECKING:  # imported lazily below: `ranker --help` should not load LightGBM and ONNX
     from ranker.registry import ModelRegistry
@@ -245,3 +246,4 @@ def register(app: typer.Typer) -> None:
     app.command("demo-data")(demo_data)
     app.command()(train)
     app.command()(evaluate)
+    app.command()(audit)

@@ -1,0 +1,211 @@
+"""`ranker audit`: the LL144 bias-audit summary of the historical process, a model, or what was served."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from ranker.commands import fail
+from ranker.config import Settings
+from ranker.errors import RankerError
+
+if TYPE_CHECKING:  # imported lazily below: `ranker --help` should not load numpy and the store
+    from ranker.store import SqliteStore
+    from training.audit import AuditConfig, AuditResult
+
+_DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"]
+
+
+class AuditFrame(StrEnum):
+    """What the audit looks at."""
+
+    HISTORICAL = "historical"
+    MODEL = "model"
+    SERVED = "served"
+
+
+def audit(
+    frame: Annotated[
+        AuditFrame,
+        typer.Option(
+            help="historical: the stored hiring outcomes (the bias a model learns); model: a "
+            "version on held-out postings; served: the decision log over a period."
+        ),
+    ] = AuditFrame.HISTORICAL,
+    version: Annotated[
+        str | None,
+        typer.Option(help="Model version (frame model; frame served: only its decisions)."),
+    ] = None,
+    since: Annotated[
+        datetime | None,
+        typer.Option(formats=_DATE_FORMATS, help="Start of the period (UTC when no zone)."),
+    ] = None,
+    until: Annotated[
+        datetime | None,
+        typer.Option(formats=_DATE_FORMATS, help="End of the period, exclusive (UTC)."),
+    ] = None,
+    k: Annotated[int, typer.Option(min=1, help="Selected = in the top k of a ranking.")] = 10,
+    threshold: Annotated[
+        float, typer.Option(min=0.01, max=1.0, help="Flag impact ratios below this.")
+    ] = 0.8,
+    min_share: Annotated[
+        float,
+        typer.Option(
+            min=0.0, max=0.5, help="Categories under this share of rows get no impact ratio."
+        ),
+    ] = 0.02,
+    boot: Annotated[int, typer.Option(min=10, help="Bootstrap resamples.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the result as JSON here.")
+    ] = None,
+    markdown: Annotated[
+        Path | None, typer.Option(help="Also write the readable report (Markdown) here.")
+    ] = None,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict", help="Exit with status 2 when an impact ratio is significantly low."
+        ),
+    ] = False,
+) -> None:
+    """Bias audit (NYC Local Law 144 form): selection and scoring rates, impact ratios, CIs.
+
+    Categories: sex, race/ethnicity and their intersections, from the protected table.
+    """
+    from training.audit import AuditConfig
+
+    settings = Settings()
+    try:
+        config = AuditConfig(k=k, threshold=threshold, min_share=min_share, n_boot=boot, seed=seed)
+        if frame is AuditFrame.HISTORICAL:
+            result = _historical(settings, config, since, until)
+        elif frame is AuditFrame.SERVED:
+            result = _served(settings, config, since, until, version)
+        else:
+            fail(
+                "--frame model is not wired yet: it needs the pool-view rankings of held-out "
+                "postings (retrieve from all stored candidates, rerank) from the evaluation; "
+                "until then audit the training labels (--frame historical) or what was served "
+                "(--frame served)"
+            )
+    except RankerError as e:
+        fail(str(e))
+    text = result.to_markdown()
+    typer.echo(text, nl=False)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(result.to_json(), encoding="utf-8")
+    if markdown is not None:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(text, encoding="utf-8")
+    if strict and result.significant_flags():
+        raise typer.Exit(code=2)
+
+
+def _open_store(settings: Settings) -> SqliteStore:
+    from ranker.store import SqliteStore
+
+    path = settings.resolved_db_path
+    if not path.is_file():
+        fail(f"no store at {path}; load data first: `ranker ingest`")
+    return SqliteStore(path)
+
+
+def _period(since: datetime | None, until: datetime | None) -> tuple[str, str] | None:
+    if since is None and until is None:
+        return None
+    return (
+        since.date().isoformat() if since else "start",
+        until.date().isoformat() if until else "now",
+    )
+
+
+def _historical(
+    settings: Settings, config: AuditConfig, since: datetime | None, until: datetime | None
+) -> AuditResult:
+    from training.audit import AuditMeta, audit_outcomes
+    from training.audit_sources import load_protected, outcomes_in_period, promotion_dates
+
+    store = _open_store(settings)
+    try:
+        outcomes = outcomes_in_period(store.list_outcomes(), since, until)
+        protected = load_protected(store)
+    finally:
+        store.close()
+    if not outcomes:
+        fail("no stored outcomes in that period; record outcomes first (`ranker ingest`)")
+    times = [o.at for o in outcomes]
+    first, _ = promotion_dates(settings.resolved_registry_dir)
+    meta = AuditMeta(
+        frame="historical",
+        data_source="historical outcomes",
+        period=_period(since, until)
+        or (min(times).date().isoformat(), max(times).date().isoformat()),
+        distribution_date=first or "unknown",
+    )
+    return audit_outcomes(outcomes, protected, meta=meta, config=config)
+
+
+def _served(
+    settings: Settings,
+    config: AuditConfig,
+    since: datetime | None,
+    until: datetime | None,
+    version: str | None,
+) -> AuditResult:
+    from training.audit import AuditMeta, audit_rankings
+    from training.audit_sources import (
+        decision_ids,
+        load_protected,
+        promotion_dates,
+        rankings_from_decisions,
+        stored_candidate_ids,
+    )
+
+    store = _open_store(settings)
+    try:
+        ids = decision_ids(settings.resolved_db_path, since, until)
+        decisions = [store.get_decision(i) for i in ids]
+        if version is not None:
+            decisions = [d for d in decisions if d.model_version == version]
+        protected = load_protected(store)
+    finally:
+        store.close()
+    if not decisions:
+        fail(
+            "no decisions logged in that period"
+            + (f" by {version}" if version else "")
+            + "; rankings served by `ranker serve` are logged in the store"
+        )
+    pool = stored_candidate_ids(settings.resolved_db_path)
+    first, per_version = promotion_dates(settings.resolved_registry_dir)
+    versions = sorted({d.model_version for d in decisions})
+    times = [d.at for d in decisions]
+    meta = AuditMeta(
+        frame="served",
+        data_source=f"served rankings ({len(decisions)} logged decisions)",
+        period=_period(since, until)
+        or (min(times).date().isoformat(), max(times).date().isoformat()),
+        model_version=", ".join(versions),
+        distribution_date=first or "unknown",
+        version_distribution_date=", ".join(per_version.get(v, "never promoted") for v in versions),
+    )
+    result = audit_rankings(
+        rankings_from_decisions(decisions, pool=pool), protected, meta=meta, config=config
+    )
+    # Why the pool is today's: `stored_at` moves on every re-upsert, so it cannot tell who was
+    # in the store at request time; erased candidates are gone from the log as well.
+    return replace(
+        result,
+        notes=(
+            *result.notes,
+            f"Each request is taken to have chosen from the {len(pool)} candidates stored now; "
+            "candidates added after a request count as not selected by it.",
+        ),
+    )

@@ -1,0 +1,118 @@
+"""The bias audit's inputs read from the store and the registry: protected table, decisions, promotions."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from contextlib import closing
+from datetime import UTC, datetime
+from pathlib import Path
+
+from ranker.domain import Outcome
+from ranker.errors import InvalidInput
+from ranker.registry import POINTER_FILE
+from ranker.store import Decision, SqliteStore
+from training.audit import DIMENSIONS, Ranking
+
+
+def load_protected(
+    store: SqliteStore, attributes: Sequence[str] = DIMENSIONS
+) -> dict[str, dict[str, str]]:
+    """{candidate_id: {attribute: value}} from the protected table (audits only)."""
+    out: dict[str, dict[str, str]] = {}
+    for name in attributes:
+        for cid, value in store.protected_attributes(name).items():
+            out.setdefault(cid, {})[name] = value
+    return out
+
+
+def promotion_dates(registry_root: Path) -> tuple[str | None, dict[str, str]]:
+    """(first promotion of any version, {version: its first promotion}) as ISO times.
+
+    From the registry pointer's event history; (None, {}) when nothing was ever promoted or
+    the pointer predates event records.
+    """
+    path = Path(registry_root) / POINTER_FILE
+    if not path.is_file():
+        return None, {}
+    try:
+        events = json.loads(path.read_text(encoding="utf-8")).get("events", [])
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise InvalidInput(
+            f"{path} is not a registry pointer ({e}); fix it or promote a version again: "
+            "`ranker models promote VERSION`"
+        ) from e
+    per_version: dict[str, str] = {}
+    for event in events:
+        if event.get("action") == "promote" and event.get("version") and event.get("at"):
+            per_version.setdefault(str(event["version"]), str(event["at"]))
+    first = min(per_version.values(), key=datetime.fromisoformat) if per_version else None
+    return first, per_version
+
+
+def _utc(t: datetime) -> datetime:
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+
+
+def decision_ids(db_path: Path, since: datetime | None, until: datetime | None) -> list[str]:
+    """Request ids of the decisions logged in [since, until), oldest first.
+
+    Read-only SQL on the decision table: `SqliteStore` reads one decision by id and has no
+    listing by period yet; replace this with the store's own listing when it gets one.
+    """
+    with closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as conn:
+        rows = conn.execute("SELECT request_id, at FROM decisions").fetchall()
+    picked = []
+    for request_id, at in rows:
+        t = _utc(datetime.fromisoformat(at))
+        if (since is None or t >= _utc(since)) and (until is None or t < _utc(until)):
+            picked.append((t, request_id))
+    return [r for _, r in sorted(picked)]
+
+
+def stored_candidate_ids(db_path: Path) -> list[str]:
+    """Ids of every candidate in the store now (without loading CVs or vectors)."""
+    with closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as conn:
+        return [r[0] for r in conn.execute("SELECT id FROM candidates ORDER BY id")]
+
+
+def rankings_from_decisions(
+    decisions: Sequence[Decision], pool: Sequence[str] | None = None
+) -> list[Ranking]:
+    """Frame (c): logged decisions as rankings.
+
+    The log keeps the returned candidates (best first) with their scores, not every candidate
+    the reranker scored, so the rankings are marked incomplete and the scoring rate is
+    reported unavailable. When `pool` is given (the candidates each request chose from:
+    retrieval searches the whole store), the candidates not returned count in the selection
+    rate's denominator as not selected: the whole pipeline, retrieval included.
+    """
+    rest = tuple(pool) if pool is not None else ()
+    return [
+        Ranking(
+            cluster=d.posting_id or d.request_id,
+            candidate_ids=tuple(d.candidate_ids),
+            scores=tuple(float(s) for s in d.scores),
+            scores_complete=False,
+            unranked=rest,
+        )
+        for d in decisions
+    ]
+
+
+def outcomes_in_period(
+    outcomes: Sequence[Outcome], since: datetime | None, until: datetime | None
+) -> list[Outcome]:
+    """The outcomes of the postings whose first event falls in [since, until)."""
+    first: dict[str, datetime] = {}
+    for o in outcomes:
+        t = _utc(o.at)
+        if o.posting_id not in first or t < first[o.posting_id]:
+            first[o.posting_id] = t
+    keep = {
+        p
+        for p, t in first.items()
+        if (since is None or t >= _utc(since)) and (until is None or t < _utc(until))
+    }
+    return [o for o in outcomes if o.posting_id in keep]
