@@ -12,7 +12,8 @@ from pathlib import Path
 from ranker.domain import Outcome
 from ranker.errors import InvalidInput
 from ranker.registry import POINTER_FILE
-from ranker.store import Decision, SqliteStore
+from ranker.rows import Decision
+from ranker.store import SqliteStore
 from training.audit import DIMENSIONS, Ranking
 
 
