@@ -155,7 +155,11 @@ def _view_markdown(title: str, view: Mapping[str, Any]) -> list[str]:
     lines = [
         f"### {title}",
         "",
-        view["description"] + ". " + "; ".join(view_notes(view)) + ".",
+        view["description"][:1].upper()
+        + view["description"][1:]
+        + ". "
+        + "; ".join(view_notes(view))
+        + ".",
         "",
         "| ranker | " + " | ".join(names) + " |",
         "|---" * (len(names) + 1) + "|",
