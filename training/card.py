@@ -77,6 +77,7 @@ def build_card(
     seed: int,
     best_iteration: int,
     metrics: Mapping[str, Any],
+    evaluation: Mapping[str, Any],
     data: Mapping[str, Any],
     parity: Mapping[str, Any],
     importance: Mapping[str, float],
@@ -103,6 +104,7 @@ def build_card(
             "gain_in_metrics": "2^label - 1",
         },
         "metrics": dict(metrics),
+        "evaluation": dict(evaluation),
         "data": dict(data),
         "parity": dict(parity),
         "lexicon": {**(lexicon or {}), "note": LEXICON_NOTE},
@@ -115,11 +117,103 @@ def build_card(
     }
 
 
-def _metrics_table(results: Mapping[str, Mapping[str, float]]) -> list[str]:
-    names = [m for m in next(iter(results.values())) if m != "queries"]
-    lines = ["| ranker | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    for ranker, values in results.items():
-        lines.append(f"| {ranker} | " + " | ".join(f"{values[m]:.4f}" for m in names) + " |")
+def estimate_text(e: Mapping[str, Any], signed: bool = False) -> str:
+    """`0.731 [0.650, 0.802]` (or `+0.031 [-0.004, +0.060]` for a difference); `-` when empty."""
+    if e.get("mean") is None:
+        return "-"
+    f = "{:+.3f}" if signed else "{:.3f}"
+    return f"{f.format(e['mean'])} [{f.format(e['ci_low'])}, {f.format(e['ci_high'])}]"
+
+
+def view_notes(view: Mapping[str, Any]) -> list[str]:
+    """The sample sizes of one evaluation view, in words."""
+    notes = [f"{view['postings']} postings"]
+    if view.get("postings_skipped_one_applicant"):
+        notes.append(f"{view['postings_skipped_one_applicant']} more with one applicant skipped")
+    if "relevant_applicants" in view:
+        notes.append(
+            f"{view['relevant_retrieved']} of {view['relevant_applicants']} relevant applicants "
+            f"retrieved from a pool of {view['pool_candidates']}"
+        )
+    notes.append(
+        f"{view['postings_without_relevant']} without an applicant at the relevance threshold "
+        "(counted; MRR and recall undefined there)"
+    )
+    notes.append(
+        f"{view['postings_all_labels_zero']} with every label 0 (counted; NDCG undefined there)"
+    )
+    if view.get("warning"):
+        notes.append(view["warning"])
+    return notes
+
+
+def _view_markdown(title: str, view: Mapping[str, Any]) -> list[str]:
+    metrics = view["metrics"]
+    if not metrics:
+        return [f"### {title}", "", "No posting to evaluate.", ""]
+    names = list(next(iter(metrics.values())))
+    lines = [
+        f"### {title}",
+        "",
+        view["description"][:1].upper()
+        + view["description"][1:]
+        + ". "
+        + "; ".join(view_notes(view))
+        + ".",
+        "",
+        "| ranker | " + " | ".join(names) + " |",
+        "|---" * (len(names) + 1) + "|",
+    ]
+    for ranker, values in metrics.items():
+        lines.append(f"| {ranker} | " + " | ".join(estimate_text(values[m]) for m in names) + " |")
+    first = next(iter(metrics.values()))
+    lines.append("| n (postings defined) | " + " | ".join(str(first[m]["n"]) for m in names) + " |")
+    lines += [
+        "",
+        'Paired differences (same postings; "no significant difference" when the 95% interval '
+        "includes 0):",
+        "",
+        "| comparison | " + " | ".join(names) + " |",
+        "|---" * (len(names) + 1) + "|",
+    ]
+    for pair, per in view["differences"].items():
+        cells = []
+        for m in names:
+            d = per[m]
+            text = estimate_text(d, signed=True)
+            cells.append(text if d["verdict"] in ("higher", "lower") else f"{text} {d['verdict']}")
+        lines.append(f"| {pair} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def evaluation_markdown(ev: Mapping[str, Any]) -> list[str]:
+    """The held-out evaluation (both views, baselines, paired differences) as markdown lines."""
+    in_service = ev.get("in_service")
+    if in_service and in_service.get("compared"):
+        service = f"Compared with {in_service['version']} (in service) on the same postings."
+    elif in_service:
+        service = (
+            f"Not compared with {in_service['version']} (in service): "
+            f"{in_service.get('reason', '-')}"
+        )
+    else:
+        service = "No version was in service to compare with."
+    lines = [
+        f"Held-out postings: {ev['postings']} created from {ev.get('held_out_from', '-')} on "
+        f"({ev.get('held_out_rule', '-')}). {service}",
+        "",
+        f"Relevant = label >= {ev['relevant_at_or_above']} (interviewed or beyond). "
+        f"{ev['intervals']} {ev['ties']}",
+        "",
+        "Baselines: "
+        + "; ".join(f"`{name}`: {doc}" for name, doc in ev["baselines"].items())
+        + ".",
+        "",
+    ]
+    views = ev["views"]
+    lines += _view_markdown("Applicant view", views["applicants"])
+    lines += _view_markdown(f"Pool view (as served, retrieve_n {ev['retrieve_n']})", views["pool"])
+    lines += [ev["unlabelled"], ""]
     return lines
 
 
@@ -127,7 +221,6 @@ def render_markdown(card: Mapping[str, Any]) -> str:
     """MODEL_CARD.md: the same facts as model_card.json, for people."""
     data = card["data"]
     split = data["split"]
-    test = card["metrics"]["test"]
     lines = [
         f"# Model card: candidate ranker {card['version']}",
         "",
@@ -167,11 +260,9 @@ def render_markdown(card: Mapping[str, Any]) -> str:
         f"early stopping: {card['labels'].get('gain_in_training', '-')}; in the metrics below: "
         f"{card['labels'].get('gain_in_metrics', '2^label - 1')}.",
         "",
-        f"## Test metrics ({int(next(iter(test.values()))['queries'])} held-out postings with "
-        "a relevant candidate)",
+        "## Evaluation on held-out postings",
         "",
-        *_metrics_table(test),
-        "",
+        *evaluation_markdown(card["evaluation"]),
         "## Features (in model input order)",
         "",
         *(f"{i + 1}. `{name}`: {doc}" for i, (name, doc) in enumerate(card["features"].items())),

@@ -22,22 +22,76 @@ if TYPE_CHECKING:  # imported lazily below: `ranker --help` should not load Ligh
 console = Console()
 
 
-def metrics_table(title: str, results: Mapping[str, Mapping[str, float]]) -> Table:
-    """A rich table: one row per ranker (model, baselines), one column per metric."""
-    from training.evaluate import METRICS
+VIEW_TITLES = {"applicants": "Applicant view", "pool": "Pool view (as served)"}
 
-    table = Table(title=title)
-    table.add_column("ranker")
-    for m in METRICS:
-        table.add_column(m, justify="right")
-    best = {m: max(r[m] for r in results.values()) for m in METRICS}
-    for name, values in results.items():
-        cells = [
-            f"[bold]{values[m]:.4f}[/bold]" if values[m] == best[m] else f"{values[m]:.4f}"
-            for m in METRICS
-        ]
-        table.add_row(name, *cells)
-    return table
+
+def evaluation_tables(ev: Mapping[str, Any]) -> list[Table]:
+    """Rich tables of an evaluation (`training.evaluate.Evaluation.as_dict`): per view, every
+    ranker's metrics as mean [95% CI] with the postings each metric is defined on (n), then the
+    primary ranker's paired differences with every other ranker on the headline metrics."""
+    from training.card import estimate_text, view_notes
+    from training.evaluate import HEADLINE, VIEWS
+
+    tables: list[Table] = []
+    for name in VIEWS:
+        view = ev["views"][name]
+        metrics = view["metrics"]
+        if not metrics:
+            continue
+        names = list(next(iter(metrics.values())))
+        first = next(iter(metrics.values()))
+        values = Table(
+            title=f"{VIEW_TITLES[name]}: {view['description']}",
+            caption="; ".join(view_notes(view)),
+            caption_justify="left",
+        )
+        values.add_column("ranker")
+        for m in names:
+            values.add_column(f"{m}\nn={first[m]['n']}", justify="right")
+        for ranker, per in metrics.items():
+            values.add_row(ranker, *(estimate_text(per[m]).replace(" [", "\n[") for m in names))
+        tables.append(values)
+        diffs = Table(
+            title=f"{VIEW_TITLES[name]}: paired differences, {ev['primary']} minus each other "
+            "ranker on the same postings",
+            caption="no significant difference = the 95% interval includes 0; every metric's "
+            "difference is in the stored JSON",
+            caption_justify="left",
+        )
+        for col, justify in (
+            ("comparison", "left"),
+            ("metric", "left"),
+            ("difference [95% CI]", "right"),
+            ("n", "right"),
+            ("verdict", "left"),
+        ):
+            diffs.add_column(col, justify=justify)  # type: ignore[arg-type]
+        headline = [m for m in HEADLINE[name] if m in names]
+        for pair, per in view["differences"].items():
+            for i, m in enumerate(headline):
+                d = per[m]
+                style = {"higher": "green", "lower": "red"}.get(d["verdict"], "dim")
+                diffs.add_row(
+                    pair if i == 0 else "",
+                    m,
+                    estimate_text(d, signed=True),
+                    str(d["n"]),
+                    f"[{style}]{d['verdict']}[/{style}]",
+                    end_section=i == len(headline) - 1,
+                )
+        tables.append(diffs)
+    return tables
+
+
+def print_evaluation(ev: Mapping[str, Any]) -> None:
+    """Both views' tables, then the rules they follow (relevance, intervals, ties, unlabelled)."""
+    for table in evaluation_tables(ev):
+        console.print(table)
+    console.print(
+        f"Relevant = label >= {ev['relevant_at_or_above']} (interviewed or beyond). "
+        f"{ev['intervals']} {ev['ties']} {ev['unlabelled']}",
+        highlight=False,
+    )
 
 
 def demo_data(
@@ -179,12 +233,12 @@ def train(
             config=TrainConfig(seed=seed),
             promote=promote,
             protected=protected or None,
-            session=settings.ort_session,
+            settings=settings,
         )
     except RankerError as e:
         fail(str(e))
     card = result.card
-    console.print(metrics_table(f"test postings, model {result.version}", card["metrics"]["test"]))
+    print_evaluation(card["evaluation"])
     split = card["data"]["split"]
     console.print(
         f"trained {result.version} in {time.perf_counter() - started:.1f}s: "
@@ -210,9 +264,10 @@ def evaluate(
 ) -> None:
     """Evaluate a version against the model in service and baselines; store the result.
 
-    Both are scored on the postings neither has seen: those created from the later of the two
-    versions' test-split starts on. The result is stored in the evaluated version's folder
-    (`evaluations/<UTC time>.json`).
+    Two views of the postings neither version has seen (created from the later of their
+    test-split starts on): each posting's applicants, and the served pool (retrieve from every
+    stored candidate, rerank). Every metric with a 95% bootstrap interval over postings; every
+    comparison a paired difference. Stored in the version's `evaluations/<UTC time>.json`.
     """
     from ranker.registry import ModelRegistry
     from training.evaluate import compare_versions, data_digest
@@ -226,18 +281,20 @@ def evaluate(
         current = registry.current_version()
         if current is not None and current != bundles[0].version:
             bundles.append(registry.load(current))
-        comparison = compare_versions(bundles, candidates, postings, outcomes)
+        comparison = compare_versions(bundles, candidates, postings, outcomes, settings)
         record = comparison.record(
             [b.version for b in bundles], data_digest(candidates, postings, outcomes)
         )
         path = registry.record_evaluation(bundles[0].version, record)
     except RankerError as e:
         fail(str(e))
-    title = (
-        f"{comparison.test.n_queries} postings created since "
+    console.print(
+        f"{len(comparison.evaluation.posting_ids)} postings with outcomes created since "
         f"{comparison.held_out_from:%Y-%m-%d %H:%M} (held out from every version compared)"
     )
-    console.print(metrics_table(title, comparison.results))
+    for left, why in comparison.left_out.items():
+        console.print(f"{left} not compared: {why}")
+    print_evaluation(record)
     console.print(f"stored in {path}")
 
 

@@ -1,99 +1,398 @@
-"""Ranking metrics on held-out postings, for the model and for single-feature baselines.
+"""Evaluation on held-out postings in two views, with baselines and paired comparisons.
 
-Hand-written rather than taken from scikit-learn: it is not a dependency of the offline side, and
-these need one shared per-query ordering (ties broken by row order, i.e. candidate id) for every
-metric. `tests/training/test_evaluate.py` checks NDCG against scikit-learn's `ndcg_score`.
+**Applicant view**: each held-out posting's applicants (at least two), ranked by each ranker,
+scored against their graded labels (`training.labels`).
+
+**Pool view**, what the service does: for each held-out posting, retrieve `retrieve_n` candidates
+from *every* stored candidate by cosine of the posting vector and the candidates' document vectors
+(`ranker.index.FaissIndex`, the service's storage setting), build features with the model
+version's builder, score with its ONNX scorer and rank. The posting's applicants keep their
+labels; candidates who did not apply are unlabelled and count as not relevant (label 0). Recall
+is over *all* the posting's relevant applicants, so those retrieval misses count as misses.
+
+**Rankers**: the model version(s), and the baselines a skeptic would pick (`BASELINES`): the
+service's own retrieval order, a hand-weighted rule (`HAND_RULE`) and three single features.
+
+**Statistics** (`training.metrics`): every metric is the mean over postings with a 95%
+percentile-bootstrap interval over postings, the number of postings it is defined on, and the
+number it is not (e.g. no applicant reached the relevance threshold). Every comparison of the
+first ranker with another is a paired difference on the same postings; an interval that includes
+0 is reported as "no significant difference". Ties: expectation over the orders of tied
+candidates, one rule for every ranker (`TIE_RULE`).
 """
 
 from __future__ import annotations
 
+import math
+from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
+from ranker.config import Settings
 from ranker.domain import Outcome
-from ranker.errors import InvalidInput
-from ranker.features import FEATURE_NAMES
+from ranker.errors import InvalidInput, RankerError
+from ranker.features import FeatureBuilder
+from ranker.prepared import PreparedCandidate, PreparedPosting
+from ranker.index import FaissIndex, Storage
 from ranker.registry import ModelBundle
 from training.dataset import (
     CandidateLike,
     PostingLike,
     RankingSet,
-    build_set,
     data_sha256,
     posting_times,
     prepare_all,
     time_split,
 )
 from training.labels import RELEVANT_LABEL, as_utc, labels_from_outcomes
+from training.metrics import (
+    BOOTSTRAP_LEVEL,
+    BOOTSTRAP_SAMPLES,
+    Estimate,
+    PostingMetrics,
+    posting_metrics,
+    served_metrics,
+)
 
-METRICS = ("ndcg@5", "ndcg@10", "map", "recall@10", "recall@20")
-BASELINES: dict[str, str] = {
-    "dense_cosine": "dense_cosine",
-    "bm25": "bm25",
-    "required_coverage": "required_coverage",
+APPLICANT_VIEW = "applicants"
+POOL_VIEW = "pool"
+VIEWS = (APPLICANT_VIEW, POOL_VIEW)
+
+RETRIEVAL = "retrieval"
+HAND_RULE_NAME = "hand_rule"
+HAND_RULE: dict[str, float] = {
+    "required_coverage": 3.0,
+    "location_fit": 1.0,
+    "meets_min_years": 1.0,
+    "dense_cosine": 0.5,
 }
-"""Baseline name -> the single feature column it ranks by (higher first)."""
+"""A recruiter's rule of thumb, weights fixed a priori (never fitted to any data):
+
+- required skills are the first screen, so covering all of them (3) outweighs location and
+  experience together (1 + 1): a candidate missing a third of the required skills loses as much
+  as one in the wrong place;
+- location fit (1 same place or remote, 0.5 relocating, 0 otherwise) and meeting the minimum
+  years (1 or 0; `1 - under_min_years`) are pass/fail checks of equal weight;
+- dense cosine (typically 0.2..0.8) at 0.5 only orders candidates equal on the checks: its whole
+  range is worth less than one check.
+"""
+FEATURE_BASELINES = ("dense_cosine", "bm25", "required_coverage")
+"""Single-feature baselines: rank by the column, higher first."""
+BASELINES: dict[str, str] = {
+    RETRIEVAL: "the service's retrieval order: cosine of the posting vector and the CV's document "
+    "vector as the FAISS index holds it (the pool view's first stage)",
+    HAND_RULE_NAME: "3 required_coverage + 1 location_fit + 1 meets_min_years + 0.5 dense_cosine "
+    "(weights set a priori as a recruiter's rule of thumb, not fitted)",
+    **{name: f"the `{name}` feature alone" for name in FEATURE_BASELINES},
+}
+"""Every baseline and what it ranks by."""
+
+HEADLINE: dict[str, tuple[str, ...]] = {
+    APPLICANT_VIEW: ("ndcg@10", "mrr", "recall@10"),
+    POOL_VIEW: ("recall@10", "recall@100", "ndcg@10", "mrr"),
+}
+"""Metrics whose paired differences are printed; every metric's is stored."""
+
+TIE_RULE = (
+    "Tied scores: every metric is the exact expectation over all orders of the tied candidates "
+    "(each equally likely), the same rule for every ranker, so no ranker gains from a lucky "
+    "tie-break."
+)
+UNLABELLED_NOTE = (
+    "Pool view: candidates who did not apply to the posting have no label and count as not "
+    "relevant (label 0), so a good match who never applied is scored like a poor one; recall is "
+    "over all of the posting's relevant applicants, so those retrieval misses count as misses."
+)
+FEW_POSTINGS = 20
+"""Below this many postings a view carries `FEW_POSTINGS_WARNING`."""
+FEW_POSTINGS_WARNING = (
+    "few postings: percentile-bootstrap intervals over so few are too narrow (they undercover), "
+    "so read every interval and verdict here as indicative only"
+)
+INTERVALS_NOTE = (
+    f"Means over postings with {BOOTSTRAP_LEVEL:.0%} percentile-bootstrap intervals "
+    f"({BOOTSTRAP_SAMPLES} resamples of the postings); n = postings the metric is defined on. "
+    "Differences are paired (same postings); one whose interval includes 0 is reported as "
+    "'no significant difference'."
+)
 
 
-def _dcg(gains: np.ndarray, k: int) -> float:
-    g = gains[:k]
-    return float(np.sum(g / np.log2(np.arange(2, len(g) + 2))))
+class Scorer(Protocol):
+    """Scores feature rows; `ranker.scorer.OnnxScorer` is the one serving uses."""
+
+    def score(self, x: np.ndarray) -> np.ndarray: ...
 
 
-def query_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
-    """Metrics of one query; `labels` graded 0..4, relevant = label >= RELEVANT_LABEL."""
-    order = np.argsort(-scores, kind="stable")
-    ranked = labels[order]
-    gains = 2.0**ranked - 1.0
-    ideal = 2.0 ** np.sort(labels)[::-1] - 1.0
-    out: dict[str, float] = {}
-    for k in (5, 10):
-        best = _dcg(ideal, k)
-        out[f"ndcg@{k}"] = _dcg(gains, k) / best if best > 0 else 0.0
-    relevant = ranked >= RELEVANT_LABEL
-    n_rel = int(relevant.sum())
-    if n_rel:
-        hits = np.cumsum(relevant)
-        out["map"] = float(np.sum((hits / np.arange(1, len(ranked) + 1))[relevant]) / n_rel)
-        out["recall@10"] = float(relevant[:10].sum() / n_rel)
-        out["recall@20"] = float(relevant[:20].sum() / n_rel)
-    else:
-        out["map"] = out["recall@10"] = out["recall@20"] = 0.0
+class RankingModel(Protocol):
+    """A model version as it is served: its feature builder and its scorer (e.g. `ModelBundle`)."""
+
+    @property
+    def builder(self) -> FeatureBuilder: ...
+    @property
+    def scorer(self) -> Scorer: ...
+    @property
+    def feature_names(self) -> tuple[str, ...]: ...
+
+
+def _column(x: np.ndarray, names: Sequence[str], name: str) -> np.ndarray:
+    try:
+        return np.asarray(x[:, list(names).index(name)], dtype=np.float64)
+    except ValueError:
+        raise InvalidInput(
+            f"the baselines need the feature {name!r}, which the model's features "
+            f"{list(names)} lack; update training.evaluate's baselines to the new features"
+        ) from None
+
+
+def hand_rule(x: np.ndarray, names: Sequence[str]) -> np.ndarray:
+    """`HAND_RULE`'s score of each feature row."""
+    score = np.zeros(len(x), dtype=np.float64)
+    for name, weight in HAND_RULE.items():
+        if name == "meets_min_years":
+            col = 1.0 - _column(x, names, "under_min_years")
+        else:
+            col = _column(x, names, name)
+        score += weight * col
+    return score
+
+
+def baseline_scores(x: np.ndarray, names: Sequence[str], sims: np.ndarray) -> dict[str, np.ndarray]:
+    """Every baseline's scores of the rows `x`, `sims` being their retrieval similarities."""
+    out = {RETRIEVAL: np.asarray(sims, dtype=np.float64), HAND_RULE_NAME: hand_rule(x, names)}
+    for name in FEATURE_BASELINES:
+        out[name] = _column(x, names, name)
     return out
 
 
-def evaluate_scores(data: RankingSet, scores: np.ndarray) -> dict[str, float]:
-    """Mean metrics over the queries that have at least one relevant candidate.
+@dataclass(frozen=True)
+class Pool:
+    """Every stored candidate in a FAISS index as the service holds it, to retrieve from."""
 
-    Queries without one are skipped (every ordering is equally right there); `queries` says how
-    many counted.
+    candidates: tuple[PreparedCandidate, ...]
+    index: FaissIndex
+
+    @classmethod
+    def build(cls, candidates: Iterable[PreparedCandidate], storage: Storage) -> Pool:
+        """Index the candidates (in id order) with the service's storage setting."""
+        ordered = tuple(sorted(candidates, key=lambda c: c.id))
+        if not ordered:
+            raise InvalidInput("no stored candidate to retrieve from; load some: `ranker ingest`")
+        vectors = np.stack([c.doc_vector for c in ordered])
+        index = FaissIndex(dim=vectors.shape[1], storage=storage)
+        index.add(np.arange(len(ordered), dtype=np.int64), vectors)
+        return cls(ordered, index)
+
+    def __len__(self) -> int:
+        return len(self.candidates)
+
+    def position(self) -> dict[str, int]:
+        return {c.id: i for i, c in enumerate(self.candidates)}
+
+    def retrieve(
+        self, posting: PreparedPosting, n: int, among: np.ndarray | None = None
+    ) -> tuple[list[PreparedCandidate], np.ndarray]:
+        """The `n` nearest candidates (restricted to positions `among`) and their similarities."""
+        ids, sims = self.index.search(posting.vector, n, among)
+        return [self.candidates[int(i)] for i in ids], sims
+
+
+def _all_scores(
+    models: Mapping[str, RankingModel],
+    posting: PreparedPosting,
+    cands: Sequence[PreparedCandidate],
+    sims: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """Each model's and each baseline's scores of `cands` (baselines on the first model's rows)."""
+    out: dict[str, np.ndarray] = {}
+    first: np.ndarray | None = None
+    for name, model in models.items():
+        x = model.builder.build(posting, cands)
+        first = x if first is None else first
+        out[name] = np.asarray(model.scorer.score(x), dtype=np.float64)
+    assert first is not None
+    lead = next(iter(models.values()))
+    return out | baseline_scores(first, lead.feature_names, sims)
+
+
+def _estimate_dict(e: Estimate) -> dict[str, Any]:
+    def num(v: float) -> float | None:
+        return None if math.isnan(v) else round(v, 6)
+
+    return {"mean": num(e.mean), "ci_low": num(e.low), "ci_high": num(e.high), "n": e.n}
+
+
+@dataclass(frozen=True)
+class View:
+    """The per-posting metrics of every ranker in one view, and facts about its postings."""
+
+    name: str
+    rankers: dict[str, PostingMetrics]
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def differences(self, primary: str) -> dict[str, dict[str, Estimate]]:
+        """`primary - other` paired on the same postings, per other ranker and metric."""
+        lead = self.rankers[primary]
+        return {
+            f"{primary} - {other}": {m: lead.versus(pm, m) for m in lead.metric_names}
+            for other, pm in self.rankers.items()
+            if other != primary
+        }
+
+    def as_dict(self, primary: str) -> dict[str, Any]:
+        metrics: dict[str, dict[str, Any]] = {}
+        for ranker, pm in self.rankers.items():
+            metrics[ranker] = {
+                m: _estimate_dict(pm.estimate(m)) | {"undefined": pm.n_undefined(m)}
+                for m in pm.metric_names
+            }
+        differences = {
+            pair: {m: _estimate_dict(e) | {"verdict": e.verdict} for m, e in per.items()}
+            for pair, per in self.differences(primary).items()
+        }
+        return {**self.facts, "metrics": metrics, "differences": differences}
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Both views of the same held-out postings for a primary ranker, other versions, baselines."""
+
+    primary: str
+    posting_ids: tuple[str, ...]
+    """Held-out postings with at least one labelled applicant in the store."""
+    views: dict[str, View]
+    retrieve_n: int
+    index_storage: str
+
+    def means(self, view: str = APPLICANT_VIEW) -> dict[str, dict[str, float | None]]:
+        """ranker -> metric -> mean (no intervals): the short summary `ranker models list` reads."""
+        out: dict[str, dict[str, float | None]] = {}
+        for ranker, pm in self.views[view].rankers.items():
+            out[ranker] = {m: _estimate_dict(pm.estimate(m))["mean"] for m in pm.metric_names}
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form the model card and `ranker evaluate`'s record hold (and print from)."""
+        return {
+            "primary": self.primary,
+            "postings": len(self.posting_ids),
+            "relevant_at_or_above": RELEVANT_LABEL,
+            "retrieve_n": self.retrieve_n,
+            "index_storage": self.index_storage,
+            "ties": TIE_RULE,
+            "intervals": INTERVALS_NOTE,
+            "unlabelled": UNLABELLED_NOTE,
+            "baselines": dict(BASELINES),
+            "hand_rule_weights": dict(HAND_RULE),
+            "views": {name: view.as_dict(self.primary) for name, view in self.views.items()},
+        }
+
+
+def evaluate_postings(
+    models: Mapping[str, RankingModel],
+    postings: Sequence[PreparedPosting],
+    candidates: Mapping[str, PreparedCandidate],
+    labels: Mapping[tuple[str, str], int],
+    *,
+    retrieve_n: int,
+    index_storage: Storage,
+    pool: Pool | None = None,
+) -> Evaluation:
+    """Both views for `postings`; the first of `models` is compared with every other ranker.
+
+    `labels` are the graded labels of (posting, candidate) pairs; candidates missing from
+    `candidates` (erased) are left out. `pool` defaults to every one of `candidates`.
     """
-    totals = dict.fromkeys(METRICS, 0.0)
-    n = 0
-    for _, rows in data.queries():
-        labels = data.y[rows]
-        if not np.any(labels >= RELEVANT_LABEL):
+    if not models:
+        raise InvalidInput("nothing to evaluate: pass at least one model")
+    pool = pool if pool is not None else Pool.build(candidates.values(), index_storage)
+    where = pool.position()
+    by_posting: dict[str, dict[str, int]] = defaultdict(dict)
+    for (pid, cid), label in labels.items():
+        if cid in where:
+            by_posting[pid][cid] = label
+    app: dict[str, list[tuple[str, Mapping[str, float | None]]]] = defaultdict(list)
+    served: dict[str, list[tuple[str, Mapping[str, float | None]]]] = defaultdict(list)
+    counted: list[str] = []
+    single = rows = relevant = relevant_retrieved = 0
+    for p in postings:
+        mine = by_posting.get(p.id)
+        if not mine:
+            continue  # no applicant left in the store: nothing to find
+        counted.append(p.id)
+        cands, sims = pool.retrieve(p, retrieve_n)
+        got = {c.id for c in cands}
+        y = np.array([mine.get(c.id, 0) for c in cands], dtype=np.int64)
+        applied = np.array([c.id in mine for c in cands], dtype=bool)
+        missed = np.array([lab for cid, lab in mine.items() if cid not in got], dtype=np.int64)
+        relevant += sum(lab >= RELEVANT_LABEL for lab in mine.values())
+        relevant_retrieved += int((y >= RELEVANT_LABEL).sum())
+        for name, s in _all_scores(models, p, cands, sims).items():
+            served[name].append((p.id, served_metrics(y, s, missed, applied, RELEVANT_LABEL)))
+        if len(mine) < 2:
+            single += 1  # one applicant ranks nothing
             continue
-        for name, value in query_metrics(labels, scores[rows]).items():
-            totals[name] += value
-        n += 1
-    result = {name: (total / n if n else 0.0) for name, total in totals.items()}
-    result["queries"] = float(n)
-    return result
+        among = np.array(sorted(where[cid] for cid in mine), dtype=np.int64)
+        cands, sims = pool.retrieve(p, len(among), among)
+        y = np.array([mine[c.id] for c in cands], dtype=np.int64)
+        rows += len(cands)
+        for name, s in _all_scores(models, p, cands, sims).items():
+            app[name].append((p.id, posting_metrics(y, s, RELEVANT_LABEL)))
+
+    def view(name: str, values: Mapping[str, list[Any]], facts: dict[str, Any]) -> View:
+        rankers = {r: PostingMetrics.collect(v) for r, v in values.items()}
+        lead = rankers.get(next(iter(models)), PostingMetrics({}))
+        facts = {
+            **facts,
+            "postings_without_relevant": lead.n_undefined("mrr"),
+            "postings_all_labels_zero": lead.n_undefined("ndcg@10"),
+        }
+        if facts["postings"] < FEW_POSTINGS:
+            facts["warning"] = FEW_POSTINGS_WARNING
+        return View(name, rankers, facts)
+
+    applicant_view = view(
+        APPLICANT_VIEW,
+        app,
+        {
+            "description": "each held-out posting's applicants, ranked; graded labels",
+            "postings": len(counted) - single,
+            "postings_skipped_one_applicant": single,
+            "candidates_ranked": rows,
+        },
+    )
+    pool_view = view(
+        POOL_VIEW,
+        served,
+        {
+            "description": f"retrieve {retrieve_n} of all {len(pool)} stored candidates by "
+            f"cosine (FAISS, {index_storage}), rerank; non-applicants unlabelled = not relevant",
+            "postings": len(counted),
+            "pool_candidates": len(pool),
+            "relevant_applicants": relevant,
+            "relevant_retrieved": relevant_retrieved,
+            "unlabelled": UNLABELLED_NOTE,
+        },
+    )
+    return Evaluation(
+        primary=next(iter(models)),
+        posting_ids=tuple(counted),
+        views={APPLICANT_VIEW: applicant_view, POOL_VIEW: pool_view},
+        retrieve_n=retrieve_n,
+        index_storage=index_storage,
+    )
 
 
-def evaluate_all(
-    data: RankingSet, model_scores: Mapping[str, np.ndarray]
-) -> dict[str, dict[str, float]]:
-    """Metrics for each named model's scores and for every baseline, on the same rows."""
-    results = {name: evaluate_scores(data, s) for name, s in model_scores.items()}
-    for name, column in BASELINES.items():
-        results[name] = evaluate_scores(data, data.x[:, FEATURE_NAMES.index(column)])
-    return results
+def evaluate_set(data: RankingSet, scores: np.ndarray) -> dict[str, float | None]:
+    """Mean applicant-view metrics of precomputed scores on a ranking set (no intervals)."""
+    pm = PostingMetrics.collect(
+        (pid, posting_metrics(data.y[rows], scores[rows], RELEVANT_LABEL))
+        for pid, rows in data.queries()
+    )
+    return {m: _estimate_dict(pm.estimate(m))["mean"] for m in pm.metric_names}
 
 
 def held_out_start(cards: Iterable[Mapping[str, Any]]) -> datetime:
@@ -116,48 +415,19 @@ def held_out_start(cards: Iterable[Mapping[str, Any]]) -> datetime:
     return max(starts)
 
 
-@dataclass(frozen=True)
-class Comparison:
-    """Versions and baselines scored on the same held-out postings."""
-
-    held_out_from: datetime
-    test: RankingSet
-    results: dict[str, dict[str, float]]
-    """Ranker name (version, baselines) -> metric -> value."""
-
-    def record(self, versions: Sequence[str], data_sha: str) -> dict[str, Any]:
-        """What `ranker evaluate` stores beside the evaluated version."""
-        return {
-            "evaluated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "version": versions[0],
-            "compared_with": list(versions[1:]),
-            "held_out_from": self.held_out_from.isoformat(),
-            "held_out_rule": "postings created at or after the latest test_start of the versions "
-            "compared, so none of them trained or early-stopped on these postings",
-            "postings": self.test.n_queries,
-            "rows": len(self.test.y),
-            "data_sha256": data_sha,
-            "metrics": self.results,
-        }
+HELD_OUT_RULE = (
+    "postings created at or after the latest test_start of the versions compared, so none of "
+    "them trained or early-stopped on these postings"
+)
 
 
-def compare_versions(
-    bundles: Sequence[ModelBundle],
-    candidates: Sequence[CandidateLike],
-    postings: Sequence[PostingLike],
-    outcomes: Sequence[Outcome],
-) -> Comparison:
-    """Score every bundle and the baselines on the postings none of the bundles has seen.
-
-    Each version builds features with its own frozen lexicon; a version whose features differ
-    from the first one's is left out (its rows would not be comparable). Baselines rank by the
-    first version's feature columns.
-    """
-    start = held_out_start(b.card for b in bundles)
-    prepared_c, prepared_p = prepare_all(candidates, postings)
-    known = [o for o in outcomes if o.posting_id in prepared_p]
+def held_out_postings(
+    postings: Mapping[str, PreparedPosting], outcomes: Sequence[Outcome], start: datetime
+) -> tuple[list[PreparedPosting], dict[tuple[str, str], int]]:
+    """Postings with outcomes created at or after `start`, and their labels (every event)."""
+    known = [o for o in outcomes if o.posting_id in postings]
     labelled = {o.posting_id for o in known}
-    times = posting_times((prepared_p[pid].posting for pid in sorted(labelled)), known)
+    times = posting_times((postings[pid].posting for pid in sorted(labelled)), known)
     test_ids = time_split(times, at=(start, start)).test if times else ()
     if not test_ids:
         raise InvalidInput(
@@ -167,17 +437,73 @@ def compare_versions(
         )
     mine = set(test_ids)
     labels = labels_from_outcomes(o for o in known if o.posting_id in mine)
-    chosen = [prepared_p[pid] for pid in test_ids]
-    data: RankingSet | None = None
-    scores: dict[str, np.ndarray] = {}
+    return [postings[pid] for pid in test_ids], labels
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Versions and baselines evaluated on the postings none of the versions has seen."""
+
+    held_out_from: datetime
+    evaluation: Evaluation
+    left_out: dict[str, str]
+    """Versions not compared, with the reason."""
+
+    def record(self, versions: Sequence[str], data_sha: str) -> dict[str, Any]:
+        """What `ranker evaluate` stores beside the evaluated version."""
+        ev = self.evaluation.as_dict()
+        return {
+            "evaluated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "version": versions[0],
+            "compared_with": list(versions[1:]),
+            "left_out": dict(self.left_out),
+            "held_out_from": self.held_out_from.isoformat(),
+            "held_out_rule": HELD_OUT_RULE,
+            "data_sha256": data_sha,
+            **ev,
+            "metrics": self.evaluation.means(),
+        }
+
+
+def compare_versions(
+    bundles: Sequence[ModelBundle],
+    candidates: Sequence[CandidateLike],
+    postings: Sequence[PostingLike],
+    outcomes: Sequence[Outcome],
+    settings: Settings | None = None,
+) -> Comparison:
+    """Evaluate every bundle (`ModelBundle`s) and the baselines on postings none has seen.
+
+    Each version builds features with its own lexicon; a later version whose features differ
+    from the first one's, or that this code cannot serve (`ModelBundle.check`), is left out and
+    the reason recorded. The first is named by its version, the others `<version> (in service)`.
+    """
+    settings = settings if settings is not None else Settings()
+    models: dict[str, ModelBundle] = {}
+    left_out: dict[str, str] = {}
     for i, bundle in enumerate(bundles):
-        rows = build_set(bundle.builder, chosen, prepared_c, labels)
-        data = rows if data is None else data
-        if bundle.feature_names == bundles[0].feature_names:
-            name = bundle.version if i == 0 else f"{bundle.version} (in service)"
-            scores[name] = bundle.scorer.score(rows.x)
-    assert data is not None
-    return Comparison(held_out_from=start, test=data, results=evaluate_all(data, scores))
+        if i and bundle.feature_names != bundles[0].feature_names:
+            left_out[bundle.version] = "its features differ from the evaluated version's"
+            continue
+        if i:
+            try:
+                bundle.check()
+            except RankerError as e:
+                left_out[bundle.version] = f"not servable by this code: {e}"
+                continue
+        models[bundle.version if i == 0 else f"{bundle.version} (in service)"] = bundle
+    start = held_out_start(b.card for b in models.values())
+    prepared_c, prepared_p = prepare_all(candidates, postings)
+    chosen, labels = held_out_postings(prepared_p, outcomes, start)
+    evaluation = evaluate_postings(
+        models,
+        chosen,
+        prepared_c,
+        labels,
+        retrieve_n=settings.retrieve_n,
+        index_storage=settings.index_storage,
+    )
+    return Comparison(held_out_from=start, evaluation=evaluation, left_out=left_out)
 
 
 def data_digest(

@@ -31,7 +31,7 @@ STAGE_LABEL: dict[Stage, int] = {
 """Label of each stage; a pair's label is the highest over its events."""
 
 RELEVANT_LABEL = 2
-"""Labels at or above this (interviewed or further) count as relevant for MAP and recall@k."""
+"""Labels at or above this (interviewed or further) count as relevant for MRR and recall@k."""
 
 
 def as_utc(t: datetime) -> datetime:

@@ -12,6 +12,11 @@ and reciprocal rank. A posting whose labels are all 0 has no defined NDCG; one w
 candidate has no defined recall or reciprocal rank. Such postings are counted by `PostingMetrics`
 (`n_undefined`), never dropped silently.
 
+Two settings: `posting_metrics` ranks a fixed list (a posting's applicants); `served_metrics`
+ranks what retrieval returned, where labelled candidates retrieval missed still count: in recall's
+denominator, in the ideal DCG, and as no relevant candidate found for reciprocal rank (0, the
+trec_eval convention). Unlabelled candidates are passed with label 0 (not relevant).
+
 Uncertainty: postings are the unit of sampling, so intervals are a percentile bootstrap over
 postings (`bootstrap`), and comparisons of two rankers are *paired*: the bootstrap of the
 per-posting differences on the same postings (`paired_difference`).
@@ -29,6 +34,10 @@ BOOTSTRAP_SAMPLES = 2000
 """Bootstrap resamples of the postings for every interval."""
 BOOTSTRAP_SEED = 20261130
 """Fixed, so a report is reproducible to the digit."""
+BOOTSTRAP_LEVEL = 0.95
+"""Coverage of every interval."""
+NO_DIFFERENCE = "no significant difference"
+"""Verdict of a paired difference whose interval includes 0."""
 
 
 def _tie_groups(scores: np.ndarray) -> list[np.ndarray]:
@@ -60,23 +69,40 @@ def ideal_dcg(labels: np.ndarray, k: int) -> float:
     return float(np.sum(gains * _discounts(len(gains))))
 
 
-def ndcg(labels: np.ndarray, scores: np.ndarray, k: int) -> float | None:
-    """E[NDCG@k]; None when every label is 0 (no ordering is better than another)."""
-    best = ideal_dcg(labels, k)
+def ndcg(
+    labels: np.ndarray, scores: np.ndarray, k: int, ideal_labels: np.ndarray | None = None
+) -> float | None:
+    """E[NDCG@k]; None when every label is 0 (no ordering is better than another).
+
+    `ideal_labels` (default `labels`) are the labels the ideal ranking may use: in the served
+    setting, also those of labelled candidates retrieval missed.
+    """
+    best = ideal_dcg(labels if ideal_labels is None else np.asarray(ideal_labels), k)
     return None if best <= 0 else expected_dcg(labels, scores, k) / best
 
 
-def recall(relevant: np.ndarray, scores: np.ndarray, k: int) -> float | None:
-    """E[share of the relevant candidates in the top k]; None without a relevant candidate."""
-    n_rel = int(relevant.sum())
-    if n_rel == 0:
-        return None
+def expected_in_top(mask: np.ndarray, scores: np.ndarray, k: int) -> float:
+    """E[number of `mask` candidates among the top k] over tie orders."""
     hits, start = 0.0, 0
     for g in _tie_groups(scores):
         inside = max(0, min(k, start + len(g)) - start)
-        hits += float(relevant[g].sum()) * inside / len(g)
+        hits += float(mask[g].sum()) * inside / len(g)
         start += len(g)
-    return hits / n_rel
+    return hits
+
+
+def recall(
+    relevant: np.ndarray, scores: np.ndarray, k: int, n_relevant: int | None = None
+) -> float | None:
+    """E[share of the relevant candidates in the top k]; None without a relevant candidate.
+
+    `n_relevant` (default: those in `relevant`) is the denominator; in the served setting it
+    includes the relevant candidates retrieval missed.
+    """
+    n_rel = int(relevant.sum()) if n_relevant is None else n_relevant
+    if n_rel == 0:
+        return None
+    return expected_in_top(relevant, scores, k) / n_rel
 
 
 def reciprocal_rank(relevant: np.ndarray, scores: np.ndarray) -> float | None:
@@ -111,6 +137,47 @@ def posting_metrics(
     return out
 
 
+SERVED_RECALL_AT = (10, 20, 100)
+"""Cut-offs of recall in the served setting; `recall@retrieved` covers the whole retrieved set."""
+
+
+def served_metrics(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    missed: np.ndarray,
+    applicant: np.ndarray,
+    relevant_label: int,
+) -> dict[str, float | None]:
+    """Metrics of one posting's served ranking: the retrieved candidates reranked by `scores`.
+
+    `labels` are the retrieved candidates' labels (0 for the unlabelled), `applicant` marks the
+    retrieved candidates who applied, `missed` holds the labels of applicants retrieval did not
+    return. Recall is over every relevant applicant, retrieved or not; reciprocal rank is 0 when
+    none was retrieved; the ideal DCG may use the missed applicants too. `non_applicants@10` is
+    the expected share of the top min(10, retrieved) slots that go to non-applicants.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    scores = np.asarray(scores, dtype=np.float64)
+    missed = np.asarray(missed, dtype=np.int64)
+    rel = labels >= relevant_label
+    n_rel = int(rel.sum()) + int((missed >= relevant_label).sum())
+    out: dict[str, float | None] = {}
+    for k in SERVED_RECALL_AT:
+        out[f"recall@{k}"] = recall(rel, scores, k, n_rel)
+    out["recall@retrieved"] = int(rel.sum()) / n_rel if n_rel else None
+    out["ndcg@10"] = ndcg(labels, scores, 10, np.concatenate([labels, missed]))
+    if n_rel == 0:
+        out["mrr"] = None
+    else:
+        found = reciprocal_rank(rel, scores)
+        out["mrr"] = 0.0 if found is None else found
+    top = min(10, len(labels))
+    out["non_applicants@10"] = (
+        expected_in_top(~np.asarray(applicant, dtype=bool), scores, top) / top if top else None
+    )
+    return out
+
+
 @dataclass(frozen=True)
 class Estimate:
     """A mean over postings with its percentile-bootstrap 95% interval."""
@@ -130,6 +197,15 @@ class Estimate:
         """For a difference: True when the interval lies wholly above or below zero."""
         return self.low > 0 or self.high < 0
 
+    @property
+    def verdict(self) -> str:
+        """For a difference: "higher" or "lower" when the interval excludes 0, else no difference."""
+        if self.n == 0:
+            return "no postings"
+        if not self.excludes_zero:
+            return NO_DIFFERENCE
+        return "higher" if self.low > 0 else "lower"
+
     def as_dict(self) -> dict[str, float]:
         return {"mean": self.mean, "ci_low": self.low, "ci_high": self.high, "n": float(self.n)}
 
@@ -141,7 +217,7 @@ def bootstrap(
     values: Sequence[float] | np.ndarray,
     samples: int = BOOTSTRAP_SAMPLES,
     seed: int = BOOTSTRAP_SEED,
-    level: float = 0.95,
+    level: float = BOOTSTRAP_LEVEL,
 ) -> Estimate:
     """Mean of per-posting values with a percentile-bootstrap interval (resampling postings)."""
     v = np.asarray(values, dtype=np.float64)

@@ -1,9 +1,10 @@
 """Training a LightGBM lambdarank ranker and registering it: the whole offline pipeline.
 
 rows -> prepared candidates/postings -> lexicon -> time split + labels + features -> LightGBM
-(early stopping on validation NDCG@10) -> test metrics for the model and baselines -> ONNX export
-with parity check -> registry version with model card -> promotion (when asked, or when nothing
-is in service yet).
+(early stopping on validation NDCG@10) -> ONNX export with parity check -> evaluation of the ONNX
+model on the held-out postings in both views (`training.evaluate`: applicants, and the served
+pool), against the baselines and the version in service -> registry version with model card ->
+promotion (when asked, or when nothing is in service yet).
 
 Determinism: a fixed seed, `deterministic=True`, `force_row_wise=True` (LightGBM's automatic
 row/column choice times both, which can differ between runs) and a fixed `num_threads` make the
@@ -13,21 +14,24 @@ same data give the same `model.txt` bytes; nothing in model.txt depends on the c
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import lightgbm as lgb
 import numpy as np
 
-from embeddings.config import OrtSessionSettings
+from ranker.config import Settings
 from ranker.domain import Outcome
-from ranker.errors import InvalidInput
+from ranker.errors import InvalidInput, ModelRejected, RankerError
 from ranker.features import FEATURE_NAMES, FeatureBuilder
 from ranker.lexicon import Lexicon
-from ranker.registry import ModelRegistry
-from ranker.scorer import PARITY_TOLERANCE
+from ranker.prepared import PreparedCandidate, PreparedPosting
+from ranker.registry import ModelBundle, ModelRegistry
+from ranker.scorer import PARITY_TOLERANCE, OnnxScorer
 from training.card import build_card, render_markdown
 from training.dataset import (
     SPLITS,
@@ -35,13 +39,22 @@ from training.dataset import (
     Datasets,
     PostingLike,
     RankingSet,
+    TimeSplit,
     data_sha256,
     make_datasets,
     prepare_all,
     split_postings,
     training_candidates,
 )
-from training.evaluate import evaluate_all
+from training.evaluate import (
+    HELD_OUT_RULE,
+    Evaluation,
+    RankingModel,
+    evaluate_postings,
+    evaluate_set,
+    held_out_postings,
+    held_out_start,
+)
 from training.export import check_parity, to_onnx
 from training.labels import STAGE_LABEL
 
@@ -103,6 +116,69 @@ class TrainConfig:
             "num_threads": self.num_threads,
             "verbosity": -1,
         }
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A freshly trained model as serving would run it: its builder and its ONNX scorer."""
+
+    builder: FeatureBuilder
+    scorer: OnnxScorer
+    feature_names: tuple[str, ...] = FEATURE_NAMES
+
+    @classmethod
+    def from_onnx(
+        cls, builder: FeatureBuilder, onnx_model: bytes, settings: Settings | None
+    ) -> TrainedModel:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.onnx"
+            path.write_bytes(onnx_model)
+            # The session holds the model in memory once created; the file can go.
+            return cls(
+                builder, OnnxScorer(path, None if settings is None else settings.ort_session)
+            )
+
+
+def evaluate_trained(
+    model: TrainedModel,
+    candidates: Mapping[str, PreparedCandidate],
+    postings: Mapping[str, PreparedPosting],
+    outcomes: Sequence[Outcome],
+    split: TimeSplit,
+    settings: Settings,
+    in_service: ModelBundle | None = None,
+) -> tuple[Evaluation, dict[str, Any]]:
+    """Both views of the new model on its test postings, with the baselines, and (when one is in
+    service and servable by this code) paired against the version in service on the postings
+    held out from both. Returns the evaluation and the facts the card states about it."""
+    models: dict[str, RankingModel] = {"model": model}
+    start = split.test_start
+    facts: dict[str, Any] = {"in_service": None}
+    if in_service is not None:
+        facts["in_service"] = {"version": in_service.version, "compared": False}
+        try:
+            if in_service.feature_names != model.feature_names:
+                raise ModelRejected("its features differ from the new model's")
+            in_service.check()
+            both = max(start, held_out_start([in_service.card]))
+            held_out_postings(postings, outcomes, both)  # raises when none is left
+            start = both
+            models[f"{in_service.version} (in service)"] = in_service
+            facts["in_service"]["compared"] = True
+        except RankerError as e:
+            facts["in_service"]["reason"] = str(e)
+            log.warning("not comparing with %s in service: %s", in_service.version, e)
+    chosen, labels = held_out_postings(postings, outcomes, start)
+    evaluation = evaluate_postings(
+        models,
+        chosen,
+        candidates,
+        labels,
+        retrieve_n=settings.retrieve_n,
+        index_storage=settings.index_storage,
+    )
+    facts |= {"held_out_from": start.isoformat(), "held_out_rule": HELD_OUT_RULE}
+    return evaluation, facts
 
 
 @dataclass(frozen=True)
@@ -200,10 +276,15 @@ def train_model(
     *,
     config: TrainConfig | None = None,
     protected: Mapping[str, Mapping[str, str]] | None = None,
-    session: OrtSessionSettings | None = None,
+    settings: Settings | None = None,
+    in_service: ModelBundle | None = None,
 ) -> TrainResult:
-    """Train and evaluate, export to ONNX and check parity; nothing is written anywhere."""
+    """Train, export to ONNX and check parity, evaluate; nothing is written anywhere.
+
+    `in_service`: the version in service, to compare with on postings held out from both.
+    """
     config = config or TrainConfig()
+    settings = settings if settings is not None else Settings()
     if not candidates or not postings or not outcomes:
         raise InvalidInput(
             f"need candidates, postings and outcomes to train, got {len(candidates)}, "
@@ -228,15 +309,21 @@ def train_model(
     booster, text = fit_booster(sets, config)
     test = sets["test"]
     test_scores = _predict(booster, test.x)
-    metrics: dict[str, Any] = {
-        "test": evaluate_all(test, {"model": test_scores}),
-        "valid": evaluate_all(sets["valid"], {"model": _predict(booster, sets["valid"].x)}),
-    }
 
     onnx_model = to_onnx(booster)
     parity_rows = np.concatenate([sets["valid"].x, test.x, sets["train"].x[:1000]])
-    diff = check_parity(onnx_model, booster, parity_rows, session)
+    diff = check_parity(onnx_model, booster, parity_rows, settings.ort_session)
     check_rows = parity_rows[:CHECK_ROWS]
+
+    # Evaluated as served: the ONNX model, on features its builder makes, in both views.
+    trained = TrainedModel.from_onnx(builder, onnx_model, settings)
+    evaluation, held_out = evaluate_trained(
+        trained, prepared_c, prepared_p, known, datasets.split, settings, in_service
+    )
+    metrics: dict[str, Any] = {
+        "test": evaluation.means(),
+        "valid": {"model": evaluate_set(sets["valid"], _predict(booster, sets["valid"].x))},
+    }
 
     gain = booster.feature_importance(importance_type="gain")
     card = build_card(
@@ -244,6 +331,7 @@ def train_model(
         seed=config.seed,
         best_iteration=booster.current_iteration(),
         metrics=metrics,
+        evaluation=evaluation.as_dict() | held_out,
         data={
             "sha256": data_sha256(
                 (r.candidate for r in candidates), (r.posting for r in postings), outcomes
@@ -313,10 +401,23 @@ def train_and_register(
     config: TrainConfig | None = None,
     promote: bool | None = None,
     protected: Mapping[str, Mapping[str, str]] | None = None,
-    session: OrtSessionSettings | None = None,
+    settings: Settings | None = None,
 ) -> TrainResult:
-    """`train_model`, then `register_result`."""
+    """`train_model` (compared with the version in service, if any), then `register_result`."""
+    in_service: ModelBundle | None = None
+    current = registry.current_version()
+    if current is not None:
+        try:
+            in_service = registry.load(current)
+        except RankerError as e:
+            log.warning("cannot load %s in service to compare with: %s", current, e)
     result = train_model(
-        candidates, postings, outcomes, config=config, protected=protected, session=session
+        candidates,
+        postings,
+        outcomes,
+        config=config,
+        protected=protected,
+        settings=settings,
+        in_service=in_service,
     )
     return register_result(result, registry, promote)

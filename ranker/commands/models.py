@@ -48,7 +48,7 @@ def list_versions() -> None:
         ("trees", "right"),
         ("NDCG@10", "right"),
         ("dense NDCG@10", "right"),
-        ("MAP", "right"),
+        ("MRR", "right"),
         ("data", "left"),
     ):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
@@ -65,7 +65,7 @@ def list_versions() -> None:
             str(card.get("model", {}).get("best_iteration", "-")),
             _metric(card, "model", "ndcg@10"),
             _metric(card, "dense_cosine", "ndcg@10"),
-            _metric(card, "model", "map"),
+            _metric(card, "model", "mrr"),
             str(card.get("data", {}).get("sha256", "-"))[:8],
         )
     console.print(table)

@@ -176,7 +176,7 @@ def test_model_card_content(trained_registry: ModelRegistry) -> None:
     assert card["feature_names"] == list(FEATURE_NAMES)
     test = card["metrics"]["test"]
     assert {"model", "dense_cosine", "bm25"} <= set(test)
-    assert set(test["model"]) >= {"ndcg@5", "ndcg@10", "map", "recall@10"}
+    assert set(test["model"]) >= {"ndcg@5", "ndcg@10", "mrr", "recall@10"}
     assert len(card["data"]["sha256"]) == 64
     assert card["data"]["counts"]["postings"] == 12
     split = card["data"]["split"]

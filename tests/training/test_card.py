@@ -50,3 +50,35 @@ def test_card_states_leakage_lexicon_and_redaction_limits(trained_registry: Mode
     assert "never inputs" in card["fairness_note"] and "proxies" in card["fairness_note"]
     md = (trained_registry.version_dir("v0001") / "MODEL_CARD.md").read_text()
     assert "at least 3" in md and "redacted" in md
+
+
+def test_card_holds_both_views_baselines_and_paired_differences(
+    trained_registry: ModelRegistry,
+) -> None:
+    card = trained_registry.card("v0001")
+    ev = card["evaluation"]
+    assert ev["relevant_at_or_above"] == 2 and "expectation over all orders" in ev["ties"]
+    assert "count as not relevant" in ev["unlabelled"]
+    assert ev["in_service"] is None  # the first version had nothing to compare with
+    for name in ("applicants", "pool"):
+        view = ev["views"][name]
+        assert set(view["metrics"]) == {"model", *ev["baselines"]}
+        assert {"retrieval", "hand_rule", "dense_cosine", "bm25", "required_coverage"} <= set(
+            ev["baselines"]
+        )
+        ndcg = view["metrics"]["model"]["ndcg@10"]
+        assert ndcg["ci_low"] <= ndcg["mean"] <= ndcg["ci_high"]
+        assert ndcg["n"] + ndcg["undefined"] == view["postings"] >= 1
+        assert "postings_without_relevant" in view
+        diff = view["differences"]["model - retrieval"]["mrr"]
+        assert diff["verdict"] in ("higher", "lower", "no significant difference")
+    assert ev["views"]["pool"]["relevant_retrieved"] <= ev["views"]["pool"]["relevant_applicants"]
+    # `ranker models list` reads the short summary.
+    assert (
+        card["metrics"]["test"]["model"]["ndcg@10"]
+        == (ev["views"]["applicants"]["metrics"]["model"]["ndcg@10"]["mean"])
+    )
+    md = (trained_registry.version_dir("v0001") / "MODEL_CARD.md").read_text()
+    assert "### Applicant view" in md and "### Pool view" in md and "| hand_rule |" in md
+    assert "| model - retrieval |" in md and "not relevant" in md and "tied candidates" in md
+    assert "n (postings defined)" in md

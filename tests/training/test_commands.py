@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import typer
+from rich.console import Console
 from typer.testing import CliRunner
 
 from ranker.commands import models
@@ -43,6 +44,8 @@ def test_train_evaluate_and_manage_models(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, demo_data: EncodedDemo
 ) -> None:
     monkeypatch.setenv("RANKER_DATA_DIR", str(tmp_path))
+    # Wide enough that no table cell wraps (a version name split over two lines would not match).
+    monkeypatch.setattr(commands, "console", Console(width=250))
     result = runner.invoke(_app(), ["train"])
     assert result.exit_code == 1 and "ranker ingest" in result.output
 
@@ -54,6 +57,8 @@ def test_train_evaluate_and_manage_models(
 
     text = _run("train", "--seed", "3")
     assert "dense_cosine" in text and "promoted v0001" in text
+    assert "Applicant view" in text and "Pool view" in text and "hand_rule" in text
+    assert "not relevant" in text and "paired differences" in text
     assert "trained on this data; skipping" in _run("train", "--if-missing")
     assert "registered v0002" in _run("train", "--no-promote", "--seed", "4")
     registry = ModelRegistry(tmp_path / "registry")
@@ -65,10 +70,15 @@ def test_train_evaluate_and_manage_models(
     assert "v0002 (in service)" not in _run("evaluate")
     table = _run("evaluate", "v0001")
     assert "v0001" in table and "v0002 (in service)" in table and "bm25" in table
+    assert "Pool view" in table and "v0001 - v0002 (in service)" in table
+    assert "v0001 - retrieval" in table and "no significant difference" in table
     # Each evaluation is stored beside the version evaluated.
     (stored,) = registry.evaluations("v0001")
     assert stored["version"] == "v0001" and stored["compared_with"] == ["v0002"]
-    assert {"v0001", "v0002 (in service)", "dense_cosine"} <= set(stored["metrics"])
+    for view in ("applicants", "pool"):
+        rankers = set(stored["views"][view]["metrics"])
+        assert {"v0001", "v0002 (in service)", "retrieval", "hand_rule", "dense_cosine"} <= rankers
+        assert "v0001 - v0002 (in service)" in stored["views"][view]["differences"]
     assert stored["postings"] >= 1 and len(stored["data_sha256"]) == 64
     assert "in service v0001" in _run("models", "rollback")
     assert "Model card: candidate ranker v0002" in _run("models", "show", "v0002")
