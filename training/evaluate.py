@@ -36,8 +36,8 @@ from ranker.config import Settings
 from ranker.domain import Outcome
 from ranker.errors import InvalidInput, RankerError
 from ranker.features import FeatureBuilder
-from ranker.prepared import PreparedCandidate, PreparedPosting
 from ranker.index import FaissIndex, Storage
+from ranker.prepared import PreparedCandidate, PreparedPosting
 from ranker.registry import ModelBundle
 from training.dataset import (
     CandidateLike,
