@@ -19,8 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ranker.datafiles import candidate_record, outcome_record, posting_record
-from ranker.domain import Candidate, Outcome, Posting
+from ranker.domain import Candidate, Outcome, Posting, to_plain
 from ranker.errors import InvalidInput
 from ranker.features import FEATURE_NAMES, FeatureBuilder
 from ranker.prepared import PreparedCandidate, PreparedPosting, prepare_candidate, prepare_posting
@@ -290,12 +289,12 @@ def data_sha256(
     """sha256 of the training records (vectors excluded: the encoder derives them from the text)."""
     h = hashlib.sha256()
     for kind, records in (
-        ("candidates", sorted((candidate_record(c) for c in candidates), key=lambda r: r["id"])),
-        ("postings", sorted((posting_record(p) for p in postings), key=lambda r: r["id"])),
+        ("candidates", sorted((to_plain(c) for c in candidates), key=lambda r: r["id"])),
+        ("postings", sorted((to_plain(p) for p in postings), key=lambda r: r["id"])),
         (
             "outcomes",
             sorted(
-                (outcome_record(o) for o in outcomes),
+                (to_plain(o) for o in outcomes),
                 key=lambda r: (r["posting_id"], r["candidate_id"], r["stage"], r["at"]),
             ),
         ),
