@@ -18,7 +18,7 @@ import numpy as np
 
 from ranker.domain import Candidate, Outcome, Posting, RecordT, Stage, from_plain, to_plain
 from ranker.errors import InvalidInput, NotFound
-from ranker.rows import CandidateRow, Decision, ErasureReceipt, PostingRow
+from ranker.rows import CandidateRow, CandidateVersion, Decision, ErasureReceipt, PostingRow
 from ranker.schema import SCHEMA, SCHEMA_VERSION
 
 _IN_LIMIT = 500
@@ -180,10 +180,16 @@ class SqliteStore:
     # -- candidates -----------------------------------------------------------------------
     # A row keeps the id (unique, looked up) and the vectors in their own columns; every other
     # field of the record sits in `record` as `to_plain` JSON, so a new record field needs no
-    # new column.
+    # new column. A write that changes the record first moves the stored version, vectors and
+    # all, to `candidate_versions`, so training can use the record as it was when an outcome
+    # happened (`candidate_versions`).
 
     def upsert_candidates(self, rows: Sequence[CandidateRow]) -> list[int]:
-        """Insert or replace candidates by id, atomically; returns their faiss ids in order."""
+        """Insert or replace candidates by id, atomically; returns their faiss ids in order.
+
+        A replaced record that differs from the stored one (CV or any field) is kept as an
+        earlier version, in force from when it was stored until now.
+        """
         now = _iso(_now())
         params = []
         for r in rows:
@@ -202,13 +208,23 @@ class SqliteStore:
         ids: list[int] = []
         with self._tx() as tx:
             for p in params:
+                tx.execute(
+                    """INSERT INTO candidate_versions (candidate_id, valid_from, valid_until,
+                           record, doc_vector, chunk_vectors, n_chunks)
+                       SELECT id, valid_from, ?, record, doc_vector, chunk_vectors, n_chunks
+                       FROM candidates WHERE id = ? AND record != ?""",
+                    (now, p[0], p[1]),
+                )
                 row = tx.execute(
-                    """INSERT INTO candidates (id, record, stored_at, doc_vector, chunk_vectors,
-                           n_chunks)
-                       VALUES (?, ?, ?, ?, ?, ?)
-                       ON CONFLICT(id) DO UPDATE SET record=excluded.record,
-                           stored_at=excluded.stored_at, doc_vector=excluded.doc_vector,
-                           chunk_vectors=excluded.chunk_vectors, n_chunks=excluded.n_chunks
+                    """INSERT INTO candidates (id, record, valid_from, stored_at, doc_vector,
+                           chunk_vectors, n_chunks)
+                       VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6)
+                       ON CONFLICT(id) DO UPDATE SET
+                           valid_from=CASE WHEN record = excluded.record THEN valid_from
+                                           ELSE excluded.valid_from END,
+                           record=excluded.record, stored_at=excluded.stored_at,
+                           doc_vector=excluded.doc_vector, chunk_vectors=excluded.chunk_vectors,
+                           n_chunks=excluded.n_chunks
                        RETURNING faiss_id""",
                     p,
                 ).fetchone()
@@ -216,6 +232,36 @@ class SqliteStore:
             if params:
                 self._bump_generation(tx)
         return ids
+
+    def candidate_versions(self, ids: Sequence[str] | None = None) -> list[CandidateVersion]:
+        """Earlier versions of candidates (of `ids`, or all), by candidate then time.
+
+        The stored record is the current version; it came into force when the newest earlier
+        version went out of force (`valid_until`).
+        """
+        cols = "candidate_id, record, doc_vector, chunk_vectors, n_chunks, valid_from, valid_until"
+        order = "ORDER BY candidate_id, valid_until, version_id"
+        if ids is None:
+            with self._lock:
+                rows = self._conn.execute(
+                    f"SELECT {cols} FROM candidate_versions {order}"
+                ).fetchall()
+        else:
+            rows = self._rows_in(
+                f"SELECT {cols} FROM candidate_versions WHERE candidate_id IN ({{marks}}) {order}",
+                ids,
+            )
+            rows.sort(key=lambda r: (r[0], r[6]))
+        return [
+            CandidateVersion(
+                candidate=_record(Candidate, r[0], r[1]),
+                doc_vector=np.frombuffer(r[2], dtype=np.float32).copy(),
+                chunk_vectors=np.frombuffer(r[3], dtype=np.float32).reshape(int(r[4]), -1).copy(),
+                valid_from=datetime.fromisoformat(r[5]),
+                valid_until=datetime.fromisoformat(r[6]),
+            )
+            for r in rows
+        ]
 
     _CAND_COLS = "faiss_id, id, record, doc_vector, chunk_vectors, n_chunks"
 
@@ -433,7 +479,8 @@ class SqliteStore:
 
     # -- erasure --------------------------------------------------------------------------
     def delete_candidates(self, ids: Sequence[str]) -> ErasureReceipt:
-        """Erase candidates: CV, vectors, outcomes, protected attributes and logged feature rows.
+        """Erase candidates: CV and its earlier versions, vectors, outcomes, protected attributes
+        and logged feature rows.
 
         One transaction for the whole request; a receipt per erased id keeps only its keyed
         digest (`_receipt_digest`), never the id.
@@ -441,13 +488,22 @@ class SqliteStore:
         at = _now()
         erased: list[str] = []
         not_found: list[str] = []
-        totals = {"candidates": 0, "outcomes": 0, "decision_items": 0, "protected_attributes": 0}
+        totals = {
+            "candidates": 0,
+            "candidate_versions": 0,
+            "outcomes": 0,
+            "decision_items": 0,
+            "protected_attributes": 0,
+        }
         receipt_ids: list[int] = []
         with self._tx() as tx:
             for cid in dict.fromkeys(ids):
                 counts = {
                     "candidates": tx.execute(
                         "DELETE FROM candidates WHERE id = ?", (cid,)
+                    ).rowcount,
+                    "candidate_versions": tx.execute(
+                        "DELETE FROM candidate_versions WHERE candidate_id = ?", (cid,)
                     ).rowcount,
                     "outcomes": tx.execute(
                         "DELETE FROM outcomes WHERE candidate_id = ?", (cid,)
