@@ -68,14 +68,13 @@ from typing import Any
 from ranker.atomic import atomic_text_file
 from ranker.domain import (
     Candidate,
-    InvalidField,
     Outcome,
     Posting,
     RecordField,
     RecordT,
     record_fields,
 )
-from ranker.errors import InvalidInput
+from ranker.errors import InvalidField, InvalidInput
 
 # Attributes that must never sit next to the features' inputs: a model that could see them
 # could learn them, so they live in their own table, read by the fairness audit only.

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal, TypeVar
 
-from ranker.errors import InvalidInput
+from ranker.errors import InvalidField
 from ranker.text import display_term, phrase_key
 
 
@@ -30,20 +30,6 @@ class Stage(StrEnum):
     OFFERED = "offered"
     HIRED = "hired"
     REJECTED = "rejected"
-
-
-class InvalidField(InvalidInput):
-    """One field of a record is bad: `field` names it, `problem` says what to send instead.
-
-    Readers of files prefix the file and line (`candidates.csv line 3, field skills: ...`); the
-    record alone reads `candidate 'C1' skills: ...`.
-    """
-
-    def __init__(self, subject: str, field: str, problem: str) -> None:
-        self.subject = subject
-        self.field = field
-        self.problem = problem
-        super().__init__(f"{subject} {field}: {problem}" if subject else f"{field}: {problem}")
 
 
 # -- checks shared by every record (and by request filters) -----------------------------------

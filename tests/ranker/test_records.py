@@ -17,7 +17,6 @@ from ranker.api import RankFilters
 from ranker.datafiles import read_records, write_jsonl
 from ranker.domain import (
     Candidate,
-    InvalidField,
     Outcome,
     Posting,
     Stage,
@@ -25,7 +24,7 @@ from ranker.domain import (
     record_fields,
     to_plain,
 )
-from ranker.errors import InvalidInput
+from ranker.errors import InvalidField, InvalidInput
 from ranker.rows import CandidateRow, PostingRow
 from ranker.store import SqliteStore
 from ranker.transport.convert import (
