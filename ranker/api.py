@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, TypeVar
 
-from ranker.domain import Candidate, Posting
+from ranker.domain import Candidate, Posting, years_in_range
 from ranker.errors import DeadlineExceeded, InvalidInput, RankerError
 from ranker.text import phrase_key
 
@@ -61,13 +60,10 @@ class RankFilters:
             # ("Zurich" matches "Zürich", "machine-learning" matches "Machine Learning").
             normalised = (phrase_key(v) for v in values)
             object.__setattr__(self, name, tuple(dict.fromkeys(normalised)))
-        y = self.min_years
-        if y is not None and (
-            isinstance(y, bool) or not isinstance(y, int | float) or not math.isfinite(y)
-        ):
-            raise InvalidInput(f"filters.min_years must be a number, got {y!r}")
-        if y is not None and not 0 <= y <= 80:
-            raise InvalidInput(f"filters.min_years must be in 0..80, got {y!r}")
+        if self.min_years is not None:
+            object.__setattr__(
+                self, "min_years", years_in_range(self.min_years, "", "filters.min_years")
+            )
 
     @property
     def location_clause(self) -> bool:

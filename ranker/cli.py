@@ -26,7 +26,7 @@ def _register_builtin() -> None:
 
 
 def _register_plugins() -> None:
-    # `ranker` must not import `training` (DESIGN.md): training registers its commands
+    # `ranker` must not import `training` (tests/test_layout.py): training registers its commands
     # (demo-data, train, evaluate) through the `ranker.commands` entry-point group.
     for ep in entry_points(group="ranker.commands"):
         ep.load()(app)

@@ -1,5 +1,9 @@
 """Reading and writing the ATS export files (JSONL or CSV), validated with file, line and field.
 
+The columns of the candidates, postings and outcomes tables are the fields of the records in
+`ranker.domain` (`record_fields`), so a field added there is read and written here as well; the
+tables below document them (tests/ranker/test_records.py checks they name every field).
+
 Four tables, each a `.jsonl` file (one JSON object per line) or a `.csv` file (a header row, then
 one row per record). In CSV, list fields are `;`-separated, booleans are `true`/`false`, datetimes
 are ISO-8601 (`2025-03-01T09:30:00+00:00`); an empty cell means "not given". Unknown columns are
@@ -56,20 +60,24 @@ from __future__ import annotations
 
 import csv
 import json
-import math
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from ranker.atomic import atomic_text_file
-from ranker.domain import Candidate, Outcome, Posting, Stage
-from ranker.errors import InvalidInput
+from ranker.domain import (
+    Candidate,
+    Outcome,
+    Posting,
+    RecordField,
+    RecordT,
+    record_fields,
+)
+from ranker.errors import InvalidField, InvalidInput
 
-T = TypeVar("T")
-
-# Attributes that must never sit next to the features' inputs (DESIGN.md).
+# Attributes that must never sit next to the features' inputs: a model that could see them
+# could learn them, so they live in their own table, read by the fairness audit only.
 PROTECTED_NAMES = frozenset(
     {
         "sex",
@@ -93,102 +101,54 @@ PROTECTED_NAMES = frozenset(
     }
 )
 
-
-class _FieldError(Exception):
-    """A bad value of one field; the reader adds the file and line."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-        self.message = message
-
-
-@dataclass(frozen=True)
-class _Column:
-    name: str
-    kind: str  # text, list, number, bool, datetime
-    required: bool = False
-
-
-_CANDIDATE_COLUMNS = (
-    _Column("id", "text", True),
-    _Column("cv_text", "text", True),
-    _Column("skills", "list"),
-    _Column("years_experience", "number"),
-    _Column("location", "text"),
-    _Column("willing_to_relocate", "bool"),
-    _Column("remote_ok", "bool"),
-    _Column("title", "text"),
-    _Column("updated_at", "datetime"),
-)
-_POSTING_COLUMNS = (
-    _Column("id", "text", True),
-    _Column("title", "text", True),
-    _Column("description", "text", True),
-    _Column("required_skills", "list"),
-    _Column("nice_skills", "list"),
-    _Column("min_years", "number"),
-    _Column("location", "text"),
-    _Column("remote", "bool"),
-    _Column("created_at", "datetime"),
-)
-_OUTCOME_COLUMNS = (
-    _Column("posting_id", "text", True),
-    _Column("candidate_id", "text", True),
-    _Column("stage", "text", True),
-    _Column("at", "datetime", True),
-)
-
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no"}
 
 
-def _convert(col: _Column, value: Any, from_csv: bool) -> Any:
-    """One raw value (a CSV cell or a JSON value) to its Python type, or `_FieldError`."""
+def _convert(col: RecordField, value: Any, from_csv: bool) -> Any:
+    """One raw value (a CSV cell or a JSON value) in the type its record field takes.
+
+    Only what the file format decides is checked here (a CSV cell is text; JSON has its own
+    types); ranges and vocabularies are the record's checks (`ranker.domain`), so a number that
+    does not parse is handed on as given and the record says what it expected.
+    """
     if value is None or (from_csv and value == ""):
         if col.required:
-            raise _FieldError(col.name, "is required but empty")
+            raise InvalidField("", col.name, "is required but empty")
         return None
     if col.kind == "text":
         if not isinstance(value, str):
-            raise _FieldError(col.name, f"expected text, got {value!r}")
+            raise InvalidField("", col.name, f"expected text, got {value!r}")
         if col.required and not value.strip():
-            raise _FieldError(col.name, "is required but blank")
+            raise InvalidField("", col.name, "is required but blank")
         return value
     if col.kind == "list":
         if from_csv:
             return tuple(s.strip() for s in value.split(";") if s.strip())
         if not isinstance(value, list) or not all(isinstance(s, str) and s.strip() for s in value):
-            raise _FieldError(col.name, f"expected a list of non-empty strings, got {value!r}")
+            raise InvalidField("", col.name, f"expected a list of non-empty strings, got {value!r}")
         return tuple(value)
     if col.kind == "number":
-        number: float
         if from_csv:
             try:
-                number = float(value)
+                return float(value)
             except ValueError:
-                raise _FieldError(col.name, f"expected a number in 0..80, got {value!r}") from None
-        elif isinstance(value, bool) or not isinstance(value, int | float):
-            raise _FieldError(col.name, f"expected a number in 0..80, got {value!r}")
-        else:
-            number = float(value)
-        if not math.isfinite(number) or not 0 <= number <= 80:
-            raise _FieldError(col.name, f"expected a number in 0..80, got {value!r}")
-        return number
+                return value
+        return value
     if col.kind == "bool":
-        if isinstance(value, bool):
-            return value
         if from_csv and value.strip().lower() in _TRUE | _FALSE:
             return value.strip().lower() in _TRUE
-        raise _FieldError(col.name, f"expected true or false, got {value!r}")
+        return value
     if col.kind == "datetime":
         if not isinstance(value, str):
-            raise _FieldError(col.name, f"expected an ISO-8601 datetime string, got {value!r}")
+            raise InvalidField("", col.name, f"expected an ISO-8601 datetime string, got {value!r}")
         try:
             return datetime.fromisoformat(value)
         except ValueError:
-            raise _FieldError(
-                col.name, f"expected an ISO-8601 datetime like 2025-03-01T09:30:00, got {value!r}"
+            raise InvalidField(
+                "",
+                col.name,
+                f"expected an ISO-8601 datetime like 2025-03-01T09:30:00, got {value!r}",
             ) from None
     raise AssertionError(col.kind)
 
@@ -252,19 +212,19 @@ def _records(path: Path) -> Iterator[tuple[int, Mapping[str, Any], bool]]:
         raise InvalidInput(f"{path}: unsupported file type {suffix!r}; use .jsonl or .csv")
 
 
-def _read(
-    path: Path | str,
-    columns: Sequence[_Column],
-    make: Callable[[dict[str, Any]], T],
-    key: Callable[[T], object] | None,
-) -> list[T]:
+def read_records(path: Path | str, record: type[RecordT]) -> list[RecordT]:
+    """Records of one class from a `.jsonl` or `.csv` file; the columns are its fields.
+
+    `InvalidInput` names the line and the field. Records with an `id` must not repeat one.
+    """
     path = Path(path)
+    columns = record_fields(record)
     names = {c.name for c in columns}
-    out: list[T] = []
+    out: list[RecordT] = []
     seen: dict[object, int] = {}
-    for lineno, record, from_csv in _records(path):
+    for lineno, raw, from_csv in _records(path):
         where = f"{path.name} line {lineno}"
-        unknown = [k for k in record if k not in names]
+        unknown = [k for k in raw if k not in names]
         if unknown:
             field = unknown[0]
             if field.lower() in PROTECTED_NAMES:
@@ -278,23 +238,20 @@ def _read(
         values: dict[str, Any] = {}
         try:
             for col in columns:
-                if col.name not in record:
+                if col.name not in raw:
                     if col.required:
-                        raise _FieldError(col.name, "is missing")
+                        raise InvalidField("", col.name, "is missing")
                     continue
-                v = _convert(col, record[col.name], from_csv)
+                v = _convert(col, raw[col.name], from_csv)
                 if v is not None:
                     values[col.name] = v
-        except _FieldError as e:
-            raise InvalidInput(f"{where}, field {e.field}: {e.message}") from None
-        try:
-            item = make(values)
-        except _FieldError as e:
-            raise InvalidInput(f"{where}, field {e.field}: {e.message}") from None
+            item = record(**values)
+        except InvalidField as e:
+            raise InvalidInput(f"{where}, field {e.field}: {e.problem}") from None
         except InvalidInput as e:
             raise InvalidInput(f"{where}: {e}") from None
-        if key is not None:
-            k = key(item)
+        if isinstance(item, Candidate | Posting):
+            k = item.id
             if k in seen:
                 raise InvalidInput(
                     f"{where}, field id: {k!r} already appeared on line {seen[k]}; ids must be unique"
@@ -306,25 +263,17 @@ def _read(
 
 def read_candidates(path: Path | str) -> list[Candidate]:
     """Candidates from a `.jsonl` or `.csv` file; `InvalidInput` names the line and field."""
-    return _read(path, _CANDIDATE_COLUMNS, lambda v: Candidate(**v), lambda c: c.id)
+    return read_records(path, Candidate)
 
 
 def read_postings(path: Path | str) -> list[Posting]:
     """Postings from a `.jsonl` or `.csv` file; `InvalidInput` names the line and field."""
-    return _read(path, _POSTING_COLUMNS, lambda v: Posting(**v), lambda p: p.id)
-
-
-def _outcome(values: dict[str, Any]) -> Outcome:
-    stage = values["stage"].strip().lower()
-    if stage not in {s.value for s in Stage}:
-        allowed = ", ".join(s.value for s in Stage)
-        raise _FieldError("stage", f"expected one of {allowed}, got {values['stage']!r}")
-    return Outcome(values["posting_id"], values["candidate_id"], Stage(stage), values["at"])
+    return read_records(path, Posting)
 
 
 def read_outcomes(path: Path | str) -> list[Outcome]:
     """Stage events from a `.jsonl` or `.csv` file; `InvalidInput` names the line and field."""
-    return _read(path, _OUTCOME_COLUMNS, _outcome, None)
+    return read_records(path, Outcome)
 
 
 def read_protected(path: Path | str) -> dict[str, dict[str, str]]:
@@ -350,28 +299,6 @@ def read_protected(path: Path | str) -> dict[str, dict[str, str]]:
 
 
 # -- writing (demo data, exports) ----------------------------------------------------------
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, Stage):
-        return value.value
-    if isinstance(value, tuple):
-        return list(value)
-    return value
-
-
-def candidate_record(c: Candidate) -> dict[str, Any]:
-    return {col.name: _jsonable(getattr(c, col.name)) for col in _CANDIDATE_COLUMNS}
-
-
-def posting_record(p: Posting) -> dict[str, Any]:
-    return {col.name: _jsonable(getattr(p, col.name)) for col in _POSTING_COLUMNS}
-
-
-def outcome_record(o: Outcome) -> dict[str, Any]:
-    return {col.name: _jsonable(getattr(o, col.name)) for col in _OUTCOME_COLUMNS}
 
 
 def write_jsonl(path: Path | str, records: Sequence[Mapping[str, Any]]) -> None:

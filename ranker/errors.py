@@ -11,6 +11,20 @@ class InvalidInput(RankerError, ValueError):
     """The caller sent something malformed; the message says what to fix."""
 
 
+class InvalidField(InvalidInput):
+    """One field of a record is bad: `field` names it, `problem` says what to send instead.
+
+    Readers of files prefix the file and line (`candidates.csv line 3, field skills: ...`); the
+    record alone reads `candidate 'C1' skills: ...`.
+    """
+
+    def __init__(self, subject: str, field: str, problem: str) -> None:
+        self.subject = subject
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{subject} {field}: {problem}" if subject else f"{field}: {problem}")
+
+
 class NotFound(RankerError, LookupError):
     """A referenced id (posting, candidate, model version) does not exist."""
 

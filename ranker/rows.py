@@ -20,6 +20,23 @@ class CandidateRow:
 
 
 @dataclass(frozen=True)
+class CandidateVersion:
+    """An earlier version of a candidate: the record and vectors in force over a time span.
+
+    Kept so training builds a (posting, candidate) row from the record as it was when the
+    candidate applied, not as it was edited later.
+    """
+
+    candidate: Candidate
+    doc_vector: np.ndarray
+    chunk_vectors: np.ndarray
+    valid_from: datetime
+    """When the store received this version."""
+    valid_until: datetime
+    """When a changed record replaced it."""
+
+
+@dataclass(frozen=True)
 class PostingRow:
     """A posting with the vector of its text, computed once when it was stored."""
 

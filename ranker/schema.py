@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 2
-"""Stored in `meta`; a store written with another version is refused, not migrated."""
+SCHEMA_VERSION = 4
+"""Stored in `meta`; a store written with another version is refused, not migrated.
+
+3: candidate and posting fields moved into one `record` JSON column (derived from the record's
+fields, `ranker.domain.to_plain`).
+4: earlier candidate versions kept (`candidate_versions`; `candidates.valid_from`)."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -12,29 +16,32 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS candidates (
     faiss_id INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL UNIQUE,
-    cv_text TEXT NOT NULL,
-    title TEXT NOT NULL,
-    skills TEXT NOT NULL,
-    years_experience REAL NOT NULL,
-    location TEXT NOT NULL,
-    willing_to_relocate INTEGER NOT NULL,
-    remote_ok INTEGER NOT NULL,
-    updated_at TEXT,
+    -- Every other field of the record, as JSON (`ranker.domain.to_plain`).
+    record TEXT NOT NULL,
+    -- When this version of the record was stored (a write that changes the record moves the
+    -- old version to candidate_versions); stored_at is the last write, changed or not.
+    valid_from TEXT NOT NULL,
     stored_at TEXT NOT NULL,
     doc_vector BLOB NOT NULL,
     chunk_vectors BLOB NOT NULL,
     n_chunks INTEGER NOT NULL
 );
+-- Earlier versions of candidate records, in force from valid_from until valid_until, for
+-- point-in-time training rows. Erasure deletes them with the candidate.
+CREATE TABLE IF NOT EXISTS candidate_versions (
+    version_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    candidate_id TEXT NOT NULL,
+    valid_from TEXT NOT NULL,
+    valid_until TEXT NOT NULL,
+    record TEXT NOT NULL,
+    doc_vector BLOB NOT NULL,
+    chunk_vectors BLOB NOT NULL,
+    n_chunks INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS candidate_versions_by_candidate ON candidate_versions (candidate_id);
 CREATE TABLE IF NOT EXISTS postings (
     id TEXT PRIMARY KEY,
-    title TEXT NOT NULL,
-    description TEXT NOT NULL,
-    required_skills TEXT NOT NULL,
-    nice_skills TEXT NOT NULL,
-    min_years REAL NOT NULL,
-    location TEXT NOT NULL,
-    remote INTEGER NOT NULL,
-    created_at TEXT,
+    record TEXT NOT NULL,
     stored_at TEXT NOT NULL,
     vector BLOB NOT NULL
 );

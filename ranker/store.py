@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ranker.domain import Candidate, Outcome, Posting, Stage
+from ranker.domain import Candidate, Outcome, Posting, RecordT, Stage, from_plain, to_plain
 from ranker.errors import InvalidInput, NotFound
-from ranker.rows import CandidateRow, Decision, ErasureReceipt, PostingRow
+from ranker.rows import CandidateRow, CandidateVersion, Decision, ErasureReceipt, PostingRow
 from ranker.schema import SCHEMA, SCHEMA_VERSION
 
 _IN_LIMIT = 500
@@ -33,10 +33,6 @@ def _iso(dt: datetime | None) -> str | None:
     return dt.isoformat() if dt is not None else None
 
 
-def _parse_dt(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
-
-
 def _vec_bytes(v: np.ndarray, dim: int | None, what: str) -> bytes:
     arr = np.ascontiguousarray(v, dtype=np.float32)
     if dim is not None and arr.shape[-1] != dim:
@@ -44,6 +40,17 @@ def _vec_bytes(v: np.ndarray, dim: int | None, what: str) -> bytes:
     if not np.all(np.isfinite(arr)):
         raise InvalidInput(f"{what} contains NaN or infinite values")
     return arr.tobytes()
+
+
+def _record_json(record: Candidate | Posting) -> str:
+    """Every field of the record but its id (a column of its own), as `to_plain` JSON."""
+    plain = to_plain(record)
+    del plain["id"]
+    return json.dumps(plain, ensure_ascii=False, sort_keys=True)
+
+
+def _record(kind: type[RecordT], record_id: str, record_json: str) -> RecordT:
+    return from_plain(kind, {"id": record_id, **json.loads(record_json)})
 
 
 def _load_or_create_key(path: Path) -> bytes:
@@ -87,8 +94,9 @@ class SqliteStore:
         # Erased rows are overwritten with zeros, not left readable in free pages.
         self._conn.execute("PRAGMA secure_delete=ON")
         self._conn.execute("PRAGMA synchronous=FULL")
-        # executescript commits implicitly, so it runs outside our BEGIN/COMMIT helper.
         with self._lock:
+            self._refuse_other_schema()
+            # executescript commits implicitly, so it runs outside our BEGIN/COMMIT helper.
             self._conn.executescript(SCHEMA)
             self._conn.execute(
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
@@ -98,12 +106,25 @@ class SqliteStore:
             self._conn.execute(
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('store_uuid', lower(hex(randomblob(16))))"
             )
-            found = self._meta("schema_version")
-            if found != str(SCHEMA_VERSION):
-                raise InvalidInput(
-                    f"{self.path} has store schema {found}, this code reads {SCHEMA_VERSION}; "
-                    "re-ingest into a new data folder"
-                )
+
+    def _refuse_other_schema(self) -> None:
+        """Refuse a store written with another schema, before creating any table in it.
+
+        Not migrated: the store is rebuilt from the ATS's files by `ranker ingest`, and the
+        message says so.
+        """
+        has_meta = self._conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+        ).fetchone()
+        found = self._meta("schema_version") if has_meta else None
+        if found is not None and found != str(SCHEMA_VERSION):
+            self._conn.close()
+            raise InvalidInput(
+                f"{self.path} was written with store schema {found}; this version of the ranker "
+                f"reads schema {SCHEMA_VERSION} and does not migrate stores. Move it aside or "
+                f"delete it (with its -wal and -shm files), then load the data again: "
+                f"`ranker ingest` (for the demo: `rm {self.path}*` and `make run`)"
+            )
 
     # -- plumbing -------------------------------------------------------------------------
     @contextmanager
@@ -157,8 +178,18 @@ class SqliteStore:
             self._conn.close()
 
     # -- candidates -----------------------------------------------------------------------
+    # A row keeps the id (unique, looked up) and the vectors in their own columns; every other
+    # field of the record sits in `record` as `to_plain` JSON, so a new record field needs no
+    # new column. A write that changes the record first moves the stored version, vectors and
+    # all, to `candidate_versions`, so training can use the record as it was when an outcome
+    # happened (`candidate_versions`).
+
     def upsert_candidates(self, rows: Sequence[CandidateRow]) -> list[int]:
-        """Insert or replace candidates by id, atomically; returns their faiss ids in order."""
+        """Insert or replace candidates by id, atomically; returns their faiss ids in order.
+
+        A replaced record that differs from the stored one (CV or any field) is kept as an
+        earlier version, in force from when it was stored until now.
+        """
         now = _iso(_now())
         params = []
         for r in rows:
@@ -167,14 +198,7 @@ class SqliteStore:
             params.append(
                 (
                     c.id,
-                    c.cv_text,
-                    c.title,
-                    json.dumps(list(c.skills)),
-                    c.years_experience,
-                    c.location,
-                    int(c.willing_to_relocate),
-                    int(c.remote_ok),
-                    _iso(c.updated_at),
+                    _record_json(c),
                     now,
                     _vec_bytes(r.doc_vector, self.dim, f"candidate {c.id!r} doc_vector"),
                     _vec_bytes(chunks, self.dim, f"candidate {c.id!r} chunk_vectors"),
@@ -184,18 +208,23 @@ class SqliteStore:
         ids: list[int] = []
         with self._tx() as tx:
             for p in params:
+                tx.execute(
+                    """INSERT INTO candidate_versions (candidate_id, valid_from, valid_until,
+                           record, doc_vector, chunk_vectors, n_chunks)
+                       SELECT id, valid_from, ?, record, doc_vector, chunk_vectors, n_chunks
+                       FROM candidates WHERE id = ? AND record != ?""",
+                    (now, p[0], p[1]),
+                )
                 row = tx.execute(
-                    """INSERT INTO candidates (id, cv_text, title, skills, years_experience, location,
-                           willing_to_relocate, remote_ok, updated_at, stored_at, doc_vector,
+                    """INSERT INTO candidates (id, record, valid_from, stored_at, doc_vector,
                            chunk_vectors, n_chunks)
-                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                       ON CONFLICT(id) DO UPDATE SET cv_text=excluded.cv_text, title=excluded.title,
-                           skills=excluded.skills, years_experience=excluded.years_experience,
-                           location=excluded.location,
-                           willing_to_relocate=excluded.willing_to_relocate,
-                           remote_ok=excluded.remote_ok, updated_at=excluded.updated_at,
-                           stored_at=excluded.stored_at, doc_vector=excluded.doc_vector,
-                           chunk_vectors=excluded.chunk_vectors, n_chunks=excluded.n_chunks
+                       VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6)
+                       ON CONFLICT(id) DO UPDATE SET
+                           valid_from=CASE WHEN record = excluded.record THEN valid_from
+                                           ELSE excluded.valid_from END,
+                           record=excluded.record, stored_at=excluded.stored_at,
+                           doc_vector=excluded.doc_vector, chunk_vectors=excluded.chunk_vectors,
+                           n_chunks=excluded.n_chunks
                        RETURNING faiss_id""",
                     p,
                 ).fetchone()
@@ -204,26 +233,45 @@ class SqliteStore:
                 self._bump_generation(tx)
         return ids
 
-    _CAND_COLS = (
-        "faiss_id, id, cv_text, title, skills, years_experience, location, willing_to_relocate, "
-        "remote_ok, updated_at, doc_vector, chunk_vectors, n_chunks"
-    )
+    def candidate_versions(self, ids: Sequence[str] | None = None) -> list[CandidateVersion]:
+        """Earlier versions of candidates (of `ids`, or all), by candidate then time.
 
-    def _candidate_row(self, r: tuple) -> CandidateRow:
-        cand = Candidate(
-            id=r[1],
-            cv_text=r[2],
-            title=r[3],
-            skills=tuple(json.loads(r[4])),
-            years_experience=r[5],
-            location=r[6],
-            willing_to_relocate=bool(r[7]),
-            remote_ok=bool(r[8]),
-            updated_at=_parse_dt(r[9]),
+        The stored record is the current version; it came into force when the newest earlier
+        version went out of force (`valid_until`).
+        """
+        cols = "candidate_id, record, doc_vector, chunk_vectors, n_chunks, valid_from, valid_until"
+        order = "ORDER BY candidate_id, valid_until, version_id"
+        if ids is None:
+            with self._lock:
+                rows = self._conn.execute(
+                    f"SELECT {cols} FROM candidate_versions {order}"
+                ).fetchall()
+        else:
+            rows = self._rows_in(
+                f"SELECT {cols} FROM candidate_versions WHERE candidate_id IN ({{marks}}) {order}",
+                ids,
+            )
+            rows.sort(key=lambda r: (r[0], r[6]))
+        return [
+            CandidateVersion(
+                candidate=_record(Candidate, r[0], r[1]),
+                doc_vector=np.frombuffer(r[2], dtype=np.float32).copy(),
+                chunk_vectors=np.frombuffer(r[3], dtype=np.float32).reshape(int(r[4]), -1).copy(),
+                valid_from=datetime.fromisoformat(r[5]),
+                valid_until=datetime.fromisoformat(r[6]),
+            )
+            for r in rows
+        ]
+
+    _CAND_COLS = "faiss_id, id, record, doc_vector, chunk_vectors, n_chunks"
+
+    @staticmethod
+    def _candidate_row(r: tuple) -> CandidateRow:
+        doc = np.frombuffer(r[3], dtype=np.float32).copy()
+        chunks = np.frombuffer(r[4], dtype=np.float32).reshape(int(r[5]), -1).copy()
+        return CandidateRow(
+            candidate=_record(Candidate, r[1], r[2]), doc_vector=doc, chunk_vectors=chunks
         )
-        doc = np.frombuffer(r[10], dtype=np.float32).copy()
-        chunks = np.frombuffer(r[11], dtype=np.float32).reshape(int(r[12]), -1).copy()
-        return CandidateRow(candidate=cand, doc_vector=doc, chunk_vectors=chunks)
 
     def get_candidates(self, ids: Sequence[str]) -> list[CandidateRow]:
         """The stored candidates among `ids`, in the order asked; unknown ids are skipped."""
@@ -267,19 +315,12 @@ class SqliteStore:
 
     # -- postings -------------------------------------------------------------------------
     def upsert_postings(self, rows: Sequence[PostingRow]) -> None:
-        """Insert or replace postings by id, atomically."""
+        """Insert or replace postings by id, atomically (the record as JSON, like candidates)."""
         now = _iso(_now())
         params = [
             (
                 r.posting.id,
-                r.posting.title,
-                r.posting.description,
-                json.dumps(list(r.posting.required_skills)),
-                json.dumps(list(r.posting.nice_skills)),
-                r.posting.min_years,
-                r.posting.location,
-                int(r.posting.remote),
-                _iso(r.posting.created_at),
+                _record_json(r.posting),
                 now,
                 _vec_bytes(r.vector, self.dim, f"posting {r.posting.id!r} vector"),
             )
@@ -287,37 +328,20 @@ class SqliteStore:
         ]
         with self._tx() as tx:
             tx.executemany(
-                """INSERT INTO postings (id, title, description, required_skills, nice_skills,
-                       min_years, location, remote, created_at, stored_at, vector)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                   ON CONFLICT(id) DO UPDATE SET title=excluded.title,
-                       description=excluded.description, required_skills=excluded.required_skills,
-                       nice_skills=excluded.nice_skills, min_years=excluded.min_years,
-                       location=excluded.location, remote=excluded.remote,
-                       created_at=excluded.created_at, stored_at=excluded.stored_at,
-                       vector=excluded.vector""",
+                """INSERT INTO postings (id, record, stored_at, vector) VALUES (?, ?, ?, ?)
+                   ON CONFLICT(id) DO UPDATE SET record=excluded.record,
+                       stored_at=excluded.stored_at, vector=excluded.vector""",
                 params,
             )
 
-    _POST_COLS = (
-        "id, title, description, required_skills, nice_skills, min_years, location, remote, "
-        "created_at, vector"
-    )
+    _POST_COLS = "id, record, vector"
 
     @staticmethod
     def _posting_row(r: tuple) -> PostingRow:
-        posting = Posting(
-            id=r[0],
-            title=r[1],
-            description=r[2],
-            required_skills=tuple(json.loads(r[3])),
-            nice_skills=tuple(json.loads(r[4])),
-            min_years=r[5],
-            location=r[6],
-            remote=bool(r[7]),
-            created_at=_parse_dt(r[8]),
+        return PostingRow(
+            posting=_record(Posting, r[0], r[1]),
+            vector=np.frombuffer(r[2], dtype=np.float32).copy(),
         )
-        return PostingRow(posting=posting, vector=np.frombuffer(r[9], dtype=np.float32).copy())
 
     def list_postings(self) -> list[PostingRow]:
         with self._lock:
@@ -455,7 +479,8 @@ class SqliteStore:
 
     # -- erasure --------------------------------------------------------------------------
     def delete_candidates(self, ids: Sequence[str]) -> ErasureReceipt:
-        """Erase candidates: CV, vectors, outcomes, protected attributes and logged feature rows.
+        """Erase candidates: CV and its earlier versions, vectors, outcomes, protected attributes
+        and logged feature rows.
 
         One transaction for the whole request; a receipt per erased id keeps only its keyed
         digest (`_receipt_digest`), never the id.
@@ -463,13 +488,22 @@ class SqliteStore:
         at = _now()
         erased: list[str] = []
         not_found: list[str] = []
-        totals = {"candidates": 0, "outcomes": 0, "decision_items": 0, "protected_attributes": 0}
+        totals = {
+            "candidates": 0,
+            "candidate_versions": 0,
+            "outcomes": 0,
+            "decision_items": 0,
+            "protected_attributes": 0,
+        }
         receipt_ids: list[int] = []
         with self._tx() as tx:
             for cid in dict.fromkeys(ids):
                 counts = {
                     "candidates": tx.execute(
                         "DELETE FROM candidates WHERE id = ?", (cid,)
+                    ).rowcount,
+                    "candidate_versions": tx.execute(
+                        "DELETE FROM candidate_versions WHERE candidate_id = ?", (cid,)
                     ).rowcount,
                     "outcomes": tx.execute(
                         "DELETE FROM outcomes WHERE candidate_id = ?", (cid,)

@@ -23,10 +23,11 @@ LIMITATIONS = (
     "CV text and structured fields say (skills listed, years, location), not ability. Scores are "
     "comparable within one posting only. Job families or countries missing from the training data "
     "are ranked mostly by text similarity. Retrain when postings or the candidate pool change. "
-    "Training features come from each candidate's record as stored now, not as it was when they "
-    "applied: a CV updated after a hire (the new job added) makes past applicants look more like "
-    "the postings they won, so offline metrics can flatter the model; prefer data whose CVs were "
-    "snapshotted at application time."
+    "Training features come from the version of each candidate's record current when they "
+    "applied to the posting (the store keeps every earlier version; a pair without an applied "
+    "event uses its first event, and an event older than every stored version the version first "
+    "stored), so a CV edited after a hire does not change what the model learnt from that "
+    "application."
 )
 LEXICON_NOTE = (
     "BM25 statistics (lexicon.json) are fitted on the CVs of candidates who applied to training "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
 import typer
 from rich.console import Console
@@ -122,20 +122,34 @@ def demo_data(
     )
 
 
-def _load_store(
-    settings: Settings,
-) -> tuple[list[Any], list[Any], list[Any], dict[str, dict[str, str]]]:
+class StoredData(NamedTuple):
+    """What training and evaluation read from the store."""
+
+    candidates: list[Any]
+    """`CandidateRow`s: the current records."""
+    postings: list[Any]
+    outcomes: list[Any]
+    protected: dict[str, dict[str, str]]
+    versions: list[Any]
+    """`CandidateVersion`s: earlier records, for point-in-time training rows."""
+
+
+def _load_store(settings: Settings) -> StoredData:
     from ranker.datafiles import PROTECTED_NAMES
     from ranker.store import SqliteStore
 
     path = settings.resolved_db_path
     if not path.is_file():
         fail(f"no store at {path}; load data first: `ranker ingest`")
-    store = SqliteStore(path)
+    try:
+        store = SqliteStore(path)
+    except RankerError as e:  # e.g. a store of another schema: the message says what to do
+        fail(str(e))
     try:
         candidates = list(store.iter_candidates())
         postings = store.list_postings()
         outcomes = store.list_outcomes()
+        versions = store.candidate_versions()
         protected: dict[str, dict[str, str]] = {}
         for name in sorted(PROTECTED_NAMES):
             for cid, value in store.protected_attributes(name).items():
@@ -147,7 +161,7 @@ def _load_store(
             f"the store holds {len(candidates)} candidates, {len(postings)} postings and "
             f"{len(outcomes)} outcomes; training needs all three: `ranker ingest`"
         )
-    return candidates, postings, outcomes, protected
+    return StoredData(candidates, postings, outcomes, protected, versions)
 
 
 def _trained_on(registry: ModelRegistry, digest: str) -> str | None:
@@ -193,7 +207,7 @@ def train(
 
     settings = Settings()
     registry = ModelRegistry(settings.resolved_registry_dir, settings.ort_session)
-    candidates, postings, outcomes, protected = _load_store(settings)
+    candidates, postings, outcomes, protected, versions = _load_store(settings)
     current = registry.current_version()
     if current is not None and promote is None:
         try:
@@ -234,6 +248,7 @@ def train(
             promote=promote,
             protected=protected or None,
             settings=settings,
+            versions=versions,
         )
     except RankerError as e:
         fail(str(e))
@@ -274,7 +289,7 @@ def evaluate(
 
     settings = Settings()
     registry = ModelRegistry(settings.resolved_registry_dir, settings.ort_session)
-    candidates, postings, outcomes, _ = _load_store(settings)
+    candidates, postings, outcomes, _, _ = _load_store(settings)
     try:
         bundles = [registry.load(version)]
         bundles[0].check()

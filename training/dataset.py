@@ -5,6 +5,15 @@ features of `ranker.features` (the same code serving runs). Postings are split b
 the oldest train, the next validate (early stopping), the newest test. Each split only sees the
 stage events that happened before the next split starts, so no posting and no outcome crosses a
 split boundary.
+
+Point in time: a (posting, candidate) row is built from the candidate's record as it was when
+the candidate applied to that posting (the time of the pair's `applied` event, or of its earliest
+event when the ATS sent no `applied`), not as it is now: a CV rewritten after a hire must not
+teach the model that the rewritten CV was what got hired. The store keeps every earlier version
+of a record (`SqliteStore.candidate_versions`); `candidates_as_of` picks, per pair, the version in
+force at that time: the oldest version whose span had not ended by then, else the current
+record. An event older than every stored version (a history loaded after the fact) gets the
+oldest version, the record as it was first stored.
 """
 
 from __future__ import annotations
@@ -19,8 +28,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ranker.datafiles import candidate_record, outcome_record, posting_record
-from ranker.domain import Candidate, Outcome, Posting
+from ranker.domain import Candidate, Outcome, Posting, Stage, to_plain
 from ranker.errors import InvalidInput
 from ranker.features import FEATURE_NAMES, FeatureBuilder
 from ranker.prepared import PreparedCandidate, PreparedPosting, prepare_candidate, prepare_posting
@@ -213,8 +221,14 @@ def build_set(
     postings: Sequence[PreparedPosting],
     candidates: Mapping[str, PreparedCandidate],
     labels: Mapping[tuple[str, str], int],
+    as_of: Mapping[tuple[str, str], PreparedCandidate] | None = None,
 ) -> RankingSet:
-    """Features and labels of the labelled applicants of `postings` (unknown candidates skipped)."""
+    """Features and labels of the labelled applicants of `postings` (unknown candidates skipped).
+
+    `as_of`: the candidate of a (posting id, candidate id) pair as it was when they applied
+    (`candidates_as_of`), where that differs from `candidates` (the current records).
+    """
+    as_of = as_of or {}
     by_posting: dict[str, list[tuple[str, int]]] = defaultdict(list)
     for (pid, cid), label in labels.items():
         if cid in candidates:
@@ -228,7 +242,7 @@ def build_set(
         pairs = sorted(by_posting.get(p.id, []))
         if len(pairs) < 2:
             continue  # one applicant ranks nothing
-        xs.append(builder.build(p, [candidates[cid] for cid, _ in pairs]))
+        xs.append(builder.build(p, [as_of.get((p.id, cid), candidates[cid]) for cid, _ in pairs]))
         ys += [label for _, label in pairs]
         group.append(len(pairs))
         pids.append(p.id)
@@ -263,14 +277,60 @@ def prepare_all(
     return pc, pp
 
 
+class CandidateVersionLike(CandidateLike, Protocol):
+    """An earlier version of a candidate, e.g. `ranker.rows.CandidateVersion`."""
+
+    @property
+    def valid_until(self) -> datetime: ...
+
+
+def applied_at(outcomes: Iterable[Outcome]) -> dict[tuple[str, str], datetime]:
+    """When each (posting, candidate) pair applied: its first `applied` event, else its first event."""
+    applied: dict[tuple[str, str], datetime] = {}
+    first: dict[tuple[str, str], datetime] = {}
+    for o in outcomes:
+        key, t = (o.posting_id, o.candidate_id), as_utc(o.at)
+        if key not in first or t < first[key]:
+            first[key] = t
+        if o.stage is Stage.APPLIED and (key not in applied or t < applied[key]):
+            applied[key] = t
+    return first | applied
+
+
+def candidates_as_of(
+    versions: Iterable[CandidateVersionLike], outcomes: Iterable[Outcome]
+) -> dict[tuple[str, str], PreparedCandidate]:
+    """Per (posting id, candidate id) pair, the earlier version in force when they applied.
+
+    Pairs whose candidate was not edited since are absent: their row uses the current record.
+    """
+    by_candidate: dict[str, list[CandidateVersionLike]] = defaultdict(list)
+    for v in versions:
+        by_candidate[v.candidate.id].append(v)
+    prepared: dict[int, PreparedCandidate] = {}
+    out: dict[tuple[str, str], PreparedCandidate] = {}
+    for (pid, cid), t in applied_at(outcomes).items():
+        spans = sorted(by_candidate.get(cid, ()), key=lambda v: as_utc(v.valid_until))
+        chosen = next((v for v in spans if as_utc(v.valid_until) > t), None)
+        if chosen is None:
+            continue  # the current record was already in force
+        if id(chosen) not in prepared:
+            prepared[id(chosen)] = prepare_candidate(
+                chosen.candidate, chosen.doc_vector, chosen.chunk_vectors
+            )
+        out[(pid, cid)] = prepared[id(chosen)]
+    return out
+
+
 def make_datasets(
     builder: FeatureBuilder,
     candidates: Mapping[str, PreparedCandidate],
     postings: Mapping[str, PreparedPosting],
     outcomes: Sequence[Outcome],
     split: TimeSplit | None = None,
+    as_of: Mapping[tuple[str, str], PreparedCandidate] | None = None,
 ) -> Datasets:
-    """The time split (unless given) and the three ranking sets."""
+    """The time split (unless given) and the three ranking sets (`as_of`: see `build_set`)."""
     if split is None:
         split = split_postings(postings, outcomes)
     sets: dict[str, RankingSet] = {}
@@ -280,7 +340,9 @@ def make_datasets(
         labels = labels_from_outcomes(
             (o for o in outcomes if o.posting_id in mine), before=split.cutoff(name)
         )
-        sets[name] = build_set(builder, [postings[pid] for pid in ids], candidates, labels)
+        sets[name] = build_set(
+            builder, [postings[pid] for pid in ids], candidates, labels, as_of=as_of
+        )
     return Datasets(split=split, sets=sets)
 
 
@@ -290,12 +352,12 @@ def data_sha256(
     """sha256 of the training records (vectors excluded: the encoder derives them from the text)."""
     h = hashlib.sha256()
     for kind, records in (
-        ("candidates", sorted((candidate_record(c) for c in candidates), key=lambda r: r["id"])),
-        ("postings", sorted((posting_record(p) for p in postings), key=lambda r: r["id"])),
+        ("candidates", sorted((to_plain(c) for c in candidates), key=lambda r: r["id"])),
+        ("postings", sorted((to_plain(p) for p in postings), key=lambda r: r["id"])),
         (
             "outcomes",
             sorted(
-                (outcome_record(o) for o in outcomes),
+                (to_plain(o) for o in outcomes),
                 key=lambda r: (r["posting_id"], r["candidate_id"], r["stage"], r["at"]),
             ),
         ),

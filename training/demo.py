@@ -21,13 +21,8 @@ from typing import TypeVar
 
 import numpy as np
 
-from ranker.datafiles import (
-    candidate_record,
-    outcome_record,
-    posting_record,
-    write_jsonl,
-)
-from ranker.domain import Candidate, Outcome, Posting, Stage
+from ranker.datafiles import write_jsonl
+from ranker.domain import Candidate, Outcome, Posting, Stage, to_plain
 
 T = TypeVar("T")
 
@@ -805,9 +800,9 @@ def write_demo(data: DemoData, out_dir: Path) -> list[Path]:
     """The four JSONL files of the demo set under `out_dir`; returns their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / name for name in DEMO_FILES]
-    write_jsonl(paths[0], [candidate_record(c) for c in data.candidates])
-    write_jsonl(paths[1], [posting_record(p) for p in data.postings])
-    write_jsonl(paths[2], [outcome_record(o) for o in data.outcomes])
+    write_jsonl(paths[0], [to_plain(c) for c in data.candidates])
+    write_jsonl(paths[1], [to_plain(p) for p in data.postings])
+    write_jsonl(paths[2], [to_plain(o) for o in data.outcomes])
     write_jsonl(paths[3], [{"candidate_id": cid, **attrs} for cid, attrs in data.protected.items()])
     return paths
 

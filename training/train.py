@@ -36,10 +36,12 @@ from training.card import build_card, render_markdown
 from training.dataset import (
     SPLITS,
     CandidateLike,
+    CandidateVersionLike,
     Datasets,
     PostingLike,
     RankingSet,
     TimeSplit,
+    candidates_as_of,
     data_sha256,
     make_datasets,
     prepare_all,
@@ -278,10 +280,13 @@ def train_model(
     protected: Mapping[str, Mapping[str, str]] | None = None,
     settings: Settings | None = None,
     in_service: ModelBundle | None = None,
+    versions: Sequence[CandidateVersionLike] = (),
 ) -> TrainResult:
     """Train, export to ONNX and check parity, evaluate; nothing is written anywhere.
 
     `in_service`: the version in service, to compare with on postings held out from both.
+    `versions`: earlier candidate records (`SqliteStore.candidate_versions`); each training row
+    is built from the record in force when the candidate applied (`candidates_as_of`).
     """
     config = config or TrainConfig()
     settings = settings if settings is not None else Settings()
@@ -301,7 +306,8 @@ def train_model(
         )
     lexicon = Lexicon.fit(fitted_on)
     builder = FeatureBuilder(lexicon)
-    datasets = make_datasets(builder, prepared_c, prepared_p, known, split)
+    as_of = candidates_as_of(versions, known)
+    datasets = make_datasets(builder, prepared_c, prepared_p, known, split, as_of=as_of)
     sets = datasets.sets
     for name in SPLITS:
         log.info("%s: %d postings, %d rows", name, sets[name].n_queries, len(sets[name].y))
@@ -402,6 +408,7 @@ def train_and_register(
     promote: bool | None = None,
     protected: Mapping[str, Mapping[str, str]] | None = None,
     settings: Settings | None = None,
+    versions: Sequence[CandidateVersionLike] = (),
 ) -> TrainResult:
     """`train_model` (compared with the version in service, if any), then `register_result`."""
     in_service: ModelBundle | None = None
@@ -419,5 +426,6 @@ def train_and_register(
         protected=protected,
         settings=settings,
         in_service=in_service,
+        versions=versions,
     )
     return register_result(result, registry, promote)

@@ -252,7 +252,7 @@ def ingest(
     try:
         try:
             done = if_missing and is_ingested(settings, files)
-        except OSError as e:
+        except (InvalidInput, OSError) as e:  # e.g. a store of another schema: says what to do
             fail(str(e))
         if done:
             size, rebuilt = ensure_index(settings)

@@ -18,7 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from google.protobuf.unknown_fields import UnknownFieldSet
 
 from ranker.api import RankFilters, RankQuery, Rejected
-from ranker.domain import Candidate, Outcome, Posting
+from ranker.domain import Candidate, Outcome, Posting, Record, RecordT, record_fields
 from ranker.errors import InvalidInput, RankerError
 from ranker.transport.status import status_for
 from ranker.v1 import ranker_pb2 as pb
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from ranker.rows import ErasureReceipt
 
 R = TypeVar("R")
+M = TypeVar("M", bound=pb_message.Message)
 
 _WIRE_TYPES = {0: "varint", 1: "64-bit", 2: "length-delimited", 3: "group", 4: "group", 5: "32-bit"}
 
@@ -108,70 +109,56 @@ def timestamp(dt: datetime | None) -> Timestamp | None:
     return ts
 
 
+def _record_from_pb(record: type[RecordT], m: pb_message.Message, **given: Any) -> RecordT:
+    """The record whose fields are the message's fields of the same names.
+
+    An unset time is left out, so the record's default applies (an outcome's `at` = now).
+    """
+    values: dict[str, Any] = {}
+    for f in record_fields(record):
+        if f.kind == "datetime":
+            at = _datetime(m, f.name)
+            if at is not None:
+                values[f.name] = at
+        elif f.kind == "list":
+            values[f.name] = tuple(getattr(m, f.name))
+        else:
+            values[f.name] = getattr(m, f.name)
+    return record(**(values | given))
+
+
+def _record_to_pb(message: Callable[..., M], record: Record) -> M:
+    """The message whose fields are the record's fields of the same names."""
+    values: dict[str, Any] = {}
+    for f in record_fields(type(record)):
+        value = getattr(record, f.name)
+        if f.kind == "datetime":
+            values[f.name] = timestamp(value)
+        elif f.kind == "list":
+            values[f.name] = list(value)
+        else:
+            values[f.name] = value
+    return message(**values)
+
+
 def candidate_from_pb(m: pb.Candidate) -> Candidate:
-    return Candidate(
-        id=m.id,
-        cv_text=m.cv_text,
-        skills=tuple(m.skills),
-        years_experience=m.years_experience,
-        location=m.location,
-        willing_to_relocate=m.willing_to_relocate,
-        remote_ok=m.remote_ok,
-        title=m.title,
-        updated_at=_datetime(m, "updated_at"),
-    )
+    return _record_from_pb(Candidate, m)
 
 
 def candidate_to_pb(c: Candidate) -> pb.Candidate:
-    return pb.Candidate(
-        id=c.id,
-        cv_text=c.cv_text,
-        skills=list(c.skills),
-        years_experience=c.years_experience,
-        location=c.location,
-        willing_to_relocate=c.willing_to_relocate,
-        remote_ok=c.remote_ok,
-        title=c.title,
-        updated_at=timestamp(c.updated_at),
-    )
+    return _record_to_pb(pb.Candidate, c)
 
 
 def posting_from_pb(m: pb.Posting, default_id: str | None = None) -> Posting:
-    return Posting(
-        id=m.id or default_id or "",
-        title=m.title,
-        description=m.description,
-        required_skills=tuple(m.required_skills),
-        nice_skills=tuple(m.nice_skills),
-        min_years=m.min_years,
-        location=m.location,
-        remote=m.remote,
-        created_at=_datetime(m, "created_at"),
-    )
+    return _record_from_pb(Posting, m, id=m.id or default_id or "")
 
 
 def posting_to_pb(p: Posting) -> pb.Posting:
-    return pb.Posting(
-        id=p.id,
-        title=p.title,
-        description=p.description,
-        required_skills=list(p.required_skills),
-        nice_skills=list(p.nice_skills),
-        min_years=p.min_years,
-        location=p.location,
-        remote=p.remote,
-        created_at=timestamp(p.created_at),
-    )
+    return _record_to_pb(pb.Posting, p)
 
 
 def outcome_from_pb(m: pb.Outcome) -> Outcome:
-    at = _datetime(m, "at")
-    return Outcome(
-        posting_id=m.posting_id,
-        candidate_id=m.candidate_id,
-        stage=m.stage,  # type: ignore[arg-type]  # Outcome parses and checks the stage name
-        at=at if at is not None else datetime.now(UTC),
-    )
+    return _record_from_pb(Outcome, m)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,9 +10,6 @@ from typing import Any
 import pytest
 
 from ranker.datafiles import (
-    candidate_record,
-    outcome_record,
-    posting_record,
     read_candidates,
     read_outcomes,
     read_postings,
@@ -20,7 +17,7 @@ from ranker.datafiles import (
     write_csv,
     write_jsonl,
 )
-from ranker.domain import Stage
+from ranker.domain import Stage, to_plain
 from ranker.errors import InvalidInput
 from training.demo import DemoConfig, DemoData, generate, write_demo
 
@@ -35,9 +32,9 @@ def small_demo() -> DemoData:
 @pytest.mark.parametrize("suffix", ["jsonl", "csv"])
 def test_round_trip_keeps_every_field(small_demo: DemoData, tmp_path: Path, suffix: str) -> None:
     write = write_jsonl if suffix == "jsonl" else write_csv
-    write(tmp_path / f"c.{suffix}", [candidate_record(c) for c in small_demo.candidates])
-    write(tmp_path / f"p.{suffix}", [posting_record(p) for p in small_demo.postings])
-    write(tmp_path / f"o.{suffix}", [outcome_record(o) for o in small_demo.outcomes])
+    write(tmp_path / f"c.{suffix}", [to_plain(c) for c in small_demo.candidates])
+    write(tmp_path / f"p.{suffix}", [to_plain(p) for p in small_demo.postings])
+    write(tmp_path / f"o.{suffix}", [to_plain(o) for o in small_demo.outcomes])
     assert read_candidates(tmp_path / f"c.{suffix}") == small_demo.candidates
     assert read_postings(tmp_path / f"p.{suffix}") == small_demo.postings
     assert read_outcomes(tmp_path / f"o.{suffix}") == small_demo.outcomes

@@ -108,6 +108,7 @@ def test_postings_and_outcomes(store: SqliteStore) -> None:
 
 def test_erasure_removes_every_trace_and_keeps_a_receipt(store: SqliteStore) -> None:
     store.upsert_candidates([_cand(1), _cand(2)])
+    store.upsert_candidates([_cand(1, "An edited CV.")])  # the first one is kept as a version
     store.record_outcomes([Outcome(posting_id="p1", candidate_id="c1", stage=Stage.HIRED)])
     store.upsert_protected([("c1", "sex", "f")])
     store.log_decisions(
@@ -131,16 +132,42 @@ def test_erasure_removes_every_trace_and_keeps_a_receipt(store: SqliteStore) -> 
     assert receipt.erased == ("c1",) and receipt.not_found == ("ghost",)
     assert receipt.rows == {
         "candidates": 1,
+        "candidate_versions": 1,
         "outcomes": 1,
         "decision_items": 1,
         "protected_attributes": 1,
     }
     assert store.get_candidates(["c1"]) == []
+    assert store.candidate_versions(["c1"]) == []
     assert store.list_outcomes() == []
     assert store.get_decision("r1").candidate_ids == ("c2",)
     assert store.protected_attributes("sex") == {}
     receipts = store.erasure_receipts("c1")
     assert len(receipts) == 1 and receipts[0]["rows"]["candidates"] == 1
+
+
+def test_a_changed_record_keeps_the_version_before_it(store: SqliteStore) -> None:
+    first = datetime.now(UTC)
+    store.upsert_candidates([_cand(1), _cand(2)])
+    store.upsert_candidates([_cand(1)])  # the same record again: no new version
+    assert store.candidate_versions() == []
+    edited = CandidateRow(
+        candidate=Candidate(id="c1", cv_text="A rewritten CV.", skills=("Rust",), location="Oslo"),
+        doc_vector=_vec(11),
+        chunk_vectors=_vec(11, 2),
+    )
+    store.upsert_candidates([edited])
+    store.upsert_candidates([_cand(1, "A third CV.")])
+    versions = store.candidate_versions(["c1", "c2"])
+    # Oldest first, each with its own record and vectors, spans that meet end to start.
+    assert [v.candidate for v in versions] == [_cand(1).candidate, edited.candidate]
+    np.testing.assert_array_equal(versions[0].chunk_vectors, _vec(1, 3))
+    np.testing.assert_array_equal(versions[1].doc_vector, _vec(11))
+    np.testing.assert_array_equal(versions[1].chunk_vectors, _vec(11, 2))
+    assert first <= versions[0].valid_from <= versions[0].valid_until
+    assert versions[0].valid_until == versions[1].valid_from <= versions[1].valid_until
+    assert store.get_candidates(["c1"])[0].candidate.cv_text == "A third CV."
+    assert [v.candidate.id for v in store.candidate_versions()] == ["c1", "c1"]
 
 
 def test_reopen_keeps_data(tmp_path: Path) -> None:
@@ -188,7 +215,9 @@ def test_erased_text_is_gone_from_the_files(tmp_path: Path) -> None:
     s = SqliteStore(tmp_path / "ranker.db", dim=DIM)
     secret = "Unmistakable-CV-marker-4711 lives in Springfield."
     s.upsert_candidates([_cand(1, secret), _cand(2)])
-    s.delete_candidates(["c1"])
+    s.upsert_candidates([_cand(1, "Edited, the marker gone."), _cand(1, secret + " Again.")])
+    receipt = s.delete_candidates(["c1"])
+    assert receipt.rows["candidate_versions"] == 2
     for f in tmp_path.iterdir():
         assert b"Unmistakable-CV-marker-4711" not in f.read_bytes(), f.name
     # The receipt is keyed: it is not the plain sha256 of the id, and the key outlives a

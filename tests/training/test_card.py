@@ -40,9 +40,12 @@ def test_code_version_outside_a_checkout(tmp_path: Path) -> None:
     assert not code_version(tmp_path).startswith("git:")
 
 
-def test_card_states_leakage_lexicon_and_redaction_limits(trained_registry: ModelRegistry) -> None:
+def test_card_states_point_in_time_lexicon_and_redaction_limits(
+    trained_registry: ModelRegistry,
+) -> None:
     card = trained_registry.card("v0001")
-    assert "record as stored now" in card["limitations"]
+    assert "record as stored now" not in card["limitations"]
+    assert "current when they applied" in card["limitations"]
     lexicon = card["lexicon"]
     assert lexicon["min_df"] == 3 and lexicon["terms"] > 0
     assert lexicon["documents"] < card["data"]["counts"]["candidates"]

@@ -6,8 +6,7 @@ from collections import Counter
 
 import numpy as np
 
-from ranker.datafiles import candidate_record
-from ranker.domain import Stage
+from ranker.domain import Stage, to_plain
 from training.demo import FAMILIES, DemoConfig, generate
 from training.labels import labels_from_outcomes
 
@@ -43,7 +42,7 @@ def test_protected_attributes_are_only_in_their_own_table() -> None:
     assert set(d.protected) == {c.id for c in d.candidates}
     assert all(set(v) == {"sex", "age_band"} for v in d.protected.values())
     for c in d.candidates:
-        record = candidate_record(c)
+        record = to_plain(c)
         assert not {"sex", "age_band"} & set(record)
 
 
