@@ -564,6 +564,9 @@ class _Person:
     """A career changer's target family: their CV talks it up; they do not have its skills."""
     talent: float
     """Standard-normal quality no structured field records; interviews and offers reward it."""
+    age: float
+    """Years spent studying late, travelling, changing careers or out of work make it more than
+    22 + `years`."""
     career_break: bool = False
     part_time: bool = False
     claimed: frozenset[str] = frozenset()
@@ -646,12 +649,12 @@ def _make_person(g: _Gen) -> _Person:
         remote_ok=g.chance(0.55),
         target=target,
         talent=float(g.rng.normal()),
+        age=22.0 + years + min(30.0, float(g.rng.exponential(5.0))),
     )
 
 
-def _protected(g: _Gen, years: float) -> dict[str, str]:
+def _protected(g: _Gen, age: float) -> dict[str, str]:
     sex = "female" if g.chance(0.49) else "male" if g.chance(0.97) else "non-binary"
-    age = 21 + years + float(g.rng.uniform(0, 8))
     band = "18-29" if age < 30 else "30-44" if age < 45 else "45-59" if age < 60 else "60+"
     out = {"sex": sex, "age_band": band}
     u = float(g.rng.random())
@@ -770,7 +773,8 @@ def _cv(g: _Gen, person: _Person, title: str, short: bool) -> tuple[str, list[st
             end_year, end_month = b_year, b_month + 1
 
     lines += ["", "SKILLS", ", ".join(listed), "", "EDUCATION"]
-    grad_year = 2025 - int(person.years) - int(g.rng.integers(0, 3))
+    # A first degree at 21-23: the graduation year tells the age.
+    grad_year = 2025 - int(person.age) + int(g.rng.integers(21, 24))
     lines.append(f"{g.pick(fam.degrees)}, {g.pick(UNIVERSITIES)} ({grad_year})")
     if person.target is not None:
         lines.append(
@@ -1006,7 +1010,7 @@ def generate(config: DemoConfig | None = None) -> DemoData:
     for i in range(cfg.candidates):
         cid = f"C{i + 1:0{width}d}"
         person = _make_person(g)
-        attrs = _protected(g, person.years)
+        attrs = _protected(g, person.age)
         # The CV proxies follow the protected attributes, as in life; the unbiased hiring
         # process ignores them.
         person.career_break = person.years >= 3 and g.chance(CAREER_BREAK_RATE[attrs["sex"]])
