@@ -467,7 +467,7 @@ RACE_ETHNICITY: tuple[tuple[str, float], ...] = (
 RACE_UNKNOWN = 0.06
 """Share who decline to self-identify: no `race_ethnicity` in their protected record."""
 
-CAREER_BREAK_RATE = {"female": 0.40, "male": 0.06, "non-binary": 0.15}
+CAREER_BREAK_RATE = {"female": 0.50, "male": 0.08, "non-binary": 0.20}
 """Share of each sex whose CV shows a career break (of those with 3+ years of experience)."""
 PART_TIME_RATE = {"female": 0.30, "male": 0.07, "non-binary": 0.15}
 """Share of each sex whose current job is part-time."""
