@@ -1,6 +1,54 @@
 """A deterministic demo ATS export: candidates with long CVs, postings, and hiring outcomes.
 
-DOCSTRING_PLACEHOLDER
+The outcomes come from a hidden hiring process of three stages, seen by different people:
+
+- **Screening** (label 1). A screener reads the CV: `w_skill` x the share of required skills the CV
+  *claims* (listed under SKILLS or used in a work bullet, held or not) + 0.5 x the same share of
+  nice-to-haves + the experience and location terms + N(0, 0.5). About `screen_rate` of the
+  applicants pass, through a soft threshold (a logistic of width 0.35 around the score that lets
+  that share through).
+- **Interview** (label 2). The hiring manager finds out the truth: 1.3 x `w_skill` x the mean
+  *depth* (0.3-1, 0 when not held) of the required skills, 0.6 x that of the nice-to-haves, -1.5
+  when the posting's hidden must-have skill is not held, +0.4 for the posting's own job family,
+  + `w_talent` x talent (a standard-normal quality no field records), + the experience and
+  location terms + N(0, 0.6). About `interview_rate` of those screened go on.
+- **Offer and hire** (labels 3 and 4). Up to two offers, in order of the manager's view + talent
+  once more + N(0, 0.5), to finalists above the applicants' 70th percentile; 80% accept; one
+  posting in ten closes without a hire whoever applied.
+
+Experience term: -`w_exp` per year short of the minimum (at most 4 years counted), -0.08 per year
+beyond 10 over it. Location term: `w_loc` x (-1.5 on site elsewhere and not relocating, -0.4
+relocating, -0.6 remote posting but on-site candidate). Each posting draws its own recruiter:
+`w_skill` 1.5-3.5, `w_exp` 0.2-1.0, `w_loc` 0.3-1.5, `w_talent` 0.4-1.2, a must-have skill in half
+the postings, `screen_rate` 0.30-0.55, `interview_rate` 0.20-0.45.
+
+What a reader of this file could exploit, and what features must NOT be shaped around (they
+would fit this generator, not hiring):
+
+- Listed skills are a noisy copy of the truth: a quarter of real skills are left off the SKILLS
+  list (the work bullets may still use them), one CV in five lists one or two skills never held,
+  career changers list bootcamp skills. Work bullets name skills in proportion to depth squared,
+  so how often a required skill recurs in "- Designed ... with {skill}" lines tracks depth;
+  passing mentions ("Attended an introductory workshop on X", "Worked alongside the ... team,
+  who relied on X and Y") and bootcamp lines are traps. Parsing the bullet templates would read
+  depth far more cleanly than any real CV allows.
+- Talent shows only in four achievement bullets ("Promoted ahead of schedule ...", "Recognised
+  with the company's annual excellence award.", "Chosen to lead the team's most critical project
+  ...", "Asked by leadership to set up and run ..."), present in a job with probability
+  0.5 x sigmoid(1.5 x talent - 0.5). Matching these phrases would read a latent no real CV states
+  so neatly.
+- Experience is a slope per missing year, not a step at the minimum; location is exactly the
+  structured fields; the job family shows in titles and the fixed `FAMILIES` vocabulary.
+- The per-posting recruiter weights, the must-have skill, talent and the noise are not
+  observable: they are what no ranker can learn, by design.
+- Career breaks, part-time jobs and graduation years have no effect unless a `Bias` is set.
+
+Protected attributes (sex, age band, race/ethnicity in the EEOC / LL144 categories, unknown for
+~6%) go to a separate table; the hiring process never reads them. CV traits follow them as in
+life: a career break shows on half of women's CVs (with 3+ years of experience) and 8% of men's,
+a part-time current job on 30% and 7%, and the graduation year tells the age. Unbiased, these
+traits change nothing; `Bias` makes the process penalise one of them, which lands on the category
+that shows it most (a disparate impact through a proxy, as audits meet it).
 """
 
 from __future__ import annotations
@@ -977,20 +1025,23 @@ def proxy_rates(data: DemoData, attribute: str, proxy: str) -> dict[str, float]:
 
 def _check_bias(data: DemoData, bias: Bias) -> None:
     """Refuse a bias whose proxy does not single out its target: it would bias nobody in particular."""
-    rates = proxy_rates(data, bias.attribute, bias.proxy)
-    if bias.value not in rates:
-        known = ", ".join(rates) or "none"
-        raise InvalidInput(
-            f"no candidate has {bias.attribute}={bias.value}; categories of {bias.attribute}: {known}"
+    shown = {True: [0, 0], False: [0, 0]}  # in the target category? -> [proxy holders, all]
+    for cid, attrs in data.protected.items():
+        if bias.attribute in attrs:
+            tally = shown[attrs[bias.attribute] == bias.value]
+            tally[0] += bias.proxy in data.proxies.get(cid, frozenset())
+            tally[1] += 1
+    if not shown[True][1]:
+        known = ", ".join(
+            sorted({a[bias.attribute] for a in data.protected.values() if bias.attribute in a})
         )
-    target = rates[bias.value]
-    ids = [a for a in data.protected.values() if a.get(bias.attribute, bias.value) != bias.value]
-    rest = sum(
-        bias.proxy in data.proxies.get(cid, frozenset())
-        for cid, a in data.protected.items()
-        if bias.attribute in a and a[bias.attribute] != bias.value
-    ) / max(1, len(ids))
-    if target < 1.5 * rest or target == 0:
+        raise InvalidInput(
+            f"no candidate has {bias.attribute}={bias.value}; categories of {bias.attribute}: "
+            f"{known or 'none'}"
+        )
+    target = shown[True][0] / shown[True][1]
+    rest = shown[False][0] / max(1, shown[False][1])
+    if target == 0 or target < 1.5 * rest:
         raise InvalidInput(
             f"{bias.proxy} shows in {target:.0%} of {bias.attribute}={bias.value} CVs and "
             f"{rest:.0%} of the others, so it is no proxy of that category; choose another "
