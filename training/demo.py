@@ -43,6 +43,12 @@ would fit this generator, not hiring):
   observable: they are what no ranker can learn, by design.
 - Career breaks, part-time jobs and graduation years have no effect unless a `Bias` is set.
 
+Measured on the default set's 63 held-out postings (README, "The demo data"): ranking by any one
+feature reaches NDCG@10 0.51 at best (`bm25_required`; `required_coverage` 0.48, `dense_cosine`
+0.47), the trained model 0.65, a hand-weighted sum of coverage, location, minimum years and
+cosine 0.61: the process is mostly additive in the obvious fields, so compare models with such a
+rule, not only with single features.
+
 Protected attributes (sex, age band, race/ethnicity in the EEOC / LL144 categories, unknown for
 ~6%) go to a separate table; the hiring process never reads them. CV traits follow them as in
 life: a career break shows on half of women's CVs (with 3+ years of experience) and 8% of men's,
