@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +54,7 @@ def unbiased() -> DemoData:
 
 @pytest.fixture(scope="module")
 def biased() -> DemoData:
-    return generate(DemoConfig(**{**AUDIT.__dict__, "bias": FEMALE_CAREER_BREAK}))
+    return generate(replace(AUDIT, bias=FEMALE_CAREER_BREAK))
 
 
 def _digest(data: DemoData, out: Path) -> str:
@@ -302,9 +303,7 @@ def test_graduation_year_bias_lowers_the_older_band() -> None:
     cfg = DemoConfig(candidates=900, postings=120, short_cvs=True, seed=6)
     before = _rates(generate(cfg), "age_band", RELEVANT_LABEL)
     bias = Bias("age_band", "45-59", "graduation_year", 0.6)
-    after = _rates(
-        generate(DemoConfig(**{**cfg.__dict__, "bias": bias})), "age_band", RELEVANT_LABEL
-    )
+    after = _rates(generate(replace(cfg, bias=bias)), "age_band", RELEVANT_LABEL)
     assert after["45-59"] / before["45-59"] < 0.6
     assert after["18-29"] == pytest.approx(before["18-29"], rel=0.1)
 
@@ -312,7 +311,7 @@ def test_graduation_year_bias_lowers_the_older_band() -> None:
 def test_zero_strength_bias_is_the_default() -> None:
     small = DemoConfig(candidates=150, postings=20, applicants=(10, 20), seed=4, short_cvs=True)
     none = generate(small)
-    zero = generate(DemoConfig(**{**small.__dict__, "bias": Bias("sex", "female", "part_time", 0)}))
+    zero = generate(replace(small, bias=Bias("sex", "female", "part_time", 0)))
     assert none.outcomes == zero.outcomes and none.candidates == zero.candidates
 
 
@@ -325,9 +324,9 @@ def test_a_bias_must_name_a_category_its_proxy_singles_out() -> None:
         Bias.parse("sex=female", strength=1.5)
     small = DemoConfig(candidates=300, postings=8, applicants=(5, 10), seed=4, short_cvs=True)
     with pytest.raises(InvalidInput, match="no proxy of that category"):
-        generate(DemoConfig(**{**small.__dict__, "bias": Bias.parse("sex=male")}))
+        generate(replace(small, bias=Bias.parse("sex=male")))
     with pytest.raises(InvalidInput, match="no candidate has sex=robot"):
-        generate(DemoConfig(**{**small.__dict__, "bias": Bias.parse("sex=robot")}))
+        generate(replace(small, bias=Bias.parse("sex=robot")))
 
 
 def test_demo_data_command_writes_a_biased_scenario(tmp_path: Path) -> None:
