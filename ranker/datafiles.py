@@ -88,6 +88,7 @@ PROTECTED_NAMES = frozenset(
         "birth_date",
         "ethnicity",
         "race",
+        "race_ethnicity",
         "disability",
         "religion",
         "name",

@@ -100,25 +100,55 @@ def demo_data(
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same data.")] = 7,
     candidates: Annotated[int, typer.Option(min=10, help="Number of candidates.")] = 2000,
-    postings: Annotated[int, typer.Option(min=6, help="Number of postings.")] = 100,
+    postings: Annotated[int, typer.Option(min=6, help="Number of postings.")] = 420,
+    bias: Annotated[
+        str | None,
+        typer.Option(
+            help="Make the historical hiring process biased against ATTRIBUTE=CATEGORY (e.g. "
+            "sex=female, age_band=45-59) through --bias-proxy; default: unbiased.",
+        ),
+    ] = None,
+    bias_proxy: Annotated[
+        str,
+        typer.Option(
+            help="CV trait the biased process penalises: career_break, part_time or "
+            "graduation_year (a degree from 2003 or earlier).",
+        ),
+    ] = "career_break",
+    bias_strength: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Screening and interview pass probabilities of proxy holders are each "
+            "multiplied by 1 - strength.",
+        ),
+    ] = 0.5,
     if_missing: Annotated[
         bool, typer.Option("--if-missing", help="Do nothing when the files already exist.")
     ] = False,
 ) -> None:
     """Generate the demo ATS export: candidates, postings, outcomes and protected.jsonl."""
-    from training.demo import DemoConfig, demo_present, generate, write_demo
+    from training.demo import Bias, DemoConfig, demo_present, generate, write_demo
 
     out_dir = out if out is not None else Settings().resolved_demo_dir
     if if_missing and demo_present(out_dir):
         console.print(f"demo data already in {out_dir}; skipping")
         return
     started = time.perf_counter()
-    data = generate(DemoConfig(candidates=candidates, postings=postings, seed=seed))
+    try:
+        scenario = Bias.parse(bias, bias_proxy, bias_strength) if bias is not None else None
+        data = generate(
+            DemoConfig(candidates=candidates, postings=postings, seed=seed, bias=scenario)
+        )
+    except RankerError as e:
+        fail(str(e))
     write_demo(data, out_dir)
     console.print(
         f"wrote {len(data.candidates)} candidates, {len(data.postings)} postings, "
         f"{len(data.outcomes)} outcome events and protected.jsonl to {out_dir} "
         f"in {time.perf_counter() - started:.1f}s"
+        + (f"; historical process biased against {scenario.describe()}" if scenario else "")
     )
 
 
