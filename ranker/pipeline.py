@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
@@ -57,6 +58,7 @@ from ranker.ranking import (
     score_and_order,
 )
 from ranker.rows import CandidateRow, ErasureReceipt, PostingRow
+from ranker.shadow import ShadowScorer, shadow_job
 from ranker.store import SqliteStore
 
 if TYPE_CHECKING:
@@ -96,7 +98,7 @@ class RankingPipeline:
         self.encoder = encoder
         self.registry = registry
         self.metrics = metrics
-        self.model = ModelSlot(registry, metrics)
+        self.model = ModelSlot(registry, metrics, settings.fallback)
         self._lock = ReadWriteLock()
         self._write_mutex = threading.Lock()
         self._catalog = CandidateCatalog()
@@ -105,6 +107,7 @@ class RankingPipeline:
         self._index_dirty_at: float | None = None
         self._next_model_poll = 0.0
         self._decisions = DecisionLog(store, metrics, maxsize=10_000)
+        self._shadow = ShadowScorer(store, settings.shadow_queue, settings.shadow_depth)
         self.index = self._load_memory()
         self._update_gauges()
 
@@ -183,6 +186,7 @@ class RankingPipeline:
 
     def close(self) -> None:
         """Write pending decisions and the index, then close the store."""
+        self._shadow.close()
         self._decisions.close()
         try:
             self.save_index(force=True)
@@ -191,7 +195,7 @@ class RankingPipeline:
 
     @property
     def ready(self) -> bool:
-        """True when a model is in service (the index is loaded by construction)."""
+        """True when something ranks: a model, or the fallback ranker (`Settings.fallback`)."""
         return self.model.served is not None
 
     @property
@@ -202,7 +206,11 @@ class RankingPipeline:
         """The model in service; NotReady when there is none yet."""
         with self._lock.read():
             total = len(self._catalog)
-        return self.model.info(total)
+        return replace(
+            self.model.info(total),
+            shadow_scored=self._shadow.scored,
+            shadow_dropped=self._shadow.dropped,
+        )
 
     def upkeep(self) -> None:
         """Background work between requests: follow the registry's promoted model (every
@@ -328,7 +336,29 @@ class RankingPipeline:
             # Submitted under the read lock: an erasure (which takes the write lock, then
             # flushes this log) then finds every decision naming its candidate already queued.
             self._decisions.submit(decision_of(req, hits, scored, order))
+            if self._erasures == hits.erasures_seen:
+                self._offer_shadow(req, hits, scored)
         return order
+
+    def _offer_shadow(self, req: RankRequest, hits: Retrieved, scored: Scored) -> None:
+        """Offer the ranking to the challenger, if any (never waits; dropped when busy)."""
+        challenger = self.model.challenger
+        if challenger is None or challenger.bundle.version == req.served.bundle.version:
+            return
+        self._shadow.offer(
+            shadow_job(
+                request_id=req.request_id,
+                posting=req.posting,
+                inline=req.inline,
+                cands=hits.cands,
+                fids=hits.fids,
+                sims=hits.sims,
+                champion_version=req.served.bundle.version,
+                champion_ranked=scored.ranked,
+                top_k=req.top_k,
+                challenger=challenger,
+            )
+        )
 
     # -- writes ---------------------------------------------------------------------------
     def _mark_index_dirty(self) -> None:
@@ -487,6 +517,7 @@ class RankingPipeline:
                     if fids:
                         self._erasures += 1
                 self._decisions.flush()
+                self._shadow.flush()
                 try:
                     receipt = self.store.delete_candidates(wanted)
                 except BaseException:
