@@ -328,7 +328,10 @@ def test_gate_verdict_needs_passed_gates_measured_against_what_serves(
     v2 = _register(registry, trained_model[1])
     verdict = registry.gate_verdict(v2, v1)
     assert not verdict.ok and "ranker gates" in str(verdict.problem)
-    gates = [{"gate": "beats_retrieval", "passed": True}, {"gate": "vs_in_service", "passed": False}]
+    gates = [
+        {"gate": "beats_retrieval", "passed": True},
+        {"gate": "vs_in_service", "passed": False},
+    ]
     registry.record_gates(v2, {"passed": False, "in_service": v1, "gates": gates})
     verdict = registry.gate_verdict(v2, v1)
     assert not verdict.ok and "vs_in_service" in str(verdict.problem)

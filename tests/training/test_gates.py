@@ -166,9 +166,14 @@ def test_a_version_that_selects_by_a_proxy_of_sex_fails_the_impact_gates(setup) 
 
 def test_the_beats_rule_needs_a_significant_gain_over_the_version_in_service(setup) -> None:  # type: ignore[no-untyped-def]
     # The hand rule is in service; a model equal to it cannot "beat" it, but is not worse.
-    same = lambda c: 3 * c["required_coverage"] + c["location_fit"] + (  # noqa: E731
-        1 - c["under_min_years"]
-    ) + 0.5 * c["dense_cosine"]
+    def same(c: dict[str, np.ndarray]) -> np.ndarray:
+        return (
+            3 * c["required_coverage"]
+            + c["location_fit"]
+            + (1 - c["under_min_years"])
+            + 0.5 * c["dense_cosine"]
+        )
+
     lenient = _by_gate(_gates(setup, same))
     strict = _by_gate(_gates(setup, same, GatePolicy(min_postings=30, vs_service="beats")))
     assert lenient["vs_in_service"]["passed"]
