@@ -93,6 +93,11 @@ class Settings(EncoderSettings):
     """Rankings waiting to be scored by the challenger in shadow; when full, more are dropped
     (counted) rather than slowing responses."""
 
+    shadow_idle_ms: float = Field(default=20.0, ge=0)
+    """Shadow scoring runs only once no ranking has been in flight for this long (idle time),
+    so it never competes with responses for the CPU or the GIL; under sustained load rankings
+    are dropped from the shadow instead (see `ranker.shadow`)."""
+
     shadow_depth: int = Field(default=20, ge=10, le=MAX_RETRIEVE_N)
     """How many of each order (champion's and challenger's) a shadow record keeps."""
 

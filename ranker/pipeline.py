@@ -107,7 +107,9 @@ class RankingPipeline:
         self._index_dirty_at: float | None = None
         self._next_model_poll = 0.0
         self._decisions = DecisionLog(store, metrics, maxsize=10_000)
-        self._shadow = ShadowScorer(store, settings.shadow_queue, settings.shadow_depth)
+        self._shadow = ShadowScorer(
+            store, settings.shadow_queue, settings.shadow_depth, settings.shadow_idle_ms / 1000
+        )
         self.index = self._load_memory()
         self._update_gauges()
 
@@ -232,6 +234,11 @@ class RankingPipeline:
 
     # -- ranking --------------------------------------------------------------------------
     def rank(self, q: RankQuery, deadline: Deadline = NO_DEADLINE) -> RankResult:
+        """The top-k candidates of a posting (`_rank`); shadow scoring waits while it runs."""
+        with self._shadow.ranking():
+            return self._rank(q, deadline)
+
+    def _rank(self, q: RankQuery, deadline: Deadline) -> RankResult:
         """The top-k candidates of a posting, scored by one model version from start to end.
 
         The catalog's read lock is held only to search and to take references to the
