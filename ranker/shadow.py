@@ -113,8 +113,7 @@ class ShadowScorer:
         while True:
             with self._lock:
                 if self._hurry or (
-                    self._in_flight == 0
-                    and time.monotonic() - self._last_done >= self.idle_seconds
+                    self._in_flight == 0 and time.monotonic() - self._last_done >= self.idle_seconds
                 ):
                     return
             time.sleep(max(0.002, self.idle_seconds / 4))
