@@ -262,8 +262,10 @@ class ModelSlot:
             self._refused_challenger = Refusal(wanted, str(e))
             log.error("refused challenger %s: %s", wanted, e)
 
-    def info(self, total_candidates: int) -> ModelInfo:
-        """The model in service as `GetModelInfo` reports it; NotReady when there is none."""
+    def info(self, total_candidates: int, shadow: tuple[int, int] = (0, 0)) -> ModelInfo:
+        """The model in service as `GetModelInfo` reports it; NotReady when there is none.
+
+        `shadow`: rankings scored and dropped by the shadow scorer (`ranker.shadow`)."""
         served = self.require()
         challenger = self._challenger
         refused = self._refused
@@ -282,4 +284,6 @@ class ModelSlot:
             refused_challenger_error=None
             if refused_challenger is None
             else refused_challenger.error,
+            shadow_scored=shadow[0],
+            shadow_dropped=shadow[1],
         )

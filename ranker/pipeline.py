@@ -14,7 +14,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
@@ -58,7 +57,7 @@ from ranker.ranking import (
     score_and_order,
 )
 from ranker.rows import CandidateRow, ErasureReceipt, PostingRow
-from ranker.shadow import ShadowScorer, shadow_job
+from ranker.shadow import ShadowScorer
 from ranker.store import SqliteStore
 
 if TYPE_CHECKING:
@@ -107,9 +106,7 @@ class RankingPipeline:
         self._index_dirty_at: float | None = None
         self._next_model_poll = 0.0
         self._decisions = DecisionLog(store, metrics, maxsize=10_000)
-        self._shadow = ShadowScorer(
-            store, settings.shadow_queue, settings.shadow_depth, settings.shadow_idle_ms / 1000
-        )
+        self._shadow = ShadowScorer.from_settings(store, settings)
         self.index = self._load_memory()
         self._update_gauges()
 
@@ -208,11 +205,7 @@ class RankingPipeline:
         """The model in service; NotReady when there is none yet."""
         with self._lock.read():
             total = len(self._catalog)
-        return replace(
-            self.model.info(total),
-            shadow_scored=self._shadow.scored,
-            shadow_dropped=self._shadow.dropped,
-        )
+        return self.model.info(total, shadow=(self._shadow.scored, self._shadow.dropped))
 
     def upkeep(self) -> None:
         """Background work between requests: follow the registry's promoted model (every
@@ -234,17 +227,16 @@ class RankingPipeline:
 
     # -- ranking --------------------------------------------------------------------------
     def rank(self, q: RankQuery, deadline: Deadline = NO_DEADLINE) -> RankResult:
-        """The top-k candidates of a posting (`_rank`); shadow scoring waits while it runs."""
+        """The top-k candidates of a posting, scored by one model version from start to end.
+
+        The catalog's read lock is held only to search and to take references to the retrieved
+        candidates (immutable), then briefly to log the decision; features, scoring and TreeSHAP
+        run without it, so a writer never waits behind them (nor does shadow scoring wait).
+        """
         with self._shadow.ranking():
             return self._rank(q, deadline)
 
     def _rank(self, q: RankQuery, deadline: Deadline) -> RankResult:
-        """The top-k candidates of a posting, scored by one model version from start to end.
-
-        The catalog's read lock is held only to search and to take references to the
-        retrieved candidates (immutable), then again briefly to log the decision; features,
-        scoring and TreeSHAP run without it, so a writer never waits behind them.
-        """
         watch = Stopwatch()
         req = self._resolve(q, deadline)
         watch.lap("encode", ran=req.inline)
@@ -343,29 +335,8 @@ class RankingPipeline:
             # Submitted under the read lock: an erasure (which takes the write lock, then
             # flushes this log) then finds every decision naming its candidate already queued.
             self._decisions.submit(decision_of(req, hits, scored, order))
-            if self._erasures == hits.erasures_seen:
-                self._offer_shadow(req, hits, scored)
+            self._shadow.offer_ranking(req, hits, scored, self.model.challenger, self._erasures)
         return order
-
-    def _offer_shadow(self, req: RankRequest, hits: Retrieved, scored: Scored) -> None:
-        """Offer the ranking to the challenger, if any (never waits; dropped when busy)."""
-        challenger = self.model.challenger
-        if challenger is None or challenger.bundle.version == req.served.bundle.version:
-            return
-        self._shadow.offer(
-            shadow_job(
-                request_id=req.request_id,
-                posting=req.posting,
-                inline=req.inline,
-                cands=hits.cands,
-                fids=hits.fids,
-                sims=hits.sims,
-                champion_version=req.served.bundle.version,
-                champion_ranked=scored.ranked,
-                top_k=req.top_k,
-                challenger=challenger,
-            )
-        )
 
     # -- writes ---------------------------------------------------------------------------
     def _mark_index_dirty(self) -> None:

@@ -30,8 +30,10 @@ from datetime import UTC, datetime
 
 import numpy as np
 
+from ranker.config import Settings
 from ranker.model_slot import ServedModel
 from ranker.prepared import PreparedCandidate, PreparedPosting
+from ranker.ranking import RankRequest, Retrieved, Scored
 from ranker.rows import ShadowRanking
 from ranker.store import SqliteStore
 
@@ -87,6 +89,12 @@ class ShadowScorer:
         self._thread = threading.Thread(target=self._run, name="shadow-scoring", daemon=True)
         self._thread.start()
 
+    @classmethod
+    def from_settings(cls, store: SqliteStore, settings: Settings) -> ShadowScorer:
+        return cls(
+            store, settings.shadow_queue, settings.shadow_depth, settings.shadow_idle_ms / 1000
+        )
+
     def offer(self, job: ShadowJob) -> bool:
         """Queue `job` without waiting; False (and counted as dropped) when the queue is full."""
         try:
@@ -117,6 +125,39 @@ class ShadowScorer:
                 ):
                     return
             time.sleep(max(0.002, self.idle_seconds / 4))
+
+    def offer_ranking(
+        self,
+        req: RankRequest,
+        hits: Retrieved,
+        scored: Scored,
+        challenger: ServedModel | None,
+        erasures: int,
+    ) -> bool:
+        """Offer a served ranking to `challenger` (none, or the champion itself: nothing).
+
+        `erasures` is the pipeline's erasure count now: when an erasure ran since the search,
+        the retrieved set may name an erased candidate, so the ranking is not shadowed.
+        Called under the pipeline's read lock, so an erasure's `flush` finds the job queued.
+        """
+        if erasures != hits.erasures_seen:
+            return False
+        if challenger is None or challenger.bundle.version == req.served.bundle.version:
+            return False
+        return self.offer(
+            shadow_job(
+                request_id=req.request_id,
+                posting=req.posting,
+                inline=req.inline,
+                cands=hits.cands,
+                fids=hits.fids,
+                sims=hits.sims,
+                champion_version=req.served.bundle.version,
+                champion_ranked=scored.ranked,
+                top_k=req.top_k,
+                challenger=challenger,
+            )
+        )
 
     def flush(self) -> None:
         """Wait until every queued job is stored (an erasure waits so none names its victims)."""
