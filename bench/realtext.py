@@ -68,11 +68,17 @@ def run_suite(
         index_dir=None,
         demo_dir=None,
         metrics_port=0,
+        # Evaluate a trained version only: never the fallback ranker.
+        fallback="none",
     )
     pipeline = RankingPipeline.open(settings)
     try:
         if not pipeline.ready:
-            raise SystemExit(f"no model is promoted in {registry_src}: run `make prepare` first")
+            raise SystemExit(
+                f"no model is promoted in {registry_src}: run `make prepare` first; if its "
+                "version failed the promotion gates, see `ranker models list` and promote it "
+                "with `ranker models promote VERSION --force --reason TEXT`"
+            )
         _upsert(pipeline, suite.candidates, "candidates")
         _upsert(pipeline, suite.postings, "postings")
         evaluation = realtext.evaluate_suite(pipeline, suite, retrieve_n=retrieve_n)

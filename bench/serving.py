@@ -28,6 +28,7 @@ from bench._data import (
 )
 from bench._report import Summary, mib, ms, rate_ratio, ratio, table
 from bench._server import ServerProcess
+from ranker.config import Settings
 from ranker.domain import Posting
 from ranker.transport.convert import posting_to_pb
 from ranker.v1 import ranker_pb2 as pb
@@ -548,7 +549,184 @@ def report(base: BaseSet, sized: Sequence[SizeResult], cfg: ServingConfig) -> st
     return "\n".join(out) + "\n"
 
 
+# ---------------------------------------------------------------------------------------------
+# Shadow scoring: what a challenger costs the responses (ranker.shadow)
+
+TARGET_SHADOW_P50 = 1.10
+"""Shadow scoring may cost the champion's responses at most 10% at p50."""
+
+
+@dataclass(frozen=True)
+class ShadowConfig:
+    """Sizes and request counts of the shadow-cost measurement."""
+
+    sizes: tuple[int, ...] = (10_000,)
+    requests: int = 400
+    """Rankings by stored posting id per condition (with and without a challenger)."""
+    block: int = 50
+    """Rankings per turn; the challenger alias is set and cleared between turns."""
+    warmup: int = 20
+    top_k: int = 10
+    retrieve_n: int = 500
+    pauses_ms: tuple[float, ...] = (0.0, 50.0)
+    """Client pause between rankings: 0 = back to back (saturated: shadow work waits for idle
+    time and is dropped), 50 = a paced client (the shadow scores in the gaps)."""
+
+
+@dataclass(frozen=True)
+class ShadowCost:
+    """Client round trips with and without a challenger, and the shadow counters."""
+
+    n: int
+    pause_ms: float
+    without: np.ndarray
+    with_challenger: np.ndarray
+    scored: int
+    dropped: int
+
+
+def _set_challenger(
+    stub: pb_grpc.CandidateRankerStub, registry_dir: Path, version: str | None
+) -> None:
+    """Set (or clear) the challenger alias and wait until the service follows it."""
+    from ranker.registry import CHALLENGER, ModelRegistry
+
+    registry = ModelRegistry(registry_dir)
+    if version is None:
+        if CHALLENGER in registry.aliases():
+            registry.clear_alias(CHALLENGER, actor="bench", reason="shadow cost: off")
+    else:
+        registry.set_alias(CHALLENGER, version, actor="bench", reason="shadow cost: on")
+    give_up = time.monotonic() + 60
+    while stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10).challenger_version != (
+        version or ""
+    ):
+        if time.monotonic() > give_up:
+            raise RuntimeError("the bench server did not follow the challenger alias in 60 s")
+        time.sleep(0.05)
+
+
+def measure_shadow(
+    base: BaseSet, n: int, cfg: ShadowConfig, root: Path | None = None
+) -> list[ShadowCost]:
+    """Rank by stored posting id in alternating turns without and with a challenger set (a
+    second registered version, so every ranking is also scored in shadow)."""
+    import shutil
+
+    from ranker.registry import ModelRegistry
+
+    root = root if root is not None else bench_root()
+    data = build_candidate_set(base, n, root)
+    registry_dir = root / "registry-shadow"
+    if registry_dir.exists():
+        shutil.rmtree(registry_dir)
+    shutil.copytree(base.registry_dir, registry_dir, ignore=shutil.ignore_patterns(".lock"))
+    champion = ModelRegistry(registry_dir).current_version()
+    if champion is None:
+        raise RuntimeError(f"no promoted model in {base.registry_dir}")
+    # The challenger: the champion's files under a new version (the same cost to score).
+    challenger = f"v{int(champion[1:]) + 1000:04d}"
+    shutil.copytree(registry_dir / champion, registry_dir / challenger)
+    settings = Settings(
+        data_dir=data.data_dir,
+        registry_dir=registry_dir,
+        encoder_dir=base.encoder_dir,
+        model_poll_seconds=0.1,
+    )
+    cfg_serving = ServingConfig(top_k=cfg.top_k, retrieve_n=cfg.retrieve_n)
+    reqs = _requests(base, cfg_serving, "id", False)
+    out: list[ShadowCost] = []
+    with ServerProcess(settings, root / "logs" / f"serve-shadow-c{n}.log") as server:
+        stub = server.stub()
+        _service_block(stub, reqs, range(cfg.warmup), None, cfg_serving, n)
+        i = 0
+        for pause in cfg.pauses_ms:
+            before = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
+            timings: dict[bool, list[float]] = {False: [], True: []}
+            while len(timings[True]) < cfg.requests:
+                for on in (False, True):
+                    _set_challenger(stub, registry_dir, challenger if on else None)
+                    for _ in range(cfg.block):
+                        t0 = time.perf_counter()
+                        stub.RankCandidates(reqs[i % len(reqs)], timeout=60)
+                        timings[on].append((time.perf_counter() - t0) * 1000)
+                        i += 1
+                        time.sleep(pause / 1000)
+            after = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
+            out.append(
+                ShadowCost(
+                    n=n,
+                    pause_ms=pause,
+                    without=np.asarray(timings[False]),
+                    with_challenger=np.asarray(timings[True]),
+                    scored=int(after.shadow_scored - before.shadow_scored),
+                    dropped=int(after.shadow_dropped - before.shadow_dropped),
+                )
+            )
+        _set_challenger(stub, registry_dir, None)
+    return out
+
+
+def shadow_report(costs: Sequence[ShadowCost], cfg: ShadowConfig) -> str:
+    """The Markdown subsection on shadow scoring's cost."""
+    rows = []
+    for c in costs:
+        a, b = Summary.of(c.without), Summary.of(c.with_challenger)
+        p50 = b.p50 / a.p50 if a.p50 > 0 else float("nan")
+        rows.append(
+            [
+                f"{c.n:,}",
+                "back to back" if c.pause_ms == 0 else f"{c.pause_ms:g} ms apart",
+                ms(a.p50),
+                ms(a.p99),
+                ms(b.p50),
+                ms(b.p99),
+                f"{p50:.3f}",
+                f"{b.p99 / a.p99:.3f}" if a.p99 > 0 else "–",
+                f"{c.scored} / {c.dropped}",
+                "yes" if p50 < TARGET_SHADOW_P50 else "**no**",
+            ]
+        )
+    return "\n".join(
+        [
+            "### Shadow scoring",
+            "",
+            f"Rankings by stored posting id (top {cfg.top_k} of {cfg.retrieve_n}, no explain), "
+            f"{cfg.requests} per condition in turns of {cfg.block}: without a challenger, then "
+            "with the registry's `challenger` alias set to a second version (the same model "
+            "files, so scoring costs what a real challenger's does), so every ranking is also "
+            "rebuilt and scored by the challenger on the service's shadow thread "
+            "(`ranker/shadow.py`: bounded queue, dropped when full; a job starts only after "
+            "`RANKER_SHADOW_IDLE_MS` without a ranking in flight). Back to back, the service is "
+            "never idle, so the shadow sheds its work (dropped); 50 ms apart, it scores in the "
+            "gaps. The shadow counters are those of the rankings with the challenger set.",
+            "",
+            table(
+                [
+                    "candidates",
+                    "client",
+                    "without p50",
+                    "p99",
+                    "with challenger p50",
+                    "p99",
+                    "ratio p50",
+                    "ratio p99",
+                    "shadow scored / dropped",
+                    f"p50 ratio < {TARGET_SHADOW_P50:g}",
+                ],
+                rows,
+            ),
+        ]
+    )
+
+
+def run_shadow(cfg: ShadowConfig = ShadowConfig(), root: Path | None = None) -> str:  # noqa: B008
+    """Measure shadow scoring's cost at every size and return the Markdown subsection."""
+    base = base_set()
+    return shadow_report([c for n in cfg.sizes for c in measure_shadow(base, n, cfg, root)], cfg)
+
+
 def run(cfg: ServingConfig = ServingConfig()) -> str:  # noqa: B008
-    """Measure every size and return the Markdown section."""
+    """Measure every size and return the Markdown section (shadow scoring's cost last)."""
     base, sized = results(cfg)
-    return report(base, sized, cfg)
+    return report(base, sized, cfg) + "\n" + run_shadow() + "\n"

@@ -169,6 +169,20 @@ class ModelInfo:
     card: Mapping[str, object]
     loaded_at: datetime
     total_candidates: int
+    fallback: bool = False
+    """True when no trained version is promoted and the fallback ranker ranks."""
+    refused_version: str | None = None
+    """The version the registry points to that the service refused to load (still serving
+    `version`), with `refused_error` saying why."""
+    refused_error: str | None = None
+    challenger_version: str | None = None
+    """The registry's challenger, scored in shadow."""
+    refused_challenger: str | None = None
+    refused_challenger_error: str | None = None
+    shadow_scored: int = 0
+    """Rankings the challenger scored in shadow since the service started."""
+    shadow_dropped: int = 0
+    """Rankings not scored in shadow because its queue was full."""
 
 
 # ---------------------------------------------------------------------------------------------

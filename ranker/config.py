@@ -79,6 +79,43 @@ class Settings(EncoderSettings):
     demo_dir: Path | None = None
     """Generated demo data files; defaults to `<data_dir>/demo`."""
 
+    # -- model lifecycle: fallback ranker, aliases, shadow scoring, promotion gates ----------
+    fallback: Literal["hand_rule", "retrieval", "none"] = "hand_rule"
+    """What ranks while no trained version is promoted (`ranker.fallback`): `hand_rule` (the
+    transparent rule of thumb, served as `fallback-hand-rule`), `retrieval` (the search order,
+    `fallback-retrieval`), or `none` (the service is NOT_SERVING until a version is promoted)."""
+
+    actor: str | None = None
+    """Who registry changes are recorded as (promote, rollback, aliases) when `--actor` is not
+    given; default the OS user running the command."""
+
+    shadow_queue: int = Field(default=32, ge=1)
+    """Rankings waiting to be scored by the challenger in shadow; when full, more are dropped
+    (counted) rather than slowing responses."""
+
+    shadow_idle_ms: float = Field(default=20.0, ge=0)
+    """Shadow scoring runs only once no ranking has been in flight for this long (idle time),
+    so it never competes with responses for the CPU or the GIL; under sustained load rankings
+    are dropped from the shadow instead (see `ranker.shadow`)."""
+
+    shadow_depth: int = Field(default=20, ge=10, le=MAX_RETRIEVE_N)
+    """How many of each order (champion's and challenger's) a shadow record keeps."""
+
+    gate_min_postings: int = Field(default=30, ge=1)
+    """Promotion gate: held-out postings the pool-view evaluation must cover."""
+
+    gate_vs_service: Literal["not_worse", "beats"] = "not_worse"
+    """Promotion gate against the version in service on pool-view NDCG@10 (paired 95% CI of
+    new - in service): `not_worse` = the interval's upper bound is not below 0; `beats` = its
+    lower bound is above 0. The retrieval order must always be beaten (lower bound above 0)."""
+
+    gate_impact_floor: float = Field(default=0.8, gt=0, le=1)
+    """Promotion gate: no selection-rate impact ratio (pool view, top 10, sex and
+    race/ethnicity) significantly below this (its 95% interval wholly below it)."""
+
+    gate_impact_margin: float = Field(default=0.05, ge=0, le=1)
+    """Promotion gate: no impact ratio more than this below the version in service's."""
+
     @model_validator(mode="after")
     def _limits_agree(self) -> Self:
         """Refuse limits that contradict each other, naming the variables to fix."""

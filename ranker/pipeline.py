@@ -57,6 +57,7 @@ from ranker.ranking import (
     score_and_order,
 )
 from ranker.rows import CandidateRow, ErasureReceipt, PostingRow
+from ranker.shadow import ShadowScorer
 from ranker.store import SqliteStore
 
 if TYPE_CHECKING:
@@ -96,7 +97,7 @@ class RankingPipeline:
         self.encoder = encoder
         self.registry = registry
         self.metrics = metrics
-        self.model = ModelSlot(registry, metrics)
+        self.model = ModelSlot(registry, metrics, settings.fallback)
         self._lock = ReadWriteLock()
         self._write_mutex = threading.Lock()
         self._catalog = CandidateCatalog()
@@ -105,6 +106,7 @@ class RankingPipeline:
         self._index_dirty_at: float | None = None
         self._next_model_poll = 0.0
         self._decisions = DecisionLog(store, metrics, maxsize=10_000)
+        self._shadow = ShadowScorer.from_settings(store, settings)
         self.index = self._load_memory()
         self._update_gauges()
 
@@ -183,6 +185,7 @@ class RankingPipeline:
 
     def close(self) -> None:
         """Write pending decisions and the index, then close the store."""
+        self._shadow.close()
         self._decisions.close()
         try:
             self.save_index(force=True)
@@ -191,7 +194,7 @@ class RankingPipeline:
 
     @property
     def ready(self) -> bool:
-        """True when a model is in service (the index is loaded by construction)."""
+        """True when something ranks: a model, or the fallback ranker (`Settings.fallback`)."""
         return self.model.served is not None
 
     @property
@@ -202,7 +205,7 @@ class RankingPipeline:
         """The model in service; NotReady when there is none yet."""
         with self._lock.read():
             total = len(self._catalog)
-        return self.model.info(total)
+        return self.model.info(total, shadow=(self._shadow.scored, self._shadow.dropped))
 
     def upkeep(self) -> None:
         """Background work between requests: follow the registry's promoted model (every
@@ -226,10 +229,14 @@ class RankingPipeline:
     def rank(self, q: RankQuery, deadline: Deadline = NO_DEADLINE) -> RankResult:
         """The top-k candidates of a posting, scored by one model version from start to end.
 
-        The catalog's read lock is held only to search and to take references to the
-        retrieved candidates (immutable), then again briefly to log the decision; features,
-        scoring and TreeSHAP run without it, so a writer never waits behind them.
+        The catalog's read lock is held only to search and to take references to the retrieved
+        candidates (immutable), then briefly to log the decision; features, scoring and TreeSHAP
+        run without it, so a writer never waits behind them (nor does shadow scoring wait).
         """
+        with self._shadow.ranking():
+            return self._rank(q, deadline)
+
+    def _rank(self, q: RankQuery, deadline: Deadline) -> RankResult:
         watch = Stopwatch()
         req = self._resolve(q, deadline)
         watch.lap("encode", ran=req.inline)
@@ -328,6 +335,7 @@ class RankingPipeline:
             # Submitted under the read lock: an erasure (which takes the write lock, then
             # flushes this log) then finds every decision naming its candidate already queued.
             self._decisions.submit(decision_of(req, hits, scored, order))
+            self._shadow.offer_ranking(req, hits, scored, self.model.challenger, self._erasures)
         return order
 
     # -- writes ---------------------------------------------------------------------------
@@ -487,6 +495,7 @@ class RankingPipeline:
                     if fids:
                         self._erasures += 1
                 self._decisions.flush()
+                self._shadow.flush()
                 try:
                     receipt = self.store.delete_candidates(wanted)
                 except BaseException:

@@ -5,8 +5,15 @@ Layout under the registry root:
     v0001/  model.onnx  model.txt  lexicon.json  check.json  model_card.json  MODEL_CARD.md
             evaluations/20250301T093000.123456Z.json ...  (`ranker evaluate` results, appended)
     v0002/  ...
-    current.json   {"current": "v0002", "history": ["v0001", "v0002"], "events": [...]}
-    .lock          serialises writers (registering, promoting, rolling back)
+    current.json   {"current": "v0002", "history": ["v0001", "v0002"],
+                    "aliases": {"challenger": "v0003"}, "events": [...]}
+    .lock          serialises writers (registering, promoting, rolling back, aliases)
+
+Aliases name versions: `champion` is the version in service (`current`, moved by promote and
+rollback only); `challenger` is the one the service scores in shadow (`ranker.shadow`); any other
+name is free for the team's own use. Every change is an event with its time, actor and reason.
+`gates.json` in a version folder holds its promotion gate results (`training.gates`); promotion
+by the CLI requires them to have passed against the version in service, or `--force --reason`.
 
 A version folder is written under a temporary name and renamed into place, so a reader sees a
 whole version or none. `current.json` is replaced atomically (temp file + os.replace), so a reader
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
 import shutil
 import tempfile
@@ -48,7 +56,46 @@ CHECK_FILE = "check.json"
 CARD_FILE = "model_card.json"
 CARD_MD_FILE = "MODEL_CARD.md"
 EVALUATIONS_DIR = "evaluations"
+GATES_FILE = "gates.json"
 LOCK_FILE = ".lock"
+CHAMPION = "champion"
+"""The alias of the version in service (the pointer's `current`)."""
+CHALLENGER = "challenger"
+"""The alias of the version scored in shadow beside the champion."""
+
+_ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
+
+
+def os_user() -> str:
+    """The OS user running this process (by uid, not from the environment)."""
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return f"uid {os.getuid()}"
+
+
+def resolve_actor(flag: str | None, configured: str | None) -> str:
+    """Who a registry change is recorded as: `--actor`, else `Settings.actor`, else the OS user."""
+    for name in (flag, configured):
+        if name and name.strip():
+            return name.strip()
+    return os_user()
+
+
+@dataclass(frozen=True)
+class GateVerdict:
+    """Whether a version's stored gate results allow promoting it now, and if not why."""
+
+    version: str
+    report: dict[str, Any] | None
+    """`gates.json`, or None when the version has none."""
+    problem: str | None
+    """None when the gates passed against the version now in service."""
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
 
 _VERSION_RE = re.compile(r"^v(\d{4,})$")
 
@@ -161,7 +208,7 @@ class ModelRegistry:
     def _pointer(self) -> dict[str, Any]:
         path = self.root / POINTER_FILE
         if not path.is_file():
-            return {"current": None, "history": [], "events": []}
+            return {"current": None, "history": [], "aliases": {}, "events": []}
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
@@ -179,6 +226,52 @@ class ModelRegistry:
     def history(self) -> list[str]:
         """Promoted versions in order; the last one is in service."""
         return [str(v) for v in self._pointer().get("history", [])]
+
+    def aliases(self) -> dict[str, str]:
+        """Alias -> version: `champion` (in service, when any) and the named aliases."""
+        pointer = self._pointer()
+        out: dict[str, str] = {}
+        if pointer.get("current"):
+            out[CHAMPION] = str(pointer["current"])
+        out.update({str(k): str(v) for k, v in dict(pointer.get("aliases") or {}).items()})
+        return out
+
+    def events(self) -> list[dict[str, Any]]:
+        """Every pointer and alias change, oldest first (time, action, version, actor, reason)."""
+        return [dict(e) for e in self._pointer().get("events", [])]
+
+    def gates(self, version: str) -> dict[str, Any] | None:
+        """The version's stored promotion gate results (`gates.json`), or None."""
+        path = self.version_dir(version) / GATES_FILE
+        if not path.is_file():
+            return None
+        return dict(json.loads(path.read_text("utf-8")))
+
+    def gate_verdict(self, version: str, in_service: str | None) -> GateVerdict:
+        """May `version` be promoted now, by its stored gates? `in_service` is what serves now:
+        the champion, else the fallback's version name, else None."""
+        report = self.gates(version)
+        redo = f"re-check them: `ranker gates {version}`, or promote with --force --reason TEXT"
+        if report is None:
+            return GateVerdict(
+                version, None, f"{version} has no gate results ({GATES_FILE}); {redo}"
+            )
+        if report.get("in_service") != in_service:
+            return GateVerdict(
+                version,
+                report,
+                f"{version}'s gates were measured against {report.get('in_service') or 'nothing'} "
+                f"in service, now {in_service or 'nothing'} is; {redo}",
+            )
+        if not report.get("passed"):
+            failed = [g["gate"] for g in report.get("gates", []) if not g.get("passed")]
+            return GateVerdict(
+                version,
+                report,
+                f"{version} failed the gate(s) {', '.join(failed)}; promote it anyway only with "
+                "--force --reason TEXT",
+            )
+        return GateVerdict(version, report, None)
 
     def card(self, version: str) -> dict[str, Any]:
         """The version's model card (model_card.json)."""
@@ -234,6 +327,15 @@ class ModelRegistry:
         folder.mkdir(exist_ok=True)
         path = folder / f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S.%fZ')}.json"
         write_text_atomic(path, json.dumps(dict(result), indent=2) + "\n")
+        return path
+
+    def record_gates(self, version: str, report: Mapping[str, Any]) -> Path:
+        """Store `version`'s promotion gate results as `gates.json` (replacing earlier ones).
+
+        Outside the card's file digests, so re-checking the gates never invalidates the version.
+        """
+        path = self.version_dir(version) / GATES_FILE
+        write_text_atomic(path, json.dumps(dict(report), indent=2) + "\n")
         return path
 
     @contextmanager
@@ -301,28 +403,72 @@ class ModelRegistry:
                 raise
             return version
 
-    def _set_pointer(self, pointer: dict[str, Any], action: str, version: str) -> None:
+    def _set_pointer(
+        self,
+        pointer: dict[str, Any],
+        action: str,
+        version: str | None,
+        *,
+        actor: str | None,
+        reason: str | None,
+        **extra: Any,
+    ) -> None:
         history = list(pointer.get("history", []))
         events = list(pointer.get("events", []))
-        events.append({"at": datetime.now(UTC).isoformat(), "action": action, "version": version})
+        events.append(
+            {
+                "at": datetime.now(UTC).isoformat(),
+                "action": action,
+                "version": version,
+                "actor": actor or os_user(),
+                "reason": reason or "",
+                **extra,
+            }
+        )
         pointer = {
             "current": history[-1] if history else None,
             "history": history,
+            "aliases": dict(pointer.get("aliases") or {}),
             "events": events,
         }
         write_text_atomic(self.root / POINTER_FILE, json.dumps(pointer, indent=2) + "\n")
 
-    def promote(self, version: str) -> None:
-        """Put `version` in service after checking it loads and predicts (`ModelRejected` if not)."""
+    def promote(
+        self,
+        version: str,
+        *,
+        actor: str | None = None,
+        reason: str | None = None,
+        forced: bool = False,
+        gates: str | None = None,
+    ) -> None:
+        """Put `version` in service after checking it loads and predicts (`ModelRejected` if not).
+
+        Mechanism only: the promotion gates are the caller's policy (`gate_verdict`; the CLI
+        and `training.train` apply them). `forced` and `gates` ("passed", "failed", "not
+        checked") are recorded in the event with `actor` and `reason`. A promoted challenger
+        loses its challenger alias (it is the champion now).
+        """
         self.load(version).check()
         with self._locked():
             pointer = self._pointer()
             if pointer.get("current") == version:
                 return
             pointer["history"] = [*pointer.get("history", []), version]
-            self._set_pointer(pointer, "promote", version)
+            extra: dict[str, Any] = {"forced": forced}
+            if gates is not None:
+                extra["gates"] = gates
+            previous = pointer.get("current")
+            if previous:
+                extra["replaced"] = previous
+            aliases = dict(pointer.get("aliases") or {})
+            if aliases.get(CHALLENGER) == version:
+                del aliases[CHALLENGER]
+                extra["cleared_alias"] = CHALLENGER
+            pointer["aliases"] = aliases
+            self._set_pointer(pointer, "promote", version, actor=actor, reason=reason, **extra)
 
-    def rollback(self) -> str:
+    def rollback(self, *, actor: str | None = None, reason: str | None = None) -> str:
         """Put the previously promoted version back in service and return it."""
         with self._locked():
             pointer = self._pointer()
@@ -335,5 +481,62 @@ class ModelRegistry:
             previous = history[-2]
             self.load(previous).check()
             pointer["history"] = history[:-1]
-            self._set_pointer(pointer, "rollback", previous)
+            self._set_pointer(
+                pointer,
+                "rollback",
+                previous,
+                actor=actor,
+                reason=reason,
+                replaced=history[-1],
+            )
             return previous
+
+    def set_alias(
+        self, alias: str, version: str, *, actor: str | None = None, reason: str | None = None
+    ) -> None:
+        """Point `alias` at `version` (checked like a promotion); not `champion` (promote)."""
+        if alias == CHAMPION:
+            raise InvalidInput(
+                "the champion is the version in service; move it with `ranker models promote`"
+            )
+        if not _ALIAS_RE.match(alias):
+            raise InvalidInput(
+                f"{alias!r} is not an alias name; use lower-case letters, digits, - and _"
+            )
+        self.load(version).check()
+        with self._locked():
+            pointer = self._pointer()
+            if alias == CHALLENGER and pointer.get("current") == version:
+                raise InvalidInput(
+                    f"{version} is the champion (in service); a challenger must be another version"
+                )
+            aliases = dict(pointer.get("aliases") or {})
+            before = aliases.get(alias)
+            aliases[alias] = version
+            pointer["aliases"] = aliases
+            self._set_pointer(
+                pointer,
+                "set-alias",
+                version,
+                actor=actor,
+                reason=reason,
+                alias=alias,
+                replaced=before,
+            )
+
+    def clear_alias(
+        self, alias: str, *, actor: str | None = None, reason: str | None = None
+    ) -> str:
+        """Remove `alias`; returns the version it named (NotFound when it is not set)."""
+        with self._locked():
+            pointer = self._pointer()
+            aliases = dict(pointer.get("aliases") or {})
+            if alias not in aliases:
+                known = ", ".join(sorted(aliases)) or "none"
+                raise NotFound(f"no alias {alias!r} is set; set aliases: {known}")
+            version = str(aliases.pop(alias))
+            pointer["aliases"] = aliases
+            self._set_pointer(
+                pointer, "clear-alias", version, actor=actor, reason=reason, alias=alias
+            )
+            return version

@@ -70,3 +70,21 @@ class ErasureReceipt:
     not_found: tuple[str, ...]
     rows: dict[str, int]
     receipt_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ShadowRanking:
+    """One ranking scored in shadow: the champion's served order and the challenger's order of
+    the same retrieved candidates, each cut to its first `Settings.shadow_depth`."""
+
+    request_id: str
+    at: datetime
+    posting_id: str | None
+    """None for an inline posting."""
+    champion_version: str
+    challenger_version: str
+    top_k: int
+    """How many the champion returned to the caller."""
+    retrieved: int
+    champion_ids: tuple[str, ...]
+    challenger_ids: tuple[str, ...]

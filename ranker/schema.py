@@ -80,6 +80,25 @@ CREATE TABLE IF NOT EXISTS decision_items (
     PRIMARY KEY (request_id, rank)
 );
 CREATE INDEX IF NOT EXISTS decision_items_by_candidate ON decision_items (candidate_id);
+-- Shadow scoring (ranker.shadow): per ranking the champion's and the challenger's orders of the
+-- same retrieved candidates; items by role ('champion' | 'challenger'), erased like decisions.
+CREATE TABLE IF NOT EXISTS shadow_rankings (
+    request_id TEXT PRIMARY KEY,
+    at TEXT NOT NULL,
+    posting_id TEXT,
+    champion_version TEXT NOT NULL,
+    challenger_version TEXT NOT NULL,
+    top_k INTEGER NOT NULL,
+    retrieved INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS shadow_items (
+    request_id TEXT NOT NULL,
+    role TEXT NOT NULL,
+    rank INTEGER NOT NULL,
+    candidate_id TEXT NOT NULL,
+    PRIMARY KEY (request_id, role, rank)
+);
+CREATE INDEX IF NOT EXISTS shadow_items_by_candidate ON shadow_items (candidate_id);
 -- An erasure receipt proves a request was carried out without keeping the erased id itself:
 -- candidate_id_hmac is an HMAC-SHA256 of the id under a key kept outside the database.
 CREATE TABLE IF NOT EXISTS erasures (

@@ -18,7 +18,14 @@ import numpy as np
 
 from ranker.domain import Candidate, Outcome, Posting, RecordT, Stage, from_plain, to_plain
 from ranker.errors import InvalidInput, NotFound
-from ranker.rows import CandidateRow, CandidateVersion, Decision, ErasureReceipt, PostingRow
+from ranker.rows import (
+    CandidateRow,
+    CandidateVersion,
+    Decision,
+    ErasureReceipt,
+    PostingRow,
+    ShadowRanking,
+)
 from ranker.schema import SCHEMA, SCHEMA_VERSION
 
 _IN_LIMIT = 500
@@ -477,6 +484,73 @@ class SqliteStore:
         with self._lock:
             return int(self._conn.execute("SELECT COUNT(*) FROM decisions").fetchone()[0])
 
+    # -- shadow rankings (ranker.shadow) --------------------------------------------------
+    def log_shadow(self, records: Sequence[ShadowRanking]) -> None:
+        """Store shadow rankings in one transaction."""
+        heads = [
+            (
+                r.request_id,
+                _iso(r.at),
+                r.posting_id,
+                r.champion_version,
+                r.challenger_version,
+                r.top_k,
+                r.retrieved,
+            )
+            for r in records
+        ]
+        items = [
+            (r.request_id, role, rank, cid)
+            for r in records
+            for role, ids in (("champion", r.champion_ids), ("challenger", r.challenger_ids))
+            for rank, cid in enumerate(ids, 1)
+        ]
+        with self._tx() as tx:
+            tx.executemany(
+                "INSERT OR REPLACE INTO shadow_rankings (request_id, at, posting_id, "
+                "champion_version, challenger_version, top_k, retrieved) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                heads,
+            )
+            tx.executemany(
+                "INSERT OR REPLACE INTO shadow_items (request_id, role, rank, candidate_id) "
+                "VALUES (?, ?, ?, ?)",
+                items,
+            )
+
+    def shadow_rankings(self, challenger_version: str | None = None) -> list[ShadowRanking]:
+        """Logged shadow rankings, oldest first (only those of `challenger_version` if given)."""
+        where, args = "", []
+        if challenger_version is not None:
+            where, args = "WHERE challenger_version = ?", [challenger_version]
+        with self._lock:
+            heads = self._conn.execute(
+                "SELECT request_id, at, posting_id, champion_version, challenger_version, top_k, "
+                f"retrieved FROM shadow_rankings {where} ORDER BY at, request_id",
+                args,
+            ).fetchall()
+            items = self._conn.execute(
+                "SELECT request_id, role, candidate_id FROM shadow_items ORDER BY request_id, "
+                "role, rank"
+            ).fetchall()
+        orders: dict[tuple[str, str], list[str]] = {}
+        for rid, role, cid in items:
+            orders.setdefault((rid, role), []).append(cid)
+        return [
+            ShadowRanking(
+                request_id=h[0],
+                at=datetime.fromisoformat(h[1]),
+                posting_id=h[2],
+                champion_version=h[3],
+                challenger_version=h[4],
+                top_k=int(h[5]),
+                retrieved=int(h[6]),
+                champion_ids=tuple(orders.get((h[0], "champion"), ())),
+                challenger_ids=tuple(orders.get((h[0], "challenger"), ())),
+            )
+            for h in heads
+        ]
+
     # -- erasure --------------------------------------------------------------------------
     def delete_candidates(self, ids: Sequence[str]) -> ErasureReceipt:
         """Erase candidates: CV and its earlier versions, vectors, outcomes, protected attributes
@@ -493,6 +567,7 @@ class SqliteStore:
             "candidate_versions": 0,
             "outcomes": 0,
             "decision_items": 0,
+            "shadow_items": 0,
             "protected_attributes": 0,
         }
         receipt_ids: list[int] = []
@@ -510,6 +585,9 @@ class SqliteStore:
                     ).rowcount,
                     "decision_items": tx.execute(
                         "DELETE FROM decision_items WHERE candidate_id = ?", (cid,)
+                    ).rowcount,
+                    "shadow_items": tx.execute(
+                        "DELETE FROM shadow_items WHERE candidate_id = ?", (cid,)
                     ).rowcount,
                     "protected_attributes": tx.execute(
                         "DELETE FROM protected_attributes WHERE candidate_id = ?", (cid,)

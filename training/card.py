@@ -218,6 +218,29 @@ def evaluation_markdown(ev: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def gates_markdown(gates: Mapping[str, Any] | None) -> list[str]:
+    """The promotion gates section (`training.gates`), or nothing when none were checked."""
+    if not gates:
+        return []
+    verdict = "passed" if gates.get("passed") else "**failed**"
+    lines = [
+        "## Promotion gates",
+        "",
+        f"Checked {gates.get('checked_at', '?')} against "
+        f"{gates.get('in_service') or 'nothing'} in service: {verdict}. "
+        f"{gates.get('rule_note', '')}",
+        "",
+        "| gate | required | measured | result | detail |",
+        "|---|---|---|---|---|",
+    ]
+    for g in gates.get("gates", []):
+        lines.append(
+            f"| {g['gate']} | {g['required']} | {g['measured']} | "
+            f"{'pass' if g['passed'] else 'FAIL'} | {g.get('detail', '')} |"
+        )
+    return [*lines, ""]
+
+
 def render_markdown(card: Mapping[str, Any]) -> str:
     """MODEL_CARD.md: the same facts as model_card.json, for people."""
     data = card["data"]
@@ -264,6 +287,7 @@ def render_markdown(card: Mapping[str, Any]) -> str:
         "## Evaluation on held-out postings",
         "",
         *evaluation_markdown(card["evaluation"]),
+        *gates_markdown(card.get("gates")),
         "## Features (in model input order)",
         "",
         *(f"{i + 1}. `{name}`: {doc}" for i, (name, doc) in enumerate(card["features"].items())),

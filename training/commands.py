@@ -18,6 +18,7 @@ from training.audit_commands import audit
 
 if TYPE_CHECKING:  # imported lazily below: `ranker --help` should not load LightGBM and ONNX
     from ranker.registry import ModelRegistry
+    from training.gates import GatePolicy
 
 console = Console()
 
@@ -212,6 +213,52 @@ def _trained_on(registry: ModelRegistry, digest: str) -> str | None:
     return None
 
 
+MinPostingsOption = Annotated[
+    int | None,
+    typer.Option(min=1, help="Gate: held-out postings needed (default RANKER_GATE_MIN_POSTINGS)."),
+]
+VsServiceOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Gate against the version in service: not_worse or beats (default "
+        "RANKER_GATE_VS_SERVICE)."
+    ),
+]
+ImpactFloorOption = Annotated[
+    float | None,
+    typer.Option(min=0.01, max=1.0, help="Gate: impact ratio floor (default 0.8)."),
+]
+ImpactMarginOption = Annotated[
+    float | None,
+    typer.Option(min=0.0, max=1.0, help="Gate: largest impact ratio drop vs in service."),
+]
+
+
+def _gate_policy(
+    settings: Settings,
+    min_postings: int | None,
+    vs_service: str | None,
+    impact_floor: float | None,
+    impact_margin: float | None,
+) -> GatePolicy:
+    """`Settings.gate_*`, overridden by the command's flags."""
+    from training.gates import GatePolicy
+
+    overrides: dict[str, Any] = {
+        name: value
+        for name, value in (
+            ("gate_min_postings", min_postings),
+            ("gate_vs_service", vs_service),
+            ("gate_impact_floor", impact_floor),
+            ("gate_impact_margin", impact_margin),
+        )
+        if value is not None
+    }
+    if vs_service is not None and vs_service not in ("not_worse", "beats"):
+        fail(f"--vs-service must be not_worse or beats, got {vs_service!r}")
+    return GatePolicy.from_settings(settings.model_copy(update=overrides))
+
+
 def train(
     seed: Annotated[int, typer.Option(help="LightGBM seed.")] = 7,
     promote: Annotated[
@@ -229,13 +276,32 @@ def train(
             "(promoting it instead if nothing is in service).",
         ),
     ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Promote even if the gates fail (needs --reason).")
+    ] = False,
+    reason: Annotated[
+        str | None, typer.Option(help="Why (recorded in the registry history).")
+    ] = None,
+    actor: Annotated[
+        str | None, typer.Option(help="Who (default: RANKER_ACTOR, else the OS user).")
+    ] = None,
+    min_postings: MinPostingsOption = None,
+    vs_service: VsServiceOption = None,
+    impact_floor: ImpactFloorOption = None,
+    impact_margin: ImpactMarginOption = None,
 ) -> None:
-    """Train a ranker on the store's outcomes, evaluate it, register it (and maybe promote it)."""
-    from ranker.registry import ModelRegistry
+    """Train a ranker on the store's outcomes, evaluate it, check the promotion gates, register
+    it, and promote it when asked (or nothing is in service) and the gates pass."""
+    from ranker.commands.models import gate_table, in_service_name
+    from ranker.registry import ModelRegistry, resolve_actor
     from training.evaluate import data_digest
     from training.train import TrainConfig, train_and_register
 
     settings = Settings()
+    if force and not (reason and reason.strip()):
+        fail("--force needs --reason TEXT: the history records why the gates were overridden")
+    policy = _gate_policy(settings, min_postings, vs_service, impact_floor, impact_margin)
+    who = resolve_actor(actor, settings.actor)
     registry = ModelRegistry(settings.resolved_registry_dir, settings.ort_session)
     candidates, postings, outcomes, protected, versions = _load_store(settings)
     current = registry.current_version()
@@ -256,7 +322,21 @@ def train(
             return
         if done is not None and (promote or (promote is None and current is None)):
             try:
-                registry.promote(done)
+                verdict = registry.gate_verdict(done, in_service_name(registry, settings))
+                if verdict.report is not None:
+                    console.print(gate_table(verdict.report))
+                if not verdict.ok and not force:
+                    console.print(
+                        f"{done} was trained on this data; not promoted: {verdict.problem}"
+                    )
+                    return
+                registry.promote(
+                    done,
+                    actor=who,
+                    reason=reason or "passed the promotion gates",
+                    forced=not verdict.ok,
+                    gates="passed" if verdict.ok else "failed",
+                )
             except RankerError as e:
                 fail(str(e))
             console.print(f"{done} was trained on this data; promoted it (was {current or 'none'})")
@@ -279,11 +359,16 @@ def train(
             protected=protected or None,
             settings=settings,
             versions=versions,
+            gate_policy=policy,
+            force_reason=reason if force else None,
+            actor=who,
         )
     except RankerError as e:
         fail(str(e))
     card = result.card
     print_evaluation(card["evaluation"])
+    if result.gates is not None:
+        console.print(gate_table(result.gates))
     split = card["data"]["split"]
     console.print(
         f"trained {result.version} in {time.perf_counter() - started:.1f}s: "
@@ -292,8 +377,18 @@ def train(
         f"train/valid/test postings, ONNX parity {card['parity']['max_abs_diff']:.1e}"
     )
     where = registry.version_dir(str(result.version))
+    gates_passed = result.gates is not None and result.gates.get("passed")
     if result.promoted:
-        console.print(f"promoted {result.version} ({where}); a running service picks it up")
+        how = "" if gates_passed else f" [yellow]overriding the gates (--force: {reason})[/yellow]"
+        console.print(f"promoted {result.version} ({where}){how}; a running service picks it up")
+    elif not gates_passed and (promote or (promote is None and current is None)):
+        failed = [g["gate"] for g in (result.gates or {}).get("gates", []) if not g["passed"]]
+        console.print(
+            f"registered {result.version} ({where}), [red]not promoted[/red]: it failed the "
+            f"promotion gate(s) {', '.join(failed)} (table above); in service: "
+            f"{in_service_name(registry, settings) or 'nothing'}. Override only with "
+            f"`ranker models promote {result.version} --force --reason TEXT`"
+        )
     else:
         console.print(
             f"registered {result.version} ({where}), not promoted; "
@@ -343,9 +438,77 @@ def evaluate(
     console.print(f"stored in {path}")
 
 
+def gates(
+    version: Annotated[str, typer.Argument(help="Version whose gates to check.")],
+    min_postings: MinPostingsOption = None,
+    vs_service: VsServiceOption = None,
+    impact_floor: ImpactFloorOption = None,
+    impact_margin: ImpactMarginOption = None,
+) -> None:
+    """Check a version's promotion gates against what is in service now; store gates.json.
+
+    Exits 2 when a gate fails. Use it when the version in service changed since the version was
+    trained (`ranker models promote` then refuses its stale gate results).
+    """
+    from ranker.commands.models import gate_table
+    from ranker.registry import ModelRegistry
+    from training.dataset import prepare_all
+    from training.evaluate import compare_versions
+    from training.gates import check_gates, in_service_of
+
+    settings = Settings()
+    policy = _gate_policy(settings, min_postings, vs_service, impact_floor, impact_margin)
+    registry = ModelRegistry(settings.resolved_registry_dir, settings.ort_session)
+    candidates, postings, outcomes, protected, _ = _load_store(settings)
+    try:
+        bundle = registry.load(version)
+        bundle.check()
+        current = registry.current_version()
+        if current == version:
+            fail(f"{version} is in service; gates compare a version with the one in service")
+        in_service = registry.load(current) if current is not None else None
+        comparison = compare_versions(
+            [bundle] if in_service is None else [bundle, in_service],
+            candidates,
+            postings,
+            outcomes,
+            settings,
+        )
+        prepared_c, prepared_p = prepare_all(candidates, postings)
+        report = check_gates(
+            evaluation=comparison.evaluation,
+            parity_diff=float(bundle.card.get("parity", {}).get("max_abs_diff", 0.0)),
+            model=bundle,
+            in_service=in_service_of(
+                comparison.evaluation,
+                in_service,
+                None if current is None else comparison.left_out.get(current),
+                settings.fallback,
+            ),
+            candidates=prepared_c,
+            postings=prepared_p,
+            protected=protected or None,
+            settings=settings,
+            policy=policy,
+        ).as_dict()
+        report["version"] = version
+        path = registry.record_gates(version, report)
+    except RankerError as e:
+        fail(str(e))
+    console.print(gate_table(report))
+    console.print(f"stored in {path}")
+    if not report["passed"]:
+        raise typer.Exit(code=2)
+
+
 def register(app: typer.Typer) -> None:
-    """Add the training commands to the `ranker` CLI."""
+    """Add the training commands to the `ranker` CLI (and `ranker models compare`)."""
+    from ranker.commands.models import models_app
+    from training.shadow_commands import compare
+
     app.command("demo-data")(demo_data)
     app.command()(train)
     app.command()(evaluate)
+    app.command()(gates)
     app.command()(audit)
+    models_app.command()(compare)

@@ -35,6 +35,7 @@ import numpy as np
 from ranker.config import Settings
 from ranker.domain import Outcome
 from ranker.errors import InvalidInput, RankerError
+from ranker.fallback import HAND_RULE, hand_rule
 from ranker.features import FeatureBuilder
 from ranker.index import FaissIndex, Storage
 from ranker.prepared import PreparedCandidate, PreparedPosting
@@ -64,22 +65,8 @@ VIEWS = (APPLICANT_VIEW, POOL_VIEW)
 
 RETRIEVAL = "retrieval"
 HAND_RULE_NAME = "hand_rule"
-HAND_RULE: dict[str, float] = {
-    "required_coverage": 3.0,
-    "location_fit": 1.0,
-    "meets_min_years": 1.0,
-    "dense_cosine": 0.5,
-}
-"""A recruiter's rule of thumb, weights fixed a priori (never fitted to any data):
-
-- required skills are the first screen, so covering all of them (3) outweighs location and
-  experience together (1 + 1): a candidate missing a third of the required skills loses as much
-  as one in the wrong place;
-- location fit (1 same place or remote, 0.5 relocating, 0 otherwise) and meeting the minimum
-  years (1 or 0; `1 - under_min_years`) are pass/fail checks of equal weight;
-- dense cosine (typically 0.2..0.8) at 0.5 only orders candidates equal on the checks: its whole
-  range is worth less than one check.
-"""
+# The hand rule lives in `ranker.fallback`: the service ranks with it before any version is
+# promoted, so the baseline every version is compared with is exactly that fallback.
 FEATURE_BASELINES = ("dense_cosine", "bm25", "required_coverage")
 """Single-feature baselines: rank by the column, higher first."""
 BASELINES: dict[str, str] = {
@@ -146,18 +133,6 @@ def _column(x: np.ndarray, names: Sequence[str], name: str) -> np.ndarray:
             f"the baselines need the feature {name!r}, which the model's features "
             f"{list(names)} lack; update training.evaluate's baselines to the new features"
         ) from None
-
-
-def hand_rule(x: np.ndarray, names: Sequence[str]) -> np.ndarray:
-    """`HAND_RULE`'s score of each feature row."""
-    score = np.zeros(len(x), dtype=np.float64)
-    for name, weight in HAND_RULE.items():
-        if name == "meets_min_years":
-            col = 1.0 - _column(x, names, "under_min_years")
-        else:
-            col = _column(x, names, name)
-        score += weight * col
-    return score
 
 
 def baseline_scores(x: np.ndarray, names: Sequence[str], sims: np.ndarray) -> dict[str, np.ndarray]:

@@ -58,6 +58,7 @@ from training.evaluate import (
     held_out_start,
 )
 from training.export import check_parity, to_onnx
+from training.gates import GatePolicy, check_gates, in_service_of
 from training.labels import STAGE_LABEL
 
 log = logging.getLogger(__name__)
@@ -198,6 +199,8 @@ class TrainResult:
     card: dict[str, Any]
     version: str | None
     promoted: bool
+    gates: dict[str, Any] | None = None
+    """The promotion gate results (`training.gates`), as stored in `gates.json`."""
 
 
 def fit_booster(sets: Mapping[str, RankingSet], config: TrainConfig) -> tuple[lgb.Booster, str]:
@@ -281,10 +284,13 @@ def train_model(
     settings: Settings | None = None,
     in_service: ModelBundle | None = None,
     versions: Sequence[CandidateVersionLike] = (),
+    gate_policy: GatePolicy | None = None,
 ) -> TrainResult:
-    """Train, export to ONNX and check parity, evaluate; nothing is written anywhere.
+    """Train, export to ONNX and check parity, evaluate, check the promotion gates; nothing is
+    written anywhere.
 
-    `in_service`: the version in service, to compare with on postings held out from both.
+    `in_service`: the version in service, to compare with on postings held out from both (None:
+    nothing is promoted, so the gates compare with the fallback ranker, `Settings.fallback`).
     `versions`: earlier candidate records (`SqliteStore.candidate_versions`); each training row
     is built from the record in force when the candidate applied (`candidates_as_of`).
     """
@@ -364,6 +370,22 @@ def train_model(
         },
         fairness=_fairness(test, test_scores, protected) if protected and len(test.y) else None,
     )
+    # -- promotion gates (training.gates): stored in the card and, once registered, gates.json
+    in_service_info = held_out.get("in_service") or {}
+    gates = check_gates(
+        evaluation=evaluation,
+        parity_diff=diff,
+        model=trained,
+        in_service=in_service_of(
+            evaluation, in_service, in_service_info.get("reason"), settings.fallback
+        ),
+        candidates=prepared_c,
+        postings=prepared_p,
+        protected=protected,
+        settings=settings,
+        policy=gate_policy,
+    ).as_dict()
+    card["gates"] = gates
     return TrainResult(
         booster=booster,
         booster_text=text,
@@ -376,13 +398,21 @@ def train_model(
         card=card,
         version=None,
         promoted=False,
+        gates=gates,
     )
 
 
 def register_result(
-    result: TrainResult, registry: ModelRegistry, promote: bool | None = None
+    result: TrainResult,
+    registry: ModelRegistry,
+    promote: bool | None = None,
+    *,
+    force_reason: str | None = None,
+    actor: str | None = None,
 ) -> TrainResult:
-    """Register the trained model; promote it if `promote`, or if None and nothing is in service."""
+    """Register the trained model and store its gate results (`gates.json`); promote it if
+    `promote`, or if None and nothing is in service, and only when its gates passed, unless
+    `force_reason` overrides them (recorded with `actor` in the registry history)."""
     version = registry.register(
         onnx_model=result.onnx_model,
         booster_text=result.booster_text,
@@ -392,10 +422,31 @@ def register_result(
         card=result.card,
         render_card=render_markdown,
     )
-    do_promote = promote if promote is not None else registry.current_version() is None
+    gates = dict(result.gates) if result.gates is not None else None
+    if gates is not None:
+        gates["version"] = version
+        registry.record_gates(version, gates)
+    wanted = promote if promote is not None else registry.current_version() is None
+    passed = gates is not None and bool(gates.get("passed"))
+    do_promote = wanted and (passed or bool(force_reason))
     if do_promote:
-        registry.promote(version)
-    return replace(result, card=registry.card(version), version=version, promoted=do_promote)
+        registry.promote(
+            version,
+            actor=actor,
+            reason=force_reason if not passed else (force_reason or "passed the promotion gates"),
+            forced=not passed,
+            gates="passed" if passed else ("failed" if gates is not None else "not checked"),
+        )
+    elif wanted:
+        failed = [g["gate"] for g in (gates or {}).get("gates", []) if not g.get("passed")]
+        log.warning(
+            "registered %s, not promoted: it failed the promotion gate(s) %s",
+            version,
+            ", ".join(failed) or "(no gate results)",
+        )
+    return replace(
+        result, card=registry.card(version), version=version, promoted=do_promote, gates=gates
+    )
 
 
 def train_and_register(
@@ -409,8 +460,12 @@ def train_and_register(
     protected: Mapping[str, Mapping[str, str]] | None = None,
     settings: Settings | None = None,
     versions: Sequence[CandidateVersionLike] = (),
+    gate_policy: GatePolicy | None = None,
+    force_reason: str | None = None,
+    actor: str | None = None,
 ) -> TrainResult:
-    """`train_model` (compared with the version in service, if any), then `register_result`."""
+    """`train_model` (compared with the version in service, if any), then `register_result`
+    (promotion only through the gates, or forced with a reason)."""
     in_service: ModelBundle | None = None
     current = registry.current_version()
     if current is not None:
@@ -427,5 +482,6 @@ def train_and_register(
         settings=settings,
         in_service=in_service,
         versions=versions,
+        gate_policy=gate_policy,
     )
-    return register_result(result, registry, promote)
+    return register_result(result, registry, promote, force_reason=force_reason, actor=actor)

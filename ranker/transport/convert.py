@@ -288,6 +288,15 @@ def model_info_to_pb(info: ModelInfo) -> pb.GetModelInfoResponse:
         card_json=json.dumps(info.card, sort_keys=True, default=str),
         loaded_at=timestamp(info.loaded_at),
         total_candidates=info.total_candidates,
+        # Model lifecycle (fallback, refused versions, shadow): empty strings mean none.
+        fallback=info.fallback,
+        refused_version=info.refused_version or "",
+        refused_error=info.refused_error or "",
+        challenger_version=info.challenger_version or "",
+        refused_challenger=info.refused_challenger or "",
+        refused_challenger_error=info.refused_challenger_error or "",
+        shadow_scored=info.shadow_scored,
+        shadow_dropped=info.shadow_dropped,
     )
 
 

@@ -67,14 +67,16 @@ def _rank_all(h: ServerHandle, posting_id: str) -> pb.RankCandidatesResponse:
     return h.stub.RankCandidates(pb.RankCandidatesRequest(posting_id=posting_id, top_k=1000))
 
 
-def test_not_serving_until_a_model_is_promoted(
+def test_not_serving_until_a_model_is_promoted_when_the_fallback_is_off(
     start_server: StartServer,
     trained_registry: ModelRegistry,
     tmp_path: Path,
     serving_demo: DemoData,
 ) -> None:
     empty = tmp_path / "registry"
-    h = start_server(registry_dir=empty)
+    # RANKER_FALLBACK=none keeps the service NOT_SERVING until a version is promoted (the
+    # default serves the fallback ranker instead: tests/ranker/test_model_lifecycle.py).
+    h = start_server(registry_dir=empty, fallback="none")
     assert h.health_status() == NOT_SERVING
     for call, req in (
         (h.stub.RankCandidates, pb.RankCandidatesRequest(posting_id="P0001")),

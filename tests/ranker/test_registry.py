@@ -289,3 +289,56 @@ def test_writers_hold_a_lock_other_processes_see(tmp_path: Path) -> None:
     with other:  # released with the block
         pass
     assert (tmp_path / "reg" / LOCK_FILE).is_file()  # kept, so every writer locks one inode
+
+
+def test_aliases_and_history_record_actor_and_reason(
+    registry_path: Path, trained_model: tuple[ModelRegistry, TrainResult]
+) -> None:
+    registry = ModelRegistry(registry_path)
+    v1 = registry.current_version()
+    assert v1 is not None
+    v2 = _register(registry, trained_model[1])
+    registry.set_alias("challenger", v2, actor="ana", reason="try the retrain")
+    assert registry.aliases() == {"champion": v1, "challenger": v2}
+    event = registry.events()[-1]
+    assert (event["action"], event["alias"], event["version"]) == ("set-alias", "challenger", v2)
+    assert event["actor"] == "ana" and event["reason"] == "try the retrain" and event["at"]
+    with pytest.raises(InvalidInput, match="champion"):
+        registry.set_alias("challenger", v1)
+    with pytest.raises(InvalidInput, match="ranker models promote"):
+        registry.set_alias("champion", v2)
+    # Promoting the challenger makes it the champion and clears the alias, in one event.
+    registry.promote(v2, actor="bo", reason="won in shadow")
+    assert registry.aliases() == {"champion": v2}
+    event = registry.events()[-1]
+    assert event["actor"] == "bo" and event["cleared_alias"] == "challenger"
+    assert event["replaced"] == v1 and event["forced"] is False
+    assert registry.rollback(actor="cy", reason="complaints") == v1
+    event = registry.events()[-1]
+    assert (event["action"], event["actor"], event["reason"]) == ("rollback", "cy", "complaints")
+    with pytest.raises(NotFound, match="no alias"):
+        registry.clear_alias("challenger")
+
+
+def test_gate_verdict_needs_passed_gates_measured_against_what_serves(
+    registry_path: Path, trained_model: tuple[ModelRegistry, TrainResult]
+) -> None:
+    registry = ModelRegistry(registry_path)
+    v1 = registry.current_version()
+    v2 = _register(registry, trained_model[1])
+    verdict = registry.gate_verdict(v2, v1)
+    assert not verdict.ok and "ranker gates" in str(verdict.problem)
+    gates = [
+        {"gate": "beats_retrieval", "passed": True},
+        {"gate": "vs_in_service", "passed": False},
+    ]
+    registry.record_gates(v2, {"passed": False, "in_service": v1, "gates": gates})
+    verdict = registry.gate_verdict(v2, v1)
+    assert not verdict.ok and "vs_in_service" in str(verdict.problem)
+    assert "beats_retrieval" not in str(verdict.problem)
+    registry.record_gates(v2, {"passed": True, "in_service": v1, "gates": gates[:1]})
+    assert registry.gate_verdict(v2, v1).ok
+    stale = registry.gate_verdict(v2, "v0009")
+    assert not stale.ok and f"measured against {v1}" in str(stale.problem)
+    # gates.json is outside the file digests: the version still loads and checks.
+    registry.load(v2).check()

@@ -11,7 +11,7 @@ import pytest
 
 from ranker.domain import Candidate, Outcome, Posting, Stage
 from ranker.errors import InvalidInput
-from ranker.rows import CandidateRow, Decision, PostingRow
+from ranker.rows import CandidateRow, Decision, PostingRow, ShadowRanking
 from ranker.store import SqliteStore
 
 DIM = 8
@@ -128,6 +128,21 @@ def test_erasure_removes_every_trace_and_keeps_a_receipt(store: SqliteStore) -> 
             )
         ]
     )
+    store.log_shadow(
+        [
+            ShadowRanking(
+                request_id="r1",
+                at=datetime.now(UTC),
+                posting_id="p1",
+                champion_version="v1",
+                challenger_version="v2",
+                top_k=2,
+                retrieved=2,
+                champion_ids=("c1", "c2"),
+                challenger_ids=("c2", "c1"),
+            )
+        ]
+    )
     receipt = store.delete_candidates(["c1", "ghost"])
     assert receipt.erased == ("c1",) and receipt.not_found == ("ghost",)
     assert receipt.rows == {
@@ -135,12 +150,15 @@ def test_erasure_removes_every_trace_and_keeps_a_receipt(store: SqliteStore) -> 
         "candidate_versions": 1,
         "outcomes": 1,
         "decision_items": 1,
+        "shadow_items": 2,
         "protected_attributes": 1,
     }
     assert store.get_candidates(["c1"]) == []
     assert store.candidate_versions(["c1"]) == []
     assert store.list_outcomes() == []
     assert store.get_decision("r1").candidate_ids == ("c2",)
+    (shadow,) = store.shadow_rankings()
+    assert shadow.champion_ids == ("c2",) and shadow.challenger_ids == ("c2",)
     assert store.protected_attributes("sex") == {}
     receipts = store.erasure_receipts("c1")
     assert len(receipts) == 1 and receipts[0]["rows"]["candidates"] == 1

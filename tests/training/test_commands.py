@@ -46,6 +46,7 @@ def test_train_evaluate_and_manage_models(
     monkeypatch.setenv("RANKER_DATA_DIR", str(tmp_path))
     # Wide enough that no table cell wraps (a version name split over two lines would not match).
     monkeypatch.setattr(commands, "console", Console(width=250))
+    monkeypatch.setattr(models, "console", Console(width=250))
     result = runner.invoke(_app(), ["train"])
     assert result.exit_code == 1 and "ranker ingest" in result.output
 
@@ -55,33 +56,55 @@ def test_train_evaluate_and_manage_models(
     store.record_outcomes(demo_data.data.outcomes)
     store.close()
 
+    # 2 held-out postings: the promotion gates refuse it; it is registered, not promoted.
     text = _run("train", "--seed", "3")
-    assert "dense_cosine" in text and "promoted v0001" in text
+    assert "registered v0001" in text and "not promoted" in text
+    assert "held_out_postings" in text and "short by 28" in text and "FAIL" in text
+    registry = ModelRegistry(tmp_path / "registry")
+    assert registry.current_version() is None
+    assert registry.gates("v0001") is not None
+    failed = runner.invoke(_app(), ["train", "--seed", "3", "--force"])
+    assert failed.exit_code == 1 and "--reason" in failed.output
+    text = _run("train", "--seed", "3", "--force", "--reason", "demo", "--actor", "ana")
+    assert "dense_cosine" in text and "promoted v0002" in text and "overriding the gates" in text
+    assert registry.events()[-1]["actor"] == "ana" and registry.events()[-1]["forced"]
     assert "Applicant view" in text and "Pool view" in text and "hand_rule" in text
     assert "not relevant" in text and "paired differences" in text
     assert "trained on this data; skipping" in _run("train", "--if-missing")
-    assert "registered v0002" in _run("train", "--no-promote", "--seed", "4")
-    registry = ModelRegistry(tmp_path / "registry")
-    assert registry.current_version() == "v0001"
+    assert "registered v0003" in _run("train", "--no-promote", "--seed", "4")
+    assert registry.current_version() == "v0002"
+    # Gates of v0003 were measured against v0002 in service; one fails (two postings).
+    v3_gates = registry.gates("v0003")
+    assert v3_gates is not None and v3_gates["in_service"] == "v0002"
+    vs = next(g for g in v3_gates["gates"] if g["gate"] == "vs_in_service")
+    assert "v0002" in vs["required"]
 
-    listing = _run("models", "list")
-    assert "v0001" in listing and "v0002" in listing and "in service: v0001" in listing
-    assert "in service: v0002" in _run("models", "promote", "v0002")
-    assert "v0002 (in service)" not in _run("evaluate")
-    table = _run("evaluate", "v0001")
-    assert "v0001" in table and "v0002 (in service)" in table and "bm25" in table
-    assert "Pool view" in table and "v0001 - v0002 (in service)" in table
-    assert "v0001 - retrieval" in table and "no significant difference" in table
+    listing = _run("models", "list", "--no-server")
+    assert "v0001" in listing and "v0003" in listing and "in service: v0002" in listing
+    assert "champion" in listing and "forced" in listing and "ana" in listing
+    refused = runner.invoke(_app(), ["models", "promote", "v0003", "--no-wait"])
+    assert refused.exit_code == 1 and "not promoted" in refused.output
+    promoted = _run("models", "promote", "v0003", "--force", "--reason", "r", "--no-wait")
+    assert "in service: v0003" in promoted
+    assert "v0003 (in service)" not in _run("evaluate")
+    table = _run("evaluate", "v0002")
+    assert "v0002" in table and "v0003 (in service)" in table and "bm25" in table
+    assert "Pool view" in table and "v0002 - v0003 (in service)" in table
+    assert "v0002 - retrieval" in table and "no significant difference" in table
     # Each evaluation is stored beside the version evaluated.
-    (stored,) = registry.evaluations("v0001")
-    assert stored["version"] == "v0001" and stored["compared_with"] == ["v0002"]
+    (stored,) = registry.evaluations("v0002")
+    assert stored["version"] == "v0002" and stored["compared_with"] == ["v0003"]
     for view in ("applicants", "pool"):
         rankers = set(stored["views"][view]["metrics"])
-        assert {"v0001", "v0002 (in service)", "retrieval", "hand_rule", "dense_cosine"} <= rankers
-        assert "v0001 - v0002 (in service)" in stored["views"][view]["differences"]
+        assert {"v0002", "v0003 (in service)", "retrieval", "hand_rule", "dense_cosine"} <= rankers
+        assert "v0002 - v0003 (in service)" in stored["views"][view]["differences"]
     assert stored["postings"] >= 1 and len(stored["data_sha256"]) == 64
-    assert "in service v0001" in _run("models", "rollback")
-    assert "Model card: candidate ranker v0002" in _run("models", "show", "v0002")
+    # `ranker gates` re-measures against what is in service now and stores the result.
+    regated = runner.invoke(_app(), ["gates", "v0002"], terminal_width=200)
+    assert regated.exit_code == 2 and "against v0003" in regated.output
+    assert (registry.gates("v0002") or {})["in_service"] == "v0003"
+    assert "in service v0002" in _run("models", "rollback", "--no-wait")
+    assert "Model card: candidate ranker v0003" in _run("models", "show", "v0003")
     failed = runner.invoke(_app(), ["models", "promote", "v0009"])
     assert failed.exit_code == 1 and "v0009 is not in" in failed.output
 
@@ -98,7 +121,8 @@ def test_train_if_missing_registers_once_per_data(
     store.close()
     registry = ModelRegistry(tmp_path / "registry")
 
-    assert "promoted v0001" in _run("train", "--if-missing")
+    force = ("--force", "--reason", "test data")
+    assert "promoted v0001" in _run("train", "--if-missing", *force)
     # New data while v0001 is in service: one new version, then it waits for promotion.
     store = SqliteStore(tmp_path / "ranker.db")
     store.record_outcomes(outcomes[-1:])
@@ -111,6 +135,8 @@ def test_train_if_missing_registers_once_per_data(
     assert registry.versions() == ["v0001", "v0002"]
     assert registry.current_version() == "v0001"
     # Asked to promote, it promotes the matching version instead of training a third.
-    assert "promoted it (was v0001)" in _run("train", "--if-missing", "--promote")
+    refused = _run("train", "--if-missing", "--promote")
+    assert "not promoted" in refused and registry.current_version() == "v0001"
+    assert "promoted it (was v0001)" in _run("train", "--if-missing", "--promote", *force)
     assert registry.current_version() == "v0002" and registry.versions() == ["v0001", "v0002"]
     assert "in service was trained on this data; skipping" in _run("train", "--if-missing")

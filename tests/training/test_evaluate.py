@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from ranker.domain import Candidate, Posting
+from ranker.fallback import HAND_RULE, hand_rule
 from ranker.features import FEATURE_NAMES, FeatureBuilder
 from ranker.lexicon import Lexicon
 from ranker.prepared import PreparedCandidate, prepare_candidate, prepare_posting
@@ -20,12 +21,10 @@ from training.card import render_markdown
 from training.evaluate import (
     APPLICANT_VIEW,
     BASELINES,
-    HAND_RULE,
     POOL_VIEW,
     Evaluation,
     compare_versions,
     evaluate_postings,
-    hand_rule,
     held_out_start,
 )
 from training.labels import as_utc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -65,14 +66,35 @@ def test_model_ranks_better_than_chance(trained_model: tuple[ModelRegistry, Trai
 
 def test_promotion_rules(tmp_path: Path, trained_model: tuple[ModelRegistry, TrainResult]) -> None:
     _, result = trained_model
+    assert result.gates is not None and not result.gates["passed"]  # 2 held-out postings
     registry = ModelRegistry(tmp_path / "reg")
-    first = register_result(result, registry)  # nothing in service: promoted
-    assert first.promoted and registry.current_version() == first.version
-    second = register_result(result, registry)  # something in service: registered only
-    assert not second.promoted and registry.current_version() == first.version
+    # Nothing in service: it would be promoted, but the gates refuse it; it is registered.
+    first = register_result(result, registry)
+    assert not first.promoted and registry.current_version() is None
+    stored = registry.gates(str(first.version))
+    assert stored is not None and stored["version"] == first.version and not stored["passed"]
+    held = next(g for g in stored["gates"] if g["gate"] == "held_out_postings")
+    assert not held["passed"] and held["detail"] == "short by 28"
+    assert first.card["gates"]["passed"] is False  # the model card holds them too
+    # Forced, with a reason: promoted, and the history says who, why, and that it was forced.
+    forced = register_result(result, registry, force_reason="pilot on small data", actor="ana")
+    assert forced.promoted and registry.current_version() == forced.version
+    event = registry.events()[-1]
+    assert event["action"] == "promote" and event["version"] == forced.version
+    assert event["actor"] == "ana" and event["reason"] == "pilot on small data"
+    assert event["forced"] is True and event["gates"] == "failed"
+    # Something in service: registered only; asked to promote, still refused by the gates.
+    second = register_result(result, registry)
+    assert not second.promoted and registry.current_version() == forced.version
     third = register_result(result, registry, promote=True)
-    assert third.promoted and registry.current_version() == third.version
-    assert third.card["version"] == third.version
+    assert not third.promoted and registry.current_version() == forced.version
+    # Gates that passed (against what is in service) promote without force.
+    passing = replace(result, gates={**(result.gates or {}), "passed": True})
+    fourth = register_result(passing, registry, promote=True, actor="bo")
+    assert fourth.promoted and registry.current_version() == fourth.version
+    assert registry.events()[-1]["forced"] is False
+    assert registry.events()[-1]["reason"] == "passed the promotion gates"
+    assert fourth.card["version"] == fourth.version
 
 
 def test_training_needs_outcomes_beyond_applied(demo_data: EncodedDemo) -> None:
