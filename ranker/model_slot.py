@@ -89,7 +89,11 @@ class ModelSlot:
             ) from e
         served = ServedModel(
             bundle=bundle,
-            explainer=TreeExplainer(bundle.booster_path, bundle.feature_names),
+            explainer=TreeExplainer(
+                bundle.booster_path,
+                bundle.feature_names,
+                blend=(bundle.scorer.column, bundle.scorer.weight),
+            ),
             loaded_at=datetime.now(UTC),
         )
         # One reference assignment: a request that already took the old bundle finishes on it.

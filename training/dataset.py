@@ -1,7 +1,9 @@
 """Learning-to-rank datasets from stored rows: a time split by posting, labels, feature matrices.
 
 One query group per posting: its applicants, with graded labels (`training.labels`) and the
-features of `ranker.features` (the same code serving runs). Postings are split by `created_at`:
+features of `ranker.features` (the same code serving runs), built as serving would build them
+for the posting: against the reference set serving would retrieve for it from the whole pool, and
+with the pool's BM25 statistics (`training.pool.Pool`). Postings are split by `created_at`:
 the oldest train, the next validate (early stopping), the newest test. Each split only sees the
 stage events that happened before the next split starts, so no posting and no outcome crosses a
 split boundary.
@@ -25,6 +27,7 @@ from ranker.errors import InvalidInput
 from ranker.features import FEATURE_NAMES, FeatureBuilder
 from ranker.prepared import PreparedCandidate, PreparedPosting, prepare_candidate, prepare_posting
 from training.labels import as_utc, labels_from_outcomes
+from training.pool import Pool
 
 SPLITS = ("train", "valid", "test")
 
@@ -169,11 +172,8 @@ def split_postings(
 def training_candidates(
     candidates: Mapping[str, PreparedCandidate], outcomes: Iterable[Outcome], split: TimeSplit
 ) -> list[PreparedCandidate]:
-    """Candidates who applied to a training posting before validation starts (sorted by id).
-
-    The lexicon is fitted on these only, so no statistic of validation or test applicants' CVs
-    reaches the model through BM25's idf.
-    """
+    """Candidates who applied to a training posting before validation starts (sorted by id):
+    training needs some (the BM25 lexicon is the whole pool's, as serving's live one is)."""
     train = set(split.train)
     ids = {
         o.candidate_id
@@ -213,8 +213,14 @@ def build_set(
     postings: Sequence[PreparedPosting],
     candidates: Mapping[str, PreparedCandidate],
     labels: Mapping[tuple[str, str], int],
+    pool: Pool,
+    retrieve_n: int,
 ) -> RankingSet:
-    """Features and labels of the labelled applicants of `postings` (unknown candidates skipped)."""
+    """Features and labels of the labelled applicants of `postings` (unknown candidates skipped).
+
+    Each row is the one serving would build for the applicant when retrieved: relative to the
+    `retrieve_n` candidates `pool` retrieves for the posting, BM25 on the pool's lexicon.
+    """
     by_posting: dict[str, list[tuple[str, int]]] = defaultdict(list)
     for (pid, cid), label in labels.items():
         if cid in candidates:
@@ -228,7 +234,9 @@ def build_set(
         pairs = sorted(by_posting.get(p.id, []))
         if len(pairs) < 2:
             continue  # one applicant ranks nothing
-        xs.append(builder.build(p, [candidates[cid] for cid, _ in pairs]))
+        reference = pool.reference(builder, p, retrieve_n)
+        rows = [candidates[cid] for cid, _ in pairs]
+        xs.append(builder.build(p, rows, reference, lexicon=pool.lexicon))
         ys += [label for _, label in pairs]
         group.append(len(pairs))
         pids.append(p.id)
@@ -269,8 +277,11 @@ def make_datasets(
     postings: Mapping[str, PreparedPosting],
     outcomes: Sequence[Outcome],
     split: TimeSplit | None = None,
+    *,
+    pool: Pool,
+    retrieve_n: int,
 ) -> Datasets:
-    """The time split (unless given) and the three ranking sets."""
+    """The time split (unless given) and the three ranking sets (rows as `build_set` says)."""
     if split is None:
         split = split_postings(postings, outcomes)
     sets: dict[str, RankingSet] = {}
@@ -280,7 +291,9 @@ def make_datasets(
         labels = labels_from_outcomes(
             (o for o in outcomes if o.posting_id in mine), before=split.cutoff(name)
         )
-        sets[name] = build_set(builder, [postings[pid] for pid in ids], candidates, labels)
+        sets[name] = build_set(
+            builder, [postings[pid] for pid in ids], candidates, labels, pool, retrieve_n
+        )
     return Datasets(split=split, sets=sets)
 
 
