@@ -1,14 +1,16 @@
 """The straightforward stack a user would write in an afternoon, in-process: the bench's baseline.
 
 sentence-transformers encodes an inline posting; a flat FAISS `IndexFlatIP` searches the CV
-vectors; the same `ranker.features.FeatureBuilder` builds the features; LightGBM's native
-`Booster.predict` scores them; TreeSHAP (`pred_contrib`) and `fit_summary` give reasons. Each
+vectors; the same `ranker.features.FeatureBuilder` builds the features (BM25 on the loaded
+pool's statistics, as the service's live lexicon); LightGBM's native `Booster.predict` plus the
+card's blend term scores them; TreeSHAP (`pred_contrib`) and `fit_summary` give reasons. Each
 library runs with its defaults, as such code would. Candidates are prepared once at load, as the
 service does, so the comparison is about the serving path and not about caching.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -25,9 +27,9 @@ from ranker.config import Settings
 from ranker.domain import Posting
 from ranker.explain import fit_summary
 from ranker.features import FeatureBuilder
-from ranker.lexicon import Lexicon
+from ranker.lexicon import Lexicon, LiveLexicon
 from ranker.prepared import PreparedCandidate, PreparedPosting, posting_text, prepare_posting
-from ranker.registry import BOOSTER_FILE, LEXICON_FILE, ModelRegistry
+from ranker.registry import BOOSTER_FILE, CARD_FILE, LEXICON_FILE, ModelRegistry
 
 
 @cache
@@ -89,7 +91,12 @@ class StraightforwardStack:
         self.index.add(vectors)
         folder = model_dir(base)
         self.builder = FeatureBuilder(Lexicon.from_json((folder / LEXICON_FILE).read_text()))
+        self.lexicon = LiveLexicon()
+        self.lexicon.add(self.candidates)
         self.booster = lgb.Booster(model_file=str(folder / BOOSTER_FILE))
+        card = json.loads((folder / CARD_FILE).read_text())
+        blend = card.get("blend") or {"feature": card["feature_names"][0], "weight": 0.0}
+        self.blend = (card["feature_names"].index(blend["feature"]), float(blend["weight"]))
         self.postings: dict[str, PreparedPosting] = {
             r.posting.id: prepare_posting(r.posting, r.vector) for r in base.postings
         }
@@ -119,9 +126,10 @@ class StraightforwardStack:
         _, found = self.index.search(prepared.vector[None, :], retrieve_n)
         cands: list[PreparedCandidate] = [self.candidates[i] for i in found[0] if i >= 0]
         t_ret = time.perf_counter()
-        x = self.builder.build(prepared, cands)
+        x = self.builder.build(prepared, cands, lexicon=self.lexicon)
         t_feat = time.perf_counter()
-        scores = np.asarray(self.booster.predict(x, num_threads=threads))
+        column, weight = self.blend
+        scores = np.asarray(self.booster.predict(x, num_threads=threads)) + weight * x[:, column]
         order = np.argsort(-scores, kind="stable")[:top_k]
         t_score = time.perf_counter()
         if explain:

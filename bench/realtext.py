@@ -150,6 +150,9 @@ def render(
             f"- Data: `{source}` (PyPI), file `Occupation Data.txt` (O*NET 29.2)",
             f"- Model evaluated: version `{ev.model_version}` (created {card.get('created_at', '?')}, "
             f"code {card.get('code_version', '?')})",
+            f"- Served score: the model's plus {card.get('blend', {}).get('weight', 0):g} x "
+            f"`{card.get('blend', {}).get('feature', 'dense_cosine_z')}` (the card's blend, "
+            "chosen on the demo's validation postings, never on this suite)",
             f"- Run time: {seconds:.0f} s (encode, upsert and rank everything)",
             "",
             "## Attribution",

@@ -1,4 +1,4 @@
-"""The searchable candidates in memory: prepared features and filter columns, by slot."""
+"""The searchable candidates in memory: prepared features, filter columns and BM25 statistics."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ranker.lexicon import LiveLexicon
 from ranker.prepared import PreparedCandidate
 from ranker.text import phrase_key
 
@@ -25,8 +26,9 @@ class CandidateCatalog:
     candidates); the result is the array of allowed FAISS ids handed to the search. Erased
     slots are reused. Skills are an inverted index (skill -> int32 array of the slots holding
     it), so memory follows the (candidate, skill) pairs held now, not every skill ever seen;
-    a skill's entry, like a location's code, goes when its last holder does. Not thread-safe:
-    the pipeline's lock guards it.
+    a skill's entry, like a location's code, goes when its last holder does. `lexicon` holds
+    the BM25 statistics of the candidates held, changed with every put and removal. Not
+    thread-safe: the pipeline's lock guards it.
     """
 
     def __init__(self, capacity: int = 1024) -> None:
@@ -48,6 +50,8 @@ class CandidateCatalog:
         self._slot_by_id: dict[str, int] = {}
         self._slot_by_fid: dict[int, int] = {}
         self._free: list[int] = []
+        self.lexicon = LiveLexicon()
+        """Document frequencies and lengths of the candidates held now (BM25 at serving)."""
 
     def __len__(self) -> int:
         return len(self._slot_by_id)
@@ -119,15 +123,21 @@ class CandidateCatalog:
         # Net change per (skill, slot): +1 gained, -1 lost. Netting lets an erased slot be
         # reused within the batch, and the batch then costs one pass per skill touched.
         delta: dict[str, dict[int, int]] = {}
-        created = [self._put(fid, pc, delta) for fid, pc in items]
+        replaced: list[PreparedCandidate] = []
+        created = [self._put(fid, pc, delta, replaced) for fid, pc in items]
         self._apply(delta)
+        # Added before the replaced are taken away: no count goes below zero on the way.
+        self.lexicon.add([pc for _, pc in items])
+        self.lexicon.remove(replaced)
         return created
 
     def remove_many(self, candidate_ids: Sequence[str]) -> list[int | None]:
         """Forget candidates; each one's FAISS id, or None when it was not here."""
         delta: dict[str, dict[int, int]] = {}
-        fids = [self._remove(cid, delta) for cid in candidate_ids]
+        removed: list[PreparedCandidate] = []
+        fids = [self._remove(cid, delta, removed) for cid in candidate_ids]
         self._apply(delta)
+        self.lexicon.remove(removed)
         return fids
 
     @staticmethod
@@ -137,7 +147,13 @@ class CandidateCatalog:
             per = delta.setdefault(s, {})
             per[slot] = per.get(slot, 0) + d
 
-    def _put(self, fid: int, pc: PreparedCandidate, delta: dict[str, dict[int, int]]) -> bool:
+    def _put(
+        self,
+        fid: int,
+        pc: PreparedCandidate,
+        delta: dict[str, dict[int, int]],
+        replaced: list[PreparedCandidate],
+    ) -> bool:
         slot = self._slot_by_id.get(pc.id)
         created = slot is None
         if slot is None:
@@ -152,6 +168,7 @@ class CandidateCatalog:
         else:
             old = self._prepared[slot]
             if old is not None:
+                replaced.append(old)
                 self._note(delta, old.candidate.skills, slot, -1)
                 self._loc_release(int(self._loc[slot]), old.candidate.location)
             self._slot_by_fid.pop(int(self._fid[slot]), None)
@@ -168,12 +185,15 @@ class CandidateCatalog:
         self._slot_by_fid[fid] = slot
         return created
 
-    def _remove(self, candidate_id: str, delta: dict[str, dict[int, int]]) -> int | None:
+    def _remove(
+        self, candidate_id: str, delta: dict[str, dict[int, int]], removed: list[PreparedCandidate]
+    ) -> int | None:
         slot = self._slot_by_id.pop(candidate_id, None)
         if slot is None:
             return None
         pc = self._prepared[slot]
         if pc is not None:
+            removed.append(pc)
             self._note(delta, pc.candidate.skills, slot, -1)
             self._loc_release(int(self._loc[slot]), pc.candidate.location)
         fid = int(self._fid[slot])

@@ -179,10 +179,19 @@ class TreeExplainer:
     should not pay for it up front.
     """
 
-    def __init__(self, booster_path: Path, feature_names: Sequence[str], n_top: int = 3) -> None:
+    def __init__(
+        self,
+        booster_path: Path,
+        feature_names: Sequence[str],
+        n_top: int = 3,
+        blend: tuple[int, float] | None = None,
+    ) -> None:
         self.booster_path = Path(booster_path)
         self.feature_names = tuple(feature_names)
         self.n_top = n_top
+        self.blend = blend
+        """(column, weight) of the served score's blend term (`ranker.scorer.BlendedScorer`):
+        it is that feature's own contribution, so it is added to it."""
         self._booster: lgb.Booster | None = None
         self._lock = threading.Lock()
 
@@ -201,7 +210,11 @@ class TreeExplainer:
         contrib = self._load().predict(
             np.asarray(x, dtype=np.float64), pred_contrib=True, num_threads=1
         )
-        return np.asarray(contrib, dtype=np.float32)[:, : len(self.feature_names)]
+        out = np.asarray(contrib, dtype=np.float32)[:, : len(self.feature_names)]
+        if self.blend is not None and self.blend[1]:
+            column, weight = self.blend
+            out[:, column] += np.float32(weight) * np.asarray(x, dtype=np.float32)[:, column]
+        return out
 
     def explain(
         self, posting: Posting, candidates: Sequence[PreparedCandidate], x: np.ndarray

@@ -9,7 +9,16 @@ differ.
 
 Text, skills and locations are compared as `ranker.text` normalises them (`phrase_key`), so
 "Zürich", "ZURICH" and "zurich" are one place and "Node.js" one skill; BM25 reads the corpus
-statistics of `ranker.lexicon.Lexicon`.
+statistics it is given (`ranker.lexicon`): the live pool's when serving, the training pool's in
+training.
+
+Query-relative similarity. Absolute cosine and BM25 levels depend on the corpus, the encoder and
+the posting's wording, so a model fitted to one corpus's levels transfers badly. Each similarity
+in `RELATIVE_TO` therefore also comes relative to the posting's *reference set*: the candidates
+the service retrieved for it (the top `retrieve_n` of the pool by cosine, after filters). Serving
+builds features for exactly that set, so by default the reference set is the candidates passed
+in; training passes the `ReferenceStats` of the set serving would have retrieved for the posting,
+so an applicant's row is the row the service would build for them when retrieved.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ranker.lexicon import Lexicon
+from ranker.lexicon import TermStatistics
 from ranker.prepared import N_SCALARS, PreparedCandidate, PreparedPosting, Scalar
 
 
@@ -49,6 +58,25 @@ def _location_fit(v: float) -> str:
     if v >= 0.75:
         return "a location fit"
     return "a location fit through relocation" if v >= 0.25 else "no location fit"
+
+
+def _z_words(what: str) -> Callable[[float], str]:
+    def words(v: float) -> str:
+        if abs(v) < 0.05:
+            return f"{what} at the average of the candidates retrieved for the job"
+        side = "above" if v > 0 else "below"
+        return f"{what} {abs(v):.1f} standard deviations {side} the retrieved candidates' average"
+
+    return words
+
+
+def _gap_words(what: str, scale: Callable[[float], str]) -> Callable[[float], str]:
+    def words(v: float) -> str:
+        if v <= 0:
+            return f"the best {what} of the candidates retrieved for the job"
+        return f"{what} {scale(v)} below the best retrieved candidate's"
+
+    return words
 
 
 def _seniority_gap(v: float) -> str:
@@ -186,6 +214,38 @@ FEATURES: tuple[FeatureSpec, ...] = (
         "log(1 + number of words in the CV): a proxy of its detail.",
         lambda v: f"a CV of about {round(math.expm1(v))} words",
     ),
+    FeatureSpec(
+        "dense_cosine_z",
+        "dense_cosine relative to the posting's reference set (the candidates retrieved for it): "
+        "(value - the set's mean) / the set's standard deviation (floored at STD_FLOOR).",
+        _z_words("CV similarity"),
+    ),
+    FeatureSpec(
+        "dense_cosine_gap",
+        "The best dense_cosine in the posting's reference set minus this candidate's (0 for the "
+        "best).",
+        _gap_words("CV similarity", lambda v: f"{v:.2f}"),
+    ),
+    FeatureSpec(
+        "chunk_max_cosine_z",
+        "chunk_max_cosine relative to the reference set: (value - mean) / standard deviation.",
+        _z_words("best-matching CV section similarity"),
+    ),
+    FeatureSpec(
+        "chunk_max_cosine_gap",
+        "The best chunk_max_cosine in the reference set minus this candidate's.",
+        _gap_words("best-matching CV section similarity", lambda v: f"{v:.2f}"),
+    ),
+    FeatureSpec(
+        "bm25_z",
+        "bm25 relative to the reference set: (value - mean) / standard deviation.",
+        _z_words("keyword match"),
+    ),
+    FeatureSpec(
+        "bm25_gap",
+        "The best bm25 in the reference set minus this candidate's.",
+        _gap_words("keyword match", lambda v: f"{v:.0%}"),
+    ),
 )
 """Every feature, in column order, with its meaning and its wording."""
 
@@ -194,12 +254,78 @@ FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 
 FEATURES_BY_NAME: dict[str, FeatureSpec] = {f.name: f for f in FEATURES}
 
-FEATURES_VERSION = 3
+FEATURES_VERSION = 4
 """Bump whenever a feature's computation changes while its name stays (tokenizer, redaction,
 clipping ...): a model trained on other semantics is then refused instead of served quietly.
-3: a record keeps one skill per `phrase_key` (so a posting's embedded text lists each once)."""
+3: a record keeps one skill per `phrase_key` (so a posting's embedded text lists each once).
+4: BM25 reads the live pool's statistics (terms in fewer than 3 CVs score as unseen); the
+query-relative similarity columns."""
 
-_COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
+RELATIVE_TO: tuple[str, ...] = ("dense_cosine", "chunk_max_cosine", "bm25")
+"""Similarities that also come relative to the posting's reference set (`ReferenceStats`)."""
+STD_FLOOR = 0.01
+"""Least standard deviation a z-score divides by: the similarities live on 0..1 scales, and a
+reference set whose values (nearly) all agree must not blow small differences up."""
+
+# Every column the builder computes, in FEATURE_NAMES order first: the similarities in
+# RELATIVE_TO are computed (the reference statistics need them) even where no model reads them.
+_COMPUTED: tuple[str, ...] = FEATURE_NAMES + tuple(n for n in RELATIVE_TO if n not in FEATURE_NAMES)
+_COL = {name: i for i, name in enumerate(_COMPUTED)}
+_RAW = [_COL[n] for n in RELATIVE_TO]
+
+
+@dataclass(frozen=True)
+class ReferenceStats:
+    """Mean, standard deviation and best value of each `RELATIVE_TO` similarity over a posting's
+    reference set: the candidates retrieved for it."""
+
+    n: int
+    """Candidates in the reference set."""
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    """Population standard deviation, floored at `STD_FLOOR`."""
+    best: tuple[float, ...]
+
+    @classmethod
+    def of(cls, raw: np.ndarray) -> ReferenceStats:
+        """The statistics of `raw` ((n, len(RELATIVE_TO)) similarities, one row per candidate).
+
+        Each column is sorted before summing (float64), so the same set gives the same bits in
+        any order: a training row and a served row then agree exactly.
+        """
+        values = np.sort(np.asarray(raw, dtype=np.float64), axis=0)
+        if len(values) == 0:
+            zeros = (0.0,) * len(RELATIVE_TO)
+            return cls(0, zeros, (STD_FLOOR,) * len(RELATIVE_TO), zeros)
+        mean = values.mean(axis=0)
+        std = np.sqrt(((values - mean) ** 2).mean(axis=0))
+        return cls(
+            n=len(values),
+            mean=tuple(mean.tolist()),
+            std=tuple(np.maximum(std, STD_FLOOR).tolist()),
+            best=tuple(values[-1].tolist()),
+        )
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON form (the decision log records it, so a logged row can be rebuilt)."""
+        return {
+            "n": self.n,
+            **{
+                name: {"mean": self.mean[i], "std": self.std[i], "best": self.best[i]}
+                for i, name in enumerate(RELATIVE_TO)
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> ReferenceStats:
+        cols = [d[name] for name in RELATIVE_TO]
+        return cls(
+            n=int(d["n"]),  # type: ignore[call-overload]
+            mean=tuple(float(c["mean"]) for c in cols),  # type: ignore[index]
+            std=tuple(float(c["std"]) for c in cols),  # type: ignore[index]
+            best=tuple(float(c["best"]) for c in cols),  # type: ignore[index]
+        )
+
 
 # Buckets of the per-thread term lookup table (2**20 int32 = 4 MiB per thread).
 _LUT_MASK = (1 << 20) - 1
@@ -243,18 +369,77 @@ def _match_terms(query: np.ndarray, all_hashes: np.ndarray) -> tuple[np.ndarray,
 
 
 class FeatureBuilder:
-    """Builds the feature matrix of one posting against many prepared candidates."""
+    """Builds the feature matrix of one posting against many prepared candidates.
 
-    def __init__(self, lexicon: Lexicon) -> None:
+    `lexicon` is the BM25 statistics used when a call names none: a version's builder holds the
+    training pool's (`lexicon.json`); serving passes the live pool's to every call.
+    """
+
+    def __init__(self, lexicon: TermStatistics) -> None:
         self.lexicon = lexicon
         self.feature_names = FEATURE_NAMES
 
     def build(
-        self, posting: PreparedPosting, candidates: Sequence[PreparedCandidate]
+        self,
+        posting: PreparedPosting,
+        candidates: Sequence[PreparedCandidate],
+        reference: ReferenceStats | None = None,
+        *,
+        lexicon: TermStatistics | None = None,
     ) -> np.ndarray:
-        """(len(candidates), len(FEATURE_NAMES)) float32, columns in `FEATURE_NAMES` order."""
+        """(len(candidates), len(FEATURE_NAMES)) float32, columns in `FEATURE_NAMES` order.
+
+        `reference`: the statistics of the posting's reference set; None when `candidates` are
+        that set (serving: they are what was retrieved). `lexicon`: BM25 statistics, by default
+        the builder's own.
+        """
+        return self.build_with_reference(posting, candidates, reference, lexicon=lexicon)[0]
+
+    def reference(
+        self,
+        posting: PreparedPosting,
+        candidates: Sequence[PreparedCandidate],
+        *,
+        lexicon: TermStatistics | None = None,
+    ) -> ReferenceStats:
+        """The `ReferenceStats` of `candidates` as the posting's reference set."""
+        return ReferenceStats.of(self._absolute(posting, candidates, lexicon)[:, _RAW])
+
+    def build_with_reference(
+        self,
+        posting: PreparedPosting,
+        candidates: Sequence[PreparedCandidate],
+        reference: ReferenceStats | None = None,
+        *,
+        lexicon: TermStatistics | None = None,
+    ) -> tuple[np.ndarray, ReferenceStats]:
+        """`build`, and the reference statistics its relative columns used."""
+        x = self._absolute(posting, candidates, lexicon)
+        raw = x[:, _RAW]
+        ref = reference if reference is not None else ReferenceStats.of(raw)
+        if len(x):
+            mean, std, best = np.asarray(ref.mean), np.asarray(ref.std), np.asarray(ref.best)
+            values = raw.astype(np.float64)
+            z = (values - mean) / std
+            gap = best - values
+            for i, name in enumerate(RELATIVE_TO):
+                if f"{name}_z" in _COL:
+                    x[:, _COL[f"{name}_z"]] = z[:, i]
+                if f"{name}_gap" in _COL:
+                    x[:, _COL[f"{name}_gap"]] = gap[:, i]
+        if len(_COMPUTED) > len(FEATURE_NAMES):
+            x = np.ascontiguousarray(x[:, : len(FEATURE_NAMES)])
+        return x, ref
+
+    def _absolute(
+        self,
+        posting: PreparedPosting,
+        candidates: Sequence[PreparedCandidate],
+        lexicon: TermStatistics | None,
+    ) -> np.ndarray:
+        """Every computed column (`_COMPUTED`) but the relative ones, which stay 0."""
         n = len(candidates)
-        x = np.zeros((n, len(FEATURE_NAMES)), dtype=np.float32)
+        x = np.zeros((n, len(_COMPUTED)), dtype=np.float32)
         if n == 0:
             return x
         p = posting.posting
@@ -280,7 +465,7 @@ class FeatureBuilder:
         sims[starts] = -np.inf  # the doc rows take no part in the chunk maximum
         x[:, _COL["chunk_max_cosine"]] = np.maximum.reduceat(sims, starts)
 
-        self._lexical(posting, np.concatenate(hash_list), flat_num, num, x)
+        self._lexical(posting, lexicon or self.lexicon, np.concatenate(hash_list), flat_num, num, x)
 
         # Structured skills and title words, as hashes: membership tests over all candidates at
         # once, positions within each candidate's `tags` telling skills from title words.
@@ -335,6 +520,7 @@ class FeatureBuilder:
     def _lexical(
         self,
         posting: PreparedPosting,
+        lexicon: TermStatistics,
         all_hashes: np.ndarray,
         flat_num: np.ndarray,
         num: np.ndarray,
@@ -351,9 +537,9 @@ class FeatureBuilder:
         # in the concatenated `numbers`, and at (terms before i) + j in `all_hashes`.
         tf = flat_num[idx + N_SCALARS * (rows + 1)]
 
-        idf = self.lexicon.idf_of_hashes(posting.term_hashes.tolist())
-        k1, b = self.lexicon.k1, self.lexicon.b
-        norm = k1 * (1.0 - b + b * num[rows, Scalar.DOC_LEN] / self.lexicon.avgdl)
+        idf = lexicon.idf_of_hashes(posting.term_hashes.tolist())
+        k1, b = lexicon.k1, lexicon.b
+        norm = k1 * (1.0 - b + b * num[rows, Scalar.DOC_LEN] / lexicon.avgdl)
         contrib = idf[pos] * tf * (k1 + 1.0) / (tf + norm)
         for name, mask in (("bm25", posting.in_text), ("bm25_required", posting.in_required)):
             bound = float(idf[mask].sum()) * (k1 + 1.0)

@@ -189,7 +189,11 @@ class ModelSlot:
             ) from e
         return ServedModel(
             bundle=bundle,
-            explainer=TreeExplainer(bundle.booster_path, bundle.feature_names),
+            explainer=TreeExplainer(
+                bundle.booster_path,
+                bundle.feature_names,
+                blend=(bundle.scorer.column, bundle.scorer.weight),
+            ),
             loaded_at=datetime.now(UTC),
         )
 

@@ -51,6 +51,7 @@ from ranker.ranking import (
     Retrieved,
     Scored,
     Stopwatch,
+    build_features,
     decision_of,
     explain_rows,
     result_of,
@@ -244,9 +245,9 @@ class RankingPipeline:
         hits = self._retrieve(req)
         watch.lap("retrieve")
         deadline.check("feature building")
-        x = req.served.bundle.builder.build(req.posting, hits.cands)
+        x, reference = build_features(req, hits)
         watch.lap("features")
-        scored = score_and_order(req, hits, x)
+        scored = score_and_order(req, hits, x, reference)
         watch.lap("score")
         explained: dict[int, Explanation] = {}
         if q.explain and len(scored.ranked):
@@ -295,14 +296,16 @@ class RankingPipeline:
         return prepare_posting(row.posting, row.vector), True
 
     def _retrieve(self, req: RankRequest) -> Retrieved:
-        """The nearest candidates passing the filters (references taken under the read lock)."""
+        """The nearest candidates passing the filters, and the live pool's BM25 statistics of
+        the posting's terms (references and copies taken under the read lock)."""
         with self._lock.read():
             allowed = self._catalog.allowed(req.query.filters)
             eligible = len(self._catalog) if allowed is None else len(allowed)
             fids, sims = self.index.search(req.posting.vector, req.retrieve_n, allowed)
             cands, keep = self._catalog.lookup(fids)
             erasures_seen = self._erasures
-        return Retrieved(cands, fids[keep], sims[keep], eligible, erasures_seen)
+            lexicon = self._catalog.lexicon.view(req.posting.term_hashes.tolist())
+        return Retrieved(cands, fids[keep], sims[keep], eligible, erasures_seen, lexicon)
 
     def _log(
         self,

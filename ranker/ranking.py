@@ -19,6 +19,8 @@ import numpy as np
 from ranker.api import RankedCandidate, RankQuery, RankResult
 from ranker.domain import Posting
 from ranker.explain import Explanation
+from ranker.features import ReferenceStats
+from ranker.lexicon import LexiconView
 from ranker.model_slot import ServedModel
 from ranker.prepared import PreparedCandidate, PreparedPosting
 from ranker.rows import Decision
@@ -53,6 +55,8 @@ class Retrieved:
     """Candidates passing the filters."""
     erasures_seen: int
     """The pipeline's erasure count at the search: a later one may have erased a result."""
+    lexicon: LexiconView
+    """The live pool's BM25 statistics of the posting's terms at the search."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,8 @@ class Scored:
     x: np.ndarray
     scores: np.ndarray
     ranked: np.ndarray
+    reference: ReferenceStats
+    """The retrieved set's statistics the relative feature columns were computed against."""
 
 
 class Stopwatch:
@@ -94,12 +100,22 @@ def posting_hash(p: Posting) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def score_and_order(req: RankRequest, hits: Retrieved, x: np.ndarray) -> Scored:
+def build_features(req: RankRequest, hits: Retrieved) -> tuple[np.ndarray, ReferenceStats]:
+    """The retrieved candidates' features: they are the posting's reference set, and BM25 reads
+    the live pool's statistics."""
+    return req.served.bundle.builder.build_with_reference(
+        req.posting, hits.cands, lexicon=hits.lexicon
+    )
+
+
+def score_and_order(
+    req: RankRequest, hits: Retrieved, x: np.ndarray, reference: ReferenceStats
+) -> Scored:
     """Scores of the retrieved candidates' features `x`, and their rows best first."""
     scorer = req.served.bundle.scorer
     scores = scorer.score(x) if len(hits.cands) else np.zeros(0, dtype=np.float32)
     # Best score first; ties go to the closer vector, then the older candidate.
-    return Scored(x, scores, np.lexsort((hits.fids, -hits.sims, -scores)))
+    return Scored(x, scores, np.lexsort((hits.fids, -hits.sims, -scores)), reference)
 
 
 def explain_rows(
@@ -133,6 +149,9 @@ def decision_of(req: RankRequest, hits: Retrieved, scored: Scored, order: np.nda
             "explain": req.query.explain,
             "eligible": hits.eligible,
             "retrieved": len(hits.cands),
+            # What the logged rows were computed against, so each can be rebuilt and checked.
+            "reference": scored.reference.as_dict(),
+            "lexicon": {"n_docs": hits.lexicon.n_docs, "avgdl": hits.lexicon.avgdl},
         },
     )
 

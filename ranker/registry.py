@@ -46,7 +46,7 @@ from ranker.atomic import write_text_atomic
 from ranker.errors import InvalidInput, ModelRejected, NotFound
 from ranker.features import FEATURE_NAMES, FEATURES_VERSION, FeatureBuilder
 from ranker.lexicon import Lexicon
-from ranker.scorer import PARITY_TOLERANCE, OnnxScorer
+from ranker.scorer import BLEND_FEATURE, PARITY_TOLERANCE, BlendedScorer, OnnxScorer
 
 POINTER_FILE = "current.json"
 MODEL_FILE = "model.onnx"
@@ -107,7 +107,9 @@ class ModelBundle:
     version: str
     feature_names: tuple[str, ...]
     card: dict[str, Any]
-    scorer: OnnxScorer
+    scorer: BlendedScorer
+    """What ranks: the ONNX model's score plus the card's blend (`scorer.model` alone is the
+    exported model)."""
     builder: FeatureBuilder
     booster_path: Path
     """LightGBM's native model (TreeSHAP explanations use it)."""
@@ -150,7 +152,7 @@ class ModelBundle:
                 f"model {self.version}'s {self.booster_path.name} names features "
                 f"{booster.feature_name()}, this code builds {list(FEATURE_NAMES)}; {retrain}"
             )
-        onnx = self.scorer.score(self.check_rows).astype(np.float64)
+        onnx = self.scorer.model.score(self.check_rows).astype(np.float64)
         native = (
             np.asarray(booster.predict(self.check_rows), dtype=np.float64).reshape(-1)
             if len(self.check_rows)
@@ -297,11 +299,22 @@ class ModelRegistry:
                     "registered; retrain (`ranker train`) or roll back (`ranker models rollback`)"
                 )
         check = json.loads((folder / CHECK_FILE).read_text("utf-8"))
+        blend = card.get("blend") or {"feature": BLEND_FEATURE, "weight": 0.0}
+        names = list(card["feature_names"])
+        if blend["feature"] not in names:
+            raise ModelRejected(
+                f"model {version}'s card blends in feature {blend['feature']!r}, which its "
+                f"features {names} lack; retrain (`ranker train`)"
+            )
         return ModelBundle(
             version=version,
             feature_names=tuple(card["feature_names"]),
             card=card,
-            scorer=OnnxScorer(folder / MODEL_FILE, self.session),
+            scorer=BlendedScorer(
+                OnnxScorer(folder / MODEL_FILE, self.session),
+                names.index(blend["feature"]),
+                float(blend["weight"]),
+            ),
             builder=FeatureBuilder(Lexicon.from_json((folder / LEXICON_FILE).read_text("utf-8"))),
             booster_path=folder / BOOSTER_FILE,
             check_rows=np.asarray(check["rows"], dtype=np.float32).reshape(

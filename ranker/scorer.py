@@ -1,4 +1,12 @@
-"""The ONNX ranking model: feature rows in, one score per row out (CPU ONNX Runtime)."""
+"""The ranking model: feature rows in, one score per row out (ONNX Runtime, plus the blend).
+
+`OnnxScorer` runs the exported LightGBM model. `BlendedScorer` is what ranks: the model's score
+plus a weight times one feature column, the posting-relative retrieval similarity
+(`dense_cosine_z`), with the weight chosen on the validation postings at training time and
+recorded in the model card (`training.blend`). The blend keeps a posting unlike anything in the
+training data (no skills, unseen vocabulary) close to retrieval order, where the model alone would
+rank by text-similarity trade-offs learnt from another corpus.
+"""
 
 from __future__ import annotations
 
@@ -53,3 +61,28 @@ class OnnxScorer:
             return np.zeros(0, dtype=np.float32)
         out = self._session.run([self._output], {self._input: x})[0]
         return np.asarray(out, dtype=np.float32).reshape(-1)
+
+
+BLEND_FEATURE = "dense_cosine_z"
+"""The feature column the served score adds, times the version's blend weight."""
+
+
+class BlendedScorer:
+    """The served score: `model`'s plus `weight` times feature column `column`; thread-safe."""
+
+    def __init__(self, model: OnnxScorer, column: int, weight: float) -> None:
+        self.model = model
+        self.column = column
+        self.weight = float(weight)
+
+    @property
+    def n_features(self) -> int | None:
+        return self.model.n_features
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        """(n,) float32: the model's scores of `x`, plus the blend term."""
+        scores = self.model.score(x)
+        if self.weight and len(scores):
+            term = np.float32(self.weight) * np.asarray(x, dtype=np.float32)[:, self.column]
+            scores = (scores + term).astype(np.float32)
+        return scores

@@ -30,9 +30,14 @@ LIMITATIONS = (
     "application."
 )
 LEXICON_NOTE = (
-    "BM25 statistics (lexicon.json) are fitted on the CVs of candidates who applied to training "
-    "postings only, and hold only terms seen in at least 3 of those CVs, so single-CV words "
-    "(names, e-mail fragments) are not stored in the model version."
+    "BM25 reads the statistics of the pool it ranks from: when serving, the live pool's (every "
+    "stored candidate now, following upserts and erasures), so words the training CVs lacked get "
+    "the idf they have in the pool, not the maximum; in training, the training-time pool's (every "
+    "stored candidate then), saved as lexicon.json to reproduce the training features. Terms in "
+    "fewer than 3 CVs score as unseen in both, so lexicon.json holds only terms found in at least "
+    "3 CVs, no single-CV words (names, e-mail fragments). Similarities also enter relative to the candidates retrieved for the "
+    "posting (z-score and gap to the best), so the model ranks by 'better than the others for "
+    "this posting' rather than by absolute levels learnt from one corpus."
 )
 FAIRNESS_NOTE = (
     "Structured protected attributes (sex, age, ethnicity, disability, name, photo) are never "
@@ -241,6 +246,16 @@ def gates_markdown(gates: Mapping[str, Any] | None) -> list[str]:
     return [*lines, ""]
 
 
+def _blend_line(blend: Mapping[str, Any] | None) -> str:
+    if not blend:
+        return "- Served score: the model's score alone"
+    tried = ", ".join(f"{w}: {v:.3f}" for w, v in blend.get("validation_ndcg@10", {}).items())
+    return (
+        f"- Served score: model score + {blend['weight']:g} x `{blend['feature']}` "
+        f"({blend.get('rule', '')}; validation NDCG@10 by weight: {tried or '-'})"
+    )
+
+
 def render_markdown(card: Mapping[str, Any]) -> str:
     """MODEL_CARD.md: the same facts as model_card.json, for people."""
     data = card["data"]
@@ -256,6 +271,7 @@ def render_markdown(card: Mapping[str, Any]) -> str:
         f"- Training data sha256: `{data['sha256']}`",
         f"- ONNX parity: max |ONNX - LightGBM| = {card['parity']['max_abs_diff']:.2e} on "
         f"{card['parity']['rows']} rows",
+        _blend_line(card.get("blend")),
         "",
         "## Intended use",
         "",

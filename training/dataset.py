@@ -1,7 +1,9 @@
 """Learning-to-rank datasets from stored rows: a time split by posting, labels, feature matrices.
 
 One query group per posting: its applicants, with graded labels (`training.labels`) and the
-features of `ranker.features` (the same code serving runs). Postings are split by `created_at`:
+features of `ranker.features` (the same code serving runs), built as serving would build them
+for the posting: against the reference set serving would retrieve for it from the whole pool, and
+with the pool's BM25 statistics (`training.pool.Pool`). Postings are split by `created_at`:
 the oldest train, the next validate (early stopping), the newest test. Each split only sees the
 stage events that happened before the next split starts, so no posting and no outcome crosses a
 split boundary.
@@ -33,6 +35,7 @@ from ranker.errors import InvalidInput
 from ranker.features import FEATURE_NAMES, FeatureBuilder
 from ranker.prepared import PreparedCandidate, PreparedPosting, prepare_candidate, prepare_posting
 from training.labels import as_utc, labels_from_outcomes
+from training.pool import Pool
 
 SPLITS = ("train", "valid", "test")
 
@@ -177,11 +180,8 @@ def split_postings(
 def training_candidates(
     candidates: Mapping[str, PreparedCandidate], outcomes: Iterable[Outcome], split: TimeSplit
 ) -> list[PreparedCandidate]:
-    """Candidates who applied to a training posting before validation starts (sorted by id).
-
-    The lexicon is fitted on these only, so no statistic of validation or test applicants' CVs
-    reaches the model through BM25's idf.
-    """
+    """Candidates who applied to a training posting before validation starts (sorted by id):
+    training needs some (the BM25 lexicon is the whole pool's, as serving's live one is)."""
     train = set(split.train)
     ids = {
         o.candidate_id
@@ -221,10 +221,14 @@ def build_set(
     postings: Sequence[PreparedPosting],
     candidates: Mapping[str, PreparedCandidate],
     labels: Mapping[tuple[str, str], int],
+    pool: Pool,
+    retrieve_n: int,
     as_of: Mapping[tuple[str, str], PreparedCandidate] | None = None,
 ) -> RankingSet:
     """Features and labels of the labelled applicants of `postings` (unknown candidates skipped).
 
+    Each row is the one serving would build for the applicant when retrieved: relative to the
+    `retrieve_n` candidates `pool` retrieves for the posting, BM25 on the pool's lexicon.
     `as_of`: the candidate of a (posting id, candidate id) pair as it was when they applied
     (`candidates_as_of`), where that differs from `candidates` (the current records).
     """
@@ -242,7 +246,9 @@ def build_set(
         pairs = sorted(by_posting.get(p.id, []))
         if len(pairs) < 2:
             continue  # one applicant ranks nothing
-        xs.append(builder.build(p, [as_of.get((p.id, cid), candidates[cid]) for cid, _ in pairs]))
+        reference = pool.reference(builder, p, retrieve_n)
+        rows = [as_of.get((p.id, cid), candidates[cid]) for cid, _ in pairs]
+        xs.append(builder.build(p, rows, reference, lexicon=pool.lexicon))
         ys += [label for _, label in pairs]
         group.append(len(pairs))
         pids.append(p.id)
@@ -328,9 +334,12 @@ def make_datasets(
     postings: Mapping[str, PreparedPosting],
     outcomes: Sequence[Outcome],
     split: TimeSplit | None = None,
+    *,
+    pool: Pool,
+    retrieve_n: int,
     as_of: Mapping[tuple[str, str], PreparedCandidate] | None = None,
 ) -> Datasets:
-    """The time split (unless given) and the three ranking sets (`as_of`: see `build_set`)."""
+    """The time split (unless given) and the three ranking sets (rows and `as_of`: `build_set`)."""
     if split is None:
         split = split_postings(postings, outcomes)
     sets: dict[str, RankingSet] = {}
@@ -341,7 +350,13 @@ def make_datasets(
             (o for o in outcomes if o.posting_id in mine), before=split.cutoff(name)
         )
         sets[name] = build_set(
-            builder, [postings[pid] for pid in ids], candidates, labels, as_of=as_of
+            builder,
+            [postings[pid] for pid in ids],
+            candidates,
+            labels,
+            pool,
+            retrieve_n,
+            as_of=as_of,
         )
     return Datasets(split=split, sets=sets)
 

@@ -1,12 +1,14 @@
 """Evaluation on held-out postings in two views, with baselines and paired comparisons.
 
 **Applicant view**: each held-out posting's applicants (at least two), ranked by each ranker,
-scored against their graded labels (`training.labels`).
+scored against their graded labels (`training.labels`). Their features are the rows serving would
+build for them: relative to the set the pool view retrieves, with the pool's BM25 statistics.
 
 **Pool view**, what the service does: for each held-out posting, retrieve `retrieve_n` candidates
 from *every* stored candidate by cosine of the posting vector and the candidates' document vectors
-(`ranker.index.FaissIndex`, the service's storage setting), build features with the model
-version's builder, score with its ONNX scorer and rank. The posting's applicants keep their
+(`training.pool.Pool`: `ranker.index.FaissIndex`, the service's storage setting), build features
+with the model version's builder (BM25 on the pool's statistics, as the live lexicon holds them;
+the retrieved set as the reference set), score with its ONNX scorer and rank. The posting's applicants keep their
 labels; candidates who did not apply are unlabelled and count as not relevant (label 0). Recall
 is over *all* the posting's relevant applicants, so those retrieval misses count as misses.
 
@@ -36,8 +38,9 @@ from ranker.config import Settings
 from ranker.domain import Outcome
 from ranker.errors import InvalidInput, RankerError
 from ranker.fallback import HAND_RULE, hand_rule
-from ranker.features import FeatureBuilder
-from ranker.index import FaissIndex, Storage
+from ranker.features import FeatureBuilder, ReferenceStats
+from ranker.index import Storage
+from ranker.lexicon import TermStatistics
 from ranker.prepared import PreparedCandidate, PreparedPosting
 from ranker.registry import ModelBundle
 from training.dataset import (
@@ -58,6 +61,7 @@ from training.metrics import (
     posting_metrics,
     served_metrics,
 )
+from training.pool import Pool
 
 APPLICANT_VIEW = "applicants"
 POOL_VIEW = "pool"
@@ -143,49 +147,24 @@ def baseline_scores(x: np.ndarray, names: Sequence[str], sims: np.ndarray) -> di
     return out
 
 
-@dataclass(frozen=True)
-class Pool:
-    """Every stored candidate in a FAISS index as the service holds it, to retrieve from."""
-
-    candidates: tuple[PreparedCandidate, ...]
-    index: FaissIndex
-
-    @classmethod
-    def build(cls, candidates: Iterable[PreparedCandidate], storage: Storage) -> Pool:
-        """Index the candidates (in id order) with the service's storage setting."""
-        ordered = tuple(sorted(candidates, key=lambda c: c.id))
-        if not ordered:
-            raise InvalidInput("no stored candidate to retrieve from; load some: `ranker ingest`")
-        vectors = np.stack([c.doc_vector for c in ordered])
-        index = FaissIndex(dim=vectors.shape[1], storage=storage)
-        index.add(np.arange(len(ordered), dtype=np.int64), vectors)
-        return cls(ordered, index)
-
-    def __len__(self) -> int:
-        return len(self.candidates)
-
-    def position(self) -> dict[str, int]:
-        return {c.id: i for i, c in enumerate(self.candidates)}
-
-    def retrieve(
-        self, posting: PreparedPosting, n: int, among: np.ndarray | None = None
-    ) -> tuple[list[PreparedCandidate], np.ndarray]:
-        """The `n` nearest candidates (restricted to positions `among`) and their similarities."""
-        ids, sims = self.index.search(posting.vector, n, among)
-        return [self.candidates[int(i)] for i in ids], sims
-
-
 def _all_scores(
     models: Mapping[str, RankingModel],
     posting: PreparedPosting,
     cands: Sequence[PreparedCandidate],
     sims: np.ndarray,
+    lexicon: TermStatistics,
+    references: Mapping[str, ReferenceStats] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Each model's and each baseline's scores of `cands` (baselines on the first model's rows)."""
+    """Each model's and each baseline's scores of `cands` (baselines on the first model's rows).
+
+    `references`: each model's reference statistics of the posting; None when `cands` are the
+    retrieved set (they are then the reference set, as in serving).
+    """
     out: dict[str, np.ndarray] = {}
     first: np.ndarray | None = None
     for name, model in models.items():
-        x = model.builder.build(posting, cands)
+        ref = None if references is None else references[name]
+        x = model.builder.build(posting, cands, ref, lexicon=lexicon)
         first = x if first is None else first
         out[name] = np.asarray(model.scorer.score(x), dtype=np.float64)
     assert first is not None
@@ -305,16 +284,21 @@ def evaluate_postings(
         missed = np.array([lab for cid, lab in mine.items() if cid not in got], dtype=np.int64)
         relevant += sum(lab >= RELEVANT_LABEL for lab in mine.values())
         relevant_retrieved += int((y >= RELEVANT_LABEL).sum())
-        for name, s in _all_scores(models, p, cands, sims).items():
+        for name, s in _all_scores(models, p, cands, sims, pool.lexicon).items():
             served[name].append((p.id, served_metrics(y, s, missed, applied, RELEVANT_LABEL)))
         if len(mine) < 2:
             single += 1  # one applicant ranks nothing
             continue
+        # The applicants are scored against the same reference set as the retrieved ones: the
+        # rows they would get if served.
+        references = {
+            name: m.builder.reference(p, cands, lexicon=pool.lexicon) for name, m in models.items()
+        }
         among = np.array(sorted(where[cid] for cid in mine), dtype=np.int64)
         cands, sims = pool.retrieve(p, len(among), among)
         y = np.array([mine[c.id] for c in cands], dtype=np.int64)
         rows += len(cands)
-        for name, s in _all_scores(models, p, cands, sims).items():
+        for name, s in _all_scores(models, p, cands, sims, pool.lexicon, references).items():
             app[name].append((p.id, posting_metrics(y, s, RELEVANT_LABEL)))
 
     def view(name: str, values: Mapping[str, list[Any]], facts: dict[str, Any]) -> View:

@@ -53,7 +53,8 @@ from ranker.prepared import PreparedCandidate, PreparedPosting
 from ranker.registry import ModelBundle
 from ranker.scorer import PARITY_TOLERANCE
 from training.audit import AuditConfig, AuditMeta, AuditResult, Ranking, audit_rankings
-from training.evaluate import HAND_RULE_NAME, POOL_VIEW, RETRIEVAL, Evaluation, Pool, RankingModel
+from training.evaluate import HAND_RULE_NAME, POOL_VIEW, RETRIEVAL, Evaluation, RankingModel
+from training.pool import Pool
 from training.metrics import Estimate
 
 GATE_METRIC = "ndcg@10"
@@ -210,7 +211,7 @@ def pool_rankings(
         cands, sims = pool.retrieve(p, retrieve_n)
         if not cands:
             continue
-        x = model.builder.build(p, cands)
+        x = model.builder.build(p, cands, lexicon=pool.lexicon)
         scores = np.asarray(model.scorer.score(x), dtype=np.float64)
         order = np.lexsort((-np.asarray(sims, dtype=np.float64), -scores))
         ids = tuple(cands[i].id for i in order.tolist())

@@ -233,8 +233,9 @@ def build_suite(
 # Ranking the suite through the pipeline
 
 RANKERS = {
-    "reranked": "the model's scores; tied scores count in expectation over their orders",
-    "reranked_served": "the order the service returns (model score, ties broken by similarity)",
+    "reranked": "the served scores (the model's plus its card's blend with retrieval "
+    "similarity); tied scores count in expectation over their orders",
+    "reranked_served": "the order the service returns (served score, ties broken by similarity)",
     "retrieval": "the same retrieved candidates sorted by their retrieval similarity",
 }
 """Orders compared on every posting, and what each is."""

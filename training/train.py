@@ -31,7 +31,8 @@ from ranker.features import FEATURE_NAMES, FeatureBuilder
 from ranker.lexicon import Lexicon
 from ranker.prepared import PreparedCandidate, PreparedPosting
 from ranker.registry import ModelBundle, ModelRegistry
-from ranker.scorer import PARITY_TOLERANCE, OnnxScorer
+from ranker.scorer import BLEND_FEATURE, PARITY_TOLERANCE, BlendedScorer, OnnxScorer
+from training.blend import BlendChoice, choose_blend
 from training.card import build_card, render_markdown
 from training.dataset import (
     SPLITS,
@@ -59,7 +60,8 @@ from training.evaluate import (
 )
 from training.export import check_parity, to_onnx
 from training.gates import GatePolicy, check_gates, in_service_of
-from training.labels import STAGE_LABEL
+from training.labels import STAGE_LABEL, labels_from_outcomes
+from training.pool import Pool
 
 log = logging.getLogger(__name__)
 
@@ -126,20 +128,23 @@ class TrainedModel:
     """A freshly trained model as serving would run it: its builder and its ONNX scorer."""
 
     builder: FeatureBuilder
-    scorer: OnnxScorer
+    scorer: BlendedScorer
     feature_names: tuple[str, ...] = FEATURE_NAMES
 
     @classmethod
     def from_onnx(
-        cls, builder: FeatureBuilder, onnx_model: bytes, settings: Settings | None
+        cls,
+        builder: FeatureBuilder,
+        onnx_model: bytes,
+        settings: Settings | None,
+        blend_weight: float = 0.0,
     ) -> TrainedModel:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "model.onnx"
             path.write_bytes(onnx_model)
             # The session holds the model in memory once created; the file can go.
-            return cls(
-                builder, OnnxScorer(path, None if settings is None else settings.ort_session)
-            )
+            onnx = OnnxScorer(path, None if settings is None else settings.ort_session)
+        return cls(builder, BlendedScorer(onnx, FEATURE_NAMES.index(BLEND_FEATURE), blend_weight))
 
 
 def evaluate_trained(
@@ -150,6 +155,7 @@ def evaluate_trained(
     split: TimeSplit,
     settings: Settings,
     in_service: ModelBundle | None = None,
+    pool: Pool | None = None,
 ) -> tuple[Evaluation, dict[str, Any]]:
     """Both views of the new model on its test postings, with the baselines, and (when one is in
     service and servable by this code) paired against the version in service on the postings
@@ -179,6 +185,7 @@ def evaluate_trained(
         labels,
         retrieve_n=settings.retrieve_n,
         index_storage=settings.index_storage,
+        pool=pool,
     )
     facts |= {"held_out_from": start.isoformat(), "held_out_rule": HELD_OUT_RULE}
     return evaluation, facts
@@ -274,6 +281,31 @@ def _fairness(
     return out
 
 
+def _choose_blend(
+    model: TrainedModel,
+    postings: Mapping[str, PreparedPosting],
+    outcomes: Sequence[Outcome],
+    split: TimeSplit,
+    pool: Pool,
+    retrieve_n: int,
+) -> BlendChoice:
+    """`training.blend.choose_blend` on the validation postings, with the labels they had then."""
+    mine = set(split.valid)
+    labels = labels_from_outcomes(
+        (o for o in outcomes if o.posting_id in mine), before=split.cutoff("valid")
+    )
+    choice = choose_blend(
+        model.scorer.model,
+        model.builder,
+        [postings[pid] for pid in split.valid],
+        labels,
+        pool,
+        retrieve_n,
+    )
+    log.info("blend weight %.2f (validation NDCG@10 %s)", choice.weight, choice.validation_ndcg)
+    return choice
+
+
 def train_model(
     candidates: Sequence[CandidateLike],
     postings: Sequence[PostingLike],
@@ -310,10 +342,22 @@ def train_model(
             f"no stored candidate applied to the {len(split.train)} training postings (created "
             f"before {split.valid_start:%Y-%m-%d}); ingest their candidates: `ranker ingest`"
         )
-    lexicon = Lexicon.fit(fitted_on)
+    # BM25 statistics of the whole pool, as the service's live lexicon holds them: training rows
+    # are then the rows serving would build (and lexicon.json reproduces them).
+    lexicon = Lexicon.fit(prepared_c.values())
     builder = FeatureBuilder(lexicon)
     as_of = candidates_as_of(versions, known)
-    datasets = make_datasets(builder, prepared_c, prepared_p, known, split, as_of=as_of)
+    pool = Pool.build(prepared_c.values(), settings.index_storage, lexicon)
+    datasets = make_datasets(
+        builder,
+        prepared_c,
+        prepared_p,
+        known,
+        split,
+        pool=pool,
+        retrieve_n=settings.retrieve_n,
+        as_of=as_of,
+    )
     sets = datasets.sets
     for name in SPLITS:
         log.info("%s: %d postings, %d rows", name, sets[name].n_queries, len(sets[name].y))
@@ -327,10 +371,19 @@ def train_model(
     diff = check_parity(onnx_model, booster, parity_rows, settings.ort_session)
     check_rows = parity_rows[:CHECK_ROWS]
 
-    # Evaluated as served: the ONNX model, on features its builder makes, in both views.
-    trained = TrainedModel.from_onnx(builder, onnx_model, settings)
+    # The blend with retrieval similarity, its weight chosen on the validation postings.
+    blend = _choose_blend(
+        TrainedModel.from_onnx(builder, onnx_model, settings),
+        prepared_p,
+        known,
+        split,
+        pool,
+        settings.retrieve_n,
+    )
+    # Evaluated as served: the ONNX model and blend, on features its builder makes, both views.
+    trained = TrainedModel.from_onnx(builder, onnx_model, settings, blend.weight)
     evaluation, held_out = evaluate_trained(
-        trained, prepared_c, prepared_p, known, datasets.split, settings, in_service
+        trained, prepared_c, prepared_p, known, datasets.split, settings, in_service, pool
     )
     metrics: dict[str, Any] = {
         "test": evaluation.means(),
@@ -359,7 +412,8 @@ def train_model(
         },
         parity={"max_abs_diff": diff, "rows": len(parity_rows), "tolerance": PARITY_TOLERANCE},
         lexicon={
-            "fitted_on": "CVs of the candidates who applied to training postings",
+            "fitted_on": "CVs of every stored candidate (the pool the service retrieves from); "
+            "serving uses the live pool's statistics, this is the training-time copy",
             "documents": lexicon.n_docs,
             "terms": len(lexicon.df),
             "min_df": lexicon.min_df,
@@ -370,6 +424,7 @@ def train_model(
         },
         fairness=_fairness(test, test_scores, protected) if protected and len(test.y) else None,
     )
+    card["blend"] = blend.as_dict()
     # -- promotion gates (training.gates): stored in the card and, once registered, gates.json
     in_service_info = held_out.get("in_service") or {}
     gates = check_gates(

@@ -327,3 +327,78 @@ def test_candidate_text_is_redacted_before_embedding_and_counting() -> None:
     assert {"jane", "doe", "janedoe", "7946"}.isdisjoint(words)
     assert len(prepared.term_hashes) == len(words)
     assert {"jane", "doe"}.isdisjoint(Lexicon.fit([c], min_df=1).df)
+
+
+def _raw_similarities(
+    lex: Lexicon, posting: Posting, pp: prepared.PreparedPosting, pcs: list
+) -> np.ndarray:
+    """dense_cosine, chunk_max_cosine and bm25 (the `RELATIVE_TO` columns) the obvious way."""
+    query = {t for t in tokenize(posting_text(posting)) if t not in STOPWORDS}
+    return np.array(
+        [
+            [
+                c.doc_vector @ pp.vector,
+                np.max(c.chunk_vectors @ pp.vector),
+                _reference_bm25(lex, query, candidate_text(c.candidate)),
+            ]
+            for c in pcs
+        ],
+        dtype=np.float64,
+    )
+
+
+def test_relative_columns_equal_their_definition() -> None:
+    assert features.RELATIVE_TO == ("dense_cosine", "chunk_max_cosine", "bm25")
+    data = generate(DemoConfig(candidates=30, postings=2, applicants=(5, 8), seed=4))
+    lex = Lexicon.fit(data.candidates)
+    rng = np.random.default_rng(5)
+    pc = [prepare_candidate(c, _unit(rng, 8), _unit(rng, 2, 8)) for c in data.candidates]
+    posting = data.postings[0]
+    pp = prepare_posting(posting, _unit(rng, 8))
+    builder = FeatureBuilder(lex)
+    raw = _raw_similarities(lex, posting, pp, pc)
+
+    # Serving: the candidates are the reference set.
+    x = builder.build(pp, pc)
+    mean, std, best = raw.mean(axis=0), np.maximum(raw.std(axis=0), features.STD_FLOOR), raw.max(0)
+    for j, name in enumerate(features.RELATIVE_TO):
+        np.testing.assert_allclose(
+            x[:, COL[f"{name}_z"]], (raw[:, j] - mean[j]) / std[j], atol=1e-4
+        )
+        np.testing.assert_allclose(x[:, COL[f"{name}_gap"]], best[j] - raw[:, j], atol=1e-5)
+        assert x[:, COL[f"{name}_gap"]].min() == 0.0  # the best of the set has no gap
+
+    # Training: a few rows against the statistics of a larger set are those rows of its build.
+    some = [pc[3], pc[17], pc[8]]
+    ref = builder.reference(pp, pc)
+    np.testing.assert_array_equal(builder.build(pp, some, ref), x[[3, 17, 8]])
+    # ... and differ from the same rows as their own reference set.
+    assert not np.array_equal(builder.build(pp, some), x[[3, 17, 8]])
+
+
+def test_reference_stats_ignore_order_and_floor_the_spread() -> None:
+    rng = np.random.default_rng(6)
+    raw = rng.random((50, 3)).astype(np.float32)
+    a = features.ReferenceStats.of(raw)
+    assert (
+        a
+        == features.ReferenceStats.of(raw[::-1])
+        == features.ReferenceStats.of(raw[rng.permutation(50)])
+    )
+    assert a == features.ReferenceStats.from_dict(a.as_dict())
+    assert a.n == 50 and a.best == tuple(raw.max(axis=0).astype(np.float64).tolist())
+    flat = features.ReferenceStats.of(np.full((4, 3), 0.5, dtype=np.float32))
+    assert flat.std == (features.STD_FLOOR,) * 3 and flat.mean == (0.5,) * 3
+
+
+def test_bm25_reads_the_lexicon_it_is_given() -> None:
+    data = generate(DemoConfig(candidates=40, postings=2, applicants=(5, 8), seed=9))
+    rng = np.random.default_rng(2)
+    pc = [prepare_candidate(c, _unit(rng, 8), _unit(rng, 1, 8)) for c in data.candidates]
+    pp = prepare_posting(data.postings[0], _unit(rng, 8))
+    frozen, pool = Lexicon.fit(data.candidates[:5]), Lexicon.fit(data.candidates)
+    builder = FeatureBuilder(frozen)
+    assert not np.array_equal(builder.build(pp, pc), builder.build(pp, pc, lexicon=pool))
+    np.testing.assert_array_equal(
+        builder.build(pp, pc, lexicon=pool), FeatureBuilder(pool).build(pp, pc)
+    )

@@ -17,7 +17,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from ranker.features import FEATURE_NAMES
+from ranker.features import FEATURE_NAMES, ReferenceStats
 from ranker.index import ReadWriteLock
 from ranker.transport.convert import candidate_to_pb
 from ranker.transport.servicer import SERVICE_NAME
@@ -129,7 +129,12 @@ def test_the_decision_log_holds_the_exact_features_served(
     # Rebuild the features independently and score them: the log must match what was served.
     bundle = pipeline.model.served.bundle  # type: ignore[union-attr]
     prepared = [pipeline._catalog.get(cid) for cid in d.candidate_ids]
-    x = bundle.builder.build(pipeline._postings[posting.id], prepared)  # type: ignore[arg-type]
+    # Relative columns: against the retrieved set's statistics, which the decision records.
+    reference = ReferenceStats.from_dict(d.params["reference"])  # type: ignore[arg-type]
+    pp = pipeline._postings[posting.id]
+    lexicon = pipeline._catalog.lexicon.view(pp.term_hashes.tolist())
+    assert d.params["lexicon"] == {"n_docs": lexicon.n_docs, "avgdl": lexicon.avgdl}
+    x = bundle.builder.build(pp, prepared, reference, lexicon=lexicon)  # type: ignore[arg-type]
     np.testing.assert_array_equal(d.features, x)
     np.testing.assert_allclose(bundle.scorer.score(d.features), d.scores, rtol=1e-6)
 

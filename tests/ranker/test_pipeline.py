@@ -377,11 +377,11 @@ def test_features_and_scoring_run_without_the_lock_and_an_erasure_meanwhile_is_n
     served = pipeline.model.served
     assert served is not None
     builder = served.bundle.builder
-    real_build = builder.build
+    real_build = builder.build_with_reference
     held_during_build: list[int] = []
     erased = threading.Event()
 
-    def build_while_erasing(*args: object) -> np.ndarray:
+    def build_while_erasing(*args: object, **kwargs: object) -> tuple[np.ndarray, object]:
         held_during_build.append(pipeline._lock._readers)
         if not erased.is_set():
             # An erasure lands while this ranking builds features; with the lock held through
@@ -391,9 +391,9 @@ def test_features_and_scoring_run_without_the_lock_and_an_erasure_meanwhile_is_n
             t.join(timeout=30)
             assert not t.is_alive(), "the erasure waited for the ranking's features"
             erased.set()
-        return real_build(*args)  # type: ignore[arg-type]
+        return real_build(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(builder, "build", build_while_erasing)
+    monkeypatch.setattr(builder, "build_with_reference", build_while_erasing)
     r = pipeline.rank(RankQuery(posting_id=posting.id, top_k=3, explain=True))
     assert held_during_build == [0]
     ids = [c.candidate_id for c in r.results]

@@ -12,7 +12,7 @@ from ranker.domain import Posting
 from ranker.errors import InvalidInput
 from ranker.features import FEATURE_NAMES, FeatureBuilder
 from ranker.lexicon import Lexicon
-from ranker.prepared import PreparedPosting
+from ranker.prepared import PreparedCandidate, PreparedPosting
 from tests.fixtures.training import EncodedDemo
 from training.dataset import (
     SPLITS,
@@ -25,14 +25,24 @@ from training.dataset import (
     training_candidates,
 )
 from training.labels import as_utc
+from training.pool import Pool
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
 
+def _make(
+    pc: dict[str, PreparedCandidate], pp: dict[str, PreparedPosting], demo: EncodedDemo
+) -> Datasets:
+    lexicon = Lexicon.fit(pc.values())
+    pool = Pool.build(pc.values(), "flat", lexicon)
+    return make_datasets(
+        FeatureBuilder(lexicon), pc, pp, demo.data.outcomes, pool=pool, retrieve_n=20
+    )
+
+
 def _datasets(demo: EncodedDemo) -> tuple[Datasets, dict[str, PreparedPosting]]:
     pc, pp = prepare_all(demo.candidate_rows, demo.posting_rows)
-    builder = FeatureBuilder(Lexicon.fit(pc.values()))
-    return make_datasets(builder, pc, pp, demo.data.outcomes), pp
+    return _make(pc, pp, demo), pp
 
 
 def test_no_posting_and_no_outcome_crosses_the_split(demo_data: EncodedDemo) -> None:
@@ -106,9 +116,9 @@ def test_time_split_reapplies_recorded_dates() -> None:
     assert time_split(times, at=(auto.valid_start, auto.test_start)) == auto
 
 
-def test_lexicon_candidates_are_training_applicants_only(demo_data: EncodedDemo) -> None:
+def test_training_candidates_are_training_applicants_only(demo_data: EncodedDemo) -> None:
     pc, pp = prepare_all(demo_data.candidate_rows, demo_data.posting_rows)
-    split = make_datasets(FeatureBuilder(Lexicon.fit(pc.values())), pc, pp, demo_data.data.outcomes)
+    split = _make(pc, pp, demo_data)
     chosen = {c.id for c in training_candidates(pc, demo_data.data.outcomes, split.split)}
     train_rows = set(split.sets["train"].candidate_ids)
     assert train_rows <= chosen

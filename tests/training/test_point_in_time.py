@@ -24,6 +24,7 @@ from training.dataset import (
     make_datasets,
     prepare_all,
 )
+from training.pool import Pool
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
@@ -38,16 +39,30 @@ def _row(ds: Datasets, pid: str, cid: str) -> np.ndarray:
     raise AssertionError(f"no row for {(pid, cid)}")
 
 
+RETRIEVE_N = 50
+
+
 def _build(
-    store: SqliteStore, builder: FeatureBuilder, split: TimeSplit | None = None
+    store: SqliteStore, builder: FeatureBuilder, pool: Pool, split: TimeSplit | None = None
 ) -> tuple[Datasets, dict[str, PreparedCandidate], dict[str, PreparedPosting], list[Outcome]]:
-    """The datasets as `ranker train` builds them from the store, point in time."""
+    """The datasets as `ranker train` builds them from the store, point in time.
+
+    The reference set (what serving would have retrieved) comes from `pool`, held fixed here so
+    the test isolates the applicant's own record; `ranker train` uses the pool as stored.
+    """
     candidates = list(store.iter_candidates())
     postings = store.list_postings()
     outcomes = store.list_outcomes()
     pc, pp = prepare_all(candidates, postings)
     as_of = candidates_as_of(store.candidate_versions(), outcomes)
-    return make_datasets(builder, pc, pp, outcomes, split, as_of=as_of), pc, pp, outcomes
+    return (
+        make_datasets(
+            builder, pc, pp, outcomes, split, pool=pool, retrieve_n=RETRIEVE_N, as_of=as_of
+        ),
+        pc,
+        pp,
+        outcomes,
+    )
 
 
 def test_a_cv_edited_after_the_hire_does_not_change_the_training_row(
@@ -59,8 +74,10 @@ def test_a_cv_edited_after_the_hire_does_not_change_the_training_row(
         store.upsert_postings(demo_data.posting_rows)
         store.record_outcomes(demo_data.data.outcomes)
         pc, _ = prepare_all(demo_data.candidate_rows, demo_data.posting_rows)
-        builder = FeatureBuilder(Lexicon.fit(pc.values()))
-        before, _, _, outcomes = _build(store, builder)
+        lexicon = Lexicon.fit(pc.values())
+        builder = FeatureBuilder(lexicon)
+        pool = Pool.build(pc.values(), "flat", lexicon)
+        before, _, _, outcomes = _build(store, builder, pool)
         hire = next(o for o in outcomes if o.stage is Stage.HIRED)
         pid, cid = hire.posting_id, hire.candidate_id
         # After the hire (the outcomes are in the past; this write is now) the CV gains the job
@@ -78,12 +95,14 @@ def test_a_cv_edited_after_the_hire_does_not_change_the_training_row(
         store.upsert_candidates(
             [CandidateRow(edited, posting.vector, np.atleast_2d(posting.vector))]
         )
-        after, pc_now, pp_now, outcomes = _build(store, builder, before.split)
+        after, pc_now, pp_now, outcomes = _build(store, builder, pool, before.split)
         np.testing.assert_array_equal(_row(after, pid, cid), _row(before, pid, cid))
         for name in SPLITS:
             np.testing.assert_array_equal(after.sets[name].x, before.sets[name].x)
         # Built from the record as it is now, the row would differ: the test can fail.
-        now = make_datasets(builder, pc_now, pp_now, outcomes, before.split)
+        now = make_datasets(
+            builder, pc_now, pp_now, outcomes, before.split, pool=pool, retrieve_n=RETRIEVE_N
+        )
         assert not np.array_equal(_row(now, pid, cid), _row(before, pid, cid))
     finally:
         store.close()

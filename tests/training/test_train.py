@@ -111,7 +111,9 @@ def test_check_rows_are_scored_like_the_booster(
     registry, result = trained_model
     bundle = registry.load()
     np.testing.assert_allclose(
-        bundle.scorer.score(result.check_rows), result.booster.predict(result.check_rows), atol=1e-4
+        bundle.scorer.model.score(result.check_rows),
+        result.booster.predict(result.check_rows),
+        atol=1e-4,
     )
 
 
