@@ -14,6 +14,7 @@ from ranker.text import phrase_key
 
 if TYPE_CHECKING:
     from ranker.explain import Explanation
+    from ranker.reasons import Separation
     from ranker.rows import ErasureReceipt
 
 _Item = TypeVar("_Item", Candidate, Posting)
@@ -91,6 +92,8 @@ class RankQuery:
     retrieve_n: int | None = None
     filters: RankFilters = field(default_factory=RankFilters)
     explain: bool = False
+    unnamed_posting: bool = False
+    """The inline posting came without an id: the result names it "inline-<hash of its text>"."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,48 @@ class RankResult:
     retrieved: int
     timings_ms: Mapping[str, float]
     """Per stage: encode, retrieve, features, score, explain, total."""
+
+
+@dataclass(frozen=True)
+class CompareQuery:
+    """Why is one candidate above another for a posting: `query` names the posting (by id or
+    inline); its filters and sizes are not used, the posting's own candidates are the pool."""
+
+    candidate_a: str
+    candidate_b: str
+    query: RankQuery
+
+    def __post_init__(self) -> None:
+        for name in ("candidate_a", "candidate_b"):
+            if not getattr(self, name).strip():
+                raise InvalidInput(f"{name} is empty; send a stored candidate's id")
+        if self.candidate_a == self.candidate_b:
+            raise InvalidInput("candidate_a and candidate_b are the same; send two candidates")
+
+
+@dataclass(frozen=True)
+class ComparedCandidate:
+    """One side of a comparison: its score, its rank among the posting's retrieved candidates
+    (None when retrieval did not reach it), and its explanation."""
+
+    candidate_id: str
+    score: float
+    rank: int | None
+    explanation: Explanation
+
+
+@dataclass(frozen=True)
+class ComparisonResult:
+    """Two candidates scored by one model version for one posting, and what separates them."""
+
+    request_id: str
+    model_version: str
+    posting_id: str
+    a: ComparedCandidate
+    b: ComparedCandidate
+    summary: str
+    separating: tuple[Separation, ...]
+    retrieved: int
 
 
 @dataclass(frozen=True)
