@@ -47,7 +47,12 @@ def compare_pair(
     rows = (row_of[a.id], row_of[b.id])
     pair_scores = (float(scores[rows[0]]), float(scores[rows[1]]))
     explained = req.served.explainer.compare(
-        req.posting.posting, (a, b), x[list(rows)], x[:n] if n >= 2 else x, pair_scores
+        req.posting.posting,
+        (a, b),
+        x[list(rows)],
+        x[:n] if n >= 2 else x,
+        pair_scores,
+        (rank_of.get(rows[0]), rank_of.get(rows[1])),
     )
 
     def side(pc: PreparedCandidate, row: int, e: Explanation) -> ComparedCandidate:

@@ -157,6 +157,10 @@ class PairExplanation:
     summary: str
 
 
+_BASELINE_ROWS = 100
+"""Reference rows whose contributions set the posting's average candidate (`_baseline`)."""
+
+
 class TreeExplainer:
     """TreeSHAP contributions from the LightGBM booster the served ONNX model was exported from.
 
@@ -201,8 +205,9 @@ class TreeExplainer:
         (default: `x`): percentiles are among them, and a topic the same for all of them is left
         out of the reasons.
         """
-        contrib = self.contributions(x)
-        ref = self._columns(x if reference is None else reference)
+        reference = x if reference is None else reference
+        contrib = self.contributions(x) - self._baseline(reference)
+        ref = self._columns(reference)
         return [
             self._explain_row(posting, cand.candidate, x[row], contrib[row], ref)[0]
             for row, cand in enumerate(candidates)
@@ -215,11 +220,12 @@ class TreeExplainer:
         x: np.ndarray,
         reference: np.ndarray,
         scores: tuple[float, float],
+        ranks: tuple[int | None, int | None] = (None, None),
     ) -> PairExplanation:
         """Both candidates' explanations (rows 0 and 1 of `x`) and the topics that separate
         their scores: TreeSHAP contributions are additive, so A's minus B's, summed per topic,
-        add up to the score difference."""
-        contrib = self.contributions(x)
+        add up to the score difference (the posting's baseline cancels out)."""
+        contrib = self.contributions(x) - self._baseline(reference)
         ref = self._columns(reference)
         (a, silent), (b, _) = (
             self._explain_row(posting, pc.candidate, x[i], contrib[i], ref)
@@ -235,7 +241,23 @@ class TreeExplainer:
             ref,
             silent,
         )
-        return PairExplanation(a, b, tuple(found), comparison_summary(ids, scores, found))
+        summary = comparison_summary(ids, scores, found, ranks)
+        return PairExplanation(a, b, tuple(found), summary)
+
+    def _baseline(self, reference: np.ndarray) -> np.ndarray:
+        """The mean contribution of each feature among the posting's candidates.
+
+        TreeSHAP measures a contribution against the training data's average candidate, so a
+        CV closer to the posting than most of its candidates could still read "weighed against".
+        Taken against this posting's own candidates instead, "in favour" means "lifted this
+        candidate above the posting's average one", which is what a recruiter asks. Estimated
+        on at most `_BASELINE_ROWS` rows spread over the reference.
+        """
+        if len(reference) == 0:
+            return np.zeros(len(self.feature_names), dtype=np.float32)
+        rows = np.unique(np.linspace(0, len(reference) - 1, _BASELINE_ROWS).astype(np.intp))
+        base: np.ndarray = self.contributions(reference[rows]).mean(axis=0)
+        return base
 
     def _columns(self, m: np.ndarray) -> dict[str, np.ndarray]:
         return {name: m[:, j] for j, name in enumerate(self.feature_names)}

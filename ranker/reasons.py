@@ -192,7 +192,9 @@ def location_sentence(f: CandidateFacts) -> str:
     return f"{lives}; not open to relocating to {where}{also}"
 
 
-def percentile_phrase(value: float, column: np.ndarray | None) -> str | None:
+def percentile_phrase(
+    value: float, column: np.ndarray | None, more: str = "more closely", less: str = "less closely"
+) -> str | None:
     """`more closely than 85% of this posting's candidates` (or `less closely than ...`);
     None without at least two candidates to compare with."""
     if column is None or len(column) < 2:
@@ -200,8 +202,16 @@ def percentile_phrase(value: float, column: np.ndarray | None) -> str | None:
     below = float(np.mean(column < value))
     above = float(np.mean(column > value))
     if below >= above:
-        return f"more closely than {below:.0%} of this posting's candidates"
-    return f"less closely than {above:.0%} of this posting's candidates"
+        return f"{more} than {below:.0%} of this posting's candidates"
+    return f"{less} than {above:.0%} of this posting's candidates"
+
+
+# How each similarity column reads, with the comparatives of its percentile phrase.
+_WORDING = {
+    "dense_cosine": ("CV as a whole matches the posting", "more closely", "less closely"),
+    "chunk_max_cosine": ("The CV's best part matches the posting", "more closely", "less closely"),
+    "bm25": ("CV uses the posting's words", "more", "less"),
+}
 
 
 @dataclass(frozen=True)
@@ -210,6 +220,8 @@ class TopicValues:
 
     values: Mapping[str, float]
     reference: Mapping[str, np.ndarray]
+    lead: str = ""
+    """The column that weighed most in the topic (the one its sentence is about)."""
 
 
 def topic_sentence(topic: Topic, f: CandidateFacts, v: TopicValues) -> str:
@@ -223,9 +235,10 @@ def topic_sentence(topic: Topic, f: CandidateFacts, v: TopicValues) -> str:
     if topic.key == "location":
         return location_sentence(f)
     if topic.key == "wording":
-        name = "dense_cosine" if "dense_cosine" in v.values else next(iter(v.values), "")
-        closeness = percentile_phrase(v.values.get(name, 0.0), v.reference.get(name))
-        return f"CV wording matches the posting {closeness or 'as measured'}"
+        name = v.lead if v.lead in _WORDING else "dense_cosine"
+        what, more, less = _WORDING[name]
+        closeness = percentile_phrase(v.values.get(name, 0.0), v.reference.get(name), more, less)
+        return f"{what} {closeness}" if closeness else what
     if topic.key == "title":
         shown = f"Current title ({f.title})" if f.title else "No current title given"
         overlap = v.values.get("title_overlap", 0.0)
@@ -269,6 +282,8 @@ class TopicWeight:
     topic: Topic
     contribution: float
     strength: str
+    lead: str = ""
+    """The topic's column with the largest absolute contribution."""
 
 
 def weigh(
@@ -277,15 +292,18 @@ def weigh(
     """Topics by summed contribution, largest absolute first; `silent` topics left out."""
     sums: dict[str, float] = {}
     topics: dict[str, Topic] = {}
+    lead: dict[str, str] = {}
     for name, c in contributions.items():
         t = topic_of(name)
         if t.key in silent:
             continue
         topics[t.key] = t
         sums[t.key] = sums.get(t.key, 0.0) + float(c)
+        if t.key not in lead or abs(c) > abs(contributions[lead[t.key]]):
+            lead[t.key] = name
     total = sum(abs(c) for c in sums.values())
     out = [
-        TopicWeight(topics[k], c, strength_of(abs(c) / total if total > 0 else 0.0))
+        TopicWeight(topics[k], c, strength_of(abs(c) / total if total > 0 else 0.0), lead[k])
         for k, c in sums.items()
     ]
     out.sort(key=lambda w: -abs(w.contribution))
@@ -332,7 +350,7 @@ def candidate_reasons(
         t = w.topic
         if not t.fact and (rank >= n_top or w.strength == WEAK):
             continue
-        v = _values_of(t, values, reference)
+        v = _values_of(t, values, reference, w.lead)
         out.append(f"{topic_sentence(t, facts, v)}: {weight_phrase(w.contribution, w.strength)}")
         said.add(t.key)
     for t in TOPICS:
@@ -342,11 +360,12 @@ def candidate_reasons(
 
 
 def _values_of(
-    t: Topic, values: Mapping[str, float], reference: Mapping[str, np.ndarray]
+    t: Topic, values: Mapping[str, float], reference: Mapping[str, np.ndarray], lead: str = ""
 ) -> TopicValues:
     return TopicValues(
         {n: values[n] for n in t.features if n in values},
         {n: reference[n] for n in t.features if n in reference},
+        lead,
     )
 
 
@@ -383,7 +402,10 @@ def separations(
         if w.strength == WEAK or w.contribution == 0:
             continue
         t = w.topic
-        a, b = (topic_sentence(t, facts[i], _values_of(t, values[i], reference)) for i in range(2))
+        a, b = (
+            topic_sentence(t, facts[i], _values_of(t, values[i], reference, w.lead))
+            for i in range(2)
+        )
         favours = ids[0] if w.contribution > 0 else ids[1]
         out.append(
             Separation(
@@ -402,12 +424,20 @@ def separations(
 
 
 def comparison_summary(
-    ids: tuple[str, str], scores: tuple[float, float], found: Sequence[Separation]
+    ids: tuple[str, str],
+    scores: tuple[float, float],
+    found: Sequence[Separation],
+    ranks: tuple[int | None, int | None] = (None, None),
 ) -> str:
     """E.g. `C-7 is above C-2 mostly on experience and CV wording; C-2 is ahead on location`."""
     hi, lo = (0, 1) if scores[0] >= scores[1] else (1, 0)
     if scores[0] == scores[1]:
-        return f"{ids[0]} and {ids[1]} score the same for this posting"
+        text = f"{ids[0]} and {ids[1]} score the same for this posting"
+        r0, r1 = ranks
+        if r0 is not None and r1 is not None:
+            first = ids[0] if r0 < r1 else ids[1]
+            text += f"; {first} is listed first because its CV is closer to the posting (tie-break)"
+        return text
     ahead = [s.topic.lower() for s in found if s.favours == ids[hi]]
     behind = [s.topic.lower() for s in found if s.favours == ids[lo]]
     text = f"{ids[hi]} is above {ids[lo]}"

@@ -219,7 +219,9 @@ def test_one_sentence_per_topic_with_its_strength_and_no_raw_numbers() -> None:
     assert sum("required skill" in r for r in reasons) == 1
     assert sum("Madrid" in r or "location" in r.lower() for r in reasons) == 1
     assert "Lives in Madrid, where the job is: weighed strongly in favour" in reasons
-    assert any(r.startswith("CV wording matches the posting more closely than") for r in reasons)
+    assert any(
+        r.startswith("CV as a whole matches the posting more closely than") for r in reasons
+    )
     for r in reasons:
         assert not RAW_NUMBER.search(r) and "score" not in r, r
 
