@@ -232,10 +232,13 @@ class TreeExplainer:
             for i, pc in enumerate(pair)
         )
         ids = (pair[0].id, pair[1].id)
-        facts = tuple(candidate_facts(posting, pc.candidate, e.fit) for pc, e in zip(pair, (a, b)))
+        facts = (
+            candidate_facts(posting, pair[0].candidate, a.fit),
+            candidate_facts(posting, pair[1].candidate, b.fit),
+        )
         found = separations(
             ids,
-            (facts[0], facts[1]),
+            facts,
             (self._values(x[0]), self._values(x[1])),
             dict(zip(self.feature_names, (contrib[0] - contrib[1]).tolist(), strict=True)),
             ref,

@@ -83,7 +83,12 @@ def _req(listed: tuple[str, ...], mentioned: tuple[str, ...], absent: tuple[str,
         ((), ("python",), (), "Does not list the required skill; mentions it (python) in the CV"),
         ((), (), ("python",), "Does not list the required skill; missing: python"),
         ((), ("a", "b"), (), "Lists neither required skill; mentions both (a, b) in the CV"),
-        ((), ("a",), ("b", "c"), "Lists none of the 3 required skills; mentions 1 (a) in the CV; missing: b, c"),
+        (
+            (),
+            ("a",),
+            ("b", "c"),
+            "Lists none of the 3 required skills; mentions 1 (a) in the CV; missing: b, c",
+        ),
         (("a",), (), ("b",), "Lists 1 of 2 required skills (a); missing: b"),
     ],
 )
@@ -219,9 +224,7 @@ def test_one_sentence_per_topic_with_its_strength_and_no_raw_numbers() -> None:
     assert sum("required skill" in r for r in reasons) == 1
     assert sum("Madrid" in r or "location" in r.lower() for r in reasons) == 1
     assert "Lives in Madrid, where the job is: weighed strongly in favour" in reasons
-    assert any(
-        r.startswith("CV as a whole matches the posting more closely than") for r in reasons
-    )
+    assert any(r.startswith("CV as a whole matches the posting more closely than") for r in reasons)
     for r in reasons:
         assert not RAW_NUMBER.search(r) and "score" not in r, r
 
