@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, TypeVar
 
-from ranker.domain import Candidate, Posting, years_in_range
-from ranker.errors import DeadlineExceeded, InvalidInput, RankerError
+from ranker.domain import Candidate, Outcome, Posting, years_in_range
+from ranker.errors import DeadlineExceeded, InvalidInput, NotFound, RankerError
 from ranker.text import phrase_key
 
 if TYPE_CHECKING:
     from ranker.explain import Explanation
+    from ranker.reasons import Separation
     from ranker.rows import ErasureReceipt
 
 _Item = TypeVar("_Item", Candidate, Posting)
@@ -91,6 +92,8 @@ class RankQuery:
     retrieve_n: int | None = None
     filters: RankFilters = field(default_factory=RankFilters)
     explain: bool = False
+    unnamed_posting: bool = False
+    """The inline posting came without an id: the result names it "inline-<hash of its text>"."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,48 @@ class RankResult:
     retrieved: int
     timings_ms: Mapping[str, float]
     """Per stage: encode, retrieve, features, score, explain, total."""
+
+
+@dataclass(frozen=True)
+class CompareQuery:
+    """Why is one candidate above another for a posting: `query` names the posting (by id or
+    inline); its filters and sizes are not used, the posting's own candidates are the pool."""
+
+    candidate_a: str
+    candidate_b: str
+    query: RankQuery
+
+    def __post_init__(self) -> None:
+        for name in ("candidate_a", "candidate_b"):
+            if not getattr(self, name).strip():
+                raise InvalidInput(f"{name} is empty; send a stored candidate's id")
+        if self.candidate_a == self.candidate_b:
+            raise InvalidInput("candidate_a and candidate_b are the same; send two candidates")
+
+
+@dataclass(frozen=True)
+class ComparedCandidate:
+    """One side of a comparison: its score, its rank among the posting's retrieved candidates
+    (None when retrieval did not reach it), and its explanation."""
+
+    candidate_id: str
+    score: float
+    rank: int | None
+    explanation: Explanation
+
+
+@dataclass(frozen=True)
+class ComparisonResult:
+    """Two candidates scored by one model version for one posting, and what separates them."""
+
+    request_id: str
+    model_version: str
+    posting_id: str
+    a: ComparedCandidate
+    b: ComparedCandidate
+    summary: str
+    separating: tuple[Separation, ...]
+    retrieved: int
 
 
 @dataclass(frozen=True)
@@ -253,3 +298,25 @@ def split_batch(
             continue
         good.append((i, item))
     return results, good
+
+
+MAX_OUTCOME_SKEW = timedelta(days=1)
+"""How far in the future an outcome's time may lie (clock skew between the ATS and us)."""
+
+
+def outcome_error(
+    item: Outcome, latest: datetime, postings: Container[str], candidates: Container[str]
+) -> RankerError | None:
+    """Why an outcome cannot be recorded (its time, an unknown posting or candidate), or None."""
+    if item.at > latest:
+        return InvalidInput(
+            f"outcome time {item.at.isoformat()} is more than a day in the future; "
+            "send when the stage was reached (UTC), or leave it unset for now"
+        )
+    if item.posting_id not in postings:
+        return NotFound(f"posting {item.posting_id!r} is not stored; upsert it first")
+    if item.candidate_id not in candidates:
+        return NotFound(
+            f"candidate {item.candidate_id!r} is not stored (unknown or erased); upsert it first"
+        )
+    return None

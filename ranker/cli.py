@@ -19,9 +19,9 @@ app = typer.Typer(
 
 def _register_builtin() -> None:
     # Each command module adds its commands to `app`; one module per area keeps them apart.
-    from ranker.commands import encoder, models, serving
+    from ranker.commands import encoder, models, query, serving, web
 
-    for module in (encoder, models, serving):
+    for module in (encoder, models, serving, query, web):
         module.register(app)
 
 

@@ -5,7 +5,7 @@ The columns of the candidates, postings and outcomes tables are the fields of th
 tables below document them (tests/ranker/test_records.py checks they name every field).
 
 Four tables, each a `.jsonl` file (one JSON object per line) or a `.csv` file (a header row, then
-one row per record). In CSV, list fields are `;`-separated, booleans are `true`/`false`, datetimes
+one row per record); a `.json` file holding one object or a list of them is read too. In CSV, list fields are `;`-separated, booleans are `true`/`false`, datetimes
 are ISO-8601 (`2025-03-01T09:30:00+00:00`); an empty cell means "not given". Unknown columns are
 refused (a typo would otherwise silently drop data), and so are protected attributes anywhere but
 the protected table. Files are UTF-8; a byte-order mark (Excel writes one) is ignored, and any
@@ -209,8 +209,25 @@ def _records(path: Path) -> Iterator[tuple[int, Mapping[str, Any], bool]]:
                     start = reader.line_num + 1
             except csv.Error as e:
                 raise InvalidInput(f"{path.name} line {reader.line_num}: bad CSV ({e})") from None
+    elif suffix == ".json":
+        # One record, or a list of them, as one JSON document (e.g. `ranker query --posting-file`).
+        with path.open("rb") as f:
+            text = "".join(_lines(path, f))
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InvalidInput(
+                f"{path.name} line {e.lineno}: not valid JSON ({e.msg} at column {e.colno})"
+            ) from None
+        items = doc if isinstance(doc, list) else [doc]
+        for i, record in enumerate(items, start=1):
+            if not isinstance(record, dict):
+                raise InvalidInput(
+                    f"{path.name} item {i}: expected a JSON object, got {type(record).__name__}"
+                )
+            yield i, record, False
     else:
-        raise InvalidInput(f"{path}: unsupported file type {suffix!r}; use .jsonl or .csv")
+        raise InvalidInput(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json or .csv")
 
 
 def read_records(path: Path | str, record: type[RecordT]) -> list[RecordT]:

@@ -1,9 +1,11 @@
-"""Reasons a recruiter can read: skill and experience fit, plus the features that moved the score."""
+"""Why a candidate ranks where it does: the facts of its fit (skills listed and mentioned,
+experience, location) and the TreeSHAP contributions behind its score, worded by `ranker.reasons`;
+and what separates two candidates' scores for one posting."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,13 +13,19 @@ import lightgbm as lgb
 import numpy as np
 
 from ranker.domain import Candidate, Posting
-from ranker.features import FEATURES, FEATURES_BY_NAME
-from ranker.prepared import PreparedCandidate
-from ranker.text import phrase_key, skill_keys
-
-# Location features of a posting that names no location are the same for every candidate, so
-# crediting "a location fit" for the score would mislead.
-_LOCATION_FEATURES = frozenset(f.name for f in FEATURES if f.location)
+from ranker.features import FEATURES_BY_NAME
+from ranker.prepared import PreparedCandidate, candidate_text
+from ranker.reasons import (
+    CandidateFacts,
+    Separation,
+    candidate_reasons,
+    comparison_summary,
+    separations,
+    silent_topics,
+    topic_of,
+    weigh,
+)
+from ranker.text import phrase_key, skill_keys, tokenize
 
 
 def describe_feature(name: str, value: float) -> str:
@@ -43,6 +51,9 @@ class FitSummary:
     """One of: "remote", "same location", "willing to relocate", "location mismatch", or
     "no location requirement" (an on-site posting that names no location; the location features
     are then the same for every candidate)."""
+    required_mentioned: tuple[str, ...] = ()
+    """Required skills not listed but mentioned in the CV text (every word of the skill occurs
+    in it, as the `required_text_coverage` feature counts them)."""
 
     def describe(self) -> str:
         """One line, e.g. `3/4 required skills (missing: sql); 6 yrs vs 5 required; remote`."""
@@ -58,10 +69,11 @@ class FitSummary:
 
 
 def fit_summary(p: Posting, c: Candidate) -> FitSummary:
-    """Skills matched and missing, experience against the minimum, and location fit.
+    """Skills matched, missing and mentioned, experience against the minimum, and location fit.
 
-    Compares exactly as `FeatureBuilder` does (`phrase_key`), so the reasons agree with the
-    `required_coverage`, `nice_coverage` and location columns.
+    Compares exactly as `FeatureBuilder` does (`phrase_key` for listed skills, the CV's words
+    for mentions), so the reasons agree with the `required_coverage`, `required_text_coverage`,
+    `nice_coverage` and location columns.
     """
     skills = skill_keys(c.skills)
     required = skill_keys(p.required_skills)
@@ -85,6 +97,35 @@ def fit_summary(p: Posting, c: Candidate) -> FitSummary:
         min_years=p.min_years,
         meets_experience=c.years_experience >= p.min_years,
         location_fit=where,
+        required_mentioned=_mentioned(
+            [s for k, s in required.items() if k not in skills], candidate_text(c)
+        ),
+    )
+
+
+def _mentioned(skills: Sequence[str], text: str) -> tuple[str, ...]:
+    """The skills whose every word occurs in `text` (a skill of no words counts as itself)."""
+    if not skills:
+        return ()
+    words = set(tokenize(text))
+    return tuple(s for s in skills if all(w in words for w in (tuple(tokenize(s)) or (s,))))
+
+
+def candidate_facts(p: Posting, c: Candidate, fit: FitSummary) -> CandidateFacts:
+    """What the reasons say about `c` for `p`: its fit, with mentions apart from absences."""
+    return CandidateFacts(
+        required_matched=fit.required_matched,
+        required_mentioned=fit.required_mentioned,
+        required_absent=tuple(s for s in fit.required_missing if s not in fit.required_mentioned),
+        nice_matched=fit.nice_matched,
+        nice_total=len(skill_keys(p.nice_skills)),
+        years_experience=fit.years_experience,
+        min_years=fit.min_years,
+        location_fit=fit.location_fit,
+        candidate_location=c.location,
+        posting_location=p.location,
+        posting_remote=p.remote,
+        title=c.title,
     )
 
 
@@ -106,73 +147,139 @@ class Explanation:
     top_features: tuple[FeatureContribution, ...]
 
 
-def _fmt_years(y: float) -> str:
-    return f"{y:g} year" + ("" if y == 1 else "s")
+@dataclass(frozen=True)
+class PairExplanation:
+    """Two candidates for one posting: each one's explanation, and what separates them."""
+
+    a: Explanation
+    b: Explanation
+    separating: tuple[Separation, ...]
+    summary: str
 
 
-def fit_reasons(posting: Posting, fit: FitSummary) -> list[str]:
-    """Sentences about skills, experience and location, most decisive first."""
-    reasons: list[str] = []
-    n_req = len(fit.required_matched) + len(fit.required_missing)
-    if n_req == 0:
-        reasons.append("The posting lists no required skills")
-    elif not fit.required_missing:
-        reasons.append(f"Has all {n_req} required skills: {', '.join(fit.required_matched)}")
-    else:
-        has = f"Has {len(fit.required_matched)} of {n_req} required skills"
-        if fit.required_matched:
-            has += f" ({', '.join(fit.required_matched)})"
-        reasons.append(f"{has}; missing: {', '.join(fit.required_missing)}")
-    if fit.nice_matched:
-        reasons.append(f"Also has nice-to-have skills: {', '.join(fit.nice_matched)}")
-    if fit.min_years <= 0:
-        reasons.append(f"{_fmt_years(fit.years_experience)} of experience (no minimum asked)")
-    elif fit.meets_experience:
-        reasons.append(
-            f"{_fmt_years(fit.years_experience)} of experience, meets the "
-            f"{fit.min_years:g} required"
+_BASELINE_ROWS = 100
+"""Reference rows whose contributions set the posting's average candidate (`_baseline`)."""
+
+
+class ContributionExplainer:
+    """Reasons and pairwise separations from additive per-feature contributions to a score.
+
+    Subclasses say where the contributions come from (`contributions`): TreeSHAP for a trained
+    model, the rule's own terms for the fallback ranker. Everything a recruiter reads is built
+    the same way from them.
+    """
+
+    def __init__(self, feature_names: Sequence[str], n_top: int = 3) -> None:
+        self.feature_names = tuple(feature_names)
+        self.n_top = n_top
+
+    def contributions(self, x: np.ndarray) -> np.ndarray:
+        """(n, n_features) additive contribution of each feature to each row's score."""
+        raise NotImplementedError
+
+    def explain(
+        self,
+        posting: Posting,
+        candidates: Sequence[PreparedCandidate],
+        x: np.ndarray,
+        reference: np.ndarray | None = None,
+    ) -> list[Explanation]:
+        """One explanation per candidate (row of `x`), in the same order.
+
+        `reference` holds the feature rows of all the posting's candidates in this request
+        (default: `x`): percentiles are among them, and a topic the same for all of them is left
+        out of the reasons.
+        """
+        reference = x if reference is None else reference
+        contrib = self.contributions(x) - self._baseline(reference)
+        ref = self._columns(reference)
+        return [
+            self._explain_row(posting, cand.candidate, x[row], contrib[row], ref)[0]
+            for row, cand in enumerate(candidates)
+        ]
+
+    def compare(
+        self,
+        posting: Posting,
+        pair: tuple[PreparedCandidate, PreparedCandidate],
+        x: np.ndarray,
+        reference: np.ndarray,
+        scores: tuple[float, float],
+        ranks: tuple[int | None, int | None] = (None, None),
+    ) -> PairExplanation:
+        """Both candidates' explanations (rows 0 and 1 of `x`) and the topics that separate
+        their scores: TreeSHAP contributions are additive, so A's minus B's, summed per topic,
+        add up to the score difference (the posting's baseline cancels out)."""
+        contrib = self.contributions(x) - self._baseline(reference)
+        ref = self._columns(reference)
+        (a, silent), (b, _) = (
+            self._explain_row(posting, pc.candidate, x[i], contrib[i], ref)
+            for i, pc in enumerate(pair)
         )
-    else:
-        short = fit.min_years - fit.years_experience
-        reasons.append(
-            f"{_fmt_years(fit.years_experience)} of experience, {short:g} short of the "
-            f"{fit.min_years:g} required"
+        ids = (pair[0].id, pair[1].id)
+        facts = (
+            candidate_facts(posting, pair[0].candidate, a.fit),
+            candidate_facts(posting, pair[1].candidate, b.fit),
         )
-    if not posting.location and not posting.remote:
-        reasons.append("The posting names no location")
-        return reasons
-    where = posting.location or "the job's location"
-    reasons.append(
-        {
-            "remote": "Accepts remote work, and the job is remote",
-            "same location": f"Located in {where}",
-            "willing to relocate": f"Would relocate to {where}",
-            "location mismatch": (
-                "Does not accept remote work"
-                if posting.remote and not posting.location
-                else f"Not in {where}, not open to relocating or remote work"
-            ),
-        }.get(fit.location_fit, f"Location: {fit.location_fit}")
-    )
-    return reasons
+        found = separations(
+            ids,
+            facts,
+            (self._values(x[0]), self._values(x[1])),
+            dict(zip(self.feature_names, (contrib[0] - contrib[1]).tolist(), strict=True)),
+            ref,
+            silent,
+        )
+        summary = comparison_summary(ids, scores, found, ranks)
+        return PairExplanation(a, b, tuple(found), summary)
+
+    def _baseline(self, reference: np.ndarray) -> np.ndarray:
+        """The mean contribution of each feature among the posting's candidates.
+
+        TreeSHAP measures a contribution against the training data's average candidate, so a
+        CV closer to the posting than most of its candidates could still read "weighed against".
+        Taken against this posting's own candidates instead, "in favour" means "lifted this
+        candidate above the posting's average one", which is what a recruiter asks. Estimated
+        on at most `_BASELINE_ROWS` rows spread over the reference.
+        """
+        if len(reference) == 0:
+            return np.zeros(len(self.feature_names), dtype=np.float32)
+        rows = np.unique(np.linspace(0, len(reference) - 1, _BASELINE_ROWS).astype(np.intp))
+        base: np.ndarray = self.contributions(reference[rows]).mean(axis=0)
+        return base
+
+    def _columns(self, m: np.ndarray) -> dict[str, np.ndarray]:
+        return {name: m[:, j] for j, name in enumerate(self.feature_names)}
+
+    def _values(self, row: np.ndarray) -> dict[str, float]:
+        return {name: float(row[j]) for j, name in enumerate(self.feature_names)}
+
+    def _explain_row(
+        self,
+        posting: Posting,
+        candidate: Candidate,
+        row: np.ndarray,
+        contrib: np.ndarray,
+        reference: Mapping[str, np.ndarray],
+    ) -> tuple[Explanation, frozenset[str]]:
+        """One candidate's explanation, and the topics left out for this posting."""
+        fit = fit_summary(posting, candidate)
+        facts = candidate_facts(posting, candidate, fit)
+        has_location = bool(phrase_key(posting.location)) or posting.remote
+        silent = silent_topics(facts, has_location, reference)
+        values = self._values(row)
+        spoken = [j for j, n in enumerate(self.feature_names) if topic_of(n).key not in silent]
+        weights = weigh({self.feature_names[j]: float(contrib[j]) for j in spoken}, silent)
+        reasons = candidate_reasons(facts, weights, values, reference, silent, self.n_top)
+        order = sorted(spoken, key=lambda j: -abs(float(contrib[j])))[: self.n_top]
+        top = tuple(
+            FeatureContribution(self.feature_names[j], float(row[j]), float(contrib[j]))
+            for j in order
+            if contrib[j] != 0
+        )
+        return Explanation(reasons=tuple(reasons), fit=fit, top_features=top), silent
 
 
-def contribution_sentences(top: Sequence[FeatureContribution]) -> list[str]:
-    """One sentence per feature that moved the score, e.g.
-    `1 required skill missing lowered the score (−0.06)`."""
-    out = []
-    for f in top:
-        if f.contribution == 0:
-            continue
-        words = describe_feature(f.name, f.value)
-        verb = "raised" if f.contribution > 0 else "lowered"
-        # U+2212 minus: reads as a sign, not a hyphen, next to the number.
-        amount = f"+{f.contribution:.2f}" if f.contribution > 0 else f"\u2212{-f.contribution:.2f}"
-        out.append(f"{words[0].upper()}{words[1:]} {verb} the score ({amount})")
-    return out
-
-
-class TreeExplainer:
+class TreeExplainer(ContributionExplainer):
     """TreeSHAP contributions from the LightGBM booster the served ONNX model was exported from.
 
     The booster is loaded on first use: most requests do not ask for reasons, and a model swap
@@ -186,9 +293,8 @@ class TreeExplainer:
         n_top: int = 3,
         blend: tuple[int, float] | None = None,
     ) -> None:
+        super().__init__(feature_names, n_top)
         self.booster_path = Path(booster_path)
-        self.feature_names = tuple(feature_names)
-        self.n_top = n_top
         self.blend = blend
         """(column, weight) of the served score's blend term (`ranker.scorer.BlendedScorer`):
         it is that feature's own contribution, so it is added to it."""
@@ -214,29 +320,4 @@ class TreeExplainer:
         if self.blend is not None and self.blend[1]:
             column, weight = self.blend
             out[:, column] += np.float32(weight) * np.asarray(x, dtype=np.float32)[:, column]
-        return out
-
-    def explain(
-        self, posting: Posting, candidates: Sequence[PreparedCandidate], x: np.ndarray
-    ) -> list[Explanation]:
-        """One explanation per candidate (row of `x`), in the same order."""
-        contrib = self.contributions(x)
-        silent = _LOCATION_FEATURES if not posting.location and not posting.remote else frozenset()
-        out: list[Explanation] = []
-        for row, cand in enumerate(candidates):
-            fit = fit_summary(posting, cand.candidate)
-            c = contrib[row].copy()
-            for j, name in enumerate(self.feature_names):
-                if name in silent:
-                    c[j] = 0.0
-            order = np.argsort(-np.abs(c), kind="stable")[: self.n_top]
-            top = tuple(
-                FeatureContribution(
-                    name=self.feature_names[j], value=float(x[row, j]), contribution=float(c[j])
-                )
-                for j in order
-                if c[j] != 0
-            )
-            reasons = fit_reasons(posting, fit) + contribution_sentences(top)
-            out.append(Explanation(reasons=tuple(reasons), fit=fit, top_features=top))
         return out

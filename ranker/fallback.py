@@ -25,12 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from ranker.domain import Posting
 from ranker.errors import InvalidInput
-from ranker.explain import Explanation, FeatureContribution, fit_reasons, fit_summary
+from ranker.explain import ContributionExplainer
 from ranker.features import FEATURE_NAMES, FEATURES_VERSION, FeatureBuilder
 from ranker.lexicon import Lexicon
-from ranker.prepared import PreparedCandidate
 
 HAND_RULE: dict[str, float] = {
     "required_coverage": 3.0,
@@ -105,39 +103,20 @@ class RetrievalScorer:
         return np.zeros(len(x), dtype=np.float32)
 
 
-class FallbackExplainer:
-    """Fit reasons for a fallback ranking; for the hand rule also its terms' exact shares."""
+class FallbackExplainer(ContributionExplainer):
+    """Reasons for a fallback ranking, worded like a trained model's: for the hand rule the
+    contributions are its terms' exact shares of the score; retrieval order has none, so only
+    the fit facts and similarities speak."""
 
     def __init__(self, rule: str, feature_names: Sequence[str] = FEATURE_NAMES) -> None:
+        super().__init__(feature_names)
         self.rule = rule
-        self.feature_names = tuple(feature_names)
 
-    def explain(
-        self, posting: Posting, candidates: Sequence[PreparedCandidate], x: np.ndarray
-    ) -> list[Explanation]:
-        terms = hand_rule_terms(x, self.feature_names) if self.rule == "hand_rule" else {}
-        out: list[Explanation] = []
-        for row, cand in enumerate(candidates):
-            fit = fit_summary(posting, cand.candidate)
-            top = tuple(
-                FeatureContribution(
-                    name=name,
-                    value=float(x[row, self.feature_names.index(name)]),
-                    contribution=float(values[row]),
-                )
-                for name, values in sorted(terms.items(), key=lambda kv: -abs(kv[1][row]))
-                if values[row] != 0
-            )
-            reasons = fit_reasons(posting, fit)
-            if self.rule == "hand_rule":
-                shares = ", ".join(f"{f.name} {f.contribution:+.2f}" for f in top)
-                reasons.append(
-                    "Ranked by the fallback rule of thumb (no trained model yet): "
-                    + (shares or "every term 0")
-                )
-            else:
-                reasons.append("Ranked by search similarity (no trained model yet)")
-            out.append(Explanation(reasons=tuple(reasons), fit=fit, top_features=top))
+    def contributions(self, x: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(x), len(self.feature_names)), dtype=np.float32)
+        if self.rule == "hand_rule" and len(x):
+            for name, values in hand_rule_terms(np.asarray(x), self.feature_names).items():
+                out[:, self.feature_names.index(name)] = values
         return out
 
 

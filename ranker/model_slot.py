@@ -8,7 +8,7 @@ It follows the registry's pointer (the `champion`, what is served) and its `chal
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -16,13 +16,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from ranker.api import ModelInfo
-from ranker.domain import Posting
 from ranker.errors import ModelRejected, NotReady
-from ranker.explain import Explanation, TreeExplainer
+from ranker.explain import ContributionExplainer, TreeExplainer
 from ranker.fallback import FallbackExplainer, fallback_bundle
 from ranker.features import FeatureBuilder
 from ranker.metrics import ServiceMetrics
-from ranker.prepared import PreparedCandidate
 
 if TYPE_CHECKING:
     from ranker.registry import ModelRegistry
@@ -54,12 +52,8 @@ class Servable(Protocol):
     def builder(self) -> FeatureBuilder: ...
 
 
-class Explainer(Protocol):
-    """Explains ranked candidates (`TreeExplainer`, or the fallback's)."""
-
-    def explain(
-        self, posting: Posting, candidates: Sequence[PreparedCandidate], x: np.ndarray
-    ) -> list[Explanation]: ...
+Explainer = ContributionExplainer
+"""Explains ranked candidates: `TreeExplainer` for a trained version, the fallback's own."""
 
 
 @dataclass(frozen=True)

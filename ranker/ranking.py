@@ -123,8 +123,9 @@ def explain_rows(
 ) -> dict[int, Explanation]:
     """Explanations of the retrieved candidates at `rows`, keyed by row."""
     rows_list = [int(i) for i in rows]
+    # Every retrieved row is the reference: percentiles are among this posting's candidates.
     found = req.served.explainer.explain(
-        req.posting.posting, [hits.cands[i] for i in rows_list], x[rows]
+        req.posting.posting, [hits.cands[i] for i in rows_list], x[rows], reference=x
     )
     return dict(zip(rows_list, found, strict=True))
 
@@ -178,9 +179,14 @@ def result_of(
     return RankResult(
         request_id=req.request_id,
         model_version=req.served.bundle.version,
-        posting_id=f"inline-{req.posting_hash[:16]}" if req.inline else req.posting.id,
+        posting_id=result_posting_id(req),
         results=results,
         eligible=hits.eligible,
         retrieved=len(hits.cands),
         timings_ms=timings,
     )
+
+
+def result_posting_id(req: RankRequest) -> str:
+    """The posting's id as given; "inline-<hash>" only for an inline posting sent without one."""
+    return f"inline-{req.posting_hash[:16]}" if req.query.unnamed_posting else req.posting.id

@@ -12,4 +12,5 @@ pytest_plugins = [
     "tests.fixtures.encoder",  # exported ONNX encoder (embeddings)
     "tests.fixtures.training",  # small demo data set and a trained, registered model (training)
     "tests.fixtures.server",  # a real gRPC server on port 0 with a real stub (serving)
+    "tests.fixtures.recruiter",  # a server seeded with the recruiter's problem cases (issue 13)
 ]

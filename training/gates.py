@@ -54,8 +54,8 @@ from ranker.registry import ModelBundle
 from ranker.scorer import PARITY_TOLERANCE
 from training.audit import AuditConfig, AuditMeta, AuditResult, Ranking, audit_rankings
 from training.evaluate import HAND_RULE_NAME, POOL_VIEW, RETRIEVAL, Evaluation, RankingModel
-from training.pool import Pool
 from training.metrics import Estimate
+from training.pool import Pool
 
 GATE_METRIC = "ndcg@10"
 """The pool-view metric the comparison gates decide on."""

@@ -1,7 +1,8 @@
-"""Serving commands: `ranker serve`, `ranker query`, `ranker health` and `ranker ingest`.
+"""Serving commands: `ranker serve`, `ranker health` and `ranker ingest` (`ranker query` lives in
+`ranker.commands.query`).
 
-`query` and `health` are clients: they import only grpc, the generated stubs and the light
-message conversions, never the pipeline (FAISS, LightGBM), so they start fast and quietly.
+`health` is a client: it imports only grpc and the health stubs, never the pipeline (FAISS,
+LightGBM), so it starts fast and quietly.
 """
 
 from __future__ import annotations
@@ -12,15 +13,12 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from ranker.commands import fail
 from ranker.config import Settings
 
 if TYPE_CHECKING:
     import grpc
-
-    from ranker.v1 import ranker_pb2 as pb
 
 console = Console()
 err_console = Console(stderr=True)
@@ -73,105 +71,6 @@ def serve(
         pass
     except (RankerError, StartError, DataDirBusy) as e:
         fail(str(e))
-
-
-def query(
-    posting_id: Annotated[str | None, typer.Option(help="A stored posting's id.")] = None,
-    posting_file: Annotated[
-        Path | None,
-        typer.Option(help="A .jsonl or .csv file holding the posting to rank for (first row)."),
-    ] = None,
-    k: Annotated[int, typer.Option("--k", "-k", help="How many candidates to show.")] = 10,
-    explain: Annotated[bool, typer.Option(help="Show the reasons for each candidate.")] = True,
-    location: Annotated[
-        list[str] | None, typer.Option(help="Only candidates located here (repeatable).")
-    ] = None,
-    include_remote: Annotated[
-        bool,
-        typer.Option(help="Also (with --location) or only (without) candidates open to remote."),
-    ] = False,
-    include_relocating: Annotated[
-        bool,
-        typer.Option(help="Also (with --location) or only (without) candidates who'd relocate."),
-    ] = False,
-    remote_only: Annotated[bool, typer.Option(help="Only candidates open to remote work.")] = False,
-    min_years: Annotated[
-        float | None, typer.Option(help="Only candidates with this much experience.")
-    ] = None,
-    skill: Annotated[
-        list[str] | None, typer.Option(help="Only candidates listing this skill (repeatable).")
-    ] = None,
-    address: Annotated[str | None, typer.Option(help="host:port of the service.")] = None,
-    timeout: Annotated[float, typer.Option(help="Deadline in seconds.")] = 30.0,
-) -> None:
-    """Ask the running service for the top-k candidates of a posting; print them with reasons."""
-    import grpc
-
-    from ranker.v1 import ranker_pb2 as pb
-    from ranker.v1 import ranker_pb2_grpc as pb_grpc
-
-    settings = Settings()
-    if (posting_id is None) == (posting_file is None):
-        fail("give exactly one of --posting-id or --posting-file")
-    request = pb.RankCandidatesRequest(top_k=k, explain=explain)
-    if posting_id is not None:
-        request.posting_id = posting_id
-    else:
-        from ranker import datafiles
-        from ranker.errors import InvalidInput
-        from ranker.transport.convert import posting_to_pb
-
-        assert posting_file is not None
-        try:
-            postings = datafiles.read_postings(posting_file)
-        except (InvalidInput, OSError) as e:
-            fail(str(e))
-        if not postings:
-            fail(f"{posting_file} holds no posting")
-        if len(postings) > 1:
-            err_console.print(f"{posting_file} holds {len(postings)} postings; ranking the first")
-        request.posting.CopyFrom(posting_to_pb(postings[0]))
-    if location or include_remote or include_relocating or remote_only or min_years is not None:
-        request.filters.CopyFrom(
-            pb.Filters(
-                locations=location or [],
-                include_remote=include_remote,
-                include_relocating=include_relocating,
-                remote_only=remote_only,
-            )
-        )
-    if skill:
-        request.filters.must_have_skills.extend(skill)
-    if min_years is not None:
-        request.filters.min_years = min_years
-    target = _address(settings, address)
-    with grpc.insecure_channel(target) as channel:
-        stub = pb_grpc.CandidateRankerStub(channel)
-        try:
-            response = stub.RankCandidates(request, timeout=timeout)
-        except grpc.RpcError as e:
-            _rpc_failure(e, target)
-    _print_ranking(response)
-
-
-def _print_ranking(r: pb.RankCandidatesResponse) -> None:
-    console.print(
-        f"posting [bold]{r.posting_id}[/bold] · model [bold]{r.model_version}[/bold] · "
-        f"{r.eligible} eligible, {r.retrieved} reranked · {r.timings.total_ms:.1f} ms · "
-        f"request {r.request_id}"
-    )
-    table = Table(show_lines=True)
-    table.add_column("#", justify="right")
-    table.add_column("candidate")
-    table.add_column("score", justify="right")
-    table.add_column("similarity", justify="right")
-    table.add_column("reasons")
-    for c in r.results:
-        reasons = "\n".join(c.explanation.reasons) if c.HasField("explanation") else ""
-        table.add_row(str(c.rank), c.candidate_id, f"{c.score:.3f}", f"{c.similarity:.3f}", reasons)
-    console.print(table)
-    if not r.results:
-        console.print("no candidate passed the filters")
 
 
 def health(
@@ -296,6 +195,5 @@ def ingest(
 def register(app: typer.Typer) -> None:
     """Add the serving commands to the `ranker` CLI."""
     app.command()(serve)
-    app.command()(query)
     app.command()(health)
     app.command()(ingest)

@@ -17,14 +17,21 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.protobuf.unknown_fields import UnknownFieldSet
 
-from ranker.api import RankFilters, RankQuery, Rejected
+from ranker.api import CompareQuery, RankFilters, RankQuery, Rejected
 from ranker.domain import Candidate, Outcome, Posting, Record, RecordT, record_fields
 from ranker.errors import InvalidInput, RankerError
 from ranker.transport.status import status_for
 from ranker.v1 import ranker_pb2 as pb
 
 if TYPE_CHECKING:
-    from ranker.api import BatchResult, ModelInfo, PostingPage, RankResult
+    from ranker.api import (
+        BatchResult,
+        ComparedCandidate,
+        ComparisonResult,
+        ModelInfo,
+        PostingPage,
+        RankResult,
+    )
     from ranker.explain import Explanation
     from ranker.rows import ErasureReceipt
 
@@ -202,7 +209,22 @@ def query_from_pb(m: pb.RankCandidatesRequest) -> RankQuery:
         retrieve_n=m.retrieve_n if m.HasField("retrieve_n") else None,
         filters=filters_from_pb(m.filters) if m.HasField("filters") else RankFilters(),
         explain=m.explain,
+        unnamed_posting=which == "posting" and not m.posting.id,
     )
+
+
+def compare_query_from_pb(m: pb.CompareCandidatesRequest) -> CompareQuery:
+    which = m.WhichOneof("posting_ref")
+    if which is None:
+        raise InvalidInput("the request names no posting; set posting_id or posting")
+    if which == "posting_id" and not m.posting_id.strip():
+        raise InvalidInput("posting_id is empty; send a stored posting's id or an inline posting")
+    query = RankQuery(
+        posting_id=m.posting_id if which == "posting_id" else None,
+        posting=posting_from_pb(m.posting, default_id="inline") if which == "posting" else None,
+        unnamed_posting=which == "posting" and not m.posting.id,
+    )
+    return CompareQuery(candidate_a=m.candidate_a, candidate_b=m.candidate_b, query=query)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,6 +273,37 @@ def rank_result_to_pb(r: RankResult) -> pb.RankCandidatesResponse:
             explain_ms=t["explain"],
             total_ms=t["total"],
         ),
+    )
+
+
+def comparison_to_pb(r: ComparisonResult) -> pb.CompareCandidatesResponse:
+    def side(c: ComparedCandidate) -> pb.ComparedCandidate:
+        return pb.ComparedCandidate(
+            candidate_id=c.candidate_id,
+            score=c.score,
+            rank=c.rank,
+            explanation=explanation_to_pb(c.explanation),
+        )
+
+    return pb.CompareCandidatesResponse(
+        request_id=r.request_id,
+        model_version=r.model_version,
+        posting_id=r.posting_id,
+        a=side(r.a),
+        b=side(r.b),
+        summary=r.summary,
+        separating=[
+            pb.Separation(
+                topic=s.topic,
+                reason=s.reason,
+                favours=s.favours,
+                strength=s.strength,
+                contribution_difference=s.difference,
+                features=list(s.features),
+            )
+            for s in r.separating
+        ],
+        retrieved=r.retrieved,
     )
 
 

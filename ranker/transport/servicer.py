@@ -20,6 +20,8 @@ from ranker.pipeline import RankingPipeline
 from ranker.transport.convert import (
     candidate_from_pb,
     candidate_to_pb,
+    compare_query_from_pb,
+    comparison_to_pb,
     items_to_pb,
     model_info_to_pb,
     outcome_from_pb,
@@ -141,6 +143,13 @@ class CandidateRankerService:
                 pipeline.list_postings(request.page_size, request.page_token)
             )
         )
+
+    async def CompareCandidates(  # noqa: N802
+        self, request: pb.CompareCandidatesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CompareCandidatesResponse:
+        query = compare_query_from_pb(request)
+        r = await self._run(self._pipeline().compare, query, self._deadline(context))
+        return comparison_to_pb(r)
 
     def _count_item_errors(self, rpc: str, r: BatchResult) -> None:
         for i in r.items:

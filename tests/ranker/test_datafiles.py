@@ -192,10 +192,31 @@ def test_posting_domain_error_gets_the_line(tmp_path: Path) -> None:
 
 
 def test_unsupported_and_missing_files(tmp_path: Path) -> None:
-    with pytest.raises(InvalidInput, match="use .jsonl or .csv"):
+    with pytest.raises(InvalidInput, match=r"use \.jsonl, \.json or \.csv"):
         read_candidates(_csv(tmp_path, "c.xlsx", "x"))
     with pytest.raises(InvalidInput, match="no such file"):
         read_candidates(tmp_path / "absent.jsonl")
+
+
+def test_a_json_file_holds_one_record_or_a_list(tmp_path: Path) -> None:
+    one = tmp_path / "posting.json"
+    one.write_text('{"id": "P1", "title": "Welder", "description": "Welding."}', encoding="utf-8")
+    assert [p.id for p in read_postings(one)] == ["P1"]
+    many = tmp_path / "postings.json"
+    many.write_text(
+        '[{"id": "P1", "title": "A", "description": "a"},\n'
+        ' {"id": "P2", "title": "B", "description": "b"}]',
+        encoding="utf-8",
+    )
+    assert [p.id for p in read_postings(many)] == ["P1", "P2"]
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"id": "P1",\n "title": }', encoding="utf-8")
+    with pytest.raises(InvalidInput, match=r"bad.json line 2: not valid JSON"):
+        read_postings(bad)
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text('["P1"]', encoding="utf-8")
+    with pytest.raises(InvalidInput, match="item 1: expected a JSON object"):
+        read_postings(wrong)
 
 
 def test_protected_needs_candidate_id(tmp_path: Path) -> None:

@@ -1,0 +1,1 @@
+"""The recruiter's review page (`ranker web`): server-rendered HTML over the gRPC service."""
