@@ -18,7 +18,14 @@ import numpy as np
 
 from ranker.domain import Candidate, Outcome, Posting, RecordT, Stage, from_plain, to_plain
 from ranker.errors import InvalidInput, NotFound
-from ranker.rows import CandidateRow, CandidateVersion, Decision, ErasureReceipt, PostingRow
+from ranker.rows import (
+    CandidateRow,
+    CandidateVersion,
+    Decision,
+    ErasureReceipt,
+    PostingRow,
+    ScoredCandidates,
+)
 from ranker.schema import SCHEMA, SCHEMA_VERSION
 
 _IN_LIMIT = 500
@@ -438,6 +445,41 @@ class SqliteStore:
                 "VALUES (?, ?, ?, ?, ?)",
                 items,
             )
+            for d in decisions:
+                if d.scored is not None:
+                    self._log_scores(tx, d.request_id, d.scored)
+
+    @staticmethod
+    def _log_scores(tx: sqlite3.Connection, request_id: str, scored: ScoredCandidates) -> None:
+        """Every scored candidate's score of one decision, keyed by integers (compact)."""
+        seq = tx.execute(
+            "INSERT INTO decision_score_sets (request_id) VALUES (?) RETURNING seq", (request_id,)
+        ).fetchone()[0]
+        fids = np.asarray(scored.faiss_ids, dtype=np.int64).tolist()
+        # float32 first: the score as served, so a read-back compares equal to it.
+        values = np.asarray(scored.scores, dtype=np.float32).astype(np.float64).tolist()
+        tx.executemany(
+            "INSERT INTO decision_scores (seq, faiss_id, score) VALUES (?, ?, ?)",
+            [(seq, f, v) for f, v in zip(fids, values, strict=True)],
+        )
+
+    def _read_scores(self, request_id: str) -> ScoredCandidates | None:
+        """The logged scores of a decision, for the candidates still stored; None if none kept."""
+        seq = self._conn.execute(
+            "SELECT seq FROM decision_score_sets WHERE request_id = ?", (request_id,)
+        ).fetchone()
+        if seq is None:
+            return None
+        rows = self._conn.execute(
+            "SELECT s.faiss_id, c.id, s.score FROM decision_scores s "
+            "JOIN candidates c ON c.faiss_id = s.faiss_id WHERE s.seq = ? ORDER BY s.faiss_id",
+            (seq[0],),
+        ).fetchall()
+        return ScoredCandidates(
+            faiss_ids=np.array([r[0] for r in rows], dtype=np.int64),
+            candidate_ids=tuple(r[1] for r in rows),
+            scores=np.array([r[2] for r in rows], dtype=np.float32),
+        )
 
     def get_decision(self, request_id: str) -> Decision:
         with self._lock:
@@ -453,6 +495,7 @@ class SqliteStore:
                 "ORDER BY rank",
                 (request_id,),
             ).fetchall()
+            scored = self._read_scores(request_id)
         names = tuple(json.loads(head[6]))
         feats = (
             np.stack([np.frombuffer(f, dtype=np.float32) for _, _, f in items])
@@ -471,6 +514,7 @@ class SqliteStore:
             scores=np.array([s for _, s, _ in items], dtype=np.float32),
             features=feats,
             params=json.loads(head[7]),
+            scored=scored,
         )
 
     def count_decisions(self) -> int:
@@ -479,8 +523,8 @@ class SqliteStore:
 
     # -- erasure --------------------------------------------------------------------------
     def delete_candidates(self, ids: Sequence[str]) -> ErasureReceipt:
-        """Erase candidates: CV and its earlier versions, vectors, outcomes, protected attributes
-        and logged feature rows.
+        """Erase candidates: CV and its earlier versions, vectors, outcomes, protected attributes,
+        logged feature rows and logged scores.
 
         One transaction for the whole request; a receipt per erased id keeps only its keyed
         digest (`_receipt_digest`), never the id.
@@ -493,11 +537,13 @@ class SqliteStore:
             "candidate_versions": 0,
             "outcomes": 0,
             "decision_items": 0,
+            "decision_scores": 0,
             "protected_attributes": 0,
         }
         receipt_ids: list[int] = []
         with self._tx() as tx:
             for cid in dict.fromkeys(ids):
+                fid = tx.execute("SELECT faiss_id FROM candidates WHERE id = ?", (cid,)).fetchone()
                 counts = {
                     "candidates": tx.execute(
                         "DELETE FROM candidates WHERE id = ?", (cid,)
@@ -510,6 +556,12 @@ class SqliteStore:
                     ).rowcount,
                     "decision_items": tx.execute(
                         "DELETE FROM decision_items WHERE candidate_id = ?", (cid,)
+                    ).rowcount,
+                    # Keyed by faiss id: gone with the candidate's row, so look it up first.
+                    "decision_scores": 0
+                    if fid is None
+                    else tx.execute(
+                        "DELETE FROM decision_scores WHERE faiss_id = ?", (fid[0],)
                     ).rowcount,
                     "protected_attributes": tx.execute(
                         "DELETE FROM protected_attributes WHERE candidate_id = ?", (cid,)
