@@ -8,7 +8,10 @@ shares (configured, or the request's retrieved set's own shares), and the decisi
 what was done: method, attribute, targets, how many places changed. Candidates without a
 recorded category are their own category, `unknown`.
 
-Read the legal caveat in `ranker.fair_rerank` (and the README) before enabling it.
+Read the legal caveat in `ranker.fair_rerank` (and the README) before enabling it. Measured
+limit (FAIRNESS.md): a category whose target share x k is under 1 gets no place from the prefix
+minimums within the top k, and DetConstSort places items only when a minimum rises, so with the
+retrieved set's shares such a small category ends up with fewer top-k places than by score.
 
 Protected attributes loaded at start stay as loaded until the service restarts (they arrive by
 `ranker ingest`, not by the online upserts); erasure forgets an erased candidate's at once.

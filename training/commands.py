@@ -194,8 +194,9 @@ def _load_store(settings: Settings) -> StoredData:
     return StoredData(candidates, postings, outcomes, protected, versions)
 
 
-def _trained_on(registry: ModelRegistry, digest: str) -> str | None:
-    """The newest registered version trained on data with `digest` by this code's features."""
+def _trained_on(registry: ModelRegistry, digest: str, mitigation: str = "none") -> str | None:
+    """The newest registered version trained on data with `digest` by this code's features
+    (and the same training-time mitigation)."""
     from ranker.features import FEATURE_NAMES, FEATURES_VERSION
 
     for version in reversed(registry.versions()):
@@ -207,6 +208,7 @@ def _trained_on(registry: ModelRegistry, digest: str) -> str | None:
             card.get("data", {}).get("sha256") == digest
             and card.get("feature_names") == list(FEATURE_NAMES)
             and card.get("features_version") == FEATURES_VERSION
+            and card.get("mitigation", {}).get("method", "none") == mitigation
         ):
             return str(version)
     return None
@@ -229,11 +231,27 @@ def train(
             "(promoting it instead if nothing is in service).",
         ),
     ] = False,
+    mitigation: Annotated[
+        str,
+        typer.Option(
+            help="Training-time bias mitigation: none, or reweigh (training rows weighted by "
+            "category x label, Kamiran & Calders; recorded in the model card).",
+        ),
+    ] = "none",
+    mitigation_attribute: Annotated[
+        str, typer.Option(help="Protected attribute --mitigation reweighs by.")
+    ] = "sex",
 ) -> None:
     """Train a ranker on the store's outcomes, evaluate it, register it (and maybe promote it)."""
     from ranker.registry import ModelRegistry
     from training.evaluate import data_digest
+    from training.mitigation import MitigationConfig
     from training.train import TrainConfig, train_and_register
+
+    try:
+        mitigate = MitigationConfig(mitigation, mitigation_attribute)  # type: ignore[arg-type]
+    except RankerError as e:
+        fail(str(e))
 
     settings = Settings()
     registry = ModelRegistry(settings.resolved_registry_dir, settings.ort_session)
@@ -250,7 +268,7 @@ def train(
     if if_missing:
         # Any version counts, promoted or not: otherwise every run while a model is in service
         # would register yet another copy of the same model.
-        done = _trained_on(registry, data_digest(candidates, postings, outcomes))
+        done = _trained_on(registry, data_digest(candidates, postings, outcomes), mitigate.method)
         if done is not None and done == current:
             console.print(f"model {current} in service was trained on this data; skipping")
             return
@@ -279,6 +297,7 @@ def train(
             protected=protected or None,
             settings=settings,
             versions=versions,
+            mitigation=mitigate,
         )
     except RankerError as e:
         fail(str(e))
