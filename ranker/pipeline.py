@@ -106,10 +106,8 @@ class RankingPipeline:
         self._index_dirty_at: float | None = None
         self._next_model_poll = 0.0
         self._decisions = DecisionLog(store, metrics, maxsize=10_000)
-        # Protected attributes are read only when the opt-in fair re-ranker is on.
-        self._fair = (
-            FairReranker.from_store(store, settings) if settings.fair_rerank != "off" else None
-        )
+        fair_on = settings.fair_rerank != "off"  # the protected table is read only then
+        self._fair = FairReranker.from_store(store, settings) if fair_on else None
         self.index = self._load_memory()
         self._update_gauges()
 
@@ -320,9 +318,8 @@ class RankingPipeline:
             order = scored.ranked[:top_k]
             alive: np.ndarray | None = None  # rows whose scores are logged: all by default
             if self._erasures != hits.erasures_seen:
-                # An erasure ran while this request scored without the lock: drop what it
-                # erased (an erased id is never served, nor its score logged) and fill up from
-                # the next best.
+                # An erasure ran while this request scored without the lock: drop what it erased
+                # (never served, nor its score logged) and fill up from the next best.
                 alive = np.asarray(
                     [
                         i

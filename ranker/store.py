@@ -16,16 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ranker.decision_scores import read_scores, write_scores
 from ranker.domain import Candidate, Outcome, Posting, RecordT, Stage, from_plain, to_plain
 from ranker.errors import InvalidInput, NotFound
-from ranker.rows import (
-    CandidateRow,
-    CandidateVersion,
-    Decision,
-    ErasureReceipt,
-    PostingRow,
-    ScoredCandidates,
-)
+from ranker.rows import CandidateRow, CandidateVersion, Decision, ErasureReceipt, PostingRow
 from ranker.schema import SCHEMA, SCHEMA_VERSION
 
 _IN_LIMIT = 500
@@ -447,39 +441,7 @@ class SqliteStore:
             )
             for d in decisions:
                 if d.scored is not None:
-                    self._log_scores(tx, d.request_id, d.scored)
-
-    @staticmethod
-    def _log_scores(tx: sqlite3.Connection, request_id: str, scored: ScoredCandidates) -> None:
-        """Every scored candidate's score of one decision, keyed by integers (compact)."""
-        seq = tx.execute(
-            "INSERT INTO decision_score_sets (request_id) VALUES (?) RETURNING seq", (request_id,)
-        ).fetchone()[0]
-        fids = np.asarray(scored.faiss_ids, dtype=np.int64).tolist()
-        # float32 first: the score as served, so a read-back compares equal to it.
-        values = np.asarray(scored.scores, dtype=np.float32).astype(np.float64).tolist()
-        tx.executemany(
-            "INSERT INTO decision_scores (seq, faiss_id, score) VALUES (?, ?, ?)",
-            [(seq, f, v) for f, v in zip(fids, values, strict=True)],
-        )
-
-    def _read_scores(self, request_id: str) -> ScoredCandidates | None:
-        """The logged scores of a decision, for the candidates still stored; None if none kept."""
-        seq = self._conn.execute(
-            "SELECT seq FROM decision_score_sets WHERE request_id = ?", (request_id,)
-        ).fetchone()
-        if seq is None:
-            return None
-        rows = self._conn.execute(
-            "SELECT s.faiss_id, c.id, s.score FROM decision_scores s "
-            "JOIN candidates c ON c.faiss_id = s.faiss_id WHERE s.seq = ? ORDER BY s.faiss_id",
-            (seq[0],),
-        ).fetchall()
-        return ScoredCandidates(
-            faiss_ids=np.array([r[0] for r in rows], dtype=np.int64),
-            candidate_ids=tuple(r[1] for r in rows),
-            scores=np.array([r[2] for r in rows], dtype=np.float32),
-        )
+                    write_scores(tx, d.request_id, d.scored)
 
     def get_decision(self, request_id: str) -> Decision:
         with self._lock:
@@ -495,7 +457,7 @@ class SqliteStore:
                 "ORDER BY rank",
                 (request_id,),
             ).fetchall()
-            scored = self._read_scores(request_id)
+            scored = read_scores(self._conn, request_id)
         names = tuple(json.loads(head[6]))
         feats = (
             np.stack([np.frombuffer(f, dtype=np.float32) for _, _, f in items])
