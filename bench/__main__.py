@@ -25,8 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 ORDER = ("encoder", "ingest", "scoring", "serving", "memory")
 """Sections in report order; a new section module is picked up without being listed here."""
 KEPT = "*(kept from an earlier run; not re-measured with this header)*"
-NOT_SECTIONS = ("realtext",)
-"""Public modules that are not speed sections: `realtext` is ranking quality (`make evaluate`)."""
+NOT_SECTIONS = ("realtext", "fairness")
+"""Public modules that are not speed sections: `realtext` is ranking quality (`make evaluate`),
+`fairness` the bias mitigations (`make fairness`, FAIRNESS.md)."""
 
 
 def _discover() -> list[str]:

@@ -116,6 +116,19 @@ class Settings(EncoderSettings):
     gate_impact_margin: float = Field(default=0.05, ge=0, le=1)
     """Promotion gate: no impact ratio more than this below the version in service's."""
 
+    fair_rerank: Literal["off", "detconstsort"] = "off"
+    """Opt-in fair re-ranking of each top k over the retrieved set (`ranker.fair_serving`,
+    DetConstSort). Off by default: adjusting rankings by protected category can itself be
+    unlawful (US Civil Rights Act 1991 §106), so enabling it is a deployment decision. Only when
+    on are protected attributes read, from their own table, and each use is logged."""
+
+    fair_rerank_attribute: Literal["sex", "race_ethnicity"] = "sex"
+    """The protected attribute the re-ranker balances."""
+
+    fair_rerank_targets: dict[str, float] = Field(default_factory=dict)
+    """Target share of each category in every prefix of the top k, e.g.
+    `{"female": 0.5, "male": 0.5}`; empty: each request's retrieved set's own shares."""
+
     @model_validator(mode="after")
     def _limits_agree(self) -> Self:
         """Refuse limits that contradict each other, naming the variables to fix."""
@@ -123,6 +136,12 @@ class Settings(EncoderSettings):
             raise ValueError(
                 f"RANKER_DEFAULT_TOP_K ({self.default_top_k}) is larger than RANKER_MAX_TOP_K "
                 f"({self.max_top_k}); lower the first or raise the second"
+            )
+        shares = self.fair_rerank_targets.values()
+        if any(not 0 <= p <= 1 for p in shares) or sum(shares) > 1 + 1e-9:
+            raise ValueError(
+                f"RANKER_FAIR_RERANK_TARGETS ({self.fair_rerank_targets}) must be shares in "
+                "0..1 summing to at most 1; fix them or leave them empty for the retrieved set's"
             )
         if self.max_top_k > MAX_RETRIEVE_N:
             raise ValueError(

@@ -45,6 +45,7 @@ from ranker.domain import Candidate, Outcome, Posting
 from ranker.encoding import TextEncoder, encode_candidates, encode_postings
 from ranker.errors import InvalidInput, NotFound
 from ranker.explain import Explanation
+from ranker.fair_serving import FairReranker
 from ranker.index import FaissIndex, ReadWriteLock, index_from_store
 from ranker.metrics import ServiceMetrics
 from ranker.model_slot import ModelSlot
@@ -110,6 +111,8 @@ class RankingPipeline:
         self._next_model_poll = 0.0
         self._decisions = DecisionLog(store, metrics, maxsize=10_000)
         self._shadow = ShadowScorer.from_settings(store, settings)
+        fair_on = settings.fair_rerank != "off"  # the protected table is read only then
+        self._fair = FairReranker.from_store(store, settings) if fair_on else None
         self.index = self._load_memory()
         self._update_gauges()
 
@@ -249,6 +252,8 @@ class RankingPipeline:
         x, reference = build_features(req, hits)
         watch.lap("features")
         scored = score_and_order(req, hits, x, reference)
+        if self._fair is not None:
+            scored = self._fair.apply([c.id for c in hits.cands], scored, req.top_k)
         watch.lap("score")
         explained: dict[int, Explanation] = {}
         if q.explain and len(scored.ranked):
@@ -329,23 +334,25 @@ class RankingPipeline:
         top_k, cands = req.top_k, hits.cands
         with self._lock.read():
             order = scored.ranked[:top_k]
+            alive: np.ndarray | None = None  # rows whose scores are logged: all by default
             if self._erasures != hits.erasures_seen:
-                # An erasure ran while this request scored without the lock: drop what it
-                # erased (an erased id is never served) and fill up from the next best.
-                order = np.asarray(
+                # An erasure ran while this request scored without the lock: drop what it erased
+                # (never served, nor its score logged) and fill up from the next best.
+                alive = np.asarray(
                     [
                         i
                         for i in scored.ranked.tolist()
                         if self._catalog.faiss_id(cands[i].id) == int(hits.fids[i])
-                    ][:top_k],
+                    ],
                     dtype=np.intp,
                 )
+                order = alive[:top_k]
                 missing = [i for i in order.tolist() if i not in explained]
                 if req.query.explain and missing:
                     explained |= explain_rows(req, hits, scored.x, np.asarray(missing))
             # Submitted under the read lock: an erasure (which takes the write lock, then
             # flushes this log) then finds every decision naming its candidate already queued.
-            self._decisions.submit(decision_of(req, hits, scored, order))
+            self._decisions.submit(decision_of(req, hits, scored, order, alive))
             self._shadow.offer_ranking(req, hits, scored, self.model.challenger, self._erasures)
         return order
 
@@ -500,6 +507,8 @@ class RankingPipeline:
                     # Nothing was erased: make the candidates searchable again, as stored.
                     self._restore(list(removed))
                     raise
+                if self._fair is not None:
+                    self._fair.forget(receipt.erased)
                 with self._lock.write():
                     self.index.generation = self.store.generation()
                 self._mark_index_dirty()

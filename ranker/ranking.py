@@ -23,7 +23,7 @@ from ranker.features import ReferenceStats
 from ranker.lexicon import LexiconView
 from ranker.model_slot import ServedModel
 from ranker.prepared import PreparedCandidate, PreparedPosting
-from ranker.rows import Decision
+from ranker.rows import Decision, ScoredCandidates
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,9 @@ class Scored:
     ranked: np.ndarray
     reference: ReferenceStats
     """The retrieved set's statistics the relative feature columns were computed against."""
+    rerank: dict[str, object] | None = None
+    """What an opt-in fair re-ranking did to `ranked` (`ranker.fair_serving`), logged with the
+    decision; None when none ran."""
 
 
 class Stopwatch:
@@ -130,9 +133,29 @@ def explain_rows(
     return dict(zip(rows_list, found, strict=True))
 
 
-def decision_of(req: RankRequest, hits: Retrieved, scored: Scored, order: np.ndarray) -> Decision:
-    """The decision log's record of serving the rows `order`: ids, scores, exact features."""
+def decision_of(
+    req: RankRequest,
+    hits: Retrieved,
+    scored: Scored,
+    order: np.ndarray,
+    scored_rows: np.ndarray | None = None,
+) -> Decision:
+    """The decision log's record of serving the rows `order`: ids, scores, exact features, and
+    the score of every scored row (`scored_rows`, default all: the audit's scoring rate)."""
     bundle = req.served.bundle
+    rows = np.arange(len(hits.cands)) if scored_rows is None else scored_rows
+    params: dict[str, object] = {
+        "retrieve_n": req.retrieve_n,
+        "filters": asdict(req.query.filters),
+        "explain": req.query.explain,
+        "eligible": hits.eligible,
+        "retrieved": len(hits.cands),
+        # What the logged rows were computed against, so each can be rebuilt and checked.
+        "reference": scored.reference.as_dict(),
+        "lexicon": {"n_docs": hits.lexicon.n_docs, "avgdl": hits.lexicon.avgdl},
+    }
+    if scored.rerank is not None:
+        params["fair_rerank"] = scored.rerank
     return Decision(
         request_id=req.request_id,
         at=datetime.now(UTC),
@@ -144,16 +167,12 @@ def decision_of(req: RankRequest, hits: Retrieved, scored: Scored, order: np.nda
         candidate_ids=tuple(hits.cands[i].id for i in order),
         scores=scored.scores[order].astype(np.float32),
         features=scored.x[order],
-        params={
-            "retrieve_n": req.retrieve_n,
-            "filters": asdict(req.query.filters),
-            "explain": req.query.explain,
-            "eligible": hits.eligible,
-            "retrieved": len(hits.cands),
-            # What the logged rows were computed against, so each can be rebuilt and checked.
-            "reference": scored.reference.as_dict(),
-            "lexicon": {"n_docs": hits.lexicon.n_docs, "avgdl": hits.lexicon.avgdl},
-        },
+        params=params,
+        scored=ScoredCandidates(
+            faiss_ids=np.asarray(hits.fids[rows], dtype=np.int64),
+            candidate_ids=tuple(hits.cands[i].id for i in rows.tolist()),
+            scores=np.asarray(scored.scores[rows], dtype=np.float32),
+        ),
     )
 
 

@@ -8,6 +8,7 @@ from datetime import datetime
 import numpy as np
 
 from ranker.domain import Candidate, Posting
+from ranker.errors import InvalidInput
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,28 @@ class PostingRow:
 
 
 @dataclass(frozen=True)
+class ScoredCandidates:
+    """Every candidate one ranking scored (its retrieved set) and its score, in any order.
+
+    The decision log keeps features only for the returned top k; the bias audit's scoring rate
+    needs every score, so these are kept too, compactly (`decision_scores`).
+    """
+
+    faiss_ids: np.ndarray
+    """(n,) int64: what the store keys them by (never reused, so erasure finds them)."""
+    candidate_ids: tuple[str, ...]
+    scores: np.ndarray
+    """(n,) float32."""
+
+    def __post_init__(self) -> None:
+        if not len(self.faiss_ids) == len(self.candidate_ids) == len(self.scores):
+            raise InvalidInput(
+                f"{len(self.faiss_ids)} faiss ids, {len(self.candidate_ids)} candidate ids and "
+                f"{len(self.scores)} scores; give one of each per scored candidate"
+            )
+
+
+@dataclass(frozen=True)
 class Decision:
     """One logged ranking: what was served, by which model, from which exact features."""
 
@@ -59,6 +82,9 @@ class Decision:
     scores: np.ndarray
     features: np.ndarray
     params: dict[str, object]
+    scored: ScoredCandidates | None = None
+    """Every scored candidate's score; None when not logged (or logged by an older version).
+    Read back, it holds the candidates still stored: an erased one is gone from it."""
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """Stored in `meta`; a store written with another version is refused, not migrated.
 
 3: candidate and posting fields moved into one `record` JSON column (derived from the record's
 fields, `ranker.domain.to_plain`).
-4: earlier candidate versions kept (`candidate_versions`; `candidates.valid_from`)."""
+4: earlier candidate versions kept (`candidate_versions`; `candidates.valid_from`).
+5: every scored candidate's score per decision (`decision_score_sets`, `decision_scores`)."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -99,6 +100,21 @@ CREATE TABLE IF NOT EXISTS shadow_items (
     PRIMARY KEY (request_id, role, rank)
 );
 CREATE INDEX IF NOT EXISTS shadow_items_by_candidate ON shadow_items (candidate_id);
+-- The score of every candidate a decision scored (the retrieved set, not only the top k), for
+-- the bias audit's scoring rate. Keyed by integers, not text ids, so 500 scores cost ~15 KB
+-- (about 31 bytes a score with the index; FAIRNESS.md); faiss ids are never reused, and erasure
+-- deletes a candidate's rows through the index on faiss_id.
+CREATE TABLE IF NOT EXISTS decision_score_sets (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    request_id TEXT NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS decision_scores (
+    seq INTEGER NOT NULL,
+    faiss_id INTEGER NOT NULL,
+    score REAL NOT NULL,
+    PRIMARY KEY (seq, faiss_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS decision_scores_by_faiss_id ON decision_scores (faiss_id);
 -- An erasure receipt proves a request was carried out without keeping the erased id itself:
 -- candidate_id_hmac is an HMAC-SHA256 of the id under a key kept outside the database.
 CREATE TABLE IF NOT EXISTS erasures (

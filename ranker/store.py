@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ranker.decision_scores import read_scores, write_scores
 from ranker.domain import Candidate, Outcome, Posting, RecordT, Stage, from_plain, to_plain
 from ranker.errors import InvalidInput, NotFound
 from ranker.rows import (
@@ -445,6 +446,9 @@ class SqliteStore:
                 "VALUES (?, ?, ?, ?, ?)",
                 items,
             )
+            for d in decisions:
+                if d.scored is not None:
+                    write_scores(tx, d.request_id, d.scored)
 
     def get_decision(self, request_id: str) -> Decision:
         with self._lock:
@@ -460,6 +464,7 @@ class SqliteStore:
                 "ORDER BY rank",
                 (request_id,),
             ).fetchall()
+            scored = read_scores(self._conn, request_id)
         names = tuple(json.loads(head[6]))
         feats = (
             np.stack([np.frombuffer(f, dtype=np.float32) for _, _, f in items])
@@ -478,6 +483,7 @@ class SqliteStore:
             scores=np.array([s for _, s, _ in items], dtype=np.float32),
             features=feats,
             params=json.loads(head[7]),
+            scored=scored,
         )
 
     def count_decisions(self) -> int:
@@ -553,8 +559,8 @@ class SqliteStore:
 
     # -- erasure --------------------------------------------------------------------------
     def delete_candidates(self, ids: Sequence[str]) -> ErasureReceipt:
-        """Erase candidates: CV and its earlier versions, vectors, outcomes, protected attributes
-        and logged feature rows.
+        """Erase candidates: CV and its earlier versions, vectors, outcomes, protected attributes,
+        logged feature rows and logged scores.
 
         One transaction for the whole request; a receipt per erased id keeps only its keyed
         digest (`_receipt_digest`), never the id.
@@ -568,11 +574,13 @@ class SqliteStore:
             "outcomes": 0,
             "decision_items": 0,
             "shadow_items": 0,
+            "decision_scores": 0,
             "protected_attributes": 0,
         }
         receipt_ids: list[int] = []
         with self._tx() as tx:
             for cid in dict.fromkeys(ids):
+                fid = tx.execute("SELECT faiss_id FROM candidates WHERE id = ?", (cid,)).fetchone()
                 counts = {
                     "candidates": tx.execute(
                         "DELETE FROM candidates WHERE id = ?", (cid,)
@@ -588,6 +596,12 @@ class SqliteStore:
                     ).rowcount,
                     "shadow_items": tx.execute(
                         "DELETE FROM shadow_items WHERE candidate_id = ?", (cid,)
+                    ).rowcount,
+                    # Keyed by faiss id: gone with the candidate's row, so look it up first.
+                    "decision_scores": 0
+                    if fid is None
+                    else tx.execute(
+                        "DELETE FROM decision_scores WHERE faiss_id = ?", (fid[0],)
                     ).rowcount,
                     "protected_attributes": tx.execute(
                         "DELETE FROM protected_attributes WHERE candidate_id = ?", (cid,)

@@ -15,6 +15,10 @@ from ranker.config import Settings
 from ranker.errors import RankerError
 
 if TYPE_CHECKING:  # imported lazily below: `ranker --help` should not load numpy and the store
+    from collections.abc import Sequence
+
+    import numpy as np
+
     from ranker.store import SqliteStore
     from training.audit import AuditConfig, AuditResult
 
@@ -49,6 +53,13 @@ def audit(
         datetime | None,
         typer.Option(formats=_DATE_FORMATS, help="End of the period, exclusive (UTC)."),
     ] = None,
+    attribute: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Protected attribute to audit (repeat for several; two give their "
+            "intersection too). Default: sex and race_ethnicity, LL144's categories.",
+        ),
+    ] = None,
     k: Annotated[int, typer.Option(min=1, help="Selected = in the top k of a ranking.")] = 10,
     threshold: Annotated[
         float, typer.Option(min=0.01, max=1.0, help="Flag impact ratios below this.")
@@ -78,22 +89,18 @@ def audit(
 
     Categories: sex, race/ethnicity and their intersections, from the protected table.
     """
-    from training.audit import AuditConfig
+    from training.audit import DIMENSIONS, AuditConfig
 
     settings = Settings()
+    attributes = tuple(attribute) if attribute else DIMENSIONS
     try:
         config = AuditConfig(k=k, threshold=threshold, min_share=min_share, n_boot=boot, seed=seed)
         if frame is AuditFrame.HISTORICAL:
-            result = _historical(settings, config, since, until)
+            result = _historical(settings, config, since, until, attributes)
         elif frame is AuditFrame.SERVED:
-            result = _served(settings, config, since, until, version)
+            result = _served(settings, config, since, until, version, attributes)
         else:
-            fail(
-                "--frame model is not wired yet: it needs the pool-view rankings of held-out "
-                "postings (retrieve from all stored candidates, rerank) from the evaluation; "
-                "until then audit the training labels (--frame historical) or what was served "
-                "(--frame served)"
-            )
+            result = _model(settings, config, version, attributes)
     except RankerError as e:
         fail(str(e))
     text = result.to_markdown()
@@ -127,7 +134,11 @@ def _period(since: datetime | None, until: datetime | None) -> tuple[str, str] |
 
 
 def _historical(
-    settings: Settings, config: AuditConfig, since: datetime | None, until: datetime | None
+    settings: Settings,
+    config: AuditConfig,
+    since: datetime | None,
+    until: datetime | None,
+    attributes: Sequence[str],
 ) -> AuditResult:
     from training.audit import AuditMeta, audit_outcomes
     from training.audit_sources import load_protected, outcomes_in_period, promotion_dates
@@ -135,7 +146,7 @@ def _historical(
     store = _open_store(settings)
     try:
         outcomes = outcomes_in_period(store.list_outcomes(), since, until)
-        protected = load_protected(store)
+        protected = load_protected(store, attributes)
     finally:
         store.close()
     if not outcomes:
@@ -149,7 +160,84 @@ def _historical(
         or (min(times).date().isoformat(), max(times).date().isoformat()),
         distribution_date=first or "unknown",
     )
-    return audit_outcomes(outcomes, protected, meta=meta, config=config)
+    return audit_outcomes(outcomes, protected, meta=meta, config=config, attributes=attributes)
+
+
+def _model(
+    settings: Settings, config: AuditConfig, version: str | None, attributes: Sequence[str]
+) -> AuditResult:
+    """Frame (b): the version (default: in service) ranking its held-out postings as served,
+    with the serving re-ranker when `Settings.fair_rerank` enables it."""
+    from ranker.registry import ModelRegistry
+    from training.audit_model import Reranker, estimate_json, held_out_audit
+    from training.audit_sources import load_protected, promotion_dates
+    from training.dataset import prepare_all
+    from training.evaluate import held_out_start
+
+    registry = ModelRegistry(settings.resolved_registry_dir, settings.ort_session)
+    name = version or registry.current_version()
+    if name is None:
+        fail("no model version in service; name one (--version V) or train one: `ranker train`")
+    bundle = registry.load(name)
+    bundle.check()
+    store = _open_store(settings)
+    try:
+        candidates = list(store.iter_candidates())
+        postings = store.list_postings()
+        outcomes = store.list_outcomes()
+        wanted = (
+            [*attributes, settings.fair_rerank_attribute]
+            if settings.fair_rerank != "off"
+            else attributes
+        )
+        protected = load_protected(store, tuple(dict.fromkeys(wanted)))
+    finally:
+        store.close()
+    prepared_c, prepared_p = prepare_all(candidates, postings)
+    rerank: Reranker | None = None
+    if settings.fair_rerank != "off":
+        from ranker.fair_serving import FairReranker
+
+        attr = settings.fair_rerank_attribute
+        fair = FairReranker(
+            attr,
+            {cid: a[attr] for cid, a in protected.items() if attr in a},
+            settings.fair_rerank_targets,
+        )
+
+        def rerank(ids: Sequence[str], scores: np.ndarray, order: np.ndarray, k: int) -> np.ndarray:
+            return fair.rerank_order(ids, scores, order, k)[0]
+
+    audit = held_out_audit(
+        bundle,
+        prepared_c,
+        prepared_p,
+        outcomes,
+        held_out_start([bundle.card]),
+        protected,
+        retrieve_n=settings.retrieve_n,
+        index_storage=settings.index_storage,
+        config=config,
+        rerank=rerank,
+        attributes=attributes,
+    )
+    first, per_version = promotion_dates(settings.resolved_registry_dir)
+    result = audit.result
+    ndcg = estimate_json(audit.ndcg10)
+    return replace(
+        result,
+        meta=replace(
+            result.meta,
+            model_version=name,
+            distribution_date=first or "unknown",
+            version_distribution_date=per_version.get(name),
+        ),
+        notes=(
+            *result.notes,
+            f"Ranking quality of the same rankings: pool-view NDCG@10 {ndcg['mean']} "
+            f"[{ndcg['ci_low']}, {ndcg['ci_high']}] over {ndcg['n']} postings.",
+        ),
+    )
 
 
 def _served(
@@ -158,6 +246,7 @@ def _served(
     since: datetime | None,
     until: datetime | None,
     version: str | None,
+    attributes: Sequence[str],
 ) -> AuditResult:
     from training.audit import AuditMeta, audit_rankings
     from training.audit_sources import (
@@ -174,7 +263,7 @@ def _served(
         decisions = [store.get_decision(i) for i in ids]
         if version is not None:
             decisions = [d for d in decisions if d.model_version == version]
-        protected = load_protected(store)
+        protected = load_protected(store, attributes)
     finally:
         store.close()
     if not decisions:
@@ -197,8 +286,21 @@ def _served(
         version_distribution_date=", ".join(per_version.get(v, "never promoted") for v in versions),
     )
     result = audit_rankings(
-        rankings_from_decisions(decisions, pool=pool), protected, meta=meta, config=config
+        rankings_from_decisions(decisions, pool=pool),
+        protected,
+        meta=meta,
+        config=config,
+        attributes=attributes,
     )
+    if any(d.scored is not None and d.top_k < config.k for d in decisions):
+        result = replace(
+            result,
+            notes=(
+                *result.notes,
+                f"Some requests returned fewer than {config.k} candidates; past what they "
+                "returned, positions follow the logged scores.",
+            ),
+        )
     # Why the pool is today's: `stored_at` moves on every re-upsert, so it cannot tell who was
     # in the store at request time; erased candidates are gone from the log as well.
     return replace(

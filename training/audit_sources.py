@@ -83,23 +83,50 @@ def rankings_from_decisions(
 ) -> list[Ranking]:
     """Frame (c): logged decisions as rankings.
 
-    The log keeps the returned candidates (best first) with their scores, not every candidate
-    the reranker scored, so the rankings are marked incomplete and the scoring rate is
-    reported unavailable. When `pool` is given (the candidates each request chose from:
-    retrieval searches the whole store), the candidates not returned count in the selection
-    rate's denominator as not selected: the whole pipeline, retrieval included.
+    A decision that kept every scored candidate's score (`Decision.scored`, the retrieved set)
+    becomes a complete ranking: the returned candidates in served order, then the other scored
+    candidates by score, so the scoring rate is available. One logged with the returned
+    candidates only (an older log) is marked incomplete, and the scoring rate is then reported
+    unavailable. When `pool` is given (the candidates each request chose from: retrieval
+    searches the whole store), the candidates not scored count in the selection rate's
+    denominator as not selected: the whole pipeline, retrieval included.
     """
     rest = tuple(pool) if pool is not None else ()
-    return [
-        Ranking(
-            cluster=d.posting_id or d.request_id,
-            candidate_ids=tuple(d.candidate_ids),
-            scores=tuple(float(s) for s in d.scores),
-            scores_complete=False,
-            unranked=rest,
+    out: list[Ranking] = []
+    for d in decisions:
+        served = tuple(d.candidate_ids)
+        served_scores = tuple(float(s) for s in d.scores)
+        if d.scored is None:
+            out.append(
+                Ranking(
+                    cluster=d.posting_id or d.request_id,
+                    candidate_ids=served,
+                    scores=served_scores,
+                    scores_complete=False,
+                    unranked=rest,
+                )
+            )
+            continue
+        shown = set(served)
+        others = sorted(
+            (
+                (float(s), c)
+                for c, s in zip(d.scored.candidate_ids, d.scored.scores, strict=True)
+                if c not in shown
+            ),
+            key=lambda t: -t[0],
         )
-        for d in decisions
-    ]
+        scored_ids = shown | {c for _, c in others}
+        out.append(
+            Ranking(
+                cluster=d.posting_id or d.request_id,
+                candidate_ids=served + tuple(c for _, c in others),
+                scores=served_scores + tuple(s for s, _ in others),
+                scores_complete=True,
+                unranked=tuple(c for c in rest if c not in scored_ids),
+            )
+        )
+    return out
 
 
 def outcomes_in_period(

@@ -47,9 +47,12 @@ FAIRNESS_NOTE = (
     "ages) before it is embedded or counted, but redaction is pattern-based and incomplete (an "
     "unlabelled name line stays), and the text still carries proxies: graduation and job years "
     "hint at age, names of schools, clubs or languages at origin or sex. Structured features "
-    "correlate too (years of experience with age). So the card reports, where protected data was "
-    "supplied for audit, each group's share of the top 10 against its share of applicants on "
-    "the test postings; check it before promoting."
+    "correlate too (years of experience with age), and the labels themselves carry the past "
+    "process's biases. So the card embeds a bias audit in the form NYC Local Law 144 asks for "
+    "(selection and scoring rates per sex, race/ethnicity and their intersections, impact "
+    "ratios against the most selected category with bootstrap CIs, flags below 0.8) of this "
+    "model ranking its held-out postings as served (retrieval from the whole pool, then rerank); "
+    "check it before promoting, and audit what was served with `ranker audit --frame served`."
 )
 
 
@@ -87,8 +90,9 @@ def build_card(
     data: Mapping[str, Any],
     parity: Mapping[str, Any],
     importance: Mapping[str, float],
-    fairness: Mapping[str, Any] | None,
     lexicon: Mapping[str, Any] | None = None,
+    bias_audit: Mapping[str, Any] | None = None,
+    mitigation: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The model card's content (the registry adds `version` and file digests)."""
     return {
@@ -115,7 +119,8 @@ def build_card(
         "parity": dict(parity),
         "lexicon": {**(lexicon or {}), "note": LEXICON_NOTE},
         "feature_importance_gain": dict(importance),
-        "fairness": dict(fairness) if fairness else {},
+        "bias_audit": dict(bias_audit) if bias_audit else {"skipped": "not computed"},
+        "mitigation": dict(mitigation) if mitigation else {"method": "none"},
         "code_version": code_version(),
         "intended_use": INTENDED_USE,
         "limitations": LIMITATIONS,
@@ -316,12 +321,79 @@ def render_markdown(card: Mapping[str, Any]) -> str:
         "",
         card["fairness_note"],
     ]
-    for attr, groups in card.get("fairness", {}).items():
-        lines += ["", f"Top-10 share vs applicant share by `{attr}` (test postings):", ""]
-        lines += ["| group | applicants | top 10 | ratio |", "|---|---|---|---|"]
-        for group, v in groups.items():
-            lines.append(
-                f"| {group} | {v['applicant_share']:.3f} | {v['top10_share']:.3f} | "
-                f"{v['ratio']:.2f} |"
-            )
+    lines += ["", *mitigation_markdown(card.get("mitigation", {"method": "none"}))]
+    lines += ["", *bias_audit_markdown(card.get("bias_audit", {}))]
     return "\n".join(lines) + "\n"
+
+
+def mitigation_markdown(m: Mapping[str, Any]) -> list[str]:
+    """The training-time mitigation line of the card."""
+    if m.get("method", "none") == "none":
+        return ["Training-time bias mitigation: none (`ranker train --mitigation reweigh`)."]
+    return [
+        f"Training-time bias mitigation: {m['method']} by `{m['attribute']}` x {m['labels']} "
+        f"labels ({m['reference']}), {m['applied_to']}; weights {m['weights']['min']} .. "
+        f"{m['weights']['max']}.",
+    ]
+
+
+def bias_audit_markdown(audit: Mapping[str, Any]) -> list[str]:
+    """The card's bias audit section: flags, then each dimension's impact ratios."""
+    lines = ["### Bias audit (LL144 form): held-out postings, pool view", ""]
+    if "skipped" in audit or "meta" not in audit:
+        return [*lines, f"Not computed: {audit.get('skipped', 'no audit in this card')}."]
+    sample, cfg = audit["sample"], audit["config"]
+    lines.append(
+        f"{audit['meta']['data_source']}; {sample['rankings']} rankings, {sample['rows']} rows, "
+        f"{sample['candidates']} candidates. Selected = top {cfg['k']}; impact ratio = a "
+        f"category's rate / the highest category's rate; flagged below {cfg['threshold']:g}, "
+        "significant when the whole 95% interval is below. `ranker audit --frame model` prints "
+        "the full report."
+    )
+    ndcg = audit.get("ndcg@10")
+    if ndcg and ndcg.get("mean") is not None:
+        lines.append(f"NDCG@10 of the same rankings: {estimate_text(ndcg)} (n = {ndcg['n']}).")
+    lines.append("")
+    flags = audit.get("flags", [])
+    significant = [f for f in flags if f["significant"]]
+    lines.append(
+        f"Flags: {len(flags)} impact ratios below {cfg['threshold']:g}, {len(significant)} "
+        "significantly."
+    )
+    for f in flags[:10]:
+        ci = f["impact_ratio_ci"]
+        ci_text = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-"
+        lines.append(
+            f"- {f['dimension']} = {f['category']}, {f['metric']}: {f['impact_ratio']:.3f} "
+            f"{ci_text}{' (significant)' if f['significant'] else ''}"
+        )
+    metrics = [m["key"] for m in audit["metrics"]]
+    for dim in audit["dimensions"]:
+        if "×" in dim["name"] or not dim["categories"]:
+            continue  # intersections: flags above, full tables in the JSON
+        lines += [
+            "",
+            f"`{dim['name']}` ({dim['unknown']['rows']} rows of unknown category, not compared):",
+            "",
+            "| category | share | "
+            + " | ".join(f"{m} rate | {m} impact ratio [95% CI]" for m in metrics)
+            + " |",
+            "|---|---:|" + "---:|---|" * len(metrics),
+        ]
+        for cat in dim["categories"]:
+            cells = []
+            for m in metrics:
+                r = cat["rates"][m]
+                rate = "-" if r["rate"] is None else f"{r['rate']:.4f}"
+                if cat["excluded"]:
+                    ratio = "excluded (under 2%)"
+                elif r["impact_ratio"] is None:
+                    ratio = "-"
+                else:
+                    ci = r["impact_ratio_ci"]
+                    ratio = f"{r['impact_ratio']:.3f}" + (
+                        f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+                    )
+                cells += [rate, ratio]
+            lines.append(f"| {cat['name']} | {cat['share']:.1%} | " + " | ".join(cells) + " |")
+    return lines

@@ -195,8 +195,9 @@ def _load_store(settings: Settings) -> StoredData:
     return StoredData(candidates, postings, outcomes, protected, versions)
 
 
-def _trained_on(registry: ModelRegistry, digest: str) -> str | None:
-    """The newest registered version trained on data with `digest` by this code's features."""
+def _trained_on(registry: ModelRegistry, digest: str, mitigation: str = "none") -> str | None:
+    """The newest registered version trained on data with `digest` by this code's features
+    (and the same training-time mitigation)."""
     from ranker.features import FEATURE_NAMES, FEATURES_VERSION
 
     for version in reversed(registry.versions()):
@@ -208,6 +209,7 @@ def _trained_on(registry: ModelRegistry, digest: str) -> str | None:
             card.get("data", {}).get("sha256") == digest
             and card.get("feature_names") == list(FEATURE_NAMES)
             and card.get("features_version") == FEATURES_VERSION
+            and card.get("mitigation", {}).get("method", "none") == mitigation
         ):
             return str(version)
     return None
@@ -289,13 +291,29 @@ def train(
     vs_service: VsServiceOption = None,
     impact_floor: ImpactFloorOption = None,
     impact_margin: ImpactMarginOption = None,
+    mitigation: Annotated[
+        str,
+        typer.Option(
+            help="Training-time bias mitigation: none, or reweigh (training rows weighted by "
+            "category x label, Kamiran & Calders; recorded in the model card).",
+        ),
+    ] = "none",
+    mitigation_attribute: Annotated[
+        str, typer.Option(help="Protected attribute --mitigation reweighs by.")
+    ] = "sex",
 ) -> None:
     """Train a ranker on the store's outcomes, evaluate it, check the promotion gates, register
     it, and promote it when asked (or nothing is in service) and the gates pass."""
     from ranker.commands.models import gate_table, in_service_name
     from ranker.registry import ModelRegistry, resolve_actor
     from training.evaluate import data_digest
+    from training.mitigation import MitigationConfig
     from training.train import TrainConfig, train_and_register
+
+    try:
+        mitigate = MitigationConfig(mitigation, mitigation_attribute)  # type: ignore[arg-type]
+    except RankerError as e:
+        fail(str(e))
 
     settings = Settings()
     if force and not (reason and reason.strip()):
@@ -316,7 +334,7 @@ def train(
     if if_missing:
         # Any version counts, promoted or not: otherwise every run while a model is in service
         # would register yet another copy of the same model.
-        done = _trained_on(registry, data_digest(candidates, postings, outcomes))
+        done = _trained_on(registry, data_digest(candidates, postings, outcomes), mitigate.method)
         if done is not None and done == current:
             console.print(f"model {current} in service was trained on this data; skipping")
             return
@@ -362,6 +380,7 @@ def train(
             gate_policy=policy,
             force_reason=reason if force else None,
             actor=who,
+            mitigation=mitigate,
         )
     except RankerError as e:
         fail(str(e))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,6 +31,7 @@ from ranker.lexicon import Lexicon
 from ranker.prepared import PreparedCandidate, PreparedPosting
 from ranker.registry import ModelBundle, ModelRegistry
 from ranker.scorer import BLEND_FEATURE, PARITY_TOLERANCE, BlendedScorer, OnnxScorer
+from training.audit_model import card_bias_audit
 from training.blend import BlendChoice, choose_blend
 from training.card import build_card, render_markdown
 from training.dataset import (
@@ -61,6 +61,7 @@ from training.evaluate import (
 from training.export import check_parity, to_onnx
 from training.gates import GatePolicy, check_gates, in_service_of
 from training.labels import STAGE_LABEL, labels_from_outcomes
+from training.mitigation import MitigationConfig, training_weights
 from training.pool import Pool
 
 log = logging.getLogger(__name__)
@@ -210,8 +211,13 @@ class TrainResult:
     """The promotion gate results (`training.gates`), as stored in `gates.json`."""
 
 
-def fit_booster(sets: Mapping[str, RankingSet], config: TrainConfig) -> tuple[lgb.Booster, str]:
-    """Train with early stopping on validation NDCG@10; returns the best booster and its text."""
+def fit_booster(
+    sets: Mapping[str, RankingSet], config: TrainConfig, weights: np.ndarray | None = None
+) -> tuple[lgb.Booster, str]:
+    """Train with early stopping on validation NDCG@10; returns the best booster and its text.
+
+    `weights`: one per training row (`training.mitigation`); validation stays unweighted.
+    """
     train, valid = sets["train"], sets["valid"]
     if train.n_queries == 0 or not np.any(train.y > 0):
         raise InvalidInput(
@@ -219,7 +225,12 @@ def fit_booster(sets: Mapping[str, RankingSet], config: TrainConfig) -> tuple[lg
             "hiring outcomes (RecordOutcomes or outcomes.jsonl) before training"
         )
     dtrain = lgb.Dataset(
-        train.x, train.y, group=train.group, feature_name=list(FEATURE_NAMES), free_raw_data=False
+        train.x,
+        train.y,
+        group=train.group,
+        weight=weights,
+        feature_name=list(FEATURE_NAMES),
+        free_raw_data=False,
     )
     valid_sets = [dtrain]
     names = ["train"]
@@ -251,34 +262,6 @@ def _predict(booster: lgb.Booster, x: np.ndarray) -> np.ndarray:
     if len(x) == 0:
         return np.zeros(0)
     return np.asarray(booster.predict(x), dtype=np.float64).reshape(-1)
-
-
-def _fairness(
-    test: RankingSet, scores: np.ndarray, protected: Mapping[str, Mapping[str, str]]
-) -> dict[str, dict[str, dict[str, float]]]:
-    """Per attribute and group: share of applicants vs share of the model's top 10 (test)."""
-    attrs = sorted({a for values in protected.values() for a in values})
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    for attr in attrs:
-        applicants: Counter[str] = Counter()
-        top: Counter[str] = Counter()
-        for _, rows in test.queries():
-            ids = test.candidate_ids[rows]
-            order = np.argsort(-scores[rows], kind="stable")[:10]
-            applicants.update(protected.get(c, {}).get(attr, "unknown") for c in ids)
-            top.update(protected.get(ids[i], {}).get(attr, "unknown") for i in order)
-        n_app, n_top = sum(applicants.values()), sum(top.values())
-        if not n_app or not n_top:
-            continue
-        out[attr] = {}
-        for group in sorted(applicants):
-            a, t = applicants[group] / n_app, top[group] / n_top
-            out[attr][group] = {
-                "applicant_share": round(a, 4),
-                "top10_share": round(t, 4),
-                "ratio": round(t / a, 4) if a else 0.0,
-            }
-    return out
 
 
 def _choose_blend(
@@ -317,12 +300,14 @@ def train_model(
     in_service: ModelBundle | None = None,
     versions: Sequence[CandidateVersionLike] = (),
     gate_policy: GatePolicy | None = None,
+    mitigation: MitigationConfig | None = None,
 ) -> TrainResult:
     """Train, export to ONNX and check parity, evaluate, check the promotion gates; nothing is
     written anywhere.
 
     `in_service`: the version in service, to compare with on postings held out from both (None:
     nothing is promoted, so the gates compare with the fallback ranker, `Settings.fallback`).
+    `mitigation`: opt-in training-time bias mitigation (`training.mitigation`; default none).
     `versions`: earlier candidate records (`SqliteStore.candidate_versions`); each training row
     is built from the record in force when the candidate applied (`candidates_as_of`).
     """
@@ -362,9 +347,11 @@ def train_model(
     for name in SPLITS:
         log.info("%s: %d postings, %d rows", name, sets[name].n_queries, len(sets[name].y))
 
-    booster, text = fit_booster(sets, config)
+    weights, mitigated = training_weights(
+        sets["train"], protected, mitigation or MitigationConfig()
+    )
+    booster, text = fit_booster(sets, config, weights)
     test = sets["test"]
-    test_scores = _predict(booster, test.x)
 
     onnx_model = to_onnx(booster)
     parity_rows = np.concatenate([sets["valid"].x, test.x, sets["train"].x[:1000]])
@@ -422,7 +409,10 @@ def train_model(
             name: round(float(g), 3)
             for name, g in sorted(zip(FEATURE_NAMES, gain, strict=True), key=lambda t: -t[1])
         },
-        fairness=_fairness(test, test_scores, protected) if protected and len(test.y) else None,
+        mitigation=mitigated,
+        bias_audit=card_bias_audit(
+            trained, prepared_c, prepared_p, known, datasets.split.test_start, protected, settings
+        ),
     )
     card["blend"] = blend.as_dict()
     # -- promotion gates (training.gates): stored in the card and, once registered, gates.json
@@ -518,6 +508,7 @@ def train_and_register(
     gate_policy: GatePolicy | None = None,
     force_reason: str | None = None,
     actor: str | None = None,
+    mitigation: MitigationConfig | None = None,
 ) -> TrainResult:
     """`train_model` (compared with the version in service, if any), then `register_result`
     (promotion only through the gates, or forced with a reason)."""
@@ -538,5 +529,6 @@ def train_and_register(
         in_service=in_service,
         versions=versions,
         gate_policy=gate_policy,
+        mitigation=mitigation,
     )
     return register_result(result, registry, promote, force_reason=force_reason, actor=actor)

@@ -403,6 +403,9 @@ def test_features_and_scoring_run_without_the_lock_and_an_erasure_meanwhile_is_n
     pipeline._decisions.flush()
     logged = pipeline.store.get_decision(r.request_id)
     assert list(logged.candidate_ids) == ids and logged.features.shape[0] == 3
+    # Nor is its score logged among the scored candidates' (the audit's scoring rate).
+    assert logged.scored is not None and victim not in logged.scored.candidate_ids
+    assert len(logged.scored.candidate_ids) == len(cands) - 1
 
 
 def test_filters_compare_like_the_features() -> None:

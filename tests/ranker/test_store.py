@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 from ranker.domain import Candidate, Outcome, Posting, Stage
 from ranker.errors import InvalidInput
-from ranker.rows import CandidateRow, Decision, PostingRow, ShadowRanking
+from ranker.rows import CandidateRow, Decision, PostingRow, ScoredCandidates, ShadowRanking
 from ranker.store import SqliteStore
 
 DIM = 8
@@ -151,6 +152,7 @@ def test_erasure_removes_every_trace_and_keeps_a_receipt(store: SqliteStore) -> 
         "outcomes": 1,
         "decision_items": 1,
         "shadow_items": 2,
+        "decision_scores": 0,  # this decision kept no scores beyond the top k
         "protected_attributes": 1,
     }
     assert store.get_candidates(["c1"]) == []
@@ -162,6 +164,81 @@ def test_erasure_removes_every_trace_and_keeps_a_receipt(store: SqliteStore) -> 
     assert store.protected_attributes("sex") == {}
     receipts = store.erasure_receipts("c1")
     assert len(receipts) == 1 and receipts[0]["rows"]["candidates"] == 1
+
+
+def _scored_decision(request_id: str, fids: dict[str, int], ids: list[str]) -> Decision:
+    scores = np.linspace(1.0, 0.0, len(ids), dtype=np.float32)
+    return Decision(
+        request_id=request_id,
+        at=datetime.now(UTC),
+        model_version="v1",
+        posting_id="p1",
+        posting_hash="h",
+        top_k=2,
+        feature_names=("a",),
+        candidate_ids=tuple(ids[:2]),
+        scores=scores[:2],
+        features=np.ones((2, 1)),
+        params={},
+        scored=ScoredCandidates(
+            np.array([fids[c] for c in ids], dtype=np.int64), tuple(ids), scores
+        ),
+    )
+
+
+def test_every_scored_candidate_s_score_is_logged_and_erased_with_the_candidate(
+    store: SqliteStore,
+) -> None:
+    fids = dict(
+        zip(
+            ["c1", "c2", "c3", "c4"],
+            store.upsert_candidates([_cand(i) for i in range(1, 5)]),
+            strict=True,
+        )
+    )
+    store.log_decisions(
+        [
+            _scored_decision("r1", fids, ["c3", "c1", "c4", "c2"]),
+            _scored_decision("r2", fids, ["c1", "c2"]),
+            Decision(  # an older-style decision: top k only
+                request_id="r3",
+                at=datetime.now(UTC),
+                model_version="v1",
+                posting_id="p1",
+                posting_hash="h",
+                top_k=1,
+                feature_names=("a",),
+                candidate_ids=("c1",),
+                scores=np.array([0.5]),
+                features=np.ones((1, 1)),
+                params={},
+            ),
+        ]
+    )
+    got = store.get_decision("r1").scored
+    assert got is not None
+    kept = dict(zip(got.candidate_ids, got.scores.tolist(), strict=True))
+    assert kept == pytest.approx({"c3": 1.0, "c1": 2 / 3, "c4": 1 / 3, "c2": 0.0})
+    assert store.get_decision("r3").scored is None
+
+    receipt = store.delete_candidates(["c1"])
+    assert receipt.rows["decision_scores"] == 2 and receipt.rows["decision_items"] == 3
+    for rid in ("r1", "r2"):
+        d = store.get_decision(rid)
+        assert d.scored is not None and "c1" not in d.candidate_ids
+        assert "c1" not in d.scored.candidate_ids
+    assert store.get_decision("r1").scored.candidate_ids == ("c2", "c3", "c4")  # type: ignore[union-attr]
+    # No row anywhere still names the erased candidate or its faiss id.
+    conn = sqlite3.connect(store.path)
+    try:
+        assert conn.execute(
+            "SELECT COUNT(*) FROM decision_items WHERE candidate_id = 'c1'"
+        ).fetchone() == (0,)
+        assert conn.execute(
+            "SELECT COUNT(*) FROM decision_scores WHERE faiss_id = ?", (fids["c1"],)
+        ).fetchone() == (0,)
+    finally:
+        conn.close()
 
 
 def test_a_changed_record_keeps_the_version_before_it(store: SqliteStore) -> None:

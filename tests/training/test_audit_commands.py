@@ -116,11 +116,12 @@ def test_served_audit_reads_the_decision_log(data_dir: Path) -> None:
     assert rates["male"]["rate"] == 0.4 and rates["female"]["rate"] == 0.0
 
 
-def test_model_frame_says_what_to_do_and_missing_store_fails(
+def test_model_frame_without_a_model_and_a_missing_store_say_what_to_do(
     data_dir: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Frame (b) itself: tests/training/test_audit_model.py.
     result = runner.invoke(_app(), ["audit", "--frame", "model"], terminal_width=200)
-    assert result.exit_code == 1 and "not wired yet" in result.output
+    assert result.exit_code == 1 and "no model version in service" in result.output
     monkeypatch.setenv("RANKER_DATA_DIR", str(tmp_path_factory.mktemp("empty")))
     result = runner.invoke(_app(), ["audit"], terminal_width=200)
     assert result.exit_code == 1 and "ranker ingest" in result.output
