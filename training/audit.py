@@ -20,7 +20,10 @@ Definitions (6 RCNY §5-300/5-301, the rules of LL144):
 Each rate and impact ratio carries a percentile bootstrap 95% interval (rankings resampled with
 replacement, the reference category re-chosen in every resample, seeded). A ratio below the
 threshold (0.8, the EEOC four-fifths rule) is flagged `below`; when the interval's upper bound is
-below it too the flag is `significant`, and that is the one tests and alerts act on.
+below it too the flag is `significant`, and that is the one tests and alerts act on. Because
+every category of a dimension is compared with the highest one at once, `significant` uses the
+Bonferroni-widened interval (level 1 - 0.05/m for m compared categories); the report shows the
+95% one.
 
 The smallest detectable deviation: for each category against the reference, the impact ratio
 that a two-sided two-proportion z-test (alpha 0.05) would detect with power 0.8 at the sample's
@@ -599,7 +602,11 @@ def _rate_results(
                     config.power,
                 )
             if ratio < config.threshold:
-                significant = ratio_ci is not None and ratio_ci[1] < config.threshold
+                # Several categories are compared with the highest one at once, so the decision
+                # uses a Bonferroni-widened interval (the one reported stays at `confidence`).
+                m = max(1, len(usable) - 1)
+                wide = _percentile_ci(boot_ratio[:, i], 1 - (1 - config.confidence) / m)
+                significant = wide is not None and wide[1] < config.threshold
                 flag = "significant" if significant else "below"
         out.append(
             RateResult(
