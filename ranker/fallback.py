@@ -20,15 +20,17 @@ service falls back on is exactly the baseline every trained version is compared 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
+from ranker.domain import Posting
 from ranker.errors import InvalidInput
-from ranker.explain import ContributionExplainer
+from ranker.explain import ContributionExplainer, Explanation
 from ranker.features import FEATURE_NAMES, FEATURES_VERSION, FeatureBuilder
 from ranker.lexicon import Lexicon
+from ranker.prepared import PreparedCandidate
 
 HAND_RULE: dict[str, float] = {
     "required_coverage": 3.0,
@@ -111,6 +113,25 @@ class FallbackExplainer(ContributionExplainer):
     def __init__(self, rule: str, feature_names: Sequence[str] = FEATURE_NAMES) -> None:
         super().__init__(feature_names)
         self.rule = rule
+
+    def explain(
+        self,
+        posting: Posting,
+        candidates: Sequence[PreparedCandidate],
+        x: np.ndarray,
+        reference: np.ndarray | None = None,
+    ) -> list[Explanation]:
+        """The usual reasons, and a last one saying which rule ranked (no model is trained yet)."""
+        note = (
+            "Ranked by the fallback rule of thumb (no trained model yet): required skills, "
+            "location, minimum years, then similarity"
+            if self.rule == "hand_rule"
+            else "Ranked by search similarity (no trained model yet)"
+        )
+        return [
+            replace(e, reasons=(*e.reasons, note))
+            for e in super().explain(posting, candidates, x, reference)
+        ]
 
     def contributions(self, x: np.ndarray) -> np.ndarray:
         out = np.zeros((len(x), len(self.feature_names)), dtype=np.float32)

@@ -46,7 +46,7 @@ from ranker.encoding import TextEncoder, encode_candidates, encode_postings
 from ranker.errors import InvalidInput, NotFound
 from ranker.explain import Explanation
 from ranker.fair_serving import FairReranker
-from ranker.index import FaissIndex, ReadWriteLock, index_from_store
+from ranker.index import FaissIndex, ReadWriteLock
 from ranker.metrics import ServiceMetrics
 from ranker.model_slot import ModelSlot
 from ranker.posting_cache import PostingCache
@@ -65,6 +65,7 @@ from ranker.ranking import (
 from ranker.rows import CandidateRow, ErasureReceipt, PostingRow
 from ranker.shadow import ShadowScorer
 from ranker.store import SqliteStore
+from ranker.warmup import load_memory
 
 if TYPE_CHECKING:
     from ranker.api import ComparisonResult
@@ -153,40 +154,9 @@ class RankingPipeline:
 
     def _load_memory(self) -> FaissIndex:
         """Fill the catalog and posting cache from the store; load the index or rebuild it."""
-        started = time.perf_counter()
-        fids: list[int] = []
-        vectors: list[np.ndarray] = []
-        batch: list[tuple[int, PreparedCandidate]] = []
-        for fid, row in self.store.iter_candidates_with_ids():
-            pc = prepare_candidate(row.candidate, row.doc_vector, row.chunk_vectors)
-            batch.append((fid, pc))
-            fids.append(fid)
-            vectors.append(pc.doc_vector)
-            if len(batch) == 10_000:
-                self._catalog.put_many(batch)
-                batch = []
-        self._catalog.put_many(batch)
-        index, rebuilt = index_from_store(
-            self.store,
-            self.settings.resolved_index_dir,
-            (
-                np.asarray(fids, dtype=np.int64),
-                np.stack(vectors) if vectors else np.zeros((0, self.encoder.dim), np.float32),
-            ),
-            storage=self.settings.index_storage,
+        return load_memory(
+            self.store, self.settings, self._catalog, self._postings, self.encoder.dim
         )
-        if rebuilt:
-            log.info("rebuilt the index from the store: %d candidates", len(index))
-        self._postings.put_many(
-            [prepare_posting(prow.posting, prow.vector) for prow in self.store.list_postings()]
-        )
-        log.info(
-            "loaded %d candidates and %d postings in %.1fs",
-            len(self._catalog),
-            len(self._postings),
-            time.perf_counter() - started,
-        )
-        return index
 
     def close(self) -> None:
         """Write pending decisions and the index, then close the store."""

@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from ranker.config import Settings
+from ranker.lexicon import LexiconView
 from ranker.model_slot import ServedModel
 from ranker.prepared import PreparedCandidate, PreparedPosting
 from ranker.ranking import RankRequest, Retrieved, Scored
@@ -56,6 +57,8 @@ class ShadowJob:
     """Rows of `cands`, best first, as the champion ordered them."""
     top_k: int
     challenger: ServedModel
+    lexicon: LexiconView | None = None
+    """The live pool statistics the champion's features read; the challenger reads the same."""
 
 
 def challenger_order(job: ShadowJob) -> np.ndarray:
@@ -63,7 +66,7 @@ def challenger_order(job: ShadowJob) -> np.ndarray:
     bundle = job.challenger.bundle
     if not job.cands:
         return np.zeros(0, dtype=np.intp)
-    x = bundle.builder.build(job.posting, job.cands)
+    x = bundle.builder.build(job.posting, job.cands, lexicon=job.lexicon)
     scores = np.asarray(bundle.scorer.score(x), dtype=np.float32)
     return np.lexsort((job.fids, -job.sims, -scores))
 
@@ -156,6 +159,7 @@ class ShadowScorer:
                 champion_ranked=scored.ranked,
                 top_k=req.top_k,
                 challenger=challenger,
+                lexicon=hits.lexicon,
             )
         )
 
@@ -241,6 +245,7 @@ def shadow_job(
     champion_ranked: np.ndarray,
     top_k: int,
     challenger: ServedModel,
+    lexicon: LexiconView | None = None,
 ) -> ShadowJob:
     """A job for `ShadowScorer.offer` (the time is taken now, on the request thread)."""
     return ShadowJob(
@@ -255,4 +260,5 @@ def shadow_job(
         champion_ranked=champion_ranked,
         top_k=top_k,
         challenger=challenger,
+        lexicon=lexicon,
     )
