@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -9,7 +10,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, TypeVar
 
 from ranker.domain import Candidate, Posting, years_in_range
-from ranker.errors import DeadlineExceeded, InvalidInput, RankerError
+from ranker.errors import Cancelled, DeadlineExceeded, InvalidInput, RankerError
 from ranker.text import phrase_key
 
 if TYPE_CHECKING:
@@ -21,16 +22,21 @@ _Item = TypeVar("_Item", Candidate, Posting)
 
 @dataclass(frozen=True)
 class Deadline:
-    """The caller's time budget as a `time.monotonic()` instant; None = no deadline."""
+    """The caller's time budget as a `time.monotonic()` instant (None = no deadline), and the
+    flag the transport sets when the caller gives up (cancels, disconnects)."""
 
     at: float | None = None
+    cancelled: threading.Event | None = None
 
     @classmethod
-    def after(cls, seconds: float | None) -> Deadline:
-        return cls(None if seconds is None else time.monotonic() + seconds)
+    def after(cls, seconds: float | None, cancelled: threading.Event | None = None) -> Deadline:
+        return cls(None if seconds is None else time.monotonic() + seconds, cancelled)
 
     def check(self, before: str) -> None:
-        """Raise DeadlineExceeded when the budget is spent, naming the step not started."""
+        """Raise DeadlineExceeded (or Cancelled) when the budget is spent or the caller has
+        gone, naming the step not started."""
+        if self.cancelled is not None and self.cancelled.is_set():
+            raise Cancelled(f"the caller gave up before {before}; nothing more was done")
         if self.at is not None and time.monotonic() >= self.at:
             raise DeadlineExceeded(
                 f"the deadline passed before {before}; retry with a longer deadline"

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,9 +20,19 @@ from pathlib import Path
 import numpy as np
 
 from ranker.domain import Candidate, Outcome, Posting, RecordT, Stage, from_plain, to_plain
-from ranker.errors import InvalidInput, NotFound
+from ranker.errors import (
+    ErasedId,
+    InvalidInput,
+    NotFound,
+    StorageFull,
+    StorageUnavailable,
+    shown_id,
+)
+from ranker.permissions import private_dir, private_file, tighten_if_present
 from ranker.rows import CandidateRow, CandidateVersion, Decision, ErasureReceipt, PostingRow
 from ranker.schema import SCHEMA, SCHEMA_VERSION
+
+log = logging.getLogger(__name__)
 
 _IN_LIMIT = 500
 """Values bound per `IN (...)` query: well under SQLite's variable limit (999 before 3.32)."""
@@ -72,6 +85,33 @@ def _load_or_create_key(path: Path) -> bytes:
     return key
 
 
+BeforeCommit = Callable[[], None]
+"""Runs inside a write transaction just before COMMIT; raising rolls the write back (a caller
+whose deadline passed stores nothing)."""
+
+_BUSY_TIMEOUT_MS = 30_000
+
+
+def storage_error(e: BaseException, path: Path) -> BaseException:
+    """A disk-full or I/O failure as the domain error the caller can act on; others unchanged."""
+    code = getattr(e, "sqlite_errorcode", None)
+    if code == sqlite3.SQLITE_FULL or (isinstance(e, OSError) and e.errno == errno.ENOSPC):
+        return StorageFull(
+            f"the disk holding {path} is full; nothing of this call was stored. Free space on "
+            "it, then retry"
+        )
+    if code is not None and (code & 0xFF) in (
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_CANTOPEN,
+    ):
+        return StorageUnavailable(
+            f"{path} could not be written ({e}); nothing of this call was stored. Check the "
+            "disk and the file's permissions, then retry"
+        )
+    return e
+
+
 class SqliteStore:
     """SQLite in WAL mode, one connection guarded by a lock, every write one transaction.
 
@@ -79,10 +119,18 @@ class SqliteStore:
     service acknowledges upserts only once they are durable.
     """
 
-    def __init__(self, path: Path, dim: int = 384) -> None:
+    def __init__(self, path: Path, dim: int = 384, checkpoint_seconds: float = 2.0) -> None:
         self.path = Path(path)
         self.dim = dim
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.checkpoint_seconds = checkpoint_seconds
+        """How long an erasure retries a blocked WAL checkpoint before reporting it pending."""
+        self._checkpoint_pending = False
+        # CVs and protected attributes: owner-only. SQLite creates the -wal and -shm files with
+        # the database file's permissions, so creating it 0600 first covers all three.
+        private_dir(self.path.parent)
+        private_file(self.path)
+        for side in ("-wal", "-shm"):
+            tighten_if_present(self.path.with_name(self.path.name + side))
         self._lock = threading.RLock()
         self._conn = sqlite3.connect(
             self.path, check_same_thread=False, isolation_level=None, timeout=30.0
@@ -106,6 +154,7 @@ class SqliteStore:
             self._conn.execute(
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('store_uuid', lower(hex(randomblob(16))))"
             )
+            self._backfill_tombstones()
 
     def _refuse_other_schema(self) -> None:
         """Refuse a store written with another schema, before creating any table in it.
@@ -128,19 +177,31 @@ class SqliteStore:
 
     # -- plumbing -------------------------------------------------------------------------
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One IMMEDIATE transaction: all of it is stored, or none of it."""
+    def _tx(self, before_commit: BeforeCommit | None = None) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction: all of it is stored, or none of it.
+
+        A full disk or an I/O error comes out as StorageFull / StorageUnavailable (the caller's
+        RESOURCE_EXHAUSTED / UNAVAILABLE), not as a bare sqlite3 error.
+        """
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
             try:
-                yield self._conn
-                self._conn.execute("COMMIT")
-            except BaseException:
-                # Also when COMMIT itself fails (disk full, I/O error): never leave the
-                # connection inside a transaction that would block every later write.
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._conn
+                    if before_commit is not None:
+                        before_commit()
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    # Also when COMMIT itself fails (disk full, I/O error): never leave the
+                    # connection inside a transaction that would block every later write.
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
+                    raise
+            except (sqlite3.Error, OSError) as e:
+                mapped = storage_error(e, self.path)
+                if mapped is e:
+                    raise
+                raise mapped from e
 
     def _meta(self, key: str) -> str | None:
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -184,11 +245,14 @@ class SqliteStore:
     # all, to `candidate_versions`, so training can use the record as it was when an outcome
     # happened (`candidate_versions`).
 
-    def upsert_candidates(self, rows: Sequence[CandidateRow]) -> list[int]:
+    def upsert_candidates(
+        self, rows: Sequence[CandidateRow], before_commit: BeforeCommit | None = None
+    ) -> list[int]:
         """Insert or replace candidates by id, atomically; returns their faiss ids in order.
 
         A replaced record that differs from the stored one (CV or any field) is kept as an
-        earlier version, in force from when it was stored until now.
+        earlier version, in force from when it was stored until now. An erased id (not
+        re-consented) refuses the whole call with ErasedId: callers screen with `erased_among`.
         """
         now = _iso(_now())
         params = []
@@ -206,7 +270,8 @@ class SqliteStore:
                 )
             )
         ids: list[int] = []
-        with self._tx() as tx:
+        with self._tx(before_commit) as tx:
+            self._refuse_erased(tx, [p[0] for p in params])
             for p in params:
                 tx.execute(
                     """INSERT INTO candidate_versions (candidate_id, valid_from, valid_until,
@@ -314,7 +379,9 @@ class SqliteStore:
         return {cid: int(fid) for cid, fid in rows}
 
     # -- postings -------------------------------------------------------------------------
-    def upsert_postings(self, rows: Sequence[PostingRow]) -> None:
+    def upsert_postings(
+        self, rows: Sequence[PostingRow], before_commit: BeforeCommit | None = None
+    ) -> None:
         """Insert or replace postings by id, atomically (the record as JSON, like candidates)."""
         now = _iso(_now())
         params = [
@@ -326,7 +393,7 @@ class SqliteStore:
             )
             for r in rows
         ]
-        with self._tx() as tx:
+        with self._tx(before_commit) as tx:
             tx.executemany(
                 """INSERT INTO postings (id, record, stored_at, vector) VALUES (?, ?, ?, ?)
                    ON CONFLICT(id) DO UPDATE SET record=excluded.record,
@@ -355,11 +422,17 @@ class SqliteStore:
             return int(self._conn.execute("SELECT COUNT(*) FROM postings").fetchone()[0])
 
     # -- outcomes -------------------------------------------------------------------------
-    def record_outcomes(self, outcomes: Sequence[Outcome]) -> int:
-        """Store stage events; a repeated identical event is stored once. Returns how many were new."""
+    def record_outcomes(
+        self, outcomes: Sequence[Outcome], before_commit: BeforeCommit | None = None
+    ) -> int:
+        """Store stage events; a repeated identical event is stored once. Returns how many were new.
+
+        Outcomes of an erased candidate refuse the call with ErasedId (screen with `erased_among`).
+        """
         now = _iso(_now())
         params = [(o.posting_id, o.candidate_id, o.stage.value, _iso(o.at), now) for o in outcomes]
-        with self._tx() as tx:
+        with self._tx(before_commit) as tx:
+            self._refuse_erased(tx, [o.candidate_id for o in outcomes])
             before = tx.total_changes
             tx.executemany(
                 "INSERT OR IGNORE INTO outcomes (posting_id, candidate_id, stage, at, recorded_at) "
@@ -385,8 +458,12 @@ class SqliteStore:
 
     # -- protected attributes (audits only) -----------------------------------------------
     def upsert_protected(self, rows: Sequence[tuple[str, str, str]]) -> None:
-        """(candidate_id, attribute, value) triples, kept apart from everything features read."""
+        """(candidate_id, attribute, value) triples, kept apart from everything features read.
+
+        Attributes of an erased candidate refuse the call with ErasedId (screen with `erased_among`).
+        """
         with self._tx() as tx:
+            self._refuse_erased(tx, [r[0] for r in rows])
             tx.executemany(
                 "INSERT INTO protected_attributes (candidate_id, name, value) VALUES (?, ?, ?) "
                 "ON CONFLICT(candidate_id, name) DO UPDATE SET value=excluded.value",
@@ -473,17 +550,27 @@ class SqliteStore:
             params=json.loads(head[7]),
         )
 
+    def has_decisions(self, request_ids: Sequence[str]) -> set[str]:
+        """The request ids among `request_ids` whose decision is stored (a replay skips them)."""
+        rows = self._rows_in(
+            "SELECT request_id FROM decisions WHERE request_id IN ({marks})", request_ids
+        )
+        return {r[0] for r in rows}
+
     def count_decisions(self) -> int:
         with self._lock:
             return int(self._conn.execute("SELECT COUNT(*) FROM decisions").fetchone()[0])
 
     # -- erasure --------------------------------------------------------------------------
-    def delete_candidates(self, ids: Sequence[str]) -> ErasureReceipt:
+    def delete_candidates(self, ids: Sequence[str], actor: str = "anonymous") -> ErasureReceipt:
         """Erase candidates: CV and its earlier versions, vectors, outcomes, protected attributes
         and logged feature rows.
 
         One transaction for the whole request; a receipt per erased id keeps only its keyed
-        digest (`_receipt_digest`), never the id.
+        digest (`_receipt_digest`), never the id. The digest is also kept as a tombstone that
+        every write path refuses until `reconsent`, and `actor` (a token's name) is recorded in
+        `admin_actions`. Then the write-ahead log is checkpointed and verified empty
+        (`checkpoint_wal`), so no erased byte stays in any file.
         """
         at = _now()
         erased: list[str] = []
@@ -526,13 +613,20 @@ class SqliteStore:
                     (_iso(at), self._receipt_digest(cid), json.dumps(counts)),
                 )
                 receipt_ids.append(int(cur.lastrowid or 0))
+                tx.execute(
+                    "INSERT OR REPLACE INTO erased_ids (candidate_id_hmac, erased_at) VALUES (?, ?)",
+                    (self._receipt_digest(cid), _iso(at)),
+                )
             if erased:
                 self._bump_generation(tx)
+                self._record_action(
+                    tx, actor, "erase", {"receipt_ids": receipt_ids, "candidates": len(erased)}
+                )
         if erased:
             # Erased rows also sit in the write-ahead log until a checkpoint; copy them into the
             # (secure-deleted) database now and truncate the log so no copy of the CV remains.
-            with self._lock:
-                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._checkpoint_pending = True
+            self.checkpoint_wal(self.checkpoint_seconds)
         return ErasureReceipt(
             at=at,
             erased=tuple(erased),
@@ -554,3 +648,150 @@ class SqliteStore:
                 (self._receipt_digest(candidate_id),),
             ).fetchall()
         return [{"receipt_id": r, "at": a, "rows": json.loads(rows_)} for r, a, rows_ in rows]
+
+    # -- erasure that sticks (tombstones, re-consent, who did it) -------------------------
+    def _backfill_tombstones(self) -> None:
+        """Once per store: tombstones for erasures recorded before `erased_ids` existed."""
+        if self._meta("erased_ids_from_receipts") is not None:
+            return
+        with self._tx() as tx:
+            tx.execute(
+                "INSERT OR IGNORE INTO erased_ids (candidate_id_hmac, erased_at) "
+                "SELECT candidate_id_hmac, MIN(at) FROM erasures GROUP BY candidate_id_hmac"
+            )
+            tx.execute("INSERT INTO meta(key, value) VALUES ('erased_ids_from_receipts', '1')")
+
+    def _erased_digests(self, c: sqlite3.Connection, ids: Sequence[str]) -> dict[str, str]:
+        """id -> digest for the ids among `ids` that are erased (not re-consented)."""
+        digests = {self._receipt_digest(i): i for i in dict.fromkeys(ids)}
+        found: dict[str, str] = {}
+        keys = list(digests)
+        for start in range(0, len(keys), _IN_LIMIT):
+            part = keys[start : start + _IN_LIMIT]
+            marks = ",".join("?" * len(part))
+            for (d,) in c.execute(
+                f"SELECT candidate_id_hmac FROM erased_ids WHERE candidate_id_hmac IN ({marks})",
+                part,
+            ):
+                found[digests[d]] = d
+        return found
+
+    def _refuse_erased(self, c: sqlite3.Connection, ids: Sequence[str]) -> None:
+        erased = self._erased_digests(c, ids)
+        if erased:
+            raise ErasedId(erased_message(next(iter(erased))))
+
+    def erased_among(self, ids: Sequence[str]) -> set[str]:
+        """The ids among `ids` that were erased and not re-consented since."""
+        with self._lock:
+            return set(self._erased_digests(self._conn, ids))
+
+    def reconsent(self, candidate_id: str, reason: str, actor: str) -> bool:
+        """Lift an erased id's tombstone so it may be stored again; logged with who and why.
+
+        False when the id is not erased (nothing to do). The receipts stay: they prove the
+        earlier erasure.
+        """
+        if not reason.strip():
+            raise InvalidInput("a re-consent needs a reason (--reason): it is kept in the log")
+        digest = self._receipt_digest(candidate_id)
+        with self._tx() as tx:
+            gone = tx.execute(
+                "DELETE FROM erased_ids WHERE candidate_id_hmac = ?", (digest,)
+            ).rowcount
+            if not gone:
+                return False
+            self._record_action(
+                tx, actor, "reconsent", {"candidate_id_hmac": digest, "reason": reason.strip()}
+            )
+        return True
+
+    def _record_action(
+        self, c: sqlite3.Connection, actor: str, action: str, detail: dict[str, object]
+    ) -> None:
+        c.execute(
+            "INSERT INTO admin_actions (at, actor, action, detail) VALUES (?, ?, ?, ?)",
+            (_iso(_now()), actor, action, json.dumps(detail, sort_keys=True)),
+        )
+
+    def admin_actions(self) -> list[dict[str, object]]:
+        """Erasures and re-consents, oldest first: when, who (a token's name), what."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT action_id, at, actor, action, detail FROM admin_actions ORDER BY action_id"
+            ).fetchall()
+        return [
+            {"id": i, "at": at, "actor": actor, "action": action, "detail": json.loads(detail)}
+            for i, at, actor, action, detail in rows
+        ]
+
+    # -- the write-ahead log after an erasure ---------------------------------------------
+    @property
+    def checkpoint_pending(self) -> bool:
+        """True while erased rows may still sit in the -wal file (a checkpoint was blocked)."""
+        return self._checkpoint_pending
+
+    def checkpoint_wal(self, budget_seconds: float = 0.0) -> bool:
+        """Checkpoint and truncate the write-ahead log, retrying with backoff for up to
+        `budget_seconds`; True when verified (no busy reader, every frame copied, -wal empty).
+
+        A connection reading an older snapshot (another process: a backup, a notebook)
+        blocks the checkpoint; the store's lock is released between attempts so the service
+        keeps answering meanwhile. Clears `checkpoint_pending` on success.
+        """
+        end = time.monotonic() + budget_seconds
+        pause = 0.01
+        while True:
+            with self._lock:
+                # Not the 30 s busy handler: a blocked attempt returns at once and is retried.
+                self._conn.execute("PRAGMA busy_timeout = 0")
+                try:
+                    busy, frames, copied = self._conn.execute(
+                        "PRAGMA wal_checkpoint(TRUNCATE)"
+                    ).fetchone()
+                except sqlite3.OperationalError:
+                    busy, frames, copied = 1, -1, -1
+                finally:
+                    self._conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+                wal = self.path.with_name(self.path.name + "-wal")
+                size = wal.stat().st_size if wal.exists() else 0
+            if busy == 0 and frames == copied and size == 0:
+                if self._checkpoint_pending:
+                    log.info(
+                        "write-ahead log checkpointed: no erased rows remain in %s-wal", self.path
+                    )
+                self._checkpoint_pending = False
+                return True
+            if time.monotonic() + pause > end:
+                if self._checkpoint_pending:
+                    log.warning(
+                        "erasure: the write-ahead log of %s could not be checkpointed (busy=%s, "
+                        "%s of %s frames copied, %d bytes left): another connection is reading. "
+                        "Erased rows may remain in the -wal file until it finishes; retrying",
+                        self.path,
+                        busy,
+                        copied,
+                        frames,
+                        size,
+                    )
+                return False
+            time.sleep(pause)
+            pause = min(pause * 2, 0.25)
+
+    def probe_write(self) -> None:
+        """A tiny write (raises StorageFull / StorageUnavailable when the store cannot take one)."""
+        with self._tx() as tx:
+            tx.execute(
+                "INSERT INTO meta(key, value) VALUES ('last_write_probe', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (_iso(_now()),),
+            )
+
+
+def erased_message(candidate_id: str) -> str:
+    """Why a write of an erased id is refused, and how to re-add it."""
+    return (
+        f"candidate {shown_id(candidate_id)} was erased; it is stored again only after the person "
+        "consents anew and an admin records it with `ranker reconsent ID --reason ...` (service "
+        "stopped); then send it again"
+    )
