@@ -128,7 +128,9 @@ def _skills(subject: str, name: str, skills: object) -> tuple[str, ...]:
     for s in skills:
         if not isinstance(s, str) or not _visible(s):
             raise InvalidField(
-                subject, name, f"must be non-empty strings of visible characters, got {repr(s)[:40]}"
+                subject,
+                name,
+                f"must be non-empty strings of visible characters, got {repr(s)[:40]}",
             )
         if len(s) > MAX_SKILL_CHARS:
             raise InvalidField(

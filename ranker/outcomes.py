@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from ranker.api import ItemResult, Rejected
 from ranker.domain import Outcome
 from ranker.errors import ErasedId, InvalidInput, NotFound, RankerError, shown_id
-from ranker.store import erased_message
+from ranker.tombstones import erased_message
 
 MAX_OUTCOME_SKEW = timedelta(days=1)
 """How far in the future an outcome's time may lie (clock skew between the ATS and us)."""

@@ -59,7 +59,8 @@ from ranker.ranking import (
     score_and_order,
 )
 from ranker.rows import CandidateRow, ErasureReceipt, PostingRow
-from ranker.store import SqliteStore, erased_message
+from ranker.store import SqliteStore
+from ranker.tombstones import erased_message
 from ranker.upkeep import PipelineUpkeep
 
 if TYPE_CHECKING:

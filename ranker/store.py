@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import errno
-import hashlib
-import hmac
 import json
 import logging
-import os
-import secrets
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -19,18 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ranker import tombstones
 from ranker.domain import Candidate, Outcome, Posting, RecordT, Stage, from_plain, to_plain
-from ranker.errors import (
-    ErasedId,
-    InvalidInput,
-    NotFound,
-    StorageFull,
-    StorageUnavailable,
-    shown_id,
-)
+from ranker.errors import InvalidInput, NotFound, StorageFull, StorageUnavailable
 from ranker.permissions import private_dir, private_file, tighten_if_present
-from ranker.rows import CandidateRow, CandidateVersion, Decision, ErasureReceipt, PostingRow
+from ranker.rows import CandidateRow, CandidateVersion, Decision, PostingRow
 from ranker.schema import SCHEMA, SCHEMA_VERSION
+from ranker.store_erasure import SqliteErasure, load_or_create_key
 
 log = logging.getLogger(__name__)
 
@@ -66,30 +56,9 @@ def _record(kind: type[RecordT], record_id: str, record_json: str) -> RecordT:
     return from_plain(kind, {"id": record_id, **json.loads(record_json)})
 
 
-def _load_or_create_key(path: Path) -> bytes:
-    """The secret that keys erasure-receipt digests, kept in its own owner-only file.
-
-    A plain sha256 of an ATS id like `C0001` is reversed by guessing; an HMAC with a key that
-    does not sit in the database is not.
-    """
-    try:
-        return bytes.fromhex(path.read_text(encoding="ascii").strip())
-    except FileNotFoundError:
-        pass
-    key = secrets.token_bytes(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as f:
-        f.write(key.hex())
-        f.flush()
-        os.fsync(f.fileno())
-    return key
-
-
 BeforeCommit = Callable[[], None]
 """Runs inside a write transaction just before COMMIT; raising rolls the write back (a caller
 whose deadline passed stores nothing)."""
-
-_BUSY_TIMEOUT_MS = 30_000
 
 
 def storage_error(e: BaseException, path: Path) -> BaseException:
@@ -112,7 +81,7 @@ def storage_error(e: BaseException, path: Path) -> BaseException:
     return e
 
 
-class SqliteStore:
+class SqliteStore(SqliteErasure):
     """SQLite in WAL mode, one connection guarded by a lock, every write one transaction.
 
     `synchronous=FULL` so an acknowledged write survives power loss, not only a crash: the
@@ -135,9 +104,7 @@ class SqliteStore:
         self._conn = sqlite3.connect(
             self.path, check_same_thread=False, isolation_level=None, timeout=30.0
         )
-        self._receipt_key = _load_or_create_key(
-            self.path.with_name(self.path.name + ".receipt-key")
-        )
+        self._receipt_key = load_or_create_key(self.path.with_name(self.path.name + ".receipt-key"))
         self._conn.execute("PRAGMA journal_mode=WAL")
         # Erased rows are overwritten with zeros, not left readable in free pages.
         self._conn.execute("PRAGMA secure_delete=ON")
@@ -154,7 +121,8 @@ class SqliteStore:
             self._conn.execute(
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('store_uuid', lower(hex(randomblob(16))))"
             )
-            self._backfill_tombstones()
+            with self._tx() as tx:
+                tombstones.backfill(tx)
 
     def _refuse_other_schema(self) -> None:
         """Refuse a store written with another schema, before creating any table in it.
@@ -271,7 +239,7 @@ class SqliteStore:
             )
         ids: list[int] = []
         with self._tx(before_commit) as tx:
-            self._refuse_erased(tx, [p[0] for p in params])
+            tombstones.refuse(tx, self._digests([p[0] for p in params]))
             for p in params:
                 tx.execute(
                     """INSERT INTO candidate_versions (candidate_id, valid_from, valid_until,
@@ -432,7 +400,7 @@ class SqliteStore:
         now = _iso(_now())
         params = [(o.posting_id, o.candidate_id, o.stage.value, _iso(o.at), now) for o in outcomes]
         with self._tx(before_commit) as tx:
-            self._refuse_erased(tx, [o.candidate_id for o in outcomes])
+            tombstones.refuse(tx, self._digests([o.candidate_id for o in outcomes]))
             before = tx.total_changes
             tx.executemany(
                 "INSERT OR IGNORE INTO outcomes (posting_id, candidate_id, stage, at, recorded_at) "
@@ -463,7 +431,7 @@ class SqliteStore:
         Attributes of an erased candidate refuse the call with ErasedId (screen with `erased_among`).
         """
         with self._tx() as tx:
-            self._refuse_erased(tx, [r[0] for r in rows])
+            tombstones.refuse(tx, self._digests([r[0] for r in rows]))
             tx.executemany(
                 "INSERT INTO protected_attributes (candidate_id, name, value) VALUES (?, ?, ?) "
                 "ON CONFLICT(candidate_id, name) DO UPDATE SET value=excluded.value",
@@ -561,223 +529,6 @@ class SqliteStore:
         with self._lock:
             return int(self._conn.execute("SELECT COUNT(*) FROM decisions").fetchone()[0])
 
-    # -- erasure --------------------------------------------------------------------------
-    def delete_candidates(self, ids: Sequence[str], actor: str = "anonymous") -> ErasureReceipt:
-        """Erase candidates: CV and its earlier versions, vectors, outcomes, protected attributes
-        and logged feature rows.
-
-        One transaction for the whole request; a receipt per erased id keeps only its keyed
-        digest (`_receipt_digest`), never the id. The digest is also kept as a tombstone that
-        every write path refuses until `reconsent`, and `actor` (a token's name) is recorded in
-        `admin_actions`. Then the write-ahead log is checkpointed and verified empty
-        (`checkpoint_wal`), so no erased byte stays in any file.
-        """
-        at = _now()
-        erased: list[str] = []
-        not_found: list[str] = []
-        totals = {
-            "candidates": 0,
-            "candidate_versions": 0,
-            "outcomes": 0,
-            "decision_items": 0,
-            "protected_attributes": 0,
-        }
-        receipt_ids: list[int] = []
-        with self._tx() as tx:
-            for cid in dict.fromkeys(ids):
-                counts = {
-                    "candidates": tx.execute(
-                        "DELETE FROM candidates WHERE id = ?", (cid,)
-                    ).rowcount,
-                    "candidate_versions": tx.execute(
-                        "DELETE FROM candidate_versions WHERE candidate_id = ?", (cid,)
-                    ).rowcount,
-                    "outcomes": tx.execute(
-                        "DELETE FROM outcomes WHERE candidate_id = ?", (cid,)
-                    ).rowcount,
-                    "decision_items": tx.execute(
-                        "DELETE FROM decision_items WHERE candidate_id = ?", (cid,)
-                    ).rowcount,
-                    "protected_attributes": tx.execute(
-                        "DELETE FROM protected_attributes WHERE candidate_id = ?", (cid,)
-                    ).rowcount,
-                }
-                if counts["candidates"] == 0 and not any(counts.values()):
-                    not_found.append(cid)
-                    continue
-                erased.append(cid)
-                for k, v in counts.items():
-                    totals[k] += v
-                cur = tx.execute(
-                    "INSERT INTO erasures (at, candidate_id_hmac, rows) VALUES (?, ?, ?)",
-                    (_iso(at), self._receipt_digest(cid), json.dumps(counts)),
-                )
-                receipt_ids.append(int(cur.lastrowid or 0))
-                tx.execute(
-                    "INSERT OR REPLACE INTO erased_ids (candidate_id_hmac, erased_at) VALUES (?, ?)",
-                    (self._receipt_digest(cid), _iso(at)),
-                )
-            if erased:
-                self._bump_generation(tx)
-                self._record_action(
-                    tx, actor, "erase", {"receipt_ids": receipt_ids, "candidates": len(erased)}
-                )
-        if erased:
-            # Erased rows also sit in the write-ahead log until a checkpoint; copy them into the
-            # (secure-deleted) database now and truncate the log so no copy of the CV remains.
-            self._checkpoint_pending = True
-            self.checkpoint_wal(self.checkpoint_seconds)
-        return ErasureReceipt(
-            at=at,
-            erased=tuple(erased),
-            not_found=tuple(not_found),
-            rows=totals,
-            receipt_ids=tuple(receipt_ids),
-        )
-
-    def _receipt_digest(self, candidate_id: str) -> str:
-        """The keyed digest that erasure receipts keep instead of the erased id."""
-        return hmac.new(self._receipt_key, candidate_id.encode("utf-8"), hashlib.sha256).hexdigest()
-
-    def erasure_receipts(self, candidate_id: str) -> list[dict[str, object]]:
-        """The receipts recorded for an id (looked up by its digest; the id itself is not kept)."""
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT receipt_id, at, rows FROM erasures WHERE candidate_id_hmac = ? "
-                "ORDER BY receipt_id",
-                (self._receipt_digest(candidate_id),),
-            ).fetchall()
-        return [{"receipt_id": r, "at": a, "rows": json.loads(rows_)} for r, a, rows_ in rows]
-
-    # -- erasure that sticks (tombstones, re-consent, who did it) -------------------------
-    def _backfill_tombstones(self) -> None:
-        """Once per store: tombstones for erasures recorded before `erased_ids` existed."""
-        if self._meta("erased_ids_from_receipts") is not None:
-            return
-        with self._tx() as tx:
-            tx.execute(
-                "INSERT OR IGNORE INTO erased_ids (candidate_id_hmac, erased_at) "
-                "SELECT candidate_id_hmac, MIN(at) FROM erasures GROUP BY candidate_id_hmac"
-            )
-            tx.execute("INSERT INTO meta(key, value) VALUES ('erased_ids_from_receipts', '1')")
-
-    def _erased_digests(self, c: sqlite3.Connection, ids: Sequence[str]) -> dict[str, str]:
-        """id -> digest for the ids among `ids` that are erased (not re-consented)."""
-        digests = {self._receipt_digest(i): i for i in dict.fromkeys(ids)}
-        found: dict[str, str] = {}
-        keys = list(digests)
-        for start in range(0, len(keys), _IN_LIMIT):
-            part = keys[start : start + _IN_LIMIT]
-            marks = ",".join("?" * len(part))
-            for (d,) in c.execute(
-                f"SELECT candidate_id_hmac FROM erased_ids WHERE candidate_id_hmac IN ({marks})",
-                part,
-            ):
-                found[digests[d]] = d
-        return found
-
-    def _refuse_erased(self, c: sqlite3.Connection, ids: Sequence[str]) -> None:
-        erased = self._erased_digests(c, ids)
-        if erased:
-            raise ErasedId(erased_message(next(iter(erased))))
-
-    def erased_among(self, ids: Sequence[str]) -> set[str]:
-        """The ids among `ids` that were erased and not re-consented since."""
-        with self._lock:
-            return set(self._erased_digests(self._conn, ids))
-
-    def reconsent(self, candidate_id: str, reason: str, actor: str) -> bool:
-        """Lift an erased id's tombstone so it may be stored again; logged with who and why.
-
-        False when the id is not erased (nothing to do). The receipts stay: they prove the
-        earlier erasure.
-        """
-        if not reason.strip():
-            raise InvalidInput("a re-consent needs a reason (--reason): it is kept in the log")
-        digest = self._receipt_digest(candidate_id)
-        with self._tx() as tx:
-            gone = tx.execute(
-                "DELETE FROM erased_ids WHERE candidate_id_hmac = ?", (digest,)
-            ).rowcount
-            if not gone:
-                return False
-            self._record_action(
-                tx, actor, "reconsent", {"candidate_id_hmac": digest, "reason": reason.strip()}
-            )
-        return True
-
-    def _record_action(
-        self, c: sqlite3.Connection, actor: str, action: str, detail: dict[str, object]
-    ) -> None:
-        c.execute(
-            "INSERT INTO admin_actions (at, actor, action, detail) VALUES (?, ?, ?, ?)",
-            (_iso(_now()), actor, action, json.dumps(detail, sort_keys=True)),
-        )
-
-    def admin_actions(self) -> list[dict[str, object]]:
-        """Erasures and re-consents, oldest first: when, who (a token's name), what."""
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT action_id, at, actor, action, detail FROM admin_actions ORDER BY action_id"
-            ).fetchall()
-        return [
-            {"id": i, "at": at, "actor": actor, "action": action, "detail": json.loads(detail)}
-            for i, at, actor, action, detail in rows
-        ]
-
-    # -- the write-ahead log after an erasure ---------------------------------------------
-    @property
-    def checkpoint_pending(self) -> bool:
-        """True while erased rows may still sit in the -wal file (a checkpoint was blocked)."""
-        return self._checkpoint_pending
-
-    def checkpoint_wal(self, budget_seconds: float = 0.0) -> bool:
-        """Checkpoint and truncate the write-ahead log, retrying with backoff for up to
-        `budget_seconds`; True when verified (no busy reader, every frame copied, -wal empty).
-
-        A connection reading an older snapshot (another process: a backup, a notebook)
-        blocks the checkpoint; the store's lock is released between attempts so the service
-        keeps answering meanwhile. Clears `checkpoint_pending` on success.
-        """
-        end = time.monotonic() + budget_seconds
-        pause = 0.01
-        while True:
-            with self._lock:
-                # Not the 30 s busy handler: a blocked attempt returns at once and is retried.
-                self._conn.execute("PRAGMA busy_timeout = 0")
-                try:
-                    busy, frames, copied = self._conn.execute(
-                        "PRAGMA wal_checkpoint(TRUNCATE)"
-                    ).fetchone()
-                except sqlite3.OperationalError:
-                    busy, frames, copied = 1, -1, -1
-                finally:
-                    self._conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-                wal = self.path.with_name(self.path.name + "-wal")
-                size = wal.stat().st_size if wal.exists() else 0
-            if busy == 0 and frames == copied and size == 0:
-                if self._checkpoint_pending:
-                    log.info(
-                        "write-ahead log checkpointed: no erased rows remain in %s-wal", self.path
-                    )
-                self._checkpoint_pending = False
-                return True
-            if time.monotonic() + pause > end:
-                if self._checkpoint_pending:
-                    log.warning(
-                        "erasure: the write-ahead log of %s could not be checkpointed (busy=%s, "
-                        "%s of %s frames copied, %d bytes left): another connection is reading. "
-                        "Erased rows may remain in the -wal file until it finishes; retrying",
-                        self.path,
-                        busy,
-                        copied,
-                        frames,
-                        size,
-                    )
-                return False
-            time.sleep(pause)
-            pause = min(pause * 2, 0.25)
-
     def probe_write(self) -> None:
         """A tiny write (raises StorageFull / StorageUnavailable when the store cannot take one)."""
         with self._tx() as tx:
@@ -786,12 +537,3 @@ class SqliteStore:
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 (_iso(_now()),),
             )
-
-
-def erased_message(candidate_id: str) -> str:
-    """Why a write of an erased id is refused, and how to re-add it."""
-    return (
-        f"candidate {shown_id(candidate_id)} was erased; it is stored again only after the person "
-        "consents anew and an admin records it with `ranker reconsent ID --reason ...` (service "
-        "stopped); then send it again"
-    )

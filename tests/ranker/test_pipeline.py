@@ -18,7 +18,7 @@ from ranker.catalog import CandidateCatalog
 from ranker.config import MAX_RETRIEVE_N
 from ranker.domain import Candidate, Outcome, Stage
 from ranker.encoding import TextEncoder
-from ranker.errors import DeadlineExceeded, InvalidInput
+from ranker.errors import DeadlineExceeded, ErasedId, InvalidInput
 from ranker.index import INDEX_FILE, ReadWriteLock, load_index_if_current
 from ranker.pipeline import RankingPipeline
 from ranker.prepared import PreparedCandidate, prepare_candidate
@@ -230,7 +230,7 @@ def test_rejected_items_are_reported_in_place(
     assert r.succeeded == 1 and r.total_candidates == 1
 
 
-def test_an_erased_id_can_be_ingested_again_as_a_new_candidate(
+def test_an_erased_id_is_refused_until_reconsent_then_stored_as_a_new_candidate(
     pipeline: RankingPipeline, serving_demo: DemoData
 ) -> None:
     cands = serving_demo.candidates[:5]
@@ -242,7 +242,12 @@ def test_an_erased_id_can_be_ingested_again_as_a_new_candidate(
     assert r.receipt is not None and r.receipt.erased == (victim.id,)
     ranked = pipeline.rank(RankQuery(posting_id=serving_demo.postings[0].id, top_k=10))
     assert victim.id not in {c.candidate_id for c in ranked.results}
-    # The ATS sends the candidate again (a new application): a new record with a new FAISS id.
+    # The ATS sends the candidate again: refused until the person consents anew.
+    refused = pipeline.upsert_candidates([victim])
+    assert isinstance(refused.items[0].error, ErasedId)
+    assert "ranker reconsent" in str(refused.items[0].error)
+    assert pipeline.store.reconsent(victim.id, "applied again, consent ref 42", actor="test")
+    # Re-consented (a new application): a new record with a new FAISS id.
     again = pipeline.upsert_candidates([victim])
     assert again.items[0].created
     assert pipeline.store.faiss_ids([victim.id])[victim.id] != old_fid
