@@ -529,11 +529,17 @@ class SqliteStore(SqliteErasure):
         with self._lock:
             return int(self._conn.execute("SELECT COUNT(*) FROM decisions").fetchone()[0])
 
-    def probe_write(self) -> None:
-        """A tiny write (raises StorageFull / StorageUnavailable when the store cannot take one)."""
+    def probe_write(self, size: int = 65_536) -> None:
+        """Whether the store can grow again: writes `size` bytes (new pages, committed, so the
+        file system is asked too), then deletes them. Raises StorageFull / StorageUnavailable.
+
+        A write of a few bytes could still fit in a page's free space while the disk is full.
+        """
         with self._tx() as tx:
             tx.execute(
-                "INSERT INTO meta(key, value) VALUES ('last_write_probe', ?) "
+                "INSERT INTO meta(key, value) VALUES ('write_probe', randomblob(?)) "
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (_iso(_now()),),
+                (size,),
             )
+        with self._tx() as tx:
+            tx.execute("DELETE FROM meta WHERE key = 'write_probe'")
