@@ -3,6 +3,7 @@ skills, owner-only files."""
 
 from __future__ import annotations
 
+import os
 import stat
 import subprocess
 import sys
@@ -115,6 +116,10 @@ def test_data_files_are_owner_only(
         assert not f.exists() or _mode(f) == 0o600
 
 
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("RANKER_")}
+
+
 def test_every_command_writes_owner_only_files(tmp_path: Path) -> None:
     # The CLI sets a private umask, so whatever a command creates (registry, demo exports,
     # anything a library writes) is owner-only too.
@@ -122,7 +127,7 @@ def test_every_command_writes_owner_only_files(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-c", "from ranker.cli import main; main()", "demo-data",
          "--candidates", "20", "--postings", "6"],
-        env={"RANKER_DATA_DIR": str(data), "PATH": "/usr/bin:/bin"},
+        env={**_env(), "RANKER_DATA_DIR": str(data)},
         capture_output=True,
         text=True,
         timeout=300,
