@@ -142,7 +142,7 @@ def _generate_base(settings: Settings, folder: Path, n_candidates: int, n_postin
         ModelRegistry(folder / "registry", settings.ort_session),
         config=TrainConfig(seed=7),
         promote=True,
-        session=settings.ort_session,
+        settings=settings,
     )
     log.info("bench seed set built in %.0fs", time.perf_counter() - started)
 

@@ -119,9 +119,12 @@ class Settings(EncoderSettings):
     # -- durability ------------------------------------------------------------------------
     decision_log_policy: Literal["strict", "spool"] = "strict"
     """When the decision log cannot be written: `strict` refuses rankings (UNAVAILABLE, health
-    NOT_SERVING), each ranking answered only once its decision is stored; `spool` keeps
-    serving and keeps the backlog in `<data_dir>/decisions.spool.jsonl` (fsynced), replayed
-    into the store when it can be written again."""
+    NOT_SERVING) until it can; `spool` keeps serving. Either way decisions already served are
+    kept in `<data_dir>/decisions.spool.jsonl` (fsynced) and replayed into the store."""
+
+    decision_log_sync: bool = False
+    """Answer a ranking only once its decision is stored (an fsync on every ranking's path):
+    then not even the rankings served just before the log failed are answered unlogged."""
 
     erasure_checkpoint_seconds: float = Field(default=2.0, ge=0)
     """How long an erasure retries the WAL checkpoint (readers may hold old pages) before it

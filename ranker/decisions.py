@@ -1,10 +1,12 @@
 """The decision log writer: every ranking served, stored off the request path, never silently lost.
 
-When the store cannot take decisions (disk full, I/O error) the policy decides
-(Settings.decision_log_policy): `strict` answers a ranking only once its decision is stored, so
-a failing log fails the ranking (UNAVAILABLE) and health says NOT_SERVING; `spool` keeps
-serving and keeps the backlog durably in a JSONL spool file (fsynced; in memory only if even
-that cannot be written), replayed into the store when it takes writes again.
+When the store cannot take decisions (disk full, I/O error), the decisions already served are
+kept: appended to a JSONL spool file (fsynced; in memory only if even that cannot be written)
+and replayed into the store when it takes writes again. The policy
+(Settings.decision_log_policy) decides about the next rankings: `strict` refuses them
+(UNAVAILABLE, health NOT_SERVING) until the log is written again; `spool` keeps serving.
+With `sync` (Settings.decision_log_sync) a ranking is answered only once its decision is
+stored, so none is ever answered unlogged, at the cost of an fsync per ranking.
 """
 
 from __future__ import annotations
@@ -62,10 +64,12 @@ class DecisionLog:
         maxsize: int,
         policy: Policy = "strict",
         spool_path: Path | None = None,
+        sync: bool = False,
     ) -> None:
         self._store = store
         self._metrics = metrics
         self.policy: Policy = policy
+        self.sync = sync
         self.spool_path = spool_path
         # Bounded: under sustained overload rankings wait rather than memory growing unchecked.
         self._queue: queue.Queue[_Pending | None] = queue.Queue(maxsize=maxsize)
@@ -82,7 +86,19 @@ class DecisionLog:
 
     # -- the request path -----------------------------------------------------------------
     def submit(self, decision: Decision) -> _Pending:
-        """Queue a decision; `settle` the result before answering the ranking."""
+        """Queue a decision; `settle` the result before answering the ranking.
+
+        Raises StorageUnavailable (the ranking is not answered) under `strict` while the log is
+        failing, and under `spool` once the memory backlog is full.
+        """
+        failing = self._failing
+        if self.policy == "strict" and failing is not None:
+            raise StorageUnavailable(
+                f"the decision log cannot be written ({failing}); under "
+                "RANKER_DECISION_LOG_POLICY=strict no ranking is served unlogged until it can. "
+                "Free disk space or fix the store, or set RANKER_DECISION_LOG_POLICY=spool to "
+                "keep serving with a durable backlog"
+            )
         if self.policy == "spool" and len(self._held) >= MAX_HELD:
             raise StorageUnavailable(
                 f"the decision log cannot be written ({self._failing}) and {MAX_HELD} decisions "
@@ -94,9 +110,9 @@ class DecisionLog:
         return pending
 
     def settle(self, pending: _Pending) -> None:
-        """Under `strict`, wait until the decision is stored; raise StorageUnavailable if it
-        could not be (the ranking must not be answered). Under `spool`, return at once."""
-        if self.policy != "strict":
+        """With `sync`, wait until the decision is stored; raise StorageUnavailable if it could
+        not be (the ranking must not be answered). Otherwise return at once."""
+        if not self.sync:
             return
         pending.done.wait()
         if pending.error is not None:
@@ -221,13 +237,13 @@ class DecisionLog:
             self._store.log_decisions(decisions)
         except Exception as e:  # noqa: BLE001 (every path below reports it)
             self._fail(e)
-            if self.policy == "strict":
-                # Not served: each ranking gets UNAVAILABLE from `settle`.
+            if self.sync:
+                # Not served yet: each ranking gets UNAVAILABLE from `settle`.
                 for p in pending:
                     p.error = e
                 self._count("refused", len(pending))
             else:
-                self._keep(decisions)
+                self._keep(decisions)  # already served: they must not be lost
             return
         if self._failing is not None and self.backlog:
             self.retry()  # the store takes writes again: bring the backlog in too
@@ -237,7 +253,7 @@ class DecisionLog:
             self._report()
 
     def _keep(self, decisions: list[Decision]) -> None:
-        """Spool policy: append to the spool file (fsynced); hold in memory if that fails."""
+        """Decisions already served: append to the spool file (fsynced); in memory if that fails."""
         with self._backlog:
             if self.spool_path is not None and not self._held:
                 try:
@@ -268,7 +284,7 @@ class DecisionLog:
                 self.policy,
                 "rankings are refused until it can"
                 if self.policy == "strict"
-                else f"decisions are spooled to {self.spool_path}",
+                else f"rankings go on; their decisions are spooled to {self.spool_path}",
             )
         self._report()
 

@@ -110,6 +110,7 @@ class RankingPipeline:
             maxsize=10_000,
             policy=settings.decision_log_policy,
             spool_path=settings.decision_spool_path,
+            sync=settings.decision_log_sync,
         )
         self._exports_lock = threading.Lock()  # two erasures must not rewrite one file at once
         self.index = self._load_memory()
@@ -332,8 +333,8 @@ class RankingPipeline:
             # Submitted under the read lock: an erasure (which takes the write lock, then
             # flushes this log) then finds every decision naming its candidate already queued.
             pending = self._decisions.submit(decision_of(req, hits, scored, order))
-        # Outside the lock: under the strict policy the ranking is answered only once its
-        # decision is stored, and fails (UNAVAILABLE) when it cannot be.
+        # Outside the lock: with Settings.decision_log_sync the ranking is answered only once
+        # its decision is stored, and fails (UNAVAILABLE) when it cannot be.
         self._decisions.settle(pending)
         return order
 

@@ -67,14 +67,17 @@ def _rank(h: ServerHandle, demo: DemoData) -> pb.RankCandidatesResponse:
     )
 
 
+@pytest.mark.parametrize("sync", [False, True])
 def test_strict_refuses_rankings_while_the_log_fails_and_recovers_after(
-    start_server: StartServer, registry_path: Path, serving_demo: DemoData
+    start_server: StartServer, registry_path: Path, serving_demo: DemoData, sync: bool
 ) -> None:
-    h = start_server(registry_dir=registry_path)  # strict is the default
+    # strict is the default; with sync each ranking also waits for its decision's write.
+    h = start_server(registry_dir=registry_path, decision_log_sync=sync)
     seed(h, serving_demo.candidates[:20], serving_demo.postings[:1])
     logged = h.pipeline.store.count_decisions()
     _rank(h, serving_demo)
-    assert h.pipeline.store.count_decisions() == logged + 1  # answered once stored
+    h.pipeline._decisions.flush()
+    assert h.pipeline.store.count_decisions() == logged + 1
     fill_disk(h.pipeline.store)
     answered, e = _rank_until_refused(h, serving_demo)
     assert e.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
@@ -100,7 +103,9 @@ def test_strict_refuses_rankings_while_the_log_fails_and_recovers_after(
     wait_for(lambda: h.health_status() == SERVING, "health SERVING again")
     assert _metric(h, "ranker_decision_log_failing") == 0
     _rank(h, serving_demo)
-    # Exactly the rankings that were answered are logged: the refused one is not.
+    # Exactly the rankings that were answered are logged (those served just before the failure
+    # was seen from the spool file), and the refused one is not.
+    h.pipeline._decisions.flush()
     assert h.pipeline.store.count_decisions() == logged + 1 + answered + 1
 
 
