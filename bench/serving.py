@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +49,8 @@ STAGE_LABELS = {
 PATHS = {"id": "by stored posting id", "inline": "by inline posting text"}
 TARGET_P99_MS = 20.0
 TARGET_SPEEDUP = 3.0
+TARGET_ISOLATION_RATIO = 2.0
+"""GetModelInfo and RankCandidates-by-id p99 during four huge upserts, against idle (issue 12)."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,15 @@ class ServingConfig:
     top_k: int = 10
     retrieve_n: int = 500
     warmup: int = 20
+    isolation_requests: int = 200
+    """GetModelInfo and RankCandidates-by-id calls timed idle, then again during huge upserts."""
+    huge_upserts: int = 4
+    """Concurrent callers sending huge upserts during the second half (the issue's attack)."""
+    huge_cv_chars: int = 100_000
+    huge_cvs: int = 3
+    """CVs per huge upsert, each of `huge_cv_chars` characters."""
+    huge_deadline: float = 5.0
+    """The huge upserts' deadline: they give up, the server must stop their encoding."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +107,7 @@ class SizeResult:
     """The baseline by id, no explain, with LightGBM and FAISS on one OpenMP thread."""
     throughput: dict[tuple[str, int], tuple[float, float]] = field(default_factory=dict)
     """(path, concurrency) -> (service rankings/s, baseline rankings/s)."""
+    isolation: IsolationRun | None = None
 
     @property
     def index_bytes(self) -> int:
@@ -110,6 +123,21 @@ class SizeResult:
         ours, theirs = self.service[("id", False)].top, self.baseline[("id", False)].top
         hits = [len(set(a) & set(b)) / max(1, len(a)) for a, b in zip(ours, theirs, strict=False)]
         return float(np.mean(hits)) if hits else float("nan")
+
+
+@dataclass
+class IsolationRun:
+    """Reads and rankings by id, idle and while huge upserts arrive (client round trips, ms)."""
+
+    idle: dict[str, np.ndarray] = field(default_factory=dict)
+    loaded: dict[str, np.ndarray] = field(default_factory=dict)
+    """Per call ("GetModelInfo", "RankCandidates by id") the timings, idle and under attack."""
+    upserts: dict[str, int] = field(default_factory=dict)
+    """Huge upserts sent during the loaded half, by status code."""
+
+    def ratio(self, call: str) -> float:
+        idle, loaded = Summary.of(self.idle[call]).p99, Summary.of(self.loaded[call]).p99
+        return loaded / idle if idle > 0 else float("nan")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,6 +289,131 @@ def _targets_of(base: BaseSet, path: str) -> list[str | Posting]:
     return [r.posting.id if path == "id" else r.posting for r in base.postings]
 
 
+def _huge_cv(chars: int, seed: int) -> str:
+    """A CV-like text of `chars` characters (varied words, so it tokenises like real text)."""
+    rng = np.random.default_rng(seed)
+    words = (
+        "led built designed python spark kafka team customers data pipelines retail banking "
+        "migrated reduced latency mentored engineers cloud platform reliability budget quarterly "
+        "analytics dashboards hiring roadmap stakeholders compliance audit"
+    ).split()
+    out: list[str] = []
+    size = 0
+    while size < chars:
+        sentence = " ".join(rng.choice(words, size=12)).capitalize() + ". "
+        out.append(sentence)
+        size += len(sentence)
+    return "".join(out)[:chars]
+
+
+def _timed_calls(
+    stub: pb_grpc.CandidateRankerStub, ranking: object, n: int
+) -> dict[str, np.ndarray]:
+    info: list[float] = []
+    rank: list[float] = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=120)
+        info.append((time.perf_counter() - t0) * 1000)
+        t0 = time.perf_counter()
+        stub.RankCandidates(ranking, timeout=120)
+        rank.append((time.perf_counter() - t0) * 1000)
+    return {"GetModelInfo": np.asarray(info), "RankCandidates by id": np.asarray(rank)}
+
+
+def measure_isolation(
+    stub: pb_grpc.CandidateRankerStub, base: BaseSet, cfg: ServingConfig
+) -> IsolationRun:
+    """GetModelInfo and RankCandidates-by-id p99, idle, then while `cfg.huge_upserts` callers
+    keep sending upserts of `cfg.huge_cvs` CVs of `cfg.huge_cv_chars` characters with a
+    `cfg.huge_deadline` deadline (the issue's stall: 41-120 s reads before isolation)."""
+    ranking = pb.RankCandidatesRequest(
+        posting_id=base.postings[0].posting.id, top_k=cfg.top_k, retrieve_n=cfg.retrieve_n
+    )
+    _timed_calls(stub, ranking, max(1, cfg.warmup))
+    run = IsolationRun(idle=_timed_calls(stub, ranking, cfg.isolation_requests))
+    stop = threading.Event()
+    codes: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def attacker(k: int) -> None:
+        i = 0
+        while not stop.is_set():
+            request = pb.UpsertCandidatesRequest(
+                candidates=[
+                    pb.Candidate(id=f"huge-{k}-{i}-{j}", cv_text=_huge_cv(cfg.huge_cv_chars, j))
+                    for j in range(cfg.huge_cvs)
+                ]
+            )
+            try:
+                stub.UpsertCandidates(request, timeout=cfg.huge_deadline)
+                code = "OK"
+            except grpc.RpcError as e:
+                code = e.code().name  # type: ignore[attr-defined]
+            with lock:
+                codes[code] = codes.get(code, 0) + 1
+            i += 1
+
+    threads = [threading.Thread(target=attacker, args=(k,)) for k in range(cfg.huge_upserts)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)  # the upserts are in: encoding (or refused at admission)
+    run.loaded = _timed_calls(stub, ranking, cfg.isolation_requests)
+    stop.set()
+    for t in threads:
+        t.join()
+    run.upserts = dict(sorted(codes.items()))
+    return run
+
+
+def isolation_table(run: IsolationRun, cfg: ServingConfig) -> str:
+    """The isolation measurement as Markdown: p50/p99 idle and loaded, and the p99 ratio."""
+    rows = []
+    for call in run.idle:
+        idle, loaded = Summary.of(run.idle[call]), Summary.of(run.loaded[call])
+        r = run.ratio(call)
+        rows.append(
+            [
+                call,
+                ms(idle.p50),
+                ms(idle.p99),
+                ms(loaded.p50),
+                ms(loaded.p99),
+                f"{r:.2f}×",
+                "yes" if r <= TARGET_ISOLATION_RATIO else "**no**",
+            ]
+        )
+    sent = ", ".join(f"{k} {v}" for k, v in run.upserts.items()) or "none"
+    return (
+        table(
+            [
+                "call",
+                "idle p50",
+                "idle p99",
+                "under attack p50",
+                "p99",
+                "p99 ratio",
+                f"≤ {TARGET_ISOLATION_RATIO:g}×",
+            ],
+            rows,
+        )
+        + f"\n\n{cfg.isolation_requests} calls of each kind per half; {cfg.huge_upserts} callers "
+        f"sent upserts of {cfg.huge_cvs} × {cfg.huge_cv_chars:,}-character CVs with a "
+        f"{cfg.huge_deadline:g} s deadline, as fast as they were answered: {sent}."
+    )
+
+
+def isolation(n: int = 10_000, cfg: ServingConfig = ServingConfig()) -> str:  # noqa: B008
+    """Only the isolation measurement, on `n` candidates (what the lead runs on its own):
+    `.venv/bin/python -c "from bench.serving import isolation; print(isolation())"`."""
+    base = base_set()
+    data = build_candidate_set(base, n, bench_root())
+    log_path = bench_root() / "logs" / f"isolation-c{n}.log"
+    with ServerProcess(data.settings(base), log_path) as server:
+        run = measure_isolation(server.stub(), base, cfg)
+    return f"### Isolation at {n:,} candidates\n\n" + isolation_table(run, cfg) + "\n"
+
+
 def _rss() -> int:
     return int(psutil.Process().memory_info().rss)
 
@@ -302,6 +455,8 @@ def measure_size(base: BaseSet, n: int, cfg: ServingConfig, root: Path | None = 
                 theirs_rps = _thread_throughput(_ranker(stack, targets, cfg), total, c)
                 result.throughput[(path, c)] = (ours_rps, theirs_rps)
         result.rss_served = server.rss_bytes()
+        log.info("serving bench: %d candidates, reads during huge upserts", n)
+        result.isolation = measure_isolation(stub, base, cfg)
     del stack
     gc.collect()
     return result
@@ -544,6 +699,15 @@ def report(base: BaseSet, sized: Sequence[SizeResult], cfg: ServingConfig) -> st
             "",
             _breakdown_table(r),
         ]
+        if r.isolation is not None:
+            out += [
+                "",
+                "Reads and rankings by id while huge upserts arrive (client round trips, ms): "
+                "encoding runs on its own threads behind a character budget, so these must stay "
+                f"within {TARGET_ISOLATION_RATIO:g}× their idle p99:",
+                "",
+                isolation_table(r.isolation, cfg),
+            ]
     if sized:
         out += ["", "### Targets", "", _targets(sized[-1], cfg)]
     return "\n".join(out) + "\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,15 +118,21 @@ class OnnxEncoder:
     def manifest(self) -> dict[str, Any]:
         return self._manifest.to_dict()
 
-    def encode(self, texts: list[str]) -> np.ndarray:
-        """(n, dim) float32 unit vectors; texts longer than the window are chunked and combined."""
-        docs = self.encode_documents(texts)
+    def encode(self, texts: list[str], checkpoint: Callable[[], None] | None = None) -> np.ndarray:
+        """(n, dim) float32 unit vectors; texts longer than the window are chunked and combined.
+
+        `checkpoint`, when given, is called before each batch of windows: raising from it stops
+        the encoding there (a server whose caller gave up stops using the CPU).
+        """
+        docs = self.encode_documents(texts, checkpoint)
         if not docs:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.stack([d.vector for d in docs])
 
-    def encode_documents(self, texts: list[str]) -> list[DocumentEmbedding]:
-        """Per text: the combined vector and the vector of each chunk."""
+    def encode_documents(
+        self, texts: list[str], checkpoint: Callable[[], None] | None = None
+    ) -> list[DocumentEmbedding]:
+        """Per text: the combined vector and the vector of each chunk (`checkpoint` as in `encode`)."""
         cleaned = _validated(texts)
         if not cleaned:
             return []
@@ -143,7 +149,7 @@ class OnnxEncoder:
             owners.append((len(sequences), spans))
             for start, end in spans:
                 sequences.append(ids[start:end])
-        vectors = self._run(sequences)
+        vectors = self._run(sequences, checkpoint)
         docs = []
         for first, spans in owners:
             chunks = vectors[first : first + len(spans)]
@@ -165,7 +171,9 @@ class OnnxEncoder:
         # encode_batch tokenizes in parallel in Rust, outside the GIL.
         return [enc.ids for enc in self._tokenizer.encode_batch(texts, add_special_tokens=False)]
 
-    def _run(self, sequences: list[np.ndarray]) -> np.ndarray:
+    def _run(
+        self, sequences: list[np.ndarray], checkpoint: Callable[[], None] | None = None
+    ) -> np.ndarray:
         """Encode content-token sequences (each within the window) in length-sorted batches."""
         out = np.empty((len(sequences), self.dim), dtype=np.float32)
         # Longest first: similar lengths share a batch, so short texts don't pay for padding to
@@ -173,6 +181,8 @@ class OnnxEncoder:
         order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
         batch_size = self._settings.encoder_batch_size
         for b in range(0, len(order), batch_size):
+            if checkpoint is not None:
+                checkpoint()
             members = order[b : b + batch_size]
             width = max(len(sequences[i]) for i in members) + 2
             input_ids = np.full((len(members), width), self._pad_id, dtype=np.int64)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Container, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, TypeVar
 
-from ranker.domain import Candidate, Outcome, Posting, years_in_range
-from ranker.errors import DeadlineExceeded, InvalidInput, NotFound, RankerError
+from ranker.domain import Candidate, Posting, years_in_range
+from ranker.errors import Cancelled, DeadlineExceeded, InvalidInput, RankerError
 from ranker.text import phrase_key
 
 if TYPE_CHECKING:
@@ -22,16 +23,21 @@ _Item = TypeVar("_Item", Candidate, Posting)
 
 @dataclass(frozen=True)
 class Deadline:
-    """The caller's time budget as a `time.monotonic()` instant; None = no deadline."""
+    """The caller's time budget as a `time.monotonic()` instant (None = no deadline), and the
+    flag the transport sets when the caller gives up (cancels, disconnects)."""
 
     at: float | None = None
+    cancelled: threading.Event | None = None
 
     @classmethod
-    def after(cls, seconds: float | None) -> Deadline:
-        return cls(None if seconds is None else time.monotonic() + seconds)
+    def after(cls, seconds: float | None, cancelled: threading.Event | None = None) -> Deadline:
+        return cls(None if seconds is None else time.monotonic() + seconds, cancelled)
 
     def check(self, before: str) -> None:
-        """Raise DeadlineExceeded when the budget is spent, naming the step not started."""
+        """Raise DeadlineExceeded (or Cancelled) when the budget is spent or the caller has
+        gone, naming the step not started."""
+        if self.cancelled is not None and self.cancelled.is_set():
+            raise Cancelled(f"the caller gave up before {before}; nothing more was done")
         if self.at is not None and time.monotonic() >= self.at:
             raise DeadlineExceeded(
                 f"the deadline passed before {before}; retry with a longer deadline"
@@ -298,25 +304,3 @@ def split_batch(
             continue
         good.append((i, item))
     return results, good
-
-
-MAX_OUTCOME_SKEW = timedelta(days=1)
-"""How far in the future an outcome's time may lie (clock skew between the ATS and us)."""
-
-
-def outcome_error(
-    item: Outcome, latest: datetime, postings: Container[str], candidates: Container[str]
-) -> RankerError | None:
-    """Why an outcome cannot be recorded (its time, an unknown posting or candidate), or None."""
-    if item.at > latest:
-        return InvalidInput(
-            f"outcome time {item.at.isoformat()} is more than a day in the future; "
-            "send when the stage was reached (UTC), or leave it unset for now"
-        )
-    if item.posting_id not in postings:
-        return NotFound(f"posting {item.posting_id!r} is not stored; upsert it first")
-    if item.candidate_id not in candidates:
-        return NotFound(
-            f"candidate {item.candidate_id!r} is not stored (unknown or erased); upsert it first"
-        )
-    return None

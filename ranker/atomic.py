@@ -16,10 +16,11 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
     """A binary file that replaces `path` when the block ends without an error.
 
     Written to a temp file beside `path`, fsynced, then renamed over it; an error inside the
-    block leaves `path` as it was and removes the temp file.
+    block leaves `path` as it was and removes the temp file. The file is owner-only (0600:
+    `mkstemp`'s mode), and so is a folder this creates (0700).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from importlib.metadata import entry_points
 
@@ -19,9 +20,9 @@ app = typer.Typer(
 
 def _register_builtin() -> None:
     # Each command module adds its commands to `app`; one module per area keeps them apart.
-    from ranker.commands import encoder, models, query, serving, web
+    from ranker.commands import encoder, models, query, serving, tokens, web
 
-    for module in (encoder, models, serving, query, web):
+    for module in (encoder, models, serving, query, tokens, web):
         module.register(app)
 
 
@@ -34,6 +35,9 @@ def _register_plugins() -> None:
 
 def main() -> None:
     """Console-script entry point."""
+    # Everything a command writes (store, index, registry, demo exports, tokens, logs) holds or
+    # derives from CVs: owner-only by default, whichever module or library creates the file.
+    os.umask(0o077)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 
 from embeddings.config import EncoderSettings
 
@@ -49,7 +49,8 @@ class Settings(EncoderSettings):
     """Longest CV or posting text accepted, in characters."""
 
     worker_threads: int = Field(default=4, ge=1)
-    """Threads that run CPU work (encoding, search, scoring) off the event loop."""
+    """Threads that run rankings by stored posting and reads off the event loop; encoding has
+    its own (`encode_threads`), so a read never waits behind an upsert."""
 
     model_poll_seconds: float = Field(default=2.0, gt=0)
     """How often the service checks the registry for a newly promoted model version."""
@@ -66,6 +67,68 @@ class Settings(EncoderSettings):
     index_storage: Literal["flat", "fp16"] = "fp16"
     """FAISS vector storage: `fp16` halves memory and scan time (recall@500 ≈ 0.9997 of exact),
     `flat` is exact float32. Changing it rebuilds the index from the store at the next start."""
+
+    # -- security (README "Security") ------------------------------------------------------
+    tls_cert_file: Path | None = None
+    """PEM certificate chain the server presents; with `tls_key_file` turns TLS on."""
+
+    tls_key_file: Path | None = None
+    """PEM private key of `tls_cert_file`."""
+
+    tls_client_ca_file: Path | None = None
+    """PEM CA bundle: when set (with TLS), clients must present a certificate it signed (mutual TLS)."""
+
+    require_tokens: bool = False
+    """Refuse every call without a valid bearer token even while the token file is empty.
+    Tokens are also required whenever the token file holds any token when the server starts."""
+
+    tokens_file: Path | None = None
+    """Hashed bearer tokens (`ranker tokens`); defaults to `<data_dir>/tokens.json`."""
+
+    allow_insecure: bool = False
+    """Serve a non-loopback address without TLS and tokens anyway (e.g. behind a TLS-terminating
+    proxy that authenticates). Without it such a server refuses to start."""
+
+    client_token: SecretStr | None = None
+    """Bearer token `ranker query` / `ranker health` send (or pass --token)."""
+
+    client_ca_file: Path | None = None
+    """CA the clients trust for the server's certificate; setting it makes them use TLS."""
+
+    client_cert_file: Path | None = None
+    """Client certificate the clients present (mutual TLS), with `client_key_file`."""
+
+    client_key_file: Path | None = None
+    """Private key of `client_cert_file`."""
+
+    # -- isolation of slow work ------------------------------------------------------------
+    encode_threads: int = Field(default=1, ge=1)
+    """Threads that encode (upserts, inline postings); apart from `worker_threads`."""
+
+    max_request_chars: int = Field(default=2_000_000, ge=100)
+    """Most text characters one write or inline ranking may ask to encode; more is
+    RESOURCE_EXHAUSTED (split the batch)."""
+
+    max_encode_chars_in_flight: int = Field(default=4_000_000, ge=100)
+    """Characters admitted for encoding at once (running and waiting); a write that would pass
+    it gets RESOURCE_EXHAUSTED at once instead of queueing behind the others."""
+
+    max_encode_queue: int = Field(default=16, ge=1)
+    """Encoding calls admitted at once (running and waiting), whatever their size."""
+
+    # -- durability ------------------------------------------------------------------------
+    decision_log_policy: Literal["strict", "spool"] = "strict"
+    """When the decision log cannot be written: `strict` refuses rankings (UNAVAILABLE, health
+    NOT_SERVING) until it can; `spool` keeps serving. Either way decisions already served are
+    kept in `<data_dir>/decisions.spool.jsonl` (fsynced) and replayed into the store."""
+
+    decision_log_sync: bool = False
+    """Answer a ranking only once its decision is stored (an fsync on every ranking's path):
+    then not even the rankings served just before the log failed are answered unlogged."""
+
+    erasure_checkpoint_seconds: float = Field(default=2.0, ge=0)
+    """How long an erasure retries the WAL checkpoint (readers may hold old pages) before it
+    reports the checkpoint pending; upkeep keeps retrying until no erased byte is left."""
 
     db_path: Path | None = None
     """SQLite store; defaults to `<data_dir>/ranker.db`."""
@@ -148,7 +211,47 @@ class Settings(EncoderSettings):
                 f"RANKER_MAX_TOP_K ({self.max_top_k}) is larger than the {MAX_RETRIEVE_N} "
                 "candidates a request may retrieve; lower it"
             )
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError(
+                "RANKER_TLS_CERT_FILE and RANKER_TLS_KEY_FILE go together; set both to serve "
+                "TLS, or neither"
+            )
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError(
+                "RANKER_TLS_CLIENT_CA_FILE (mutual TLS) needs TLS: set RANKER_TLS_CERT_FILE and "
+                "RANKER_TLS_KEY_FILE too"
+            )
+        if (self.client_cert_file is None) != (self.client_key_file is None):
+            raise ValueError(
+                "RANKER_CLIENT_CERT_FILE and RANKER_CLIENT_KEY_FILE go together; set both or neither"
+            )
+        if self.max_request_chars > self.max_encode_chars_in_flight:
+            raise ValueError(
+                f"RANKER_MAX_REQUEST_CHARS ({self.max_request_chars}) is larger than "
+                f"RANKER_MAX_ENCODE_CHARS_IN_FLIGHT ({self.max_encode_chars_in_flight}): such a "
+                "request could never be admitted; lower the first or raise the second"
+            )
+        if self.max_text_chars > self.max_request_chars:
+            raise ValueError(
+                f"RANKER_MAX_TEXT_CHARS ({self.max_text_chars}) is larger than "
+                f"RANKER_MAX_REQUEST_CHARS ({self.max_request_chars}); lower the first or raise "
+                "the second"
+            )
         return self
+
+    @property
+    def tls(self) -> bool:
+        """True when the server serves TLS."""
+        return self.tls_cert_file is not None
+
+    @property
+    def resolved_tokens_file(self) -> Path:
+        return self.tokens_file if self.tokens_file is not None else self.data_dir / "tokens.json"
+
+    @property
+    def decision_spool_path(self) -> Path:
+        """Where decisions wait, fsynced, while the store cannot take them (policy `spool`)."""
+        return self.data_dir / "decisions.spool.jsonl"
 
     @property
     def resolved_db_path(self) -> Path:

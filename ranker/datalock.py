@@ -8,6 +8,8 @@ from types import TracebackType
 
 from filelock import FileLock, Timeout
 
+from ranker.permissions import PRIVATE_FILE, private_dir
+
 LOCK_FILE = ".lock"
 
 
@@ -39,6 +41,7 @@ class DataDirLock:
         self._lock = FileLock(
             self.path,
             timeout=0,
+            mode=PRIVATE_FILE,
             preserve_lock_file=True,
             thread_local=False,
             on_acquired=_write_pid,
@@ -46,7 +49,7 @@ class DataDirLock:
 
     def acquire(self) -> DataDirLock:
         """Take the lock or raise DataDirBusy at once (never waits)."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)
         try:
             self._lock.acquire()
         except Timeout:

@@ -12,6 +12,7 @@ import dataclasses
 import math
 import types
 import typing
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -125,14 +126,24 @@ def _skills(subject: str, name: str, skills: object) -> tuple[str, ...]:
         raise InvalidField(subject, name, f"lists {len(skills)} skills; send at most {MAX_SKILLS}")
     out: dict[str, str] = {}
     for s in skills:
-        if not isinstance(s, str) or not s.strip():
-            raise InvalidField(subject, name, f"must be non-empty strings, got {s!r}")
+        if not isinstance(s, str) or not _visible(s):
+            raise InvalidField(
+                subject,
+                name,
+                f"must be non-empty strings of visible characters, got {repr(s)[:40]}",
+            )
         if len(s) > MAX_SKILL_CHARS:
             raise InvalidField(
                 subject, name, f"{s[:30]!r}... is longer than {MAX_SKILL_CHARS} characters"
             )
         out.setdefault(phrase_key(s), display_term(s))
     return tuple(out.values())
+
+
+def _visible(text: str) -> bool:
+    """True when `text` holds a character that shows: not only spaces, zero-width or control
+    characters (a skill of only U+200B matches nothing and reads as blank to a recruiter)."""
+    return any(not c.isspace() and unicodedata.category(c)[0] not in "CZ" for c in text)
 
 
 def _set(record: object, name: str, value: object) -> None:

@@ -39,3 +39,45 @@ class ModelRejected(RankerError):
 
 class DeadlineExceeded(RankerError):
     """The caller's deadline passed before the work finished; retry with a longer deadline."""
+
+
+class Cancelled(DeadlineExceeded):
+    """The caller gave up (cancelled the call or went away) before the work finished."""
+
+
+class Overloaded(RankerError):
+    """The service refuses new work of this kind now (encoder busy, request over its budget);
+    the message says whether to retry later or to send less."""
+
+
+class StorageFull(RankerError):
+    """The disk under the store (or another data file) is full; free space, then retry."""
+
+
+class StorageUnavailable(RankerError):
+    """A data file could not be written (I/O error, read-only disk) or the decision log is
+    failing under the strict policy; retry later, the message says what failed."""
+
+
+class ErasedId(RankerError):
+    """The id was erased; it can be stored again only after an explicit re-consent
+    (`ranker reconsent ID --reason ...`)."""
+
+
+class Unauthenticated(RankerError):
+    """The call carries no bearer token, or one the service does not know."""
+
+
+class PermissionDenied(RankerError):
+    """The call's token lacks the scope the method needs; the message names both."""
+
+
+def shown_id(value: str, limit: int = 40) -> str:
+    """An id as error messages quote it: repr, cut to `limit` characters with its full length.
+
+    Error messages travel in gRPC trailing metadata; repeating a 16 KB id there would turn a
+    NOT_FOUND into RESOURCE_EXHAUSTED (metadata too large).
+    """
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"

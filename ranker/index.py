@@ -17,6 +17,7 @@ import numpy as np
 from ranker.atomic import write_bytes_atomic
 from ranker.config import Settings
 from ranker.errors import InvalidInput
+from ranker.permissions import private_dir
 from ranker.store import SqliteStore
 
 log = logging.getLogger(__name__)
@@ -178,7 +179,7 @@ class FaissIndex:
     def save(self, directory: Path) -> Path:
         """Write the index and its generation as one file, atomically (temp file + rename)."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        private_dir(directory)
         with self._lock.read():
             blob = faiss.serialize_index(self._index)
             header = json.dumps(

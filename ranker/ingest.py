@@ -78,6 +78,12 @@ class IngestReport:
     index_size: int
     unchanged: int = 0
     """Candidates a resumed ingest found already stored as in the file (not encoded again)."""
+    erased: tuple[str, ...] = ()
+    """Candidates skipped because they were erased (and not re-consented since)."""
+    erased_outcomes: int = 0
+    """Outcomes skipped because their candidate was erased."""
+    erased_protected: int = 0
+    """Protected attributes skipped because their candidate was erased."""
 
 
 def ingest_files(
@@ -131,10 +137,17 @@ def ingest_files(
         )
         rejected: list[str] = []
         n_cand = n_post = n_out = n_prot = n_same = 0
+        skip_out = skip_prot = 0
+        erased: list[str] = []
         if candidates is not None:
             cands = datafiles.read_candidates(candidates)
             for start in range(0, len(cands), INGEST_BATCH):
                 part = cands[start : start + INGEST_BATCH]
+                # An erased candidate stays erased: the export still listing it is no consent.
+                gone = store.erased_among([c.id for c in part])
+                if gone:
+                    erased += [c.id for c in part if c.id in gone]
+                    part = [c for c in part if c.id not in gone]
                 if resuming:
                     stored = {
                         r.candidate.id: r.candidate
@@ -155,13 +168,21 @@ def ingest_files(
             store.upsert_postings(prows)
             n_post = len(prows)
         if outcomes is not None:
-            n_out = store.record_outcomes(datafiles.read_outcomes(outcomes))
+            events = datafiles.read_outcomes(outcomes)
+            gone = store.erased_among([o.candidate_id for o in events])
+            kept = [o for o in events if o.candidate_id not in gone]
+            skip_out = len(events) - len(kept)
+            n_out = store.record_outcomes(kept)
         if protected is not None:
+            attrs_by_id = datafiles.read_protected(protected)
+            gone = store.erased_among(list(attrs_by_id))
             triples = [
                 (cid, name, value)
-                for cid, attrs in datafiles.read_protected(protected).items()
+                for cid, attrs in attrs_by_id.items()
                 for name, value in attrs.items()
+                if cid not in gone
             ]
+            skip_prot = sum(len(a) for cid, a in attrs_by_id.items() if cid in gone)
             store.upsert_protected(triples)
             n_prot = len(triples)
         index, _ = index_from_store(
@@ -175,6 +196,9 @@ def ingest_files(
             rejected=tuple(rejected),
             index_size=len(index),
             unchanged=n_same,
+            erased=tuple(erased),
+            erased_outcomes=skip_out,
+            erased_protected=skip_prot,
         )
         _write_state(
             state_path,

@@ -71,6 +71,51 @@ class ServiceMetrics:
             registry=r,
         )
 
+        # -- robustness and security (issue 12) ----------------------------------------------
+        self.encode_chars_in_flight = Gauge(
+            "ranker_encode_chars_in_flight",
+            "Characters admitted for encoding now (running or waiting).",
+            registry=r,
+        )
+        self.encode_refused = Counter(
+            "ranker_encode_refused",
+            "Encoding calls refused at admission, by reason (busy / too_large).",
+            ["reason"],
+            registry=r,
+        )
+        self.encode_stopped = Counter(
+            "ranker_encode_stopped",
+            "Encodings stopped midway because their caller gave up (deadline or cancel).",
+            registry=r,
+        )
+        self.decision_log_failing = Gauge(
+            "ranker_decision_log_failing",
+            "1 while the decision log cannot be written to the store, else 0.",
+            registry=r,
+        )
+        self.decision_log_backlog = Gauge(
+            "ranker_decision_log_backlog",
+            "Decisions served but not yet in the store (spooled to disk or held in memory).",
+            ["where"],
+            registry=r,
+        )
+        self.decision_log_failures = Counter(
+            "ranker_decision_log_failures",
+            "Failed attempts to write decisions to the store, by what happened to them.",
+            ["outcome"],
+            registry=r,
+        )
+        self.erasure_checkpoint_pending = Gauge(
+            "ranker_erasure_checkpoint_pending",
+            "1 while erased rows may remain in the write-ahead log (a reader holds old pages).",
+            registry=r,
+        )
+        self.erasure_exports_holding = Gauge(
+            "ranker_erasure_exports_holding",
+            "Export files in the data folder that still hold an erased candidate.",
+            registry=r,
+        )
+
     def set_model(self, version: str, loaded_at: float) -> None:
         """Record the model now in service."""
         self.model_info.info({"version": version})

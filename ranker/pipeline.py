@@ -14,14 +14,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import faiss
 import numpy as np
 
 from ranker.api import (
-    MAX_OUTCOME_SKEW,
     NO_DEADLINE,
     BatchResult,
     CompareQuery,
@@ -34,7 +32,6 @@ from ranker.api import (
     Rejected,
     check_batch_size,
     check_posting_size,
-    outcome_error,
     split_batch,
 )
 from ranker.catalog import CandidateCatalog
@@ -42,13 +39,16 @@ from ranker.comparison import compare_pair
 from ranker.config import MAX_RETRIEVE_N, Settings
 from ranker.decisions import DecisionLog
 from ranker.domain import Candidate, Outcome, Posting
-from ranker.encoding import TextEncoder, encode_candidates, encode_postings
-from ranker.errors import InvalidInput, NotFound
+from ranker.encoding import TextEncoder, encode_candidates, encode_postings, stop_when
+from ranker.erasure import erasure_results, erasure_targets, log_erasure
+from ranker.errors import ErasedId, InvalidInput, NotFound, RankerError, shown_id
 from ranker.explain import Explanation
+from ranker.exports import scrub_exports
 from ranker.fair_serving import FairReranker
 from ranker.index import FaissIndex, ReadWriteLock
 from ranker.metrics import ServiceMetrics
 from ranker.model_slot import ModelSlot
+from ranker.outcomes import screen_outcomes
 from ranker.posting_cache import PostingCache
 from ranker.prepared import PreparedCandidate, PreparedPosting, prepare_candidate, prepare_posting
 from ranker.ranking import (
@@ -65,6 +65,8 @@ from ranker.ranking import (
 from ranker.rows import CandidateRow, ErasureReceipt, PostingRow
 from ranker.shadow import ShadowScorer
 from ranker.store import SqliteStore
+from ranker.tombstones import erased_message
+from ranker.upkeep import PipelineUpkeep
 from ranker.warmup import load_memory
 
 if TYPE_CHECKING:
@@ -109,12 +111,22 @@ class RankingPipeline:
         self._postings = PostingCache()
         self._erasures = 0  # erasure batches so far: a ranking re-checks its results if it moved
         self._index_dirty_at: float | None = None
-        self._next_model_poll = 0.0
-        self._decisions = DecisionLog(store, metrics, maxsize=10_000)
+        self._decisions = DecisionLog(
+            store,
+            metrics,
+            maxsize=10_000,
+            policy=settings.decision_log_policy,
+            spool_path=settings.decision_spool_path,
+            sync=settings.decision_log_sync,
+        )
+        self._exports_lock = threading.Lock()  # two erasures must not rewrite one file at once
         self._shadow = ShadowScorer.from_settings(store, settings)
         fair_on = settings.fair_rerank != "off"  # the protected table is read only then
         self._fair = FairReranker.from_store(store, settings) if fair_on else None
         self.index = self._load_memory()
+        self._upkeep = PipelineUpkeep(
+            settings, self.model, store, self._decisions, self.save_index, metrics
+        )
         self._update_gauges()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -142,7 +154,11 @@ class RankingPipeline:
             text_encoder: TextEncoder = load_encoder(settings=settings)
         else:
             text_encoder = encoder
-        store = SqliteStore(settings.resolved_db_path, dim=text_encoder.dim)
+        store = SqliteStore(
+            settings.resolved_db_path,
+            dim=text_encoder.dim,
+            checkpoint_seconds=settings.erasure_checkpoint_seconds,
+        )
         registry = ModelRegistry(settings.resolved_registry_dir, settings.ort_session)
         pipeline = cls(settings, store, text_encoder, registry, metrics)
         try:
@@ -183,22 +199,12 @@ class RankingPipeline:
         return self.model.info(total, shadow=(self._shadow.scored, self._shadow.dropped))
 
     def upkeep(self) -> None:
-        """Background work between requests: follow the registry's promoted model (every
-        Settings.model_poll_seconds) and save the index once writes pause (`save_index`).
+        """Background work between requests (`PipelineUpkeep.run`); never raises."""
+        self._upkeep.run()
 
-        Never raises: a failure is logged and the work is tried again on the next call.
-        """
-        now = time.monotonic()
-        if now >= self._next_model_poll:
-            self._next_model_poll = now + self.settings.model_poll_seconds
-            try:
-                self.model.refresh()
-            except Exception:
-                log.exception("could not check the registry for a new model; retrying")
-        try:
-            self.save_index()
-        except Exception:
-            log.exception("could not save the index; retrying")
+    def health(self) -> dict[str, bool]:
+        """Serving status per health service name (`PipelineUpkeep.health`)."""
+        return self._upkeep.health()
 
     # -- ranking --------------------------------------------------------------------------
     def rank(self, q: RankQuery, deadline: Deadline = NO_DEADLINE) -> RankResult:
@@ -266,14 +272,14 @@ class RankingPipeline:
             prepared = self._postings.get(q.posting_id)
             if prepared is None:
                 raise NotFound(
-                    f"posting {q.posting_id!r} is not stored; send it with UpsertPostings first, "
-                    "or send the posting inline"
+                    f"posting {shown_id(q.posting_id)} is not stored; send it with UpsertPostings "
+                    "first, or send the posting inline"
                 )
             return prepared, False
         assert q.posting is not None
         check_posting_size(q.posting, self.settings.max_text_chars)
         deadline.check("encoding the posting")
-        row = encode_postings(self.encoder, [q.posting])[0]
+        row = encode_postings(self.encoder, [q.posting], stop_when(deadline, self.metrics))[0]
         if isinstance(row, InvalidInput):
             raise row
         return prepare_posting(row.posting, row.vector), True
@@ -322,8 +328,11 @@ class RankingPipeline:
                     explained |= explain_rows(req, hits, scored.x, np.asarray(missing))
             # Submitted under the read lock: an erasure (which takes the write lock, then
             # flushes this log) then finds every decision naming its candidate already queued.
-            self._decisions.submit(decision_of(req, hits, scored, order, alive))
+            pending = self._decisions.submit(decision_of(req, hits, scored, order, alive))
             self._shadow.offer_ranking(req, hits, scored, self.model.challenger, self._erasures)
+        # Outside the lock: with Settings.decision_log_sync the ranking is answered only once
+        # its decision is stored, and fails (UNAVAILABLE) when it cannot be.
+        self._decisions.settle(pending)
         return order
 
     # -- writes ---------------------------------------------------------------------------
@@ -337,10 +346,11 @@ class RankingPipeline:
         return self._upsert(
             items,
             "candidates",
-            lambda cs: encode_candidates(self.encoder, cs),
+            lambda cs: encode_candidates(self.encoder, cs, stop_when(deadline, self.metrics)),
             lambda row: prepare_candidate(row.candidate, row.doc_vector, row.chunk_vectors),
-            self._commit_candidates,
+            lambda rows: self._commit_candidates(rows, deadline),
             deadline,
+            screen=self._erased_errors,
         )
 
     def upsert_postings(
@@ -350,9 +360,9 @@ class RankingPipeline:
         return self._upsert(
             items,
             "postings",
-            lambda ps: encode_postings(self.encoder, ps),
+            lambda ps: encode_postings(self.encoder, ps, stop_when(deadline, self.metrics)),
             lambda row: prepare_posting(row.posting, row.vector),
-            self._commit_postings,
+            lambda rows: self._commit_postings(rows, deadline),
             deadline,
         )
 
@@ -364,16 +374,27 @@ class RankingPipeline:
         prepare: Callable[[_Row], _Prepared],
         commit: Callable[[list[tuple[_Row, _Prepared]]], list[bool]],
         deadline: Deadline,
+        screen: Callable[[list[str]], dict[str, RankerError]] | None = None,
     ) -> BatchResult:
         """The upserts' one skeleton: check, encode, then store and apply to memory.
 
         `commit` writes the store, then memory under the write lock, and says which items were
         new; it runs under the write mutex so the store and memory change in the same order.
+        `screen` refuses ids per item (erased candidates): before encoding, and again under
+        the write mutex (an erasure may have run meanwhile).
         """
         s = self.settings
         results, good = split_batch(
             items, what, max_items=s.max_batch_items, max_text_chars=s.max_text_chars
         )
+        if screen is not None and good:
+            refused = screen([item.id for _, item in good])
+            for i, item in good:
+                if item.id in refused:
+                    results[i] = ItemResult(i, item.id, refused[item.id])
+            good = [(i, item) for i, item in good if item.id not in refused]
+        # Waiting for an encoder thread may have used the budget up: do not start encoding.
+        deadline.check(f"encoding the {what}")
         encoded = encode([item for _, item in good]) if good else []
         rows: list[tuple[int, _Row, _Prepared]] = []
         for (i, item), row in zip(good, encoded, strict=True):
@@ -384,6 +405,12 @@ class RankingPipeline:
         # Past this point the write happens; a caller that has given up gets nothing stored.
         deadline.check(f"storing the {what}")
         with self._write_mutex:
+            if screen is not None and rows:
+                late = screen([prepared.id for _, _, prepared in rows])
+                for i, _, prepared in rows:
+                    if prepared.id in late:
+                        results[i] = ItemResult(i, prepared.id, late[prepared.id])
+                rows = [r for r in rows if r[2].id not in late]
             if rows:
                 created = commit([(row, prepared) for _, row, prepared in rows])
                 for (i, _, prepared), new in zip(rows, created, strict=True):
@@ -392,8 +419,12 @@ class RankingPipeline:
         self._update_gauges()
         return BatchResult(items=tuple(r for r in results if r is not None), total_candidates=total)
 
-    def _commit_candidates(self, rows: list[tuple[CandidateRow, PreparedCandidate]]) -> list[bool]:
-        fids = self.store.upsert_candidates([row for row, _ in rows])
+    def _commit_candidates(
+        self, rows: list[tuple[CandidateRow, PreparedCandidate]], deadline: Deadline
+    ) -> list[bool]:
+        fids = self.store.upsert_candidates(
+            [row for row, _ in rows], before_commit=lambda: deadline.check("committing")
+        )
         generation = self.store.generation()
         vectors = np.stack([pc.doc_vector for _, pc in rows])
         with self._lock.write():
@@ -405,54 +436,49 @@ class RankingPipeline:
         self._mark_index_dirty()
         return created
 
-    def _commit_postings(self, rows: list[tuple[PostingRow, PreparedPosting]]) -> list[bool]:
-        self.store.upsert_postings([row for row, _ in rows])
+    def _commit_postings(
+        self, rows: list[tuple[PostingRow, PreparedPosting]], deadline: Deadline
+    ) -> list[bool]:
+        self.store.upsert_postings(
+            [row for row, _ in rows], before_commit=lambda: deadline.check("committing")
+        )
         with self._lock.write():
             return self._postings.put_many([pp for _, pp in rows])
 
     def record_outcomes(
         self, items: Sequence[Outcome | Rejected], deadline: Deadline = NO_DEADLINE
     ) -> BatchResult:
-        """Store stage events whose posting and candidate are known; others are NOT_FOUND."""
+        """Store stage events whose posting and candidate are known; others are NOT_FOUND
+        (outcomes of an erased candidate FAILED_PRECONDITION), per item."""
         check_batch_size(len(items), "outcomes", self.settings.max_batch_items)
         deadline.check("recording the outcomes")
-        results: list[ItemResult] = []
-        good: list[Outcome] = []
         recorded = 0
-        latest = datetime.now(UTC) + MAX_OUTCOME_SKEW
         # Under the write mutex so an erasure cannot slip between the check and the insert.
         with self._write_mutex:
-            for i, item in enumerate(items):
-                if isinstance(item, Rejected):
-                    results.append(ItemResult(i, item.id, item.error))
-                    continue
-                key = f"{item.posting_id}/{item.candidate_id}"
-                err = outcome_error(item, latest, self._postings, self._catalog)
-                if err is None:
-                    good.append(item)
-                results.append(ItemResult(i, key, err))
+            erased = self.store.erased_among(
+                [o.candidate_id for o in items if not isinstance(o, Rejected)]
+            )
+            results, good = screen_outcomes(items, self._postings, self._catalog, erased)
             if good:
-                recorded = self.store.record_outcomes(good)
+                recorded = self.store.record_outcomes(
+                    good, before_commit=lambda: deadline.check("committing")
+                )
             total = len(self._catalog)
         return BatchResult(items=tuple(results), total_candidates=total, recorded=recorded)
 
     def delete_candidates(
-        self, ids: Sequence[str], deadline: Deadline = NO_DEADLINE
+        self, ids: Sequence[str], deadline: Deadline = NO_DEADLINE, actor: str = "anonymous"
     ) -> BatchResult:
         """Erase candidates everywhere; unknown or already erased ids are NOT_FOUND per item.
 
         Memory first (no ranking can return them from then on), then the decision log is
-        flushed so decisions already made are stored, then one store transaction erases the
-        candidate, its outcomes and its logged feature rows, and records the receipt.
+        drained so decisions already made are stored (none left in its spool file), then one
+        store transaction erases the candidate, its outcomes and its logged feature rows,
+        records the receipt, the tombstone and `actor`, and verifies the WAL checkpoint; last,
+        the export files in the data folder are rewritten without the candidate.
         """
         check_batch_size(len(ids), "ids", self.settings.max_batch_items)
-        results: list[ItemResult | None] = [None] * len(ids)
-        wanted: list[str] = []
-        for i, cid in enumerate(ids):
-            if not isinstance(cid, str) or not cid.strip():
-                results[i] = ItemResult(i, str(cid), InvalidInput("ids must be non-empty strings"))
-            elif cid not in wanted:
-                wanted.append(cid)
+        results, wanted = erasure_targets(ids)
         deadline.check("erasing")
         receipt: ErasureReceipt | None = None
         with self._write_mutex:
@@ -469,10 +495,10 @@ class RankingPipeline:
                     self.index.remove(np.asarray(fids, dtype=np.int64))
                     if fids:
                         self._erasures += 1
-                self._decisions.flush()
                 self._shadow.flush()
                 try:
-                    receipt = self.store.delete_candidates(wanted)
+                    self._decisions.drain()
+                    receipt = self.store.delete_candidates(wanted, actor=actor)
                 except BaseException:
                     # Nothing was erased: make the candidates searchable again, as stored.
                     self._restore(list(removed))
@@ -482,29 +508,16 @@ class RankingPipeline:
                 with self._lock.write():
                     self.index.generation = self.store.generation()
                 self._mark_index_dirty()
-            erased = set(receipt.erased) if receipt is not None else set()
-            for i, cid in enumerate(ids):
-                if results[i] is not None:
-                    continue
-                if cid in erased:
-                    results[i] = ItemResult(i, cid)
-                else:
-                    results[i] = ItemResult(
-                        i,
-                        cid,
-                        NotFound(
-                            f"candidate {cid!r} is not stored (unknown or already erased); "
-                            "nothing to erase"
-                        ),
-                    )
             total = len(self._catalog)
         self._update_gauges()
+        if receipt is not None and receipt.erased:
+            log_erasure(receipt, actor)
+            with self._exports_lock:
+                scrub_exports(self.settings.resolved_demo_dir, receipt.erased, self.metrics)
         if receipt is not None and not receipt.erased:
             receipt = None
         return BatchResult(
-            items=tuple(r for r in results if r is not None),
-            total_candidates=total,
-            receipt=receipt,
+            items=erasure_results(ids, results, receipt), total_candidates=total, receipt=receipt
         )
 
     def _restore(self, ids: list[str]) -> None:
@@ -533,7 +546,8 @@ class RankingPipeline:
             pc = self._catalog.get(candidate_id)
         if pc is None:
             raise NotFound(
-                f"candidate {candidate_id!r} is not stored (unknown or erased); upsert it first"
+                f"candidate {shown_id(candidate_id)} is not stored (unknown or erased); upsert "
+                "it first"
             )
         return pc.candidate
 
@@ -575,3 +589,8 @@ class RankingPipeline:
     def _update_gauges(self) -> None:
         if self.metrics is not None:
             self.metrics.index_size.set(len(self.index))
+
+    # -- robustness (issue 12): cancellation, erased ids, durability, health -------------
+    def _erased_errors(self, ids: list[str]) -> dict[str, RankerError]:
+        """ErasedId for each id among `ids` erased and not re-consented."""
+        return {cid: ErasedId(erased_message(cid)) for cid in self.store.erased_among(ids)}

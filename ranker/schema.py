@@ -123,4 +123,19 @@ CREATE TABLE IF NOT EXISTS erasures (
     candidate_id_hmac TEXT NOT NULL,
     rows TEXT NOT NULL
 );
+-- Added without a schema version change (CREATE TABLE IF NOT EXISTS: an older store of this
+-- version gains them when opened). Ids erased and not re-consented since, by the receipts'
+-- keyed digest (never the id): every write path refuses them.
+CREATE TABLE IF NOT EXISTS erased_ids (
+    candidate_id_hmac TEXT PRIMARY KEY,
+    erased_at TEXT NOT NULL
+);
+-- Who did what: erasures and re-consents, by the token's name (never its secret).
+CREATE TABLE IF NOT EXISTS admin_actions (
+    action_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
 """

@@ -2,32 +2,28 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import errno
 import json
-import os
-import secrets
+import logging
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
+from ranker import tombstones
 from ranker.decision_scores import read_scores, write_scores
 from ranker.domain import Candidate, Outcome, Posting, RecordT, Stage, from_plain, to_plain
-from ranker.errors import InvalidInput, NotFound
-from ranker.rows import (
-    CandidateRow,
-    CandidateVersion,
-    Decision,
-    ErasureReceipt,
-    PostingRow,
-    ShadowRanking,
-)
+from ranker.errors import InvalidInput, NotFound, StorageFull, StorageUnavailable
+from ranker.permissions import private_dir, private_file, tighten_if_present
+from ranker.rows import CandidateRow, CandidateVersion, Decision, PostingRow, ShadowRanking
 from ranker.schema import SCHEMA, SCHEMA_VERSION
+from ranker.store_erasure import SqliteErasure, load_or_create_key
+
+log = logging.getLogger(__name__)
 
 _IN_LIMIT = 500
 """Values bound per `IN (...)` query: well under SQLite's variable limit (999 before 3.32)."""
@@ -61,43 +57,55 @@ def _record(kind: type[RecordT], record_id: str, record_json: str) -> RecordT:
     return from_plain(kind, {"id": record_id, **json.loads(record_json)})
 
 
-def _load_or_create_key(path: Path) -> bytes:
-    """The secret that keys erasure-receipt digests, kept in its own owner-only file.
-
-    A plain sha256 of an ATS id like `C0001` is reversed by guessing; an HMAC with a key that
-    does not sit in the database is not.
-    """
-    try:
-        return bytes.fromhex(path.read_text(encoding="ascii").strip())
-    except FileNotFoundError:
-        pass
-    key = secrets.token_bytes(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as f:
-        f.write(key.hex())
-        f.flush()
-        os.fsync(f.fileno())
-    return key
+BeforeCommit = Callable[[], None]
+"""Runs inside a write transaction just before COMMIT; raising rolls the write back (a caller
+whose deadline passed stores nothing)."""
 
 
-class SqliteStore:
+def storage_error(e: BaseException, path: Path) -> BaseException:
+    """A disk-full or I/O failure as the domain error the caller can act on; others unchanged."""
+    code = getattr(e, "sqlite_errorcode", None)
+    if code == sqlite3.SQLITE_FULL or (isinstance(e, OSError) and e.errno == errno.ENOSPC):
+        return StorageFull(
+            f"the disk holding {path} is full; nothing of this call was stored. Free space on "
+            "it, then retry"
+        )
+    if code is not None and (code & 0xFF) in (
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_CANTOPEN,
+    ):
+        return StorageUnavailable(
+            f"{path} could not be written ({e}); nothing of this call was stored. Check the "
+            "disk and the file's permissions, then retry"
+        )
+    return e
+
+
+class SqliteStore(SqliteErasure):
     """SQLite in WAL mode, one connection guarded by a lock, every write one transaction.
 
     `synchronous=FULL` so an acknowledged write survives power loss, not only a crash: the
     service acknowledges upserts only once they are durable.
     """
 
-    def __init__(self, path: Path, dim: int = 384) -> None:
+    def __init__(self, path: Path, dim: int = 384, checkpoint_seconds: float = 2.0) -> None:
         self.path = Path(path)
         self.dim = dim
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.checkpoint_seconds = checkpoint_seconds
+        """How long an erasure retries a blocked WAL checkpoint before reporting it pending."""
+        self._checkpoint_pending = False
+        # CVs and protected attributes: owner-only. SQLite creates the -wal and -shm files with
+        # the database file's permissions, so creating it 0600 first covers all three.
+        private_dir(self.path.parent)
+        private_file(self.path)
+        for side in ("-wal", "-shm"):
+            tighten_if_present(self.path.with_name(self.path.name + side))
         self._lock = threading.RLock()
         self._conn = sqlite3.connect(
             self.path, check_same_thread=False, isolation_level=None, timeout=30.0
         )
-        self._receipt_key = _load_or_create_key(
-            self.path.with_name(self.path.name + ".receipt-key")
-        )
+        self._receipt_key = load_or_create_key(self.path.with_name(self.path.name + ".receipt-key"))
         self._conn.execute("PRAGMA journal_mode=WAL")
         # Erased rows are overwritten with zeros, not left readable in free pages.
         self._conn.execute("PRAGMA secure_delete=ON")
@@ -114,6 +122,8 @@ class SqliteStore:
             self._conn.execute(
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('store_uuid', lower(hex(randomblob(16))))"
             )
+            with self._tx() as tx:
+                tombstones.backfill(tx)
 
     def _refuse_other_schema(self) -> None:
         """Refuse a store written with another schema, before creating any table in it.
@@ -136,19 +146,31 @@ class SqliteStore:
 
     # -- plumbing -------------------------------------------------------------------------
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One IMMEDIATE transaction: all of it is stored, or none of it."""
+    def _tx(self, before_commit: BeforeCommit | None = None) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction: all of it is stored, or none of it.
+
+        A full disk or an I/O error comes out as StorageFull / StorageUnavailable (the caller's
+        RESOURCE_EXHAUSTED / UNAVAILABLE), not as a bare sqlite3 error.
+        """
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
             try:
-                yield self._conn
-                self._conn.execute("COMMIT")
-            except BaseException:
-                # Also when COMMIT itself fails (disk full, I/O error): never leave the
-                # connection inside a transaction that would block every later write.
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._conn
+                    if before_commit is not None:
+                        before_commit()
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    # Also when COMMIT itself fails (disk full, I/O error): never leave the
+                    # connection inside a transaction that would block every later write.
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
+                    raise
+            except (sqlite3.Error, OSError) as e:
+                mapped = storage_error(e, self.path)
+                if mapped is e:
+                    raise
+                raise mapped from e
 
     def _meta(self, key: str) -> str | None:
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -192,11 +214,14 @@ class SqliteStore:
     # all, to `candidate_versions`, so training can use the record as it was when an outcome
     # happened (`candidate_versions`).
 
-    def upsert_candidates(self, rows: Sequence[CandidateRow]) -> list[int]:
+    def upsert_candidates(
+        self, rows: Sequence[CandidateRow], before_commit: BeforeCommit | None = None
+    ) -> list[int]:
         """Insert or replace candidates by id, atomically; returns their faiss ids in order.
 
         A replaced record that differs from the stored one (CV or any field) is kept as an
-        earlier version, in force from when it was stored until now.
+        earlier version, in force from when it was stored until now. An erased id (not
+        re-consented) refuses the whole call with ErasedId: callers screen with `erased_among`.
         """
         now = _iso(_now())
         params = []
@@ -214,7 +239,8 @@ class SqliteStore:
                 )
             )
         ids: list[int] = []
-        with self._tx() as tx:
+        with self._tx(before_commit) as tx:
+            tombstones.refuse(tx, self._digests([p[0] for p in params]))
             for p in params:
                 tx.execute(
                     """INSERT INTO candidate_versions (candidate_id, valid_from, valid_until,
@@ -322,7 +348,9 @@ class SqliteStore:
         return {cid: int(fid) for cid, fid in rows}
 
     # -- postings -------------------------------------------------------------------------
-    def upsert_postings(self, rows: Sequence[PostingRow]) -> None:
+    def upsert_postings(
+        self, rows: Sequence[PostingRow], before_commit: BeforeCommit | None = None
+    ) -> None:
         """Insert or replace postings by id, atomically (the record as JSON, like candidates)."""
         now = _iso(_now())
         params = [
@@ -334,7 +362,7 @@ class SqliteStore:
             )
             for r in rows
         ]
-        with self._tx() as tx:
+        with self._tx(before_commit) as tx:
             tx.executemany(
                 """INSERT INTO postings (id, record, stored_at, vector) VALUES (?, ?, ?, ?)
                    ON CONFLICT(id) DO UPDATE SET record=excluded.record,
@@ -363,11 +391,17 @@ class SqliteStore:
             return int(self._conn.execute("SELECT COUNT(*) FROM postings").fetchone()[0])
 
     # -- outcomes -------------------------------------------------------------------------
-    def record_outcomes(self, outcomes: Sequence[Outcome]) -> int:
-        """Store stage events; a repeated identical event is stored once. Returns how many were new."""
+    def record_outcomes(
+        self, outcomes: Sequence[Outcome], before_commit: BeforeCommit | None = None
+    ) -> int:
+        """Store stage events; a repeated identical event is stored once. Returns how many were new.
+
+        Outcomes of an erased candidate refuse the call with ErasedId (screen with `erased_among`).
+        """
         now = _iso(_now())
         params = [(o.posting_id, o.candidate_id, o.stage.value, _iso(o.at), now) for o in outcomes]
-        with self._tx() as tx:
+        with self._tx(before_commit) as tx:
+            tombstones.refuse(tx, self._digests([o.candidate_id for o in outcomes]))
             before = tx.total_changes
             tx.executemany(
                 "INSERT OR IGNORE INTO outcomes (posting_id, candidate_id, stage, at, recorded_at) "
@@ -393,8 +427,12 @@ class SqliteStore:
 
     # -- protected attributes (audits only) -----------------------------------------------
     def upsert_protected(self, rows: Sequence[tuple[str, str, str]]) -> None:
-        """(candidate_id, attribute, value) triples, kept apart from everything features read."""
+        """(candidate_id, attribute, value) triples, kept apart from everything features read.
+
+        Attributes of an erased candidate refuse the call with ErasedId (screen with `erased_among`).
+        """
         with self._tx() as tx:
+            tombstones.refuse(tx, self._digests([r[0] for r in rows]))
             tx.executemany(
                 "INSERT INTO protected_attributes (candidate_id, name, value) VALUES (?, ?, ?) "
                 "ON CONFLICT(candidate_id, name) DO UPDATE SET value=excluded.value",
@@ -486,6 +524,13 @@ class SqliteStore:
             scored=scored,
         )
 
+    def has_decisions(self, request_ids: Sequence[str]) -> set[str]:
+        """The request ids among `request_ids` whose decision is stored (a replay skips them)."""
+        rows = self._rows_in(
+            "SELECT request_id FROM decisions WHERE request_id IN ({marks})", request_ids
+        )
+        return {r[0] for r in rows}
+
     def count_decisions(self) -> int:
         with self._lock:
             return int(self._conn.execute("SELECT COUNT(*) FROM decisions").fetchone()[0])
@@ -558,91 +603,17 @@ class SqliteStore:
         ]
 
     # -- erasure --------------------------------------------------------------------------
-    def delete_candidates(self, ids: Sequence[str]) -> ErasureReceipt:
-        """Erase candidates: CV and its earlier versions, vectors, outcomes, protected attributes,
-        logged feature rows and logged scores.
+    def probe_write(self, size: int = 65_536) -> None:
+        """Whether the store can grow again: writes `size` bytes (new pages, committed, so the
+        file system is asked too), then deletes them. Raises StorageFull / StorageUnavailable.
 
-        One transaction for the whole request; a receipt per erased id keeps only its keyed
-        digest (`_receipt_digest`), never the id.
+        A write of a few bytes could still fit in a page's free space while the disk is full.
         """
-        at = _now()
-        erased: list[str] = []
-        not_found: list[str] = []
-        totals = {
-            "candidates": 0,
-            "candidate_versions": 0,
-            "outcomes": 0,
-            "decision_items": 0,
-            "shadow_items": 0,
-            "decision_scores": 0,
-            "protected_attributes": 0,
-        }
-        receipt_ids: list[int] = []
         with self._tx() as tx:
-            for cid in dict.fromkeys(ids):
-                fid = tx.execute("SELECT faiss_id FROM candidates WHERE id = ?", (cid,)).fetchone()
-                counts = {
-                    "candidates": tx.execute(
-                        "DELETE FROM candidates WHERE id = ?", (cid,)
-                    ).rowcount,
-                    "candidate_versions": tx.execute(
-                        "DELETE FROM candidate_versions WHERE candidate_id = ?", (cid,)
-                    ).rowcount,
-                    "outcomes": tx.execute(
-                        "DELETE FROM outcomes WHERE candidate_id = ?", (cid,)
-                    ).rowcount,
-                    "decision_items": tx.execute(
-                        "DELETE FROM decision_items WHERE candidate_id = ?", (cid,)
-                    ).rowcount,
-                    "shadow_items": tx.execute(
-                        "DELETE FROM shadow_items WHERE candidate_id = ?", (cid,)
-                    ).rowcount,
-                    # Keyed by faiss id: gone with the candidate's row, so look it up first.
-                    "decision_scores": 0
-                    if fid is None
-                    else tx.execute(
-                        "DELETE FROM decision_scores WHERE faiss_id = ?", (fid[0],)
-                    ).rowcount,
-                    "protected_attributes": tx.execute(
-                        "DELETE FROM protected_attributes WHERE candidate_id = ?", (cid,)
-                    ).rowcount,
-                }
-                if counts["candidates"] == 0 and not any(counts.values()):
-                    not_found.append(cid)
-                    continue
-                erased.append(cid)
-                for k, v in counts.items():
-                    totals[k] += v
-                cur = tx.execute(
-                    "INSERT INTO erasures (at, candidate_id_hmac, rows) VALUES (?, ?, ?)",
-                    (_iso(at), self._receipt_digest(cid), json.dumps(counts)),
-                )
-                receipt_ids.append(int(cur.lastrowid or 0))
-            if erased:
-                self._bump_generation(tx)
-        if erased:
-            # Erased rows also sit in the write-ahead log until a checkpoint; copy them into the
-            # (secure-deleted) database now and truncate the log so no copy of the CV remains.
-            with self._lock:
-                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        return ErasureReceipt(
-            at=at,
-            erased=tuple(erased),
-            not_found=tuple(not_found),
-            rows=totals,
-            receipt_ids=tuple(receipt_ids),
-        )
-
-    def _receipt_digest(self, candidate_id: str) -> str:
-        """The keyed digest that erasure receipts keep instead of the erased id."""
-        return hmac.new(self._receipt_key, candidate_id.encode("utf-8"), hashlib.sha256).hexdigest()
-
-    def erasure_receipts(self, candidate_id: str) -> list[dict[str, object]]:
-        """The receipts recorded for an id (looked up by its digest; the id itself is not kept)."""
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT receipt_id, at, rows FROM erasures WHERE candidate_id_hmac = ? "
-                "ORDER BY receipt_id",
-                (self._receipt_digest(candidate_id),),
-            ).fetchall()
-        return [{"receipt_id": r, "at": a, "rows": json.loads(rows_)} for r, a, rows_ in rows]
+            tx.execute(
+                "INSERT INTO meta(key, value) VALUES ('write_probe', randomblob(?)) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (size,),
+            )
+        with self._tx() as tx:
+            tx.execute("DELETE FROM meta WHERE key = 'write_probe'")

@@ -123,6 +123,11 @@ def test_serving_measures_a_real_server(base: BaseSet, bench_dir: Path) -> None:
         concurrency=(1, 2),
         retrieve_n=50,
         warmup=1,
+        isolation_requests=5,
+        huge_upserts=2,
+        huge_cv_chars=20_000,
+        huge_cvs=2,
+        huge_deadline=0.5,
     )
     r = measure_size(base, N, cfg, bench_dir)
     for path in PATHS:
@@ -137,8 +142,13 @@ def test_serving_measures_a_real_server(base: BaseSet, bench_dir: Path) -> None:
     assert r.top_overlap() >= 0.8
     assert all(rate > 0 for pair in r.throughput.values() for rate in pair)
     assert r.rss_loaded > 0 and r.index_bytes > 0 and r.store_bytes > 0
+    iso = r.isolation
+    assert iso is not None and sum(iso.upserts.values()) >= 2
+    assert all(len(v) == 5 for v in (*iso.idle.values(), *iso.loaded.values()))
+    assert iso.ratio("GetModelInfo") > 0
     text = report(base, [r], cfg)
     assert "### Targets" in text and f"{N:,} candidates" in text
+    assert "p99 ratio" in text
     assert f"| {N:,} |" in memory.report(base, [r])
 
 

@@ -35,6 +35,55 @@ def _address(settings: Settings, address: str | None) -> str:
     return address or f"{settings.host}:{settings.port}"
 
 
+# The client's credentials, shared by `query` and `health`; each falls back to its RANKER_CLIENT_*
+# setting, so a token need not appear on the command line (or in the shell history).
+TokenOpt = Annotated[
+    str | None,
+    typer.Option("--token", help="Bearer token to send (default: RANKER_CLIENT_TOKEN)."),
+]
+TlsOpt = Annotated[
+    bool, typer.Option("--tls", help="Use TLS with the system's trusted CAs (or --ca).")
+]
+CaOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--ca", help="CA file to trust for the server (implies TLS; RANKER_CLIENT_CA_FILE)."
+    ),
+]
+CertOpt = Annotated[
+    Path | None,
+    typer.Option("--cert", help="Client certificate for mutual TLS (RANKER_CLIENT_CERT_FILE)."),
+]
+KeyOpt = Annotated[
+    Path | None, typer.Option("--key", help="Client key for mutual TLS (RANKER_CLIENT_KEY_FILE).")
+]
+
+
+def _channel(
+    settings: Settings,
+    target: str,
+    token: str | None,
+    tls: bool,
+    ca: Path | None,
+    cert: Path | None,
+    key: Path | None,
+) -> grpc.Channel:
+    from ranker.transport.channel import client_channel
+
+    secret = settings.client_token.get_secret_value() if settings.client_token else None
+    try:
+        return client_channel(
+            target,
+            token=token or secret,
+            tls=tls,
+            ca_file=ca or settings.client_ca_file,
+            cert_file=cert or settings.client_cert_file,
+            key_file=key or settings.client_key_file,
+        )
+    except ValueError as e:
+        fail(str(e))
+
+
 def _rpc_failure(e: grpc.RpcError, address: str) -> NoReturn:
     import grpc
 
@@ -76,13 +125,18 @@ def serve(
 def health(
     address: Annotated[str | None, typer.Option(help="host:port of the service.")] = None,
     timeout: Annotated[float, typer.Option(help="Deadline in seconds.")] = 5.0,
+    tls: TlsOpt = False,
+    ca: CaOpt = None,
+    cert: CertOpt = None,
+    key: KeyOpt = None,
 ) -> None:
-    """Print the service's gRPC health status; exit 1 unless SERVING."""
+    """Print the service's gRPC health status; exit 1 unless SERVING (needs no token)."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    target = _address(Settings(), address)
-    with grpc.insecure_channel(target) as channel:
+    settings = Settings()
+    target = _address(settings, address)
+    with _channel(settings, target, None, tls, ca, cert, key) as channel:
         try:
             status = (
                 health_pb2_grpc.HealthStub(channel)
@@ -185,6 +239,16 @@ def ingest(
         f"{report.outcomes} new outcomes, {report.protected} protected attributes; "
         f"index holds {report.index_size} candidates"
     )
+    if report.erased:
+        shown = ", ".join(repr(cid[:40]) for cid in report.erased[:10])
+        more = f" and {len(report.erased) - 10} more" if len(report.erased) > 10 else ""
+        err_console.print(
+            f"[yellow]skipped {len(report.erased)} erased candidates ({shown}{more}), "
+            f"{report.erased_outcomes} of their outcomes and {report.erased_protected} protected "
+            "attributes: an erased id is stored again only after `ranker reconsent ID --reason "
+            "...`[/yellow]",
+            highlight=False,
+        )
     if report.rejected:
         err_console.print(
             f"[yellow]{len(report.rejected)} items could not be encoded and were skipped; fix "

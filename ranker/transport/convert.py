@@ -18,8 +18,16 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from google.protobuf.unknown_fields import UnknownFieldSet
 
 from ranker.api import CompareQuery, RankFilters, RankQuery, Rejected
-from ranker.domain import Candidate, Outcome, Posting, Record, RecordT, record_fields
-from ranker.errors import InvalidInput, RankerError
+from ranker.domain import (
+    MAX_ID_CHARS,
+    Candidate,
+    Outcome,
+    Posting,
+    Record,
+    RecordT,
+    record_fields,
+)
+from ranker.errors import InvalidInput, RankerError, shown_id
 from ranker.transport.status import status_for
 from ranker.v1 import ranker_pb2 as pb
 
@@ -202,6 +210,11 @@ def query_from_pb(m: pb.RankCandidatesRequest) -> RankQuery:
         raise InvalidInput("the request names no posting; set posting_id or posting")
     if which == "posting_id" and not m.posting_id.strip():
         raise InvalidInput("posting_id is empty; send a stored posting's id or an inline posting")
+    if which == "posting_id" and len(m.posting_id) > MAX_ID_CHARS:
+        raise InvalidInput(
+            f"posting_id {shown_id(m.posting_id)} is longer than {MAX_ID_CHARS} characters; no "
+            "stored posting has such an id"
+        )
     return RankQuery(
         posting_id=m.posting_id if which == "posting_id" else None,
         posting=posting_from_pb(m.posting, default_id="inline") if which == "posting" else None,

@@ -15,10 +15,18 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from ranker.admission import EncodeAdmission
 from ranker.config import Settings
 from ranker.encoding import TextEncoder
+from ranker.errors import RankerError
 from ranker.metrics import ServiceMetrics
 from ranker.pipeline import RankingPipeline
+from ranker.transport.access import (
+    AccessInterceptor,
+    AccessPolicy,
+    ExposureRefused,
+    server_credentials,
+)
 from ranker.transport.servicer import SERVICE_NAME, CandidateRankerService
 
 log = logging.getLogger(__name__)
@@ -34,6 +42,10 @@ def _port_in_use(port: int) -> StartError:
     )
 
 
+HEALTH_DETAILS = ("decision-log", "erasure-checkpoint")
+"""Health service names that report one concern each (`RankingPipeline.health`)."""
+
+
 class RankerServer:
     """The grpc.aio server with health, reflection, metrics, model polling and index saves."""
 
@@ -42,9 +54,22 @@ class RankerServer:
         self.encoder = encoder
         self.metrics = ServiceMetrics()
         self.pool = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="ranker-worker")
+        # Encoding gets its own threads: a read or a ranking by id never queues behind it.
+        self.encode_pool = ThreadPoolExecutor(
+            settings.encode_threads, thread_name_prefix="ranker-encode"
+        )
+        self.admission = EncodeAdmission(
+            settings.max_request_chars,
+            settings.max_encode_chars_in_flight,
+            settings.max_encode_queue,
+            self.metrics,
+        )
         # Model polls and index saves get their own thread so a busy pool cannot delay them.
         self._upkeep_pool = ThreadPoolExecutor(1, thread_name_prefix="ranker-upkeep")
-        self.service = CandidateRankerService(self.metrics, self.pool)
+        self.access: AccessPolicy | None = None
+        self.service = CandidateRankerService(
+            self.metrics, self.pool, self.encode_pool, self.admission
+        )
         self.health = health.aio.HealthServicer()
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
@@ -65,6 +90,15 @@ class RankerServer:
         """
         s = self.settings
         try:
+            # Who may call, and whether this address may be served at all, before any port opens.
+            self.access = AccessPolicy.from_settings(s)
+            self.access.check_exposure(s)
+            credentials = server_credentials(s)
+        except (ExposureRefused, RankerError) as e:
+            self._release_threads()
+            raise StartError(str(e)) from None
+        self.service.access = self.access
+        try:
             self._metrics_http = self.metrics.serve_http(s.host, s.metrics_port)
         except OSError as e:
             self._release_threads()
@@ -81,6 +115,7 @@ class RankerServer:
                 ("grpc.so_reuseport", 0),
             ],
             maximum_concurrent_rpcs=s.max_concurrent_rpcs,
+            interceptors=[AccessInterceptor(self.access, self.metrics)],
         )
         server.add_generic_rpc_handlers((self.service.generic_handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -94,7 +129,12 @@ class RankerServer:
         )
         try:
             # grpcio raises RuntimeError("Failed to bind ...") when the port is taken.
-            self.port = server.add_insecure_port(f"{s.host}:{s.port}")
+            address = f"{s.host}:{s.port}"
+            self.port = (
+                server.add_secure_port(address, credentials)
+                if credentials is not None
+                else server.add_insecure_port(address)
+            )
         except RuntimeError:
             self._close_metrics()
             self._release_threads()
@@ -102,7 +142,14 @@ class RankerServer:
         await self._set_health(False)
         await server.start()
         self._server = server
-        log.info("listening on %s:%d (metrics on port %s)", s.host, self.port, s.metrics_port)
+        log.info(
+            "listening on %s:%d (%s, %s; metrics on port %s)",
+            s.host,
+            self.port,
+            ("mutual TLS" if s.tls_client_ca_file else "TLS") if s.tls else "plaintext",
+            "bearer tokens required" if self.access.required else "no tokens required",
+            s.metrics_port,
+        )
         self._tasks.append(asyncio.create_task(self._load(), name="ranker-load"))
         return self.port
 
@@ -114,16 +161,22 @@ class RankerServer:
 
     def _release_threads(self) -> None:
         self.pool.shutdown(wait=False)
+        self.encode_pool.shutdown(wait=False)
         self._upkeep_pool.shutdown(wait=False)
 
-    async def _set_health(self, serving: bool) -> None:
-        status = (
+    @staticmethod
+    def _status(serving: bool) -> Any:
+        return (
             health_pb2.HealthCheckResponse.SERVING
             if serving
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        await self.health.set("", status)
-        await self.health.set(SERVICE_NAME, status)
+
+    async def _set_health(self, serving: bool, details: dict[str, bool] | None = None) -> None:
+        await self.health.set("", self._status(serving))
+        await self.health.set(SERVICE_NAME, self._status(serving))
+        for name in HEALTH_DETAILS:
+            await self.health.set(name, self._status((details or {}).get(name, serving)))
 
     async def _load(self) -> None:
         opening = self._upkeep_pool.submit(
@@ -144,7 +197,8 @@ class RankerServer:
             self.load_error = e
             self.loaded.set()
             return
-        await self._set_health(self.service.pipeline.ready)
+        health_now = self.service.pipeline.health()
+        await self._set_health(health_now[""], health_now)
         self.loaded.set()
         self._tasks.append(asyncio.create_task(self._upkeep(), name="ranker-upkeep"))
 
@@ -155,12 +209,14 @@ class RankerServer:
         assert pipeline is not None
         # Often enough for both: the pipeline polls the registry every model_poll_seconds.
         tick = min(self.settings.model_poll_seconds, 0.5)
-        serving = pipeline.ready  # as `_load` reported it
+        reported = pipeline.health()  # as `_load` reported it
         while True:
             await loop.run_in_executor(self._upkeep_pool, pipeline.upkeep)
-            if pipeline.ready != serving:  # the first model was promoted
-                serving = pipeline.ready
-                await self._set_health(serving)
+            now = pipeline.health()
+            # A first model promoted, or the decision log or a WAL checkpoint failing or back.
+            if now != reported:
+                reported = now
+                await self._set_health(now[""], now)
             await asyncio.sleep(tick)
 
     async def stop(self, grace: float | None = None) -> None:
@@ -176,6 +232,9 @@ class RankerServer:
         # A call the server gave up on (grace over, client gone) may still run on a worker:
         # let every worker finish before the store under them is closed.
         await loop.run_in_executor(self._upkeep_pool, functools.partial(self.pool.shutdown, True))
+        await loop.run_in_executor(
+            self._upkeep_pool, functools.partial(self.encode_pool.shutdown, True)
+        )
         pipeline = self.service.pipeline
         self.service.pipeline = None
         if pipeline is not None:

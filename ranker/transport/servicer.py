@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from google.protobuf import message as pb_message
 
+from ranker.admission import EncodeAdmission
 from ranker.api import BatchResult, Deadline
-from ranker.errors import InvalidInput, NotReady, RankerError
+from ranker.domain import MAX_ID_CHARS
+from ranker.errors import InvalidInput, NotReady, RankerError, shown_id
 from ranker.metrics import ServiceMetrics
 from ranker.pipeline import RankingPipeline
 from ranker.transport.convert import (
@@ -36,7 +38,13 @@ from ranker.transport.convert import (
 from ranker.transport.status import status_for
 from ranker.v1 import ranker_pb2 as pb
 
+if TYPE_CHECKING:
+    from ranker.transport.access import AccessPolicy
+
 log = logging.getLogger(__name__)
+
+MAX_STATUS_MESSAGE = 2000
+"""Longest status message sent: it travels in trailing metadata, whose size gRPC limits."""
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CandidateRanker"].full_name
 INTERNAL_MESSAGE = "internal error; the server log has the details"
@@ -48,11 +56,26 @@ _Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[pb_message.Messag
 
 class CandidateRankerService:
     """ranker.v1.CandidateRanker: each method converts, calls the pipeline on a worker thread,
-    and converts back; errors become status codes through the table in `ranker.transport.status` alone."""
+    and converts back; errors become status codes through the table in `ranker.transport.status` alone.
 
-    def __init__(self, metrics: ServiceMetrics, pool: ThreadPoolExecutor) -> None:
+    Two pools: `pool` runs reads and rankings by stored posting, `encode_pool` runs whatever
+    encodes (upserts, inline postings) after `admission` let it in; so a read never queues
+    behind an encoding, and a caller that gives up stops its encoding at the next checkpoint.
+    """
+
+    def __init__(
+        self,
+        metrics: ServiceMetrics,
+        pool: ThreadPoolExecutor,
+        encode_pool: ThreadPoolExecutor | None = None,
+        admission: EncodeAdmission | None = None,
+        access: AccessPolicy | None = None,
+    ) -> None:
         self.metrics = metrics
         self.pool = pool
+        self.encode_pool = encode_pool if encode_pool is not None else pool
+        self.admission = admission
+        self.access = access
         self.pipeline: RankingPipeline | None = None
         """Set once the store, index and model are loaded; until then calls are UNAVAILABLE."""
 
@@ -62,20 +85,56 @@ class CandidateRankerService:
             raise NotReady("the service is still loading its index and model; retry shortly")
         return p
 
-    async def _run(self, fn: Callable[..., R], *args: Any) -> R:
-        # CPU work (encoding, search, features, scoring) never runs on the event loop.
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.pool, functools.partial(fn, *args))
+    async def _run(
+        self,
+        fn: Callable[..., R],
+        *args: Any,
+        deadline: Deadline | None = None,
+        encode_chars: int | None = None,
+    ) -> R:
+        """`fn(*args)` on a worker thread: the encode pool when `encode_chars` is given (after
+        admission), else the read pool. CPU work never runs on the event loop.
+
+        When the call is cancelled (the caller gave up, or its deadline passed) the job is
+        dropped if it has not started, and told to stop through `deadline` if it has.
+        """
+        pool = self.pool
+        taken = 0
+        if encode_chars is not None:
+            pool = self.encode_pool
+            if self.admission is not None:
+                taken = self.admission.admit(encode_chars, "the request")
+        try:
+            job = pool.submit(fn, *args)
+        except BaseException:
+            if taken and self.admission is not None:
+                self.admission.release(taken)
+            raise
+        if taken and self.admission is not None:
+            admission = self.admission
+            # Given back when the job ends (or is dropped unstarted), not when the caller
+            # leaves: an encoding still winding down to its checkpoint holds its share.
+            job.add_done_callback(lambda _: admission.release(taken))
+        try:
+            return await asyncio.wrap_future(job)
+        except asyncio.CancelledError:
+            if deadline is not None and deadline.cancelled is not None:
+                deadline.cancelled.set()
+            raise
 
     @staticmethod
     def _deadline(context: grpc.aio.ServicerContext) -> Deadline:
-        return Deadline.after(context.time_remaining())
+        return Deadline.after(context.time_remaining(), threading.Event())
 
     async def UpsertCandidates(  # noqa: N802 (gRPC method names)
         self, request: pb.UpsertCandidatesRequest, context: grpc.aio.ServicerContext
     ) -> pb.UpsertCandidatesResponse:
         items = parse_items(request.candidates, candidate_from_pb, lambda m: m.id)
-        r = await self._run(self._pipeline().upsert_candidates, items, self._deadline(context))
+        d = self._deadline(context)
+        chars = sum(len(m.cv_text) for m in request.candidates)
+        r = await self._run(
+            self._pipeline().upsert_candidates, items, d, deadline=d, encode_chars=chars
+        )
         self._count_item_errors("UpsertCandidates", r)
         return pb.UpsertCandidatesResponse(
             items=items_to_pb(r), stored=r.succeeded, total_candidates=r.total_candidates
@@ -84,8 +143,10 @@ class CandidateRankerService:
     async def DeleteCandidates(  # noqa: N802
         self, request: pb.DeleteCandidatesRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteCandidatesResponse:
+        actor = self.access.actor(context.invocation_metadata()) if self.access else "anonymous"
+        d = self._deadline(context)
         r = await self._run(
-            self._pipeline().delete_candidates, list(request.ids), self._deadline(context)
+            self._pipeline().delete_candidates, list(request.ids), d, actor, deadline=d
         )
         self._count_item_errors("DeleteCandidates", r)
         return pb.DeleteCandidatesResponse(
@@ -98,7 +159,11 @@ class CandidateRankerService:
         self, request: pb.UpsertPostingsRequest, context: grpc.aio.ServicerContext
     ) -> pb.UpsertPostingsResponse:
         items = parse_items(request.postings, posting_from_pb, lambda m: m.id)
-        r = await self._run(self._pipeline().upsert_postings, items, self._deadline(context))
+        d = self._deadline(context)
+        chars = sum(len(m.title) + len(m.description) for m in request.postings)
+        r = await self._run(
+            self._pipeline().upsert_postings, items, d, deadline=d, encode_chars=chars
+        )
         self._count_item_errors("UpsertPostings", r)
         return pb.UpsertPostingsResponse(items=items_to_pb(r), stored=r.succeeded)
 
@@ -106,7 +171,14 @@ class CandidateRankerService:
         self, request: pb.RankCandidatesRequest, context: grpc.aio.ServicerContext
     ) -> pb.RankCandidatesResponse:
         query = query_from_pb(request)
-        r = await self._run(self._pipeline().rank, query, self._deadline(context))
+        d = self._deadline(context)
+        # An inline posting is encoded now: it goes through admission to the encode pool.
+        chars = (
+            None
+            if query.posting is None
+            else len(request.posting.title) + len(request.posting.description)
+        )
+        r = await self._run(self._pipeline().rank, query, d, deadline=d, encode_chars=chars)
         return rank_result_to_pb(r)
 
     async def RecordOutcomes(  # noqa: N802
@@ -115,7 +187,8 @@ class CandidateRankerService:
         items = parse_items(
             request.outcomes, outcome_from_pb, lambda m: f"{m.posting_id}/{m.candidate_id}"
         )
-        r = await self._run(self._pipeline().record_outcomes, items, self._deadline(context))
+        d = self._deadline(context)
+        r = await self._run(self._pipeline().record_outcomes, items, d, deadline=d)
         self._count_item_errors("RecordOutcomes", r)
         return pb.RecordOutcomesResponse(items=items_to_pb(r), recorded=r.recorded)
 
@@ -131,6 +204,11 @@ class CandidateRankerService:
     ) -> pb.GetCandidateResponse:
         if not request.id.strip():
             raise InvalidInput("id is empty; send the candidate's id")
+        if len(request.id) > MAX_ID_CHARS:
+            raise InvalidInput(
+                f"id {shown_id(request.id)} is longer than {MAX_ID_CHARS} characters; no stored "
+                "candidate has such an id"
+            )
         candidate = await self._run(self._pipeline().get_candidate, request.id)
         return pb.GetCandidateResponse(candidate=candidate_to_pb(candidate))
 
@@ -179,6 +257,8 @@ class CandidateRankerService:
                 return await fn(request, context)
             except RankerError as e:
                 code, message = status_for(e), str(e)
+                if len(message) > MAX_STATUS_MESSAGE:
+                    message = message[:MAX_STATUS_MESSAGE] + "... (cut)"
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
                 raise

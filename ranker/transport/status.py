@@ -5,12 +5,19 @@ from __future__ import annotations
 import grpc
 
 from ranker.errors import (
+    Cancelled,
     DeadlineExceeded,
+    ErasedId,
     InvalidInput,
     ModelRejected,
     NotFound,
     NotReady,
+    Overloaded,
+    PermissionDenied,
     RankerError,
+    StorageFull,
+    StorageUnavailable,
+    Unauthenticated,
 )
 
 # The first matching class wins; a domain error missing here is INTERNAL.
@@ -18,8 +25,15 @@ STATUS_BY_ERROR: tuple[tuple[type[RankerError], grpc.StatusCode], ...] = (
     (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (NotReady, grpc.StatusCode.UNAVAILABLE),
+    (Cancelled, grpc.StatusCode.CANCELLED),
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (ModelRejected, grpc.StatusCode.FAILED_PRECONDITION),
+    (ErasedId, grpc.StatusCode.FAILED_PRECONDITION),
+    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (StorageFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (StorageUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
 )
 
 

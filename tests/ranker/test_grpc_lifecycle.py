@@ -448,15 +448,16 @@ def test_shutdown_lets_running_calls_finish_before_closing_the_store(
     with pytest.raises(grpc.RpcError):
         future.result(timeout=60)  # the grace period ran out: the server gave up on the call
     # The worker carries on after that; shutdown must wait for it rather than close the store
-    # under it (which lost the write and logged "Cannot operate on a closed database").
+    # under it (which logged "Cannot operate on a closed database"). The call was given up,
+    # so the worker stops before storing (a call that missed its end stores nothing).
     time.sleep(0.5)
     gated.gate.set()
     stopper.join(timeout=60)
     assert not stopper.is_alive()
     store = SqliteStore(data / "ranker.db")
     try:
-        assert store.get_candidates(["late"])[0].candidate.cv_text == "Welder."
+        assert store.get_candidates(["late"]) == []
         saved = load_index_if_current(data / "index", store.generation())
-        assert saved is not None and len(saved) == 1
+        assert saved is None or len(saved) == 0
     finally:
         store.close()

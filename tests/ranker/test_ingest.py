@@ -71,9 +71,10 @@ def test_ingest_files_fills_store_and_index(
 
     (settings.resolved_index_dir / INDEX_FILE).unlink()
     assert ensure_index(settings) == (24, True)
-    # Ingesting the same files again is idempotent by id.
+    # Ingesting the same files again is idempotent by id, and the erased candidate stays erased.
     again = ingest_files(settings, encoder, candidates=demo_files / "candidates.jsonl")
-    assert again.index_size == 25
+    assert again.index_size == 24
+    assert again.erased == ("C0002",)
 
 
 class _PickyEncoder:

@@ -18,7 +18,7 @@ from ranker.catalog import CandidateCatalog
 from ranker.config import MAX_RETRIEVE_N
 from ranker.domain import Candidate, Outcome, Stage
 from ranker.encoding import TextEncoder
-from ranker.errors import DeadlineExceeded, InvalidInput
+from ranker.errors import DeadlineExceeded, ErasedId, InvalidInput
 from ranker.index import INDEX_FILE, ReadWriteLock, load_index_if_current
 from ranker.pipeline import RankingPipeline
 from ranker.prepared import PreparedCandidate, prepare_candidate
@@ -189,9 +189,15 @@ def test_upkeep_saves_the_index_after_writes_and_logs_a_failed_save_instead_of_r
         p.upsert_candidates(serving_demo.candidates[:3])
         index_dir.write_text("not a folder")  # the save cannot create its folder
         p.upkeep()  # runs in the background: it must not raise
-        assert "could not save the index" in caplog.text
+        p.upkeep()  # within the backoff pause: not tried again, so not logged again
+        failures = [r for r in caplog.records if "could not save the index" in r.getMessage()]
+        # One line per failed attempt, without a traceback (a full disk must not flood the log).
+        assert len(failures) == 1 and failures[0].exc_info is None
         index_dir.unlink()
-        p.upkeep()  # still dirty: retried, and saved now
+        deadline = time.monotonic() + 30
+        while not (index_dir / INDEX_FILE).is_file() and time.monotonic() < deadline:
+            p.upkeep()  # still dirty: retried once the backoff pause is over, and saved
+            time.sleep(0.05)
         assert (index_dir / INDEX_FILE).is_file()
         assert load_index_if_current(index_dir, p.store.generation()) is not None
     finally:
@@ -224,7 +230,7 @@ def test_rejected_items_are_reported_in_place(
     assert r.succeeded == 1 and r.total_candidates == 1
 
 
-def test_an_erased_id_can_be_ingested_again_as_a_new_candidate(
+def test_an_erased_id_is_refused_until_reconsent_then_stored_as_a_new_candidate(
     pipeline: RankingPipeline, serving_demo: DemoData
 ) -> None:
     cands = serving_demo.candidates[:5]
@@ -236,7 +242,12 @@ def test_an_erased_id_can_be_ingested_again_as_a_new_candidate(
     assert r.receipt is not None and r.receipt.erased == (victim.id,)
     ranked = pipeline.rank(RankQuery(posting_id=serving_demo.postings[0].id, top_k=10))
     assert victim.id not in {c.candidate_id for c in ranked.results}
-    # The ATS sends the candidate again (a new application): a new record with a new FAISS id.
+    # The ATS sends the candidate again: refused until the person consents anew.
+    refused = pipeline.upsert_candidates([victim])
+    assert isinstance(refused.items[0].error, ErasedId)
+    assert "ranker reconsent" in str(refused.items[0].error)
+    assert pipeline.store.reconsent(victim.id, "applied again, consent ref 42", actor="test")
+    # Re-consented (a new application): a new record with a new FAISS id.
     again = pipeline.upsert_candidates([victim])
     assert again.items[0].created
     assert pipeline.store.faiss_ids([victim.id])[victim.id] != old_fid

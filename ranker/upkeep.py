@@ -1,0 +1,74 @@
+"""The pipeline's background work between requests, and the health it implies.
+
+Follows the registry's promoted model, saves the index once writes pause (with backoff after
+failures), replays the decision log's backlog and finishes a WAL checkpoint an erasure could
+not; never raises.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from ranker.backoff import RetryBackoff
+from ranker.config import Settings
+from ranker.decisions import DecisionLog
+from ranker.metrics import ServiceMetrics
+from ranker.model_slot import ModelSlot
+from ranker.store import SqliteStore
+
+log = logging.getLogger(__name__)
+
+
+class PipelineUpkeep:
+    """Run by the server on its own thread, often (`run`); `health` says what to report."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        model: ModelSlot,
+        store: SqliteStore,
+        decisions: DecisionLog,
+        save_index: Callable[[], bool],
+        metrics: ServiceMetrics | None,
+    ) -> None:
+        self.settings = settings
+        self.model = model
+        self.store = store
+        self.decisions = decisions
+        self.save_index = save_index
+        self.metrics = metrics
+        self._next_model_poll = 0.0
+        self._index_saves = RetryBackoff(f"save the index to {settings.resolved_index_dir}")
+
+    def run(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_model_poll:
+            self._next_model_poll = now + self.settings.model_poll_seconds
+            try:
+                self.model.refresh()
+            except Exception:
+                log.exception("could not check the registry for a new model; retrying")
+        self._index_saves.run(now, self.save_index)
+        try:
+            if self.decisions.failing is not None or self.decisions.backlog:
+                self.decisions.retry()
+            if self.store.checkpoint_pending:
+                self.store.checkpoint_wal()
+        except Exception:
+            log.exception("could not retry the decision log or the WAL checkpoint; retrying")
+        if self.metrics is not None:
+            self.metrics.erasure_checkpoint_pending.set(int(self.store.checkpoint_pending))
+
+    def health(self) -> dict[str, bool]:
+        """Serving status per health service name: "" (and the service) turn NOT_SERVING
+        without a model, or while the decision log fails under the strict policy;
+        `decision-log` and `erasure-checkpoint` report those two on their own."""
+        log_ok = self.decisions.failing is None
+        strict = self.settings.decision_log_policy == "strict"
+        return {
+            "": self.model.served is not None and (log_ok or not strict),
+            "decision-log": log_ok,
+            "erasure-checkpoint": not self.store.checkpoint_pending,
+        }
