@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ranker.commands import fail
+from ranker.commands.serving import CaOpt, CertOpt, KeyOpt, TlsOpt, TokenOpt, client_channel_for
 from ranker.config import Settings
 
 if TYPE_CHECKING:
@@ -70,6 +71,11 @@ def query(
     ] = None,
     address: Annotated[str | None, typer.Option(help="host:port of the service.")] = None,
     timeout: Annotated[float, typer.Option(help="Deadline in seconds.")] = 30.0,
+    token: TokenOpt = None,
+    tls: TlsOpt = False,
+    ca: CaOpt = None,
+    cert: CertOpt = None,
+    key: KeyOpt = None,
 ) -> None:
     """Ask the running service for the top-k candidates of a posting; print them with reasons."""
     from ranker.transport.client import GrpcRankerClient, ServiceError
@@ -82,7 +88,8 @@ def query(
     settings = Settings()
     target = address or f"{settings.host}:{settings.port}"
     inline = _read_posting(posting_file) if posting_file is not None else None
-    with GrpcRankerClient(target, timeout) as client:
+    channel = client_channel_for(settings, target, token, tls, ca, cert, key)
+    with GrpcRankerClient(target, timeout, channel=channel) as client:
         try:
             if why is not None:
                 _compare(client, posting_id, inline, why, as_json)

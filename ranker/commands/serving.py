@@ -59,7 +59,7 @@ KeyOpt = Annotated[
 ]
 
 
-def _channel(
+def client_channel_for(
     settings: Settings,
     target: str,
     token: str | None,
@@ -136,7 +136,7 @@ def health(
 
     settings = Settings()
     target = _address(settings, address)
-    with _channel(settings, target, None, tls, ca, cert, key) as channel:
+    with client_channel_for(settings, target, None, tls, ca, cert, key) as channel:
         try:
             status = (
                 health_pb2_grpc.HealthStub(channel)
