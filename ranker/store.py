@@ -19,9 +19,10 @@ from ranker.decision_scores import read_scores, write_scores
 from ranker.domain import Candidate, Outcome, Posting, RecordT, Stage, from_plain, to_plain
 from ranker.errors import InvalidInput, NotFound, StorageFull, StorageUnavailable
 from ranker.permissions import private_dir, private_file, tighten_if_present
-from ranker.rows import CandidateRow, CandidateVersion, Decision, PostingRow, ShadowRanking
+from ranker.rows import CandidateRow, CandidateVersion, Decision, PostingRow
 from ranker.schema import SCHEMA, SCHEMA_VERSION
 from ranker.store_erasure import SqliteErasure, load_or_create_key
+from ranker.store_shadow import SqliteShadowTables
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ def storage_error(e: BaseException, path: Path) -> BaseException:
     return e
 
 
-class SqliteStore(SqliteErasure):
+class SqliteStore(SqliteErasure, SqliteShadowTables):
     """SQLite in WAL mode, one connection guarded by a lock, every write one transaction.
 
     `synchronous=FULL` so an acknowledged write survives power loss, not only a crash: the
@@ -534,73 +535,6 @@ class SqliteStore(SqliteErasure):
     def count_decisions(self) -> int:
         with self._lock:
             return int(self._conn.execute("SELECT COUNT(*) FROM decisions").fetchone()[0])
-
-    # -- shadow rankings (ranker.shadow) --------------------------------------------------
-    def log_shadow(self, records: Sequence[ShadowRanking]) -> None:
-        """Store shadow rankings in one transaction."""
-        heads = [
-            (
-                r.request_id,
-                _iso(r.at),
-                r.posting_id,
-                r.champion_version,
-                r.challenger_version,
-                r.top_k,
-                r.retrieved,
-            )
-            for r in records
-        ]
-        items = [
-            (r.request_id, role, rank, cid)
-            for r in records
-            for role, ids in (("champion", r.champion_ids), ("challenger", r.challenger_ids))
-            for rank, cid in enumerate(ids, 1)
-        ]
-        with self._tx() as tx:
-            tx.executemany(
-                "INSERT OR REPLACE INTO shadow_rankings (request_id, at, posting_id, "
-                "champion_version, challenger_version, top_k, retrieved) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                heads,
-            )
-            tx.executemany(
-                "INSERT OR REPLACE INTO shadow_items (request_id, role, rank, candidate_id) "
-                "VALUES (?, ?, ?, ?)",
-                items,
-            )
-
-    def shadow_rankings(self, challenger_version: str | None = None) -> list[ShadowRanking]:
-        """Logged shadow rankings, oldest first (only those of `challenger_version` if given)."""
-        where, args = "", []
-        if challenger_version is not None:
-            where, args = "WHERE challenger_version = ?", [challenger_version]
-        with self._lock:
-            heads = self._conn.execute(
-                "SELECT request_id, at, posting_id, champion_version, challenger_version, top_k, "
-                f"retrieved FROM shadow_rankings {where} ORDER BY at, request_id",
-                args,
-            ).fetchall()
-            items = self._conn.execute(
-                "SELECT request_id, role, candidate_id FROM shadow_items ORDER BY request_id, "
-                "role, rank"
-            ).fetchall()
-        orders: dict[tuple[str, str], list[str]] = {}
-        for rid, role, cid in items:
-            orders.setdefault((rid, role), []).append(cid)
-        return [
-            ShadowRanking(
-                request_id=h[0],
-                at=datetime.fromisoformat(h[1]),
-                posting_id=h[2],
-                champion_version=h[3],
-                challenger_version=h[4],
-                top_k=int(h[5]),
-                retrieved=int(h[6]),
-                champion_ids=tuple(orders.get((h[0], "champion"), ())),
-                challenger_ids=tuple(orders.get((h[0], "challenger"), ())),
-            )
-            for h in heads
-        ]
 
     # -- erasure --------------------------------------------------------------------------
     def probe_write(self, size: int = 65_536) -> None:

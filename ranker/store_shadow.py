@@ -1,0 +1,89 @@
+"""The store's shadow-scoring tables: per ranking the champion's and the challenger's orders of
+the same retrieved candidates (`ranker.shadow` writes them, `ranker models compare` reads them;
+erasure deletes their rows with the candidate's). A base of `SqliteStore`."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from datetime import datetime
+
+from ranker.rows import ShadowRanking
+
+
+class SqliteShadowTables:
+    """Shadow rankings in and out; `SqliteStore` provides the connection, lock and transactions."""
+
+    _conn: sqlite3.Connection
+    _lock: threading.RLock
+
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        raise NotImplementedError  # SqliteStore's
+
+    def log_shadow(self, records: Sequence[ShadowRanking]) -> None:
+        """Store shadow rankings in one transaction."""
+        heads = [
+            (
+                r.request_id,
+                r.at.isoformat(),
+                r.posting_id,
+                r.champion_version,
+                r.challenger_version,
+                r.top_k,
+                r.retrieved,
+            )
+            for r in records
+        ]
+        items = [
+            (r.request_id, role, rank, cid)
+            for r in records
+            for role, ids in (("champion", r.champion_ids), ("challenger", r.challenger_ids))
+            for rank, cid in enumerate(ids, 1)
+        ]
+        with self._tx() as tx:
+            tx.executemany(
+                "INSERT OR REPLACE INTO shadow_rankings (request_id, at, posting_id, "
+                "champion_version, challenger_version, top_k, retrieved) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                heads,
+            )
+            tx.executemany(
+                "INSERT OR REPLACE INTO shadow_items (request_id, role, rank, candidate_id) "
+                "VALUES (?, ?, ?, ?)",
+                items,
+            )
+
+    def shadow_rankings(self, challenger_version: str | None = None) -> list[ShadowRanking]:
+        """Logged shadow rankings, oldest first (only those of `challenger_version` if given)."""
+        where, args = "", []
+        if challenger_version is not None:
+            where, args = "WHERE challenger_version = ?", [challenger_version]
+        with self._lock:
+            heads = self._conn.execute(
+                "SELECT request_id, at, posting_id, champion_version, challenger_version, top_k, "
+                f"retrieved FROM shadow_rankings {where} ORDER BY at, request_id",
+                args,
+            ).fetchall()
+            items = self._conn.execute(
+                "SELECT request_id, role, candidate_id FROM shadow_items ORDER BY request_id, "
+                "role, rank"
+            ).fetchall()
+        orders: dict[tuple[str, str], list[str]] = {}
+        for rid, role, cid in items:
+            orders.setdefault((rid, role), []).append(cid)
+        return [
+            ShadowRanking(
+                request_id=h[0],
+                at=datetime.fromisoformat(h[1]),
+                posting_id=h[2],
+                champion_version=h[3],
+                challenger_version=h[4],
+                top_k=int(h[5]),
+                retrieved=int(h[6]),
+                champion_ids=tuple(orders.get((h[0], "champion"), ())),
+                challenger_ids=tuple(orders.get((h[0], "challenger"), ())),
+            )
+            for h in heads
+        ]
