@@ -47,6 +47,19 @@ def _rpc_failure(e: grpc.RpcError, address: str) -> NoReturn:
     fail(f"{code.name}: {details}")
 
 
+def _require_encoder(settings: Settings) -> None:
+    """Refuse to serve without an exported encoder: exporting needs torch, serving must not."""
+    from embeddings.manifest import is_valid_export
+
+    folder = settings.resolved_encoder_dir
+    if not is_valid_export(folder):
+        fail(
+            f"no exported encoder in {folder}; run `ranker export-encoder` first (it needs the "
+            "`export` extra: pip install 'candidate-ranker[export]'), or point "
+            "RANKER_ENCODER_DIR at an exported one"
+        )
+
+
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default: settings).")] = None,
     port: Annotated[int | None, typer.Option(help="gRPC port; 0 picks a free one.")] = None,
@@ -66,6 +79,7 @@ def serve(
         if v is not None
     }
     settings = Settings(**updates)  # type: ignore[arg-type]
+    _require_encoder(settings)
     try:
         with DataDirLock(settings.data_dir):
             asyncio.run(run_server(settings))

@@ -108,15 +108,18 @@ print("HEAVY", heavy)
     assert "SERVING" in done.stdout
 
 
-def _cli_env(tmp_path: Path, registry: Path) -> dict[str, str]:
+def _cli_env(tmp_path: Path, registry: Path, encoder_dir: Path | None = None) -> dict[str, str]:
     return {
         "RANKER_DATA_DIR": str(tmp_path / "data"),
+        **({"RANKER_ENCODER_DIR": str(encoder_dir)} if encoder_dir is not None else {}),
         "RANKER_REGISTRY_DIR": str(registry),
         "RANKER_HOST": "127.0.0.1",
     }
 
 
-def test_serve_on_a_taken_port_says_so_and_exits_1(tmp_path: Path, registry_path: Path) -> None:
+def test_serve_on_a_taken_port_says_so_and_exits_1(
+    tmp_path: Path, registry_path: Path, encoder_dir: Path
+) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -124,7 +127,7 @@ def test_serve_on_a_taken_port_says_so_and_exits_1(tmp_path: Path, registry_path
         result = runner.invoke(
             _app(),
             ["serve", "--port", str(port), "--metrics-port", "0"],
-            env=_cli_env(tmp_path, registry_path),
+            env=_cli_env(tmp_path, registry_path, encoder_dir),
         )
     assert result.exit_code == 1, result.output
     assert f"port {port} in use; stop the other server or set RANKER_PORT" in result.output
