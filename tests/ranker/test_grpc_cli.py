@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 from typer.testing import CliRunner
 
-from ranker.commands import serving
+from ranker.commands import ingest, serving
 from ranker.datalock import DataDirLock
 from ranker.v1 import ranker_pb2 as pb
 from tests.fixtures.server import ServerHandle
@@ -23,6 +23,7 @@ runner = CliRunner()
 def _app() -> typer.Typer:
     app = typer.Typer()
     serving.register(app)
+    ingest.register(app)
     return app
 
 
@@ -83,7 +84,7 @@ def test_query_and_health_stay_light(served: ServerHandle, serving_demo: DemoDat
     script = f"""
 import sys
 import typer
-from ranker.commands import serving
+from ranker.commands import ingest, serving
 app = typer.Typer()
 serving.register(app)
 for argv in (["query", "--posting-id", {serving_demo.postings[0].id!r}, "--k", "2",
