@@ -87,8 +87,8 @@ class TerminalProgress:
         self._task: TaskID | None = None
 
     def stage(self, name: str) -> None:
-        if self._task is not None:
-            self._progress.stop_task(self._task)
+        if self._task is not None:  # one line at a time: the stage now running
+            self._progress.remove_task(self._task)
         self._task = self._progress.add_task(name, total=None)
 
     def update(self, done: int, total: int) -> None:
