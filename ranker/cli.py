@@ -40,9 +40,9 @@ def _options(
 
 def _register_builtin() -> None:
     # Each command module adds its commands to `app`; one module per area keeps them apart.
-    from ranker.commands import encoder, ingest, models, serving
+    from ranker.commands import client, encoder, ingest, models, serving
 
-    for module in (encoder, models, serving, ingest):
+    for module in (encoder, models, serving, ingest, client):
         module.register(app)
 
 

@@ -283,6 +283,19 @@ def read_records(
 ) -> list[RecordT]:
     """Records of one class from a `.jsonl` or `.csv` file; the columns are its fields.
 
+    As `read_numbered`, without the line numbers.
+    """
+    return [item for _, item in read_numbered(path, record, problems)]
+
+
+def read_numbered(
+    path: Path | str, record: type[RecordT], problems: FileProblems | None = None
+) -> list[tuple[int, RecordT]]:
+    """(line, record) for each record of a `.jsonl` or `.csv` file; the columns are its fields.
+
+    The line is where the record starts, so a later error about it (e.g. a server's per-item
+    status) can point at the file.
+
     Without `problems`, the first error raises `InvalidInput` naming the line and the field.
     With it, every error is added there and reading goes on (a row with an error is left out),
     so one run reports them all; a file that cannot be read on (not UTF-8, not JSON, broken
@@ -292,7 +305,7 @@ def read_records(
     report = _reporter(problems)
     columns = record_fields(record)
     names = {c.name for c in columns}
-    out: list[RecordT] = []
+    out: list[tuple[int, RecordT]] = []
     seen: dict[object, int] = {}
     unknown_reported: set[str] = set()
     try:
@@ -340,7 +353,7 @@ def read_records(
                     )
                     continue
                 seen[k] = lineno
-            out.append(item)
+            out.append((lineno, item))
     except InvalidInput as e:
         if problems is None:
             raise

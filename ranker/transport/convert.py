@@ -161,6 +161,10 @@ def outcome_from_pb(m: pb.Outcome) -> Outcome:
     return _record_from_pb(Outcome, m)
 
 
+def outcome_to_pb(o: Outcome) -> pb.Outcome:
+    return _record_to_pb(pb.Outcome, o)
+
+
 # ---------------------------------------------------------------------------------------------
 # Requests
 
