@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from importlib.metadata import entry_points
 from typing import Annotated
@@ -55,11 +54,14 @@ def _register_plugins() -> None:
 
 def main() -> None:
     """Console-script entry point."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # faiss logs which SIMD build it tried at INFO on every import: noise for a CLI user.
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    from ranker.config import Settings
+    from ranker.observability import configure_logging
+
+    try:
+        settings = Settings()
+        configure_logging(settings.log_level, settings.log_format)
+    except ValidationError:
+        configure_logging()  # the command builds the settings again and reports what to fix
     _register_builtin()
     _register_plugins()
     try:

@@ -116,6 +116,19 @@ class Settings(EncoderSettings):
     gate_impact_margin: float = Field(default=0.05, ge=0, le=1)
     """Promotion gate: no impact ratio more than this below the version in service's."""
 
+    # -- observability -------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Lowest level logged; every RPC is one INFO line (`ranker.rpc`)."""
+
+    log_format: Literal["text", "json"] = "text"
+    """`text` lines, or `json`: one object per line with the structured fields at its top level."""
+
+    drift_window: int = Field(default=5000, ge=100)
+    """Most recent served feature rows (top-k rows in the decision log) the drift figures use."""
+
+    drift_interval_seconds: float = Field(default=60.0, gt=0)
+    """How often a running service recomputes the drift gauges (`ranker_feature_psi`)."""
+
     @model_validator(mode="after")
     def _limits_agree(self) -> Self:
         """Refuse limits that contradict each other, naming the variables to fix."""

@@ -12,13 +12,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ranker.config import Settings
 from ranker.encoding import TextEncoder
 from ranker.metrics import ServiceMetrics
 from ranker.pipeline import RankingPipeline
+from ranker.transport.health import ListingHealthServicer
+from ranker.transport.logging_interceptor import RequestLogInterceptor
 from ranker.transport.servicer import SERVICE_NAME, CandidateRankerService
 
 log = logging.getLogger(__name__)
@@ -45,7 +47,7 @@ class RankerServer:
         # Model polls and index saves get their own thread so a busy pool cannot delay them.
         self._upkeep_pool = ThreadPoolExecutor(1, thread_name_prefix="ranker-upkeep")
         self.service = CandidateRankerService(self.metrics, self.pool)
-        self.health = health.aio.HealthServicer()
+        self.health = ListingHealthServicer()
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -56,6 +58,10 @@ class RankerServer:
     @property
     def pipeline(self) -> RankingPipeline | None:
         return self.service.pipeline
+
+    def _model_version(self) -> str | None:
+        pipeline = self.service.pipeline
+        return None if pipeline is None else pipeline.model_version
 
     async def start(self) -> int:
         """Bind and start answering (NOT_SERVING), then load the pipeline in the background.
@@ -75,6 +81,7 @@ class RankerServer:
                 "RANKER_METRICS_PORT (0 disables it) or RANKER_HOST"
             ) from None
         server = grpc.aio.server(
+            interceptors=[RequestLogInterceptor(self.metrics, self._model_version)],
             options=[
                 ("grpc.max_receive_message_length", s.max_message_bytes),
                 ("grpc.max_send_message_length", s.max_message_bytes),
