@@ -138,3 +138,18 @@ def test_no_service_says_how_to_start_one(tmp_path: Path) -> None:
     r = runner.invoke(_app(), ["info", "--address", "127.0.0.1:1", "--timeout", "2"], env=WIDE)
     assert r.exit_code == 1
     assert "ranker serve" in r.output
+
+
+def test_the_whole_cli_registers_without_loading_a_model_runtime() -> None:
+    # `ranker health` and `ranker query` pay for every command module's imports at start:
+    # LightGBM (with scipy, sklearn) and ONNX Runtime took ~3 s there before being made lazy.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import ranker.cli as c; c._register_builtin(); c._register_plugins(); "
+        "print(sorted({'lightgbm', 'onnxruntime', 'sklearn', 'scipy', 'faiss', 'torch'} "
+        "& set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
