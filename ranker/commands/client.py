@@ -355,6 +355,59 @@ def decision(
         console.print("no candidate was served")
 
 
+def drift(
+    version: Annotated[
+        str | None, typer.Argument(help="Model version; default: the one promoted.")
+    ] = None,
+    window: Annotated[
+        int | None, typer.Option(help="Most recent served rows to use (RANKER_DRIFT_WINDOW).")
+    ] = None,
+) -> None:
+    """Feature drift: PSI of each feature of the served rows against the version's training
+    distribution (decision log and registry, read-only); a running service exports the same
+    figures as the gauge ranker_feature_psi."""
+    from ranker.drift import MIN_ROWS, PSI_SHIFT, PSI_WATCH, served_drift
+    from ranker.errors import RankerError
+    from ranker.registry import ModelRegistry
+
+    settings = Settings()
+    try:
+        version = version or ModelRegistry(settings.resolved_registry_dir).current_version()
+        if version is None:
+            fail(
+                "no model version is promoted, so there is no training distribution to compare "
+                "with; name a version: `ranker drift v0001`"
+            )
+        report = served_drift(
+            settings.resolved_registry_dir,
+            settings.resolved_db_path,
+            version,
+            window or settings.drift_window,
+        )
+    except RankerError as e:
+        fail(str(e))
+    rows = max((d.rows for d in report), default=0)
+    console.print(
+        f"model [bold]{version}[/bold] · {rows} most recent served rows (top-k of logged "
+        f"rankings) against its training distribution · PSI < {PSI_WATCH} stable, "
+        f"> {PSI_SHIFT} shift",
+        highlight=False,
+    )
+    if rows == 0:
+        console.print(f"no ranking served by {version} is in the decision log yet")
+        return
+    table = Table()
+    table.add_column("feature")
+    table.add_column("PSI", justify="right")
+    table.add_column("")
+    colour = {"shift": "red", "watch": "yellow", "stable": "green", "too few rows": "dim"}
+    for d in sorted(report, key=lambda d: -d.psi):
+        table.add_row(d.name, f"{d.psi:.3f}", f"[{colour[d.verdict]}]{d.verdict}[/]")
+    console.print(table)
+    if rows < MIN_ROWS:
+        console.print(f"fewer than {MIN_ROWS} rows: PSI reads high on few rows; wait for more")
+
+
 def _in_words(names: Sequence[str], row: Any, specs: dict[str, Any]) -> list[str]:
     out = []
     for name, value in zip(names, row, strict=True):
@@ -375,3 +428,4 @@ def register(app: typer.Typer) -> None:
     app.command()(postings)
     app.command()(info)
     app.command()(decision)
+    app.command()(drift)

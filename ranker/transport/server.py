@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ranker.config import Settings
+from ranker.drift import DriftWatch
 from ranker.encoding import TextEncoder
 from ranker.metrics import ServiceMetrics
 from ranker.pipeline import RankingPipeline
@@ -154,6 +155,21 @@ class RankerServer:
         await self._set_health(self.service.pipeline.ready)
         self.loaded.set()
         self._tasks.append(asyncio.create_task(self._upkeep(), name="ranker-upkeep"))
+        self._tasks.append(asyncio.create_task(self._watch_drift(), name="ranker-drift"))
+
+    async def _watch_drift(self) -> None:
+        """Refresh the feature drift gauges (ranker.drift) of the model in service, now and then."""
+        s = self.settings
+        watch = DriftWatch(
+            s.resolved_registry_dir, s.resolved_db_path, s.drift_window, self.metrics
+        )
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(s.drift_interval_seconds)
+            try:
+                await loop.run_in_executor(self._upkeep_pool, watch.refresh, self._model_version())
+            except Exception:  # a gauge must never take the service down; say why, try again
+                log.exception("could not compute the feature drift")
 
     async def _upkeep(self) -> None:
         """Run the pipeline's upkeep (model polling, index saves) on its own thread, often."""
