@@ -116,6 +116,12 @@ class Settings(EncoderSettings):
     gate_impact_margin: float = Field(default=0.05, ge=0, le=1)
     """Promotion gate: no impact ratio more than this below the version in service's."""
 
+    strict_fields: bool = False
+    """Refuse a request holding a field number the contract does not define (INVALID_ARGUMENT).
+    Off by protobuf's convention: such fields are ignored, so a client built from a newer proto
+    keeps working during a rolling upgrade. A known field sent with the wrong wire type is
+    refused either way (it would otherwise read as 0)."""
+
     # -- observability -------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Lowest level logged; every RPC is one INFO line (`ranker.rpc`)."""

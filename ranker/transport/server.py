@@ -13,7 +13,6 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from ranker.config import Settings
 from ranker.drift import DriftWatch
@@ -22,6 +21,7 @@ from ranker.metrics import ServiceMetrics
 from ranker.pipeline import RankingPipeline
 from ranker.transport.health import ListingHealthServicer
 from ranker.transport.logging_interceptor import RequestLogInterceptor
+from ranker.transport.reflection import enable_reflection
 from ranker.transport.servicer import SERVICE_NAME, CandidateRankerService
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ class RankerServer:
         # Model polls and index saves get their own thread so a busy pool cannot delay them.
         self._upkeep_pool = ThreadPoolExecutor(1, thread_name_prefix="ranker-upkeep")
         self.service = CandidateRankerService(self.metrics, self.pool)
+        self.service.strict_fields = settings.strict_fields
         self.health = ListingHealthServicer()
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
@@ -92,13 +93,8 @@ class RankerServer:
         )
         server.add_generic_rpc_handlers((self.service.generic_handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (
-                SERVICE_NAME,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
+        enable_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server
         )
         try:
             # grpcio raises RuntimeError("Failed to bind ...") when the port is taken.

@@ -31,13 +31,15 @@ from ranker.transport.convert import (
     receipt_to_pb,
     reject_unknown_fields,
 )
-from ranker.transport.status import status_for
+from ranker.transport.status import error_details, status_for
 from ranker.v1 import ranker_pb2 as pb
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CandidateRanker"].full_name
 INTERNAL_MESSAGE = "internal error; the server log has the details"
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+"""The trailer of rich error details (a serialized google.rpc.Status), gRPC's convention."""
 
 R = TypeVar("R")
 
@@ -47,6 +49,9 @@ _Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[pb_message.Messag
 class CandidateRankerService:
     """ranker.v1.CandidateRanker: each method converts, calls the pipeline on a worker thread,
     and converts back; errors become status codes through the table in `ranker.transport.status` alone."""
+
+    strict_fields = False
+    """Refuse field numbers the contract does not define (`Settings.strict_fields`)."""
 
     def __init__(self, metrics: ServiceMetrics, pool: ThreadPoolExecutor) -> None:
         self.metrics = metrics
@@ -156,6 +161,7 @@ class CandidateRankerService:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             message = ""
+            details: bytes | None = None
             try:
                 try:
                     request = request_cls.FromString(raw)
@@ -166,10 +172,11 @@ class CandidateRankerService:
                     ) from e
                 # protobuf parks a field of the wrong wire type among the unknown fields and
                 # moves on; refusing them keeps e.g. a string years_experience from reading as 0.
-                reject_unknown_fields(request)
+                reject_unknown_fields(request, strict=self.strict_fields)
                 return await fn(request, context)
             except RankerError as e:
                 code, message = status_for(e), str(e)
+                details = error_details(e, code, message)
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
                 raise
@@ -181,6 +188,10 @@ class CandidateRankerService:
                 self.metrics.latency.labels(rpc=name).observe(time.perf_counter() - started)
                 if code != grpc.StatusCode.OK:
                     self.metrics.errors.labels(rpc=name, code=code.name).inc()
+            if details is not None:
+                # Added to what is already set (the request id), not in place of it.
+                trailing = tuple(context.trailing_metadata() or ())  # type: ignore[attr-defined]
+                context.set_trailing_metadata((*trailing, (STATUS_DETAILS_KEY, details)))
             await context.abort(code, message)
             raise AssertionError("unreachable: abort raises")
 
