@@ -33,6 +33,7 @@ from ranker.api import (
     check_batch_size,
     check_posting_size,
     split_batch,
+    split_ids,
 )
 from ranker.catalog import CandidateCatalog
 from ranker.config import MAX_RETRIEVE_N, Settings
@@ -266,9 +267,12 @@ class RankingPipeline:
         if not 1 <= top_k <= s.max_top_k:
             raise InvalidInput(f"top_k must be between 1 and {s.max_top_k}, got {top_k}")
         retrieve_n = s.retrieve_n if q.retrieve_n is None else q.retrieve_n
-        if not 1 <= retrieve_n <= MAX_RETRIEVE_N:
+        # An explicit retrieve_n below top_k is refused (the proto's range); a server default
+        # below it is the server's business and is raised to top_k.
+        if not (1 if q.retrieve_n is None else top_k) <= retrieve_n <= MAX_RETRIEVE_N:
             raise InvalidInput(
-                f"retrieve_n must be between 1 and {MAX_RETRIEVE_N}, got {retrieve_n}"
+                f"retrieve_n must be between top_k ({top_k}) and {MAX_RETRIEVE_N}, got "
+                f"{retrieve_n}; leave it unset for the server's default"
             )
         served = self.model.require()
         posting, inline = self._query_posting(q, deadline)
@@ -471,13 +475,7 @@ class RankingPipeline:
         candidate, its outcomes and its logged feature rows, and records the receipt.
         """
         check_batch_size(len(ids), "ids", self.settings.max_batch_items)
-        results: list[ItemResult | None] = [None] * len(ids)
-        wanted: list[str] = []
-        for i, cid in enumerate(ids):
-            if not isinstance(cid, str) or not cid.strip():
-                results[i] = ItemResult(i, str(cid), InvalidInput("ids must be non-empty strings"))
-            elif cid not in wanted:
-                wanted.append(cid)
+        results, wanted = split_ids(ids)
         deadline.check("erasing")
         receipt: ErasureReceipt | None = None
         with self._write_mutex:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import grpc
 import pytest
 from google.rpc import error_details_pb2
@@ -62,3 +64,46 @@ def test_the_proto_names_packages_for_other_languages() -> None:
     options = pb.DESCRIPTOR.GetOptions()
     assert options.go_package.endswith(";rankerv1")
     assert options.java_package == "com.candidateranker.ranker.v1" and options.java_multiple_files
+
+
+# -- the contract and the behaviour agree (proto comments) -------------------------------------
+
+
+def test_retrieve_n_below_top_k_is_refused(served: ServerHandle) -> None:
+    posting = served.stub.ListPostings(pb.ListPostingsRequest(page_size=1)).postings[0].id
+    with pytest.raises(grpc.RpcError) as e:
+        served.stub.RankCandidates(
+            pb.RankCandidatesRequest(posting_id=posting, top_k=10, retrieve_n=5)
+        )
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert "between top_k (10)" in e.value.details()  # type: ignore[attr-defined]
+    ok = served.stub.RankCandidates(
+        pb.RankCandidatesRequest(posting_id=posting, top_k=5, retrieve_n=5)
+    )
+    assert ok.retrieved == 5
+
+
+def test_an_id_twice_in_one_erasure_is_invalid_at_its_second_place(
+    start_server: Callable[..., ServerHandle],
+) -> None:
+    h = start_server()
+    h.stub.UpsertCandidates(
+        pb.UpsertCandidatesRequest(
+            candidates=[pb.Candidate(id=c, cv_text=f"Welder {c}, ten years.") for c in "ABC"]
+        )
+    )
+    r = h.stub.DeleteCandidates(pb.DeleteCandidatesRequest(ids=["A", "A", "Z"]))
+    codes = [(i.id, grpc.StatusCode.OK.value[0] if not i.code else i.code) for i in r.items]
+    assert codes == [
+        ("A", 0),
+        ("A", grpc.StatusCode.INVALID_ARGUMENT.value[0]),
+        ("Z", grpc.StatusCode.NOT_FOUND.value[0]),
+    ]
+    assert "more than once" in r.items[1].message
+    assert r.receipt.candidates == 1 and len(r.receipt.receipt_ids) == 1
+    # Receipt ids are opaque: random, not the next number of a sequence.
+    second = h.stub.DeleteCandidates(pb.DeleteCandidatesRequest(ids=["B"])).receipt.receipt_ids[0]
+    third = h.stub.DeleteCandidates(pb.DeleteCandidatesRequest(ids=["C"])).receipt.receipt_ids[0]
+    first = r.receipt.receipt_ids[0]
+    assert {second - first, third - second} != {1}
+    assert min(first, second, third) > 1_000_000  # about 2^62 in range, not 1, 2, 3
