@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -16,6 +18,13 @@ from ranker.transport.logging_interceptor import client_request_id
 from ranker.v1 import ranker_pb2 as pb
 from tests.fixtures.server import ServerHandle
 from training.demo import DemoData
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
 
 
 def _rpc_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
@@ -62,6 +71,9 @@ def test_errors_carry_the_request_id_and_log_their_code(
             )
     assert e.value.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
     assert ("x-request-id", "err-1") in e.value.trailing_metadata()  # type: ignore[attr-defined]
+    # An aborted call's status reaches the client before the server's handler has unwound and
+    # written its line, so wait for it (briefly).
+    wait_for(lambda: any(f["request_id"] == "err-1" for f in _rpc_lines(caplog)), "the log line")
     (line,) = [f for f in _rpc_lines(caplog) if f["request_id"] == "err-1"]
     assert line["code"] == "NOT_FOUND"
 
