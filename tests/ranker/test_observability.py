@@ -69,11 +69,13 @@ def test_errors_carry_the_request_id_and_log_their_code(
                 pb.RankCandidatesRequest(posting_id="P-nope"),
                 metadata=(("x-request-id", "err-1"),),
             )
+        # An aborted call's status reaches the client before the server's handler has unwound
+        # and written its line, so wait for it (briefly, and while INFO is still captured).
+        wait_for(
+            lambda: any(f["request_id"] == "err-1" for f in _rpc_lines(caplog)), "the log line"
+        )
     assert e.value.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
     assert ("x-request-id", "err-1") in e.value.trailing_metadata()  # type: ignore[attr-defined]
-    # An aborted call's status reaches the client before the server's handler has unwound and
-    # written its line, so wait for it (briefly).
-    wait_for(lambda: any(f["request_id"] == "err-1" for f in _rpc_lines(caplog)), "the log line")
     (line,) = [f for f in _rpc_lines(caplog) if f["request_id"] == "err-1"]
     assert line["code"] == "NOT_FOUND"
 
