@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -27,9 +29,11 @@ from ranker.metrics import ServiceMetrics
 from ranker.registry import ModelRegistry
 from ranker.rows import Decision
 from ranker.store import SqliteStore
+from ranker.v1 import ranker_pb2 as pb
+from tests.fixtures.server import ServerHandle, seed
 from tests.fixtures.training import _random_rows
 from training.dataset import make_datasets, prepare_all, split_postings, training_candidates
-from training.demo import DemoConfig, generate
+from training.demo import DemoConfig, DemoData, generate
 
 SHIFTED = ("years_experience", "dense_cosine", "chunk_max_cosine")
 """Features the shifted copy moves: more senior candidates, closer texts."""
@@ -164,3 +168,21 @@ def client_app() -> typer.Typer:
     app = typer.Typer()
     client.register(app)
     return app
+
+
+def test_a_running_service_keeps_the_drift_gauges_current(
+    start_server: Callable[..., ServerHandle], registry_path: Path, serving_demo: DemoData
+) -> None:
+    h = start_server(registry_dir=registry_path, drift_interval_seconds=0.1)
+    seed(h, serving_demo.candidates[:40], serving_demo.postings[:2])
+    for posting in serving_demo.postings[:2]:
+        h.stub.RankCandidates(pb.RankCandidatesRequest(posting_id=posting.id, top_k=5))
+    metrics = h.server.metrics
+    deadline = time.monotonic() + 30
+    while metrics.drift_rows._value.get() < 10:  # both rankings logged and read back
+        assert time.monotonic() < deadline, "the drift gauges were never refreshed"
+        time.sleep(0.05)
+    features = {
+        s.labels["feature"] for family in metrics.feature_psi.collect() for s in family.samples
+    }
+    assert features == set(FEATURE_NAMES)
