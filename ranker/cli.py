@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from importlib.metadata import entry_points
+from typing import Annotated
 
 import typer
 from pydantic import ValidationError
@@ -18,11 +18,31 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from ranker import __version__
+
+        print(f"ranker {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Candidate ranking service: serve, query, manage models, train (see README.md)."""
+
+
 def _register_builtin() -> None:
     # Each command module adds its commands to `app`; one module per area keeps them apart.
-    from ranker.commands import encoder, models, query, serving, tokens, web
+    from ranker.commands import client, encoder, ingest, models, query, serving, tokens, web
 
-    for module in (encoder, models, serving, query, tokens, web):
+    for module in (encoder, models, serving, ingest, client, query, tokens, web):
         module.register(app)
 
 
@@ -38,11 +58,14 @@ def main() -> None:
     # Everything a command writes (store, index, registry, demo exports, tokens, logs) holds or
     # derives from CVs: owner-only by default, whichever module or library creates the file.
     os.umask(0o077)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # faiss logs which SIMD build it tried at INFO on every import: noise for a CLI user.
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    from ranker.config import Settings
+    from ranker.observability import configure_logging
+
+    try:
+        settings = Settings()
+        configure_logging(settings.log_level, settings.log_format)
+    except ValidationError:
+        configure_logging()  # the command builds the settings again and reports what to fix
     _register_builtin()
     _register_plugins()
     try:

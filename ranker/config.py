@@ -192,6 +192,25 @@ class Settings(EncoderSettings):
     """Target share of each category in every prefix of the top k, e.g.
     `{"female": 0.5, "male": 0.5}`; empty: each request's retrieved set's own shares."""
 
+    strict_fields: bool = False
+    """Refuse a request holding a field number the contract does not define (INVALID_ARGUMENT).
+    Off by protobuf's convention: such fields are ignored, so a client built from a newer proto
+    keeps working during a rolling upgrade. A known field sent with the wrong wire type is
+    refused either way (it would otherwise read as 0)."""
+
+    # -- observability -------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Lowest level logged; every RPC is one INFO line (`ranker.rpc`)."""
+
+    log_format: Literal["text", "json"] = "text"
+    """`text` lines, or `json`: one object per line with the structured fields at its top level."""
+
+    drift_window: int = Field(default=5000, ge=100)
+    """Most recent served feature rows (top-k rows in the decision log) the drift figures use."""
+
+    drift_interval_seconds: float = Field(default=60.0, gt=0)
+    """How often a running service recomputes the drift gauges (`ranker_feature_psi`)."""
+
     @model_validator(mode="after")
     def _limits_agree(self) -> Self:
         """Refuse limits that contradict each other, naming the variables to fix."""

@@ -7,8 +7,9 @@ tables below document them (tests/ranker/test_records.py checks they name every 
 Four tables, each a `.jsonl` file (one JSON object per line) or a `.csv` file (a header row, then
 one row per record); a `.json` file holding one object or a list of them is read too. In CSV, list fields are `;`-separated, booleans are `true`/`false`, datetimes
 are ISO-8601 (`2025-03-01T09:30:00+00:00`); an empty cell means "not given". Unknown columns are
-refused (a typo would otherwise silently drop data), and so are protected attributes anywhere but
-the protected table. Files are UTF-8; a byte-order mark (Excel writes one) is ignored, and any
+refused (a typo would otherwise silently drop data; the error suggests the closest column), and so
+are protected attributes anywhere but the protected table. Checking a file can report every
+problem in it at once (`FileProblems`), which is how `ranker ingest` checks before it writes. Files are UTF-8; a byte-order mark (Excel writes one) is ignored, and any
 other encoding is refused with the line of the first bad byte.
 
 candidates (`candidates.jsonl` / `.csv`):
@@ -59,8 +60,9 @@ protected (`protected.jsonl` / `.csv`), for fairness audits only, never read by 
 from __future__ import annotations
 
 import csv
+import difflib
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -102,8 +104,71 @@ PROTECTED_NAMES = frozenset(
     }
 )
 
-_TRUE = {"true", "1", "yes"}
-_FALSE = {"false", "0", "no"}
+# Only the documented spellings (any case): "yes", "1" or "y" would be guesses about intent.
+_TRUE = {"true"}
+_FALSE = {"false"}
+
+MAX_REPORTED_PROBLEMS = 50
+"""Problems listed one by one when checking files; beyond it they are only counted."""
+
+
+class DataFilesInvalid(InvalidInput):
+    """One or more data files hold errors; `problems` lists them (file, line, field, what to do)."""
+
+    def __init__(self, problems: tuple[str, ...], total: int) -> None:
+        self.problems = problems
+        self.total = total
+        more = f"\n... and {total - len(problems)} more" if total > len(problems) else ""
+        super().__init__(
+            f"{total} problem{'s' if total != 1 else ''} in the data files; fix them and run "
+            "again (nothing was stored):\n" + "\n".join(problems) + more
+        )
+
+
+class FileProblems:
+    """The problems found while checking data files: every one up to a cap, then a count."""
+
+    def __init__(self, cap: int = MAX_REPORTED_PROBLEMS) -> None:
+        self.cap = cap
+        self.listed: list[str] = []
+        self.total = 0
+
+    def add(self, message: str) -> None:
+        self.total += 1
+        if len(self.listed) < self.cap:
+            self.listed.append(message)
+
+    def __bool__(self) -> bool:
+        return self.total > 0
+
+    def error(self) -> DataFilesInvalid:
+        """The exception that reports them all (raise it only when there are any)."""
+        return DataFilesInvalid(tuple(self.listed), self.total)
+
+
+def _reporter(problems: FileProblems | None) -> Callable[[str], None]:
+    """Where a problem goes: raised at once (no sink given), or added to the sink."""
+
+    def report(message: str) -> None:
+        if problems is None:
+            raise InvalidInput(message)
+        problems.add(message)
+
+    return report
+
+
+def _unknown_field(where: str, field: str, names: set[str]) -> str:
+    if field.lower() in PROTECTED_NAMES:
+        return (
+            f"{where}, field {field}: protected attributes do not belong in this file; "
+            "put them in protected.jsonl, which the ranker never reads for features"
+        )
+    close = difflib.get_close_matches(field, sorted(names), n=1, cutoff=0.6)
+    close = close or difflib.get_close_matches(field.lower(), sorted(names), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return (
+        f"{where}, field {field}: unknown field; {hint}expected some of {', '.join(sorted(names))}"
+    )
 
 
 def _convert(col: RecordField, value: Any, from_csv: bool) -> Any:
@@ -230,89 +295,134 @@ def _records(path: Path) -> Iterator[tuple[int, Mapping[str, Any], bool]]:
         raise InvalidInput(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json or .csv")
 
 
-def read_records(path: Path | str, record: type[RecordT]) -> list[RecordT]:
+def read_records(
+    path: Path | str, record: type[RecordT], problems: FileProblems | None = None
+) -> list[RecordT]:
     """Records of one class from a `.jsonl` or `.csv` file; the columns are its fields.
 
-    `InvalidInput` names the line and the field. Records with an `id` must not repeat one.
+    As `read_numbered`, without the line numbers.
+    """
+    return [item for _, item in read_numbered(path, record, problems)]
+
+
+def read_numbered(
+    path: Path | str, record: type[RecordT], problems: FileProblems | None = None
+) -> list[tuple[int, RecordT]]:
+    """(line, record) for each record of a `.jsonl` or `.csv` file; the columns are its fields.
+
+    The line is where the record starts, so a later error about it (e.g. a server's per-item
+    status) can point at the file.
+
+    Without `problems`, the first error raises `InvalidInput` naming the line and the field.
+    With it, every error is added there and reading goes on (a row with an error is left out),
+    so one run reports them all; a file that cannot be read on (not UTF-8, not JSON, broken
+    CSV) adds one problem and stops that file. Records with an `id` must not repeat one.
     """
     path = Path(path)
+    report = _reporter(problems)
     columns = record_fields(record)
     names = {c.name for c in columns}
-    out: list[RecordT] = []
+    out: list[tuple[int, RecordT]] = []
     seen: dict[object, int] = {}
-    for lineno, raw, from_csv in _records(path):
-        where = f"{path.name} line {lineno}"
-        unknown = [k for k in raw if k not in names]
-        if unknown:
-            field = unknown[0]
-            if field.lower() in PROTECTED_NAMES:
-                raise InvalidInput(
-                    f"{where}, field {field}: protected attributes do not belong in this file; "
-                    "put them in protected.jsonl, which the ranker never reads for features"
-                )
-            raise InvalidInput(
-                f"{where}, field {field}: unknown field; expected some of {', '.join(sorted(names))}"
-            )
-        values: dict[str, Any] = {}
-        try:
+    unknown_reported: set[str] = set()
+    try:
+        for lineno, raw, from_csv in _records(path):
+            where = f"{path.name} line {lineno}"
+            unknown = [k for k in raw if k not in names]
+            if unknown:
+                # Once per file: in a CSV every row repeats the header's typo.
+                for field in unknown:
+                    if field not in unknown_reported:
+                        unknown_reported.add(field)
+                        report(_unknown_field(where, field, names))
+                continue
+            values: dict[str, Any] = {}
+            bad = False
             for col in columns:
-                if col.name not in raw:
-                    if col.required:
-                        raise InvalidField("", col.name, "is missing")
+                try:
+                    if col.name not in raw:
+                        if col.required:
+                            raise InvalidField("", col.name, "is missing")
+                        continue
+                    v = _convert(col, raw[col.name], from_csv)
+                except InvalidField as e:
+                    report(f"{where}, field {e.field}: {e.problem}")
+                    bad = True
                     continue
-                v = _convert(col, raw[col.name], from_csv)
                 if v is not None:
                     values[col.name] = v
-            item = record(**values)
-        except InvalidField as e:
-            raise InvalidInput(f"{where}, field {e.field}: {e.problem}") from None
-        except InvalidInput as e:
-            raise InvalidInput(f"{where}: {e}") from None
-        if isinstance(item, Candidate | Posting):
-            k = item.id
-            if k in seen:
-                raise InvalidInput(
-                    f"{where}, field id: {k!r} already appeared on line {seen[k]}; ids must be unique"
-                )
-            seen[k] = lineno
-        out.append(item)
+            if bad:
+                continue
+            try:
+                item = record(**values)
+            except InvalidField as e:
+                report(f"{where}, field {e.field}: {e.problem}")
+                continue
+            except InvalidInput as e:
+                report(f"{where}: {e}")
+                continue
+            if isinstance(item, Candidate | Posting):
+                k = item.id
+                if k in seen:
+                    report(
+                        f"{where}, field id: {k!r} already appeared on line {seen[k]}; "
+                        "ids must be unique"
+                    )
+                    continue
+                seen[k] = lineno
+            out.append((lineno, item))
+    except InvalidInput as e:
+        if problems is None:
+            raise
+        problems.add(str(e))  # the file cannot be read on past this point
     return out
 
 
-def read_candidates(path: Path | str) -> list[Candidate]:
-    """Candidates from a `.jsonl` or `.csv` file; `InvalidInput` names the line and field."""
-    return read_records(path, Candidate)
+def read_candidates(path: Path | str, problems: FileProblems | None = None) -> list[Candidate]:
+    """Candidates from a `.jsonl` or `.csv` file; errors name the line and field."""
+    return read_records(path, Candidate, problems)
 
 
-def read_postings(path: Path | str) -> list[Posting]:
-    """Postings from a `.jsonl` or `.csv` file; `InvalidInput` names the line and field."""
-    return read_records(path, Posting)
+def read_postings(path: Path | str, problems: FileProblems | None = None) -> list[Posting]:
+    """Postings from a `.jsonl` or `.csv` file; errors name the line and field."""
+    return read_records(path, Posting, problems)
 
 
-def read_outcomes(path: Path | str) -> list[Outcome]:
-    """Stage events from a `.jsonl` or `.csv` file; `InvalidInput` names the line and field."""
-    return read_records(path, Outcome)
+def read_outcomes(path: Path | str, problems: FileProblems | None = None) -> list[Outcome]:
+    """Stage events from a `.jsonl` or `.csv` file; errors name the line and field."""
+    return read_records(path, Outcome, problems)
 
 
-def read_protected(path: Path | str) -> dict[str, dict[str, str]]:
+def read_protected(
+    path: Path | str, problems: FileProblems | None = None
+) -> dict[str, dict[str, str]]:
     """Protected attributes by candidate id: {candidate_id: {attribute: value}}. Audits only."""
     path = Path(path)
+    report = _reporter(problems)
     out: dict[str, dict[str, str]] = {}
-    for lineno, record, _ in _records(path):
-        where = f"{path.name} line {lineno}"
-        cid = record.get("candidate_id")
-        if not isinstance(cid, str) or not cid.strip():
-            raise InvalidInput(f"{where}, field candidate_id: is required but missing or empty")
-        if cid in out:
-            raise InvalidInput(f"{where}, field candidate_id: {cid!r} appears twice")
-        attrs: dict[str, str] = {}
-        for k, v in record.items():
-            if k == "candidate_id" or v is None or v == "":
+    try:
+        for lineno, record, _ in _records(path):
+            where = f"{path.name} line {lineno}"
+            cid = record.get("candidate_id")
+            if not isinstance(cid, str) or not cid.strip():
+                report(f"{where}, field candidate_id: is required but missing or empty")
                 continue
-            if not isinstance(v, str | int | float | bool):
-                raise InvalidInput(f"{where}, field {k}: expected a plain value, got {v!r}")
-            attrs[k] = str(v)
-        out[cid] = attrs
+            if cid in out:
+                report(f"{where}, field candidate_id: {cid!r} appears twice")
+                continue
+            attrs: dict[str, str] = {}
+            for k, v in record.items():
+                if k == "candidate_id" or v is None or v == "":
+                    continue
+                if not isinstance(v, str | int | float | bool):
+                    report(f"{where}, field {k}: expected a plain value, got {v!r}")
+                    continue
+                attrs[k] = str(v)
+            out[cid] = attrs
+    except InvalidInput as e:
+        if problems is None:
+            raise
+        problems.add(str(e))
     return out
 
 

@@ -7,16 +7,19 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from embeddings.files import sha256_file
 from ranker.atomic import write_text_atomic
 from ranker.config import Settings
-from ranker.domain import Candidate, Posting
+from ranker.domain import Candidate, Outcome, Posting
 from ranker.encoding import TextEncoder, encode_candidates, encode_postings
 from ranker.errors import InvalidInput
 from ranker.index import index_from_store
 from ranker.store import SqliteStore
+
+if TYPE_CHECKING:
+    from ranker.datafiles import FileProblems
 
 INGEST_BATCH = 256
 """Candidates encoded and stored per transaction when ingesting files."""
@@ -86,6 +89,45 @@ class IngestReport:
     """Protected attributes skipped because their candidate was erased."""
 
 
+@dataclass(frozen=True)
+class CheckedFiles:
+    """The data files, parsed and validated completely: what an ingest would store."""
+
+    candidates: list[Candidate]
+    postings: list[Posting]
+    outcomes: list[Outcome]
+    protected: dict[str, dict[str, str]]
+
+
+def check_files(files: Mapping[str, Path | None]) -> CheckedFiles:
+    """Parse and validate every given file before anything is written (`ranker ingest --check`).
+
+    Raises `DataFilesInvalid` listing every problem across all files (up to a cap, then a
+    count), each with its file, line and field, so one run finds them all.
+    """
+    from ranker import datafiles
+
+    problems = datafiles.FileProblems()
+    parsed = CheckedFiles(
+        candidates=_read(files.get("candidates"), datafiles.read_candidates, problems, []),
+        postings=_read(files.get("postings"), datafiles.read_postings, problems, []),
+        outcomes=_read(files.get("outcomes"), datafiles.read_outcomes, problems, []),
+        protected=_read(files.get("protected"), datafiles.read_protected, problems, {}),
+    )
+    if problems:
+        raise problems.error()
+    return parsed
+
+
+def _read(
+    path: Path | None,
+    reader: Callable[[Path, FileProblems], R],
+    problems: FileProblems,
+    empty: R,
+) -> R:
+    return empty if path is None else reader(path, problems)
+
+
 def ingest_files(
     settings: Settings,
     encoder: TextEncoder,
@@ -95,6 +137,7 @@ def ingest_files(
     outcomes: Path | None = None,
     protected: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
+    on_stage: Callable[[str], None] | None = None,
 ) -> IngestReport:
     """Read data files into the store and rebuild the index (the offline path of `ranker ingest`).
 
@@ -105,15 +148,17 @@ def ingest_files(
     service keeps its own in-memory view and learns of new candidates only through
     UpsertCandidates (`ranker ingest` and `ranker serve` lock the data folder).
     """
-    # Imported here: the data-file readers are needed only by this offline path.
-    from ranker import datafiles
-
     files = {
         "candidates": candidates,
         "postings": postings,
         "outcomes": outcomes,
         "protected": protected,
     }
+    stage = on_stage if on_stage is not None else (lambda _: None)
+    # Every file is read and checked before the store is opened: an error in the last file
+    # must not be found after the first was encoded and stored.
+    stage("checking files")
+    checked = check_files(files)
     sources = source_digests(files)
     state_path = ingest_state_path(settings)
     store = SqliteStore(settings.resolved_db_path, dim=encoder.dim)
@@ -140,7 +185,8 @@ def ingest_files(
         skip_out = skip_prot = 0
         erased: list[str] = []
         if candidates is not None:
-            cands = datafiles.read_candidates(candidates)
+            stage("encoding candidates")
+            cands = checked.candidates
             for start in range(0, len(cands), INGEST_BATCH):
                 part = cands[start : start + INGEST_BATCH]
                 # An erased candidate stays erased: the export still listing it is no consent.
@@ -163,18 +209,20 @@ def ingest_files(
                 if progress is not None:
                     progress(min(start + INGEST_BATCH, len(cands)), len(cands))
         if postings is not None:
-            posts = datafiles.read_postings(postings)
+            stage("encoding postings")
+            posts = checked.postings
             prows = _accepted("posting", posts, encode_postings(encoder, posts), rejected)
             store.upsert_postings(prows)
             n_post = len(prows)
         if outcomes is not None:
-            events = datafiles.read_outcomes(outcomes)
+            stage("storing outcomes")
+            events = checked.outcomes
             gone = store.erased_among([o.candidate_id for o in events])
             kept = [o for o in events if o.candidate_id not in gone]
             skip_out = len(events) - len(kept)
             n_out = store.record_outcomes(kept)
         if protected is not None:
-            attrs_by_id = datafiles.read_protected(protected)
+            attrs_by_id = checked.protected
             gone = store.erased_among(list(attrs_by_id))
             triples = [
                 (cid, name, value)
@@ -185,6 +233,7 @@ def ingest_files(
             skip_prot = sum(len(a) for cid, a in attrs_by_id.items() if cid in gone)
             store.upsert_protected(triples)
             n_prot = len(triples)
+        stage("building the index")
         index, _ = index_from_store(
             store, settings.resolved_index_dir, storage=settings.index_storage
         )

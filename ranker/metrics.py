@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
 
 # Ranking at 100k candidates targets ~20 ms; buckets resolve the 1-100 ms range finely.
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
@@ -64,6 +73,41 @@ class ServiceMetrics:
             ["result"],
             registry=r,
         )
+        # What the service returns, for dashboards and alerts on a shifting distribution.
+        self.scores = Histogram(
+            "ranker_result_score",
+            "Scores of the returned candidates (model or fallback scale).",
+            buckets=(-4, -2, -1, -0.5, -0.25, 0, 0.25, 0.5, 1, 2, 4),
+            registry=r,
+        )
+        self.similarities = Histogram(
+            "ranker_result_similarity",
+            "Retrieval cosine of the returned candidates.",
+            buckets=(0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1),
+            registry=r,
+        )
+        self.eligible = Histogram(
+            "ranker_eligible_candidates",
+            "Candidates passing a ranking's hard filters.",
+            buckets=(0, 1, 10, 100, 1_000, 10_000, 100_000, 1_000_000),
+            registry=r,
+        )
+        self.feature_psi = Gauge(
+            "ranker_feature_psi",
+            "Population stability index of each feature of the served rows against the training "
+            "distribution of the model in service (ranker.drift); above 0.25 is a shift.",
+            ["feature"],
+            registry=r,
+        )
+        self.drift_rows = Gauge(
+            "ranker_drift_rows",
+            "Served feature rows the drift figures are computed on.",
+            registry=r,
+        )
+        # CPU, memory, file descriptors and the Python version, as Prometheus' default
+        # registry would have them: this registry is the service's own.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
         self.index_saves = Counter(
             "ranker_index_saves",
             "Index snapshots written to disk, by result.",

@@ -33,6 +33,7 @@ from ranker.api import (
     check_batch_size,
     check_posting_size,
     split_batch,
+    split_ids,
 )
 from ranker.catalog import CandidateCatalog
 from ranker.comparison import compare_pair
@@ -40,7 +41,7 @@ from ranker.config import MAX_RETRIEVE_N, Settings
 from ranker.decisions import DecisionLog
 from ranker.domain import Candidate, Outcome, Posting
 from ranker.encoding import TextEncoder, encode_candidates, encode_postings, stop_when
-from ranker.erasure import erasure_results, erasure_targets, log_erasure
+from ranker.erasure import erasure_results, log_erasure
 from ranker.errors import ErasedId, InvalidInput, NotFound, RankerError, shown_id
 from ranker.explain import Explanation
 from ranker.exports import scrub_exports
@@ -256,9 +257,12 @@ class RankingPipeline:
         if not 1 <= top_k <= s.max_top_k:
             raise InvalidInput(f"top_k must be between 1 and {s.max_top_k}, got {top_k}")
         retrieve_n = s.retrieve_n if q.retrieve_n is None else q.retrieve_n
-        if not 1 <= retrieve_n <= MAX_RETRIEVE_N:
+        # An explicit retrieve_n below top_k is refused (the proto's range); a server default
+        # below it is the server's business and is raised to top_k.
+        if not (1 if q.retrieve_n is None else top_k) <= retrieve_n <= MAX_RETRIEVE_N:
             raise InvalidInput(
-                f"retrieve_n must be between 1 and {MAX_RETRIEVE_N}, got {retrieve_n}"
+                f"retrieve_n must be between top_k ({top_k}) and {MAX_RETRIEVE_N}, got "
+                f"{retrieve_n}; leave it unset for the server's default"
             )
         served = self.model.require()
         posting, inline = self._query_posting(q, deadline)
@@ -478,7 +482,7 @@ class RankingPipeline:
         the export files in the data folder are rewritten without the candidate.
         """
         check_batch_size(len(ids), "ids", self.settings.max_batch_items)
-        results, wanted = erasure_targets(ids)
+        results, wanted = split_ids(ids)
         deadline.check("erasing")
         receipt: ErasureReceipt | None = None
         with self._write_mutex:

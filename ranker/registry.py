@@ -36,7 +36,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import lightgbm as lgb
 import numpy as np
 from filelock import FileLock
 
@@ -140,6 +139,10 @@ class ModelBundle:
                 f"{len(FEATURE_NAMES)}; retrain with `ranker train`"
             )
         retrain = "retrain (`ranker train`) or roll back (`ranker models rollback`)"
+        # Imported here: LightGBM (with scipy and sklearn) takes seconds to import, and commands
+        # that only read the registry (`ranker models list`, `ranker drift`) never need it.
+        import lightgbm as lgb
+
         try:
             booster = lgb.Booster(model_file=str(self.booster_path))
         except (lgb.basic.LightGBMError, OSError, ValueError) as e:

@@ -119,11 +119,15 @@ class SqliteErasure:
                 erased.append(cid)
                 for k, v in counts.items():
                     totals[k] += v
-                cur = tx.execute(
-                    "INSERT INTO erasures (at, candidate_id_hmac, rows) VALUES (?, ?, ?)",
-                    (at.isoformat(), self._receipt_digest(cid), json.dumps(counts)),
+                # Random, not the table's sequence: sequential ids would tell every holder of a
+                # receipt how many erasures the service has carried out.
+                receipt_id = secrets.randbits(62) + 1
+                tx.execute(
+                    "INSERT INTO erasures (receipt_id, at, candidate_id_hmac, rows) "
+                    "VALUES (?, ?, ?, ?)",
+                    (receipt_id, at.isoformat(), self._receipt_digest(cid), json.dumps(counts)),
                 )
-                receipt_ids.append(int(cur.lastrowid or 0))
+                receipt_ids.append(receipt_id)
                 tombstones.bury(tx, self._receipt_digest(cid), at)
             if erased:
                 self._bump_generation(tx)
@@ -151,7 +155,7 @@ class SqliteErasure:
         with self._lock:
             rows = self._conn.execute(
                 "SELECT receipt_id, at, rows FROM erasures WHERE candidate_id_hmac = ? "
-                "ORDER BY receipt_id",
+                "ORDER BY at, receipt_id",
                 (self._receipt_digest(candidate_id),),
             ).fetchall()
         return [{"receipt_id": r, "at": a, "rows": json.loads(rows_)} for r, a, rows_ in rows]

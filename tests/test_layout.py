@@ -123,6 +123,7 @@ GRPC_CLIENTS = {
     "ranker/commands/serving.py",
     "ranker/commands/models.py",
     "ranker/commands/query.py",
+    "ranker/commands/client.py",
 }
 
 

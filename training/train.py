@@ -25,6 +25,7 @@ import numpy as np
 
 from ranker.config import Settings
 from ranker.domain import Outcome
+from ranker.drift import record_training_distribution
 from ranker.errors import InvalidInput, ModelRejected, RankerError
 from ranker.features import FEATURE_NAMES, FeatureBuilder
 from ranker.lexicon import Lexicon
@@ -466,6 +467,15 @@ def register_result(
         check_scores=result.check_scores,
         card=result.card,
         render_card=render_markdown,
+    )
+    # The training distribution the service's drift figures compare with (ranker.drift).
+    train_rows = result.datasets.sets["train"]
+    record_training_distribution(
+        registry.version_dir(version),
+        FEATURE_NAMES,
+        train_rows.x,
+        train_rows.group,
+        _predict(result.booster, train_rows.x),
     )
     gates = dict(result.gates) if result.gates is not None else None
     if gates is not None:

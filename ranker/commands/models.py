@@ -21,10 +21,9 @@ from rich.table import Table
 from ranker.commands import fail
 from ranker.config import Settings
 from ranker.errors import RankerError
-from ranker.fallback import FALLBACK_VERSIONS
-from ranker.registry import CARD_MD_FILE, CHAMPION, ModelRegistry, resolve_actor
 
 if TYPE_CHECKING:
+    from ranker.registry import ModelRegistry
     from ranker.v1 import ranker_pb2 as pb
 
 console = Console()
@@ -50,6 +49,8 @@ ReasonOption = Annotated[str | None, typer.Option(help="Why; recorded in the his
 
 
 def _registry(settings: Settings) -> ModelRegistry:
+    from ranker.registry import ModelRegistry
+
     return ModelRegistry(settings.resolved_registry_dir, settings.ort_session)
 
 
@@ -63,6 +64,10 @@ def _address(settings: Settings, server: str | None) -> str:
 
 def fallback_version(settings: Settings) -> str | None:
     """The fallback's version name, or None when the fallback is off."""
+    # Imported here: ranker.fallback loads LightGBM (through its reasons), which every other
+    # command (`ranker health`, `ranker query`) would otherwise wait for at start.
+    from ranker.fallback import FALLBACK_VERSIONS
+
     return FALLBACK_VERSIONS.get(settings.fallback)
 
 
@@ -227,6 +232,8 @@ def list_versions(
     events: Annotated[int, typer.Option(min=0, help="History entries to show.")] = 8,
 ) -> None:
     """Every version with its aliases, test metrics and gates; the history; what is served."""
+    from ranker.registry import CHAMPION
+
     settings = Settings()
     registry = _registry(settings)
     versions = registry.versions()
@@ -319,6 +326,8 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="Print model_card.json instead.")] = False,
 ) -> None:
     """Print a version's model card."""
+    from ranker.registry import CARD_MD_FILE
+
     registry = _registry(Settings())
     try:
         folder = registry.version_dir(version)
@@ -351,6 +360,8 @@ def promote(
     server: ServerOption = None,
 ) -> None:
     """Check a version's promotion gates, put it in service, and wait for the service to swap."""
+    from ranker.registry import resolve_actor
+
     settings = Settings()
     registry = _registry(settings)
     if force and not (reason and reason.strip()):
@@ -407,6 +418,8 @@ def rollback(
     server: ServerOption = None,
 ) -> None:
     """Put the previously promoted version back in service (no gates: it served before)."""
+    from ranker.registry import resolve_actor
+
     settings = Settings()
     registry = _registry(settings)
     before = registry.current_version()
@@ -429,6 +442,8 @@ def alias(
     actor: ActorOption = None,
 ) -> None:
     """Point an alias at a version; `challenger` is scored in shadow by the running service."""
+    from ranker.registry import resolve_actor
+
     settings = Settings()
     try:
         _registry(settings).set_alias(
@@ -447,6 +462,8 @@ def unalias(
     actor: ActorOption = None,
 ) -> None:
     """Remove an alias (removing `challenger` stops shadow scoring)."""
+    from ranker.registry import resolve_actor
+
     settings = Settings()
     try:
         version = _registry(settings).clear_alias(

@@ -1,5 +1,5 @@
-"""Serving commands: `ranker serve`, `ranker health` and `ranker ingest` (`ranker query` lives in
-`ranker.commands.query`).
+"""Serving commands: `ranker serve` and `ranker health` (`ranker query` lives in
+`ranker.commands.query`, `ranker ingest` in `ranker.commands.ingest`).
 
 `health` is a client: it imports only grpc and the health stubs, never the pipeline (FAISS,
 LightGBM), so it starts fast and quietly.
@@ -22,13 +22,6 @@ if TYPE_CHECKING:
 
 console = Console()
 err_console = Console(stderr=True)
-
-_DEMO_FILES = {
-    "candidates": "candidates.jsonl",
-    "postings": "postings.jsonl",
-    "outcomes": "outcomes.jsonl",
-    "protected": "protected.jsonl",
-}
 
 
 def _address(settings: Settings, address: str | None) -> str:
@@ -94,6 +87,19 @@ def _rpc_failure(e: grpc.RpcError, address: str) -> NoReturn:
     fail(f"{code.name}: {details}")
 
 
+def _require_encoder(settings: Settings) -> None:
+    """Refuse to serve without an exported encoder: exporting needs torch, serving must not."""
+    from embeddings.manifest import is_valid_export
+
+    folder = settings.resolved_encoder_dir
+    if not is_valid_export(folder):
+        fail(
+            f"no exported encoder in {folder}; run `ranker export-encoder` first (it needs the "
+            "`export` extra: pip install 'candidate-ranker[export]'), or point "
+            "RANKER_ENCODER_DIR at an exported one"
+        )
+
+
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default: settings).")] = None,
     port: Annotated[int | None, typer.Option(help="gRPC port; 0 picks a free one.")] = None,
@@ -113,6 +119,7 @@ def serve(
         if v is not None
     }
     settings = Settings(**updates)  # type: ignore[arg-type]
+    _require_encoder(settings)
     try:
         with DataDirLock(settings.data_dir):
             asyncio.run(run_server(settings))
@@ -151,113 +158,7 @@ def health(
         raise typer.Exit(code=1)
 
 
-def ingest(
-    candidates: Annotated[
-        Path | None, typer.Option(help="Candidates (.jsonl/.csv); default: the demo file.")
-    ] = None,
-    postings: Annotated[
-        Path | None, typer.Option(help="Postings (.jsonl/.csv); default: the demo file.")
-    ] = None,
-    outcomes: Annotated[
-        Path | None, typer.Option(help="Outcomes (.jsonl/.csv); default: the demo file.")
-    ] = None,
-    protected: Annotated[
-        Path | None,
-        typer.Option(help="Protected attributes, kept apart for audits; default: the demo file."),
-    ] = None,
-    if_missing: Annotated[
-        bool,
-        typer.Option(help="Skip when these very files were already ingested to completion."),
-    ] = False,
-) -> None:
-    """Encode and store candidates, postings and outcomes, and build the index (service stopped).
-
-    An ingest that was interrupted is finished by running it again: what it already stored is
-    kept, and only the rest is encoded.
-    """
-    from rich.progress import Progress
-
-    from ranker.datalock import DataDirBusy, DataDirLock
-    from ranker.errors import InvalidInput
-    from ranker.index import ensure_index
-    from ranker.ingest import ingest_files, is_ingested
-
-    settings = Settings()
-    files: dict[str, Path | None] = {
-        "candidates": candidates,
-        "postings": postings,
-        "outcomes": outcomes,
-        "protected": protected,
-    }
-    if all(v is None for v in files.values()):
-        demo = settings.resolved_demo_dir
-        if not (demo / _DEMO_FILES["candidates"]).exists():
-            fail(
-                f"no data files given and no demo data in {demo}; generate it with "
-                "`ranker demo-data` or pass --candidates/--postings/--outcomes"
-            )
-        files = {k: demo / name for k, name in _DEMO_FILES.items() if (demo / name).exists()}
-    lock = DataDirLock(settings.data_dir)
-    try:
-        lock.acquire()
-    except DataDirBusy as e:
-        fail(str(e))
-    try:
-        try:
-            done = if_missing and is_ingested(settings, files)
-        except (InvalidInput, OSError) as e:  # e.g. a store of another schema: says what to do
-            fail(str(e))
-        if done:
-            size, rebuilt = ensure_index(settings)
-            note = "index rebuilt" if rebuilt else "index up to date"
-            console.print(f"these files are already ingested ({size} indexed, {note}); skipping")
-            return
-        from embeddings import load_encoder
-
-        encoder = load_encoder(settings=settings)
-        with Progress(console=console, transient=True) as progress:
-            task = progress.add_task("encoding candidates", total=None)
-            try:
-                report = ingest_files(
-                    settings,
-                    encoder,
-                    candidates=files.get("candidates"),
-                    postings=files.get("postings"),
-                    outcomes=files.get("outcomes"),
-                    protected=files.get("protected"),
-                    progress=lambda done, total: progress.update(task, completed=done, total=total),
-                )
-            except (InvalidInput, OSError) as e:
-                fail(str(e))
-    finally:
-        lock.release()
-    for line in report.rejected:
-        err_console.print(f"[yellow]skipped[/yellow] {line}", highlight=False)
-    resumed = f" ({report.unchanged} already stored)" if report.unchanged else ""
-    console.print(
-        f"stored {report.candidates} candidates{resumed}, {report.postings} postings, "
-        f"{report.outcomes} new outcomes, {report.protected} protected attributes; "
-        f"index holds {report.index_size} candidates"
-    )
-    if report.erased:
-        shown = ", ".join(repr(cid[:40]) for cid in report.erased[:10])
-        more = f" and {len(report.erased) - 10} more" if len(report.erased) > 10 else ""
-        err_console.print(
-            f"[yellow]skipped {len(report.erased)} erased candidates ({shown}{more}), "
-            f"{report.erased_outcomes} of their outcomes and {report.erased_protected} protected "
-            "attributes: an erased id is stored again only after `ranker reconsent ID --reason "
-            "...`[/yellow]",
-            highlight=False,
-        )
-    if report.rejected:
-        err_console.print(
-            f"[yellow]{len(report.rejected)} items could not be encoded and were skipped; fix "
-            "their text in the files and run `ranker ingest` again[/yellow]"
-        )
-
-
 def register(app: typer.Typer) -> None:
     """Add the serving commands to the `ranker` CLI."""
     app.command()(serve)
     app.command()(health)
-    app.command()(ingest)

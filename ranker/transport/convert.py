@@ -49,11 +49,14 @@ M = TypeVar("M", bound=pb_message.Message)
 _WIRE_TYPES = {0: "varint", 1: "64-bit", 2: "length-delimited", 3: "group", 4: "group", 5: "32-bit"}
 
 
-def reject_unknown_fields(msg: pb_message.Message, path: str = "") -> None:
+def reject_unknown_fields(msg: pb_message.Message, path: str = "", *, strict: bool = True) -> None:
     """Raise InvalidInput when `msg` or any message inside it holds fields the contract lacks.
 
     protobuf keeps a field it cannot read as an *unknown* field and carries on, so a number
-    sent as a string (wrong wire type) would otherwise be dropped and read as 0.
+    sent as a string (wrong wire type) would otherwise be dropped and read as 0: that is always
+    refused. A field number the contract does not define is refused only when `strict`; by
+    protobuf's convention it is ignored, so a client built from a newer proto keeps working
+    against this server during a rolling upgrade (`Settings.strict_fields`).
     """
     name = msg.DESCRIPTOR.full_name
     where = path or name
@@ -66,10 +69,11 @@ def reject_unknown_fields(msg: pb_message.Message, path: str = "") -> None:
                 f"wrong wire type ({wire}); send it as the {_type_name(known)} that "
                 "proto/ranker/v1/ranker.proto declares"
             )
-        raise InvalidInput(
-            f"field {f.field_number} of {where} ({name}) is not part of the contract; check the "
-            "client's copy of proto/ranker/v1/ranker.proto"
-        )
+        if strict:
+            raise InvalidInput(
+                f"field {f.field_number} of {where} ({name}) is not part of the contract; check "
+                "the client's copy of proto/ranker/v1/ranker.proto"
+            )
     for field, value in msg.ListFields():
         if field.type != FieldDescriptor.TYPE_MESSAGE:
             continue
@@ -78,12 +82,12 @@ def reject_unknown_fields(msg: pb_message.Message, path: str = "") -> None:
             value_field = field.message_type.fields_by_name["value"]
             if value_field.type == FieldDescriptor.TYPE_MESSAGE:
                 for key, item in value.items():
-                    reject_unknown_fields(item, f"{here}[{key!r}]")
+                    reject_unknown_fields(item, f"{here}[{key!r}]", strict=strict)
         elif field.is_repeated:
             for i, item in enumerate(value):
-                reject_unknown_fields(item, f"{here}[{i}]")
+                reject_unknown_fields(item, f"{here}[{i}]", strict=strict)
         else:
-            reject_unknown_fields(value, here)
+            reject_unknown_fields(value, here, strict=strict)
 
 
 def _type_name(field: FieldDescriptor) -> str:
@@ -174,6 +178,10 @@ def posting_to_pb(p: Posting) -> pb.Posting:
 
 def outcome_from_pb(m: pb.Outcome) -> Outcome:
     return _record_from_pb(Outcome, m)
+
+
+def outcome_to_pb(o: Outcome) -> pb.Outcome:
+    return _record_to_pb(pb.Outcome, o)
 
 
 # ---------------------------------------------------------------------------------------------

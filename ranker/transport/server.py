@@ -12,11 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ranker.admission import EncodeAdmission
 from ranker.config import Settings
+from ranker.drift import DriftWatch
 from ranker.encoding import TextEncoder
 from ranker.errors import RankerError
 from ranker.metrics import ServiceMetrics
@@ -27,6 +27,9 @@ from ranker.transport.access import (
     ExposureRefused,
     server_credentials,
 )
+from ranker.transport.health import ListingHealthServicer
+from ranker.transport.logging_interceptor import RequestLogInterceptor
+from ranker.transport.reflection import enable_reflection
 from ranker.transport.servicer import SERVICE_NAME, CandidateRankerService
 
 log = logging.getLogger(__name__)
@@ -70,7 +73,8 @@ class RankerServer:
         self.service = CandidateRankerService(
             self.metrics, self.pool, self.encode_pool, self.admission
         )
-        self.health = health.aio.HealthServicer()
+        self.service.strict_fields = settings.strict_fields
+        self.health = ListingHealthServicer()
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -81,6 +85,10 @@ class RankerServer:
     @property
     def pipeline(self) -> RankingPipeline | None:
         return self.service.pipeline
+
+    def _model_version(self) -> str | None:
+        pipeline = self.service.pipeline
+        return None if pipeline is None else pipeline.model_version
 
     async def start(self) -> int:
         """Bind and start answering (NOT_SERVING), then load the pipeline in the background.
@@ -109,23 +117,22 @@ class RankerServer:
                 "RANKER_METRICS_PORT (0 disables it) or RANKER_HOST"
             ) from None
         server = grpc.aio.server(
+            # The log line wraps everything, refusals by the access check included.
+            interceptors=[
+                RequestLogInterceptor(self.metrics, self._model_version),
+                AccessInterceptor(self.access, self.metrics),
+            ],
             options=[
                 ("grpc.max_receive_message_length", s.max_message_bytes),
                 ("grpc.max_send_message_length", s.max_message_bytes),
                 ("grpc.so_reuseport", 0),
             ],
             maximum_concurrent_rpcs=s.max_concurrent_rpcs,
-            interceptors=[AccessInterceptor(self.access, self.metrics)],
         )
         server.add_generic_rpc_handlers((self.service.generic_handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (
-                SERVICE_NAME,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
+        enable_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server
         )
         try:
             # grpcio raises RuntimeError("Failed to bind ...") when the port is taken.
@@ -201,6 +208,21 @@ class RankerServer:
         await self._set_health(health_now[""], health_now)
         self.loaded.set()
         self._tasks.append(asyncio.create_task(self._upkeep(), name="ranker-upkeep"))
+        self._tasks.append(asyncio.create_task(self._watch_drift(), name="ranker-drift"))
+
+    async def _watch_drift(self) -> None:
+        """Refresh the feature drift gauges (ranker.drift) of the model in service, now and then."""
+        s = self.settings
+        watch = DriftWatch(
+            s.resolved_registry_dir, s.resolved_db_path, s.drift_window, self.metrics
+        )
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(s.drift_interval_seconds)
+            try:
+                await loop.run_in_executor(self._upkeep_pool, watch.refresh, self._model_version())
+            except Exception:  # a gauge must never take the service down; say why, try again
+                log.exception("could not compute the feature drift")
 
     async def _upkeep(self) -> None:
         """Run the pipeline's upkeep (model polling, index saves) on its own thread, often."""

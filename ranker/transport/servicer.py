@@ -35,7 +35,7 @@ from ranker.transport.convert import (
     receipt_to_pb,
     reject_unknown_fields,
 )
-from ranker.transport.status import status_for
+from ranker.transport.status import error_details, status_for
 from ranker.v1 import ranker_pb2 as pb
 
 if TYPE_CHECKING:
@@ -48,6 +48,8 @@ MAX_STATUS_MESSAGE = 2000
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CandidateRanker"].full_name
 INTERNAL_MESSAGE = "internal error; the server log has the details"
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+"""The trailer of rich error details (a serialized google.rpc.Status), gRPC's convention."""
 
 R = TypeVar("R")
 
@@ -62,6 +64,9 @@ class CandidateRankerService:
     encodes (upserts, inline postings) after `admission` let it in; so a read never queues
     behind an encoding, and a caller that gives up stops its encoding at the next checkpoint.
     """
+
+    strict_fields = False
+    """Refuse field numbers the contract does not define (`Settings.strict_fields`)."""
 
     def __init__(
         self,
@@ -243,6 +248,7 @@ class CandidateRankerService:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             message = ""
+            details: bytes | None = None
             try:
                 try:
                     request = request_cls.FromString(raw)
@@ -253,12 +259,13 @@ class CandidateRankerService:
                     ) from e
                 # protobuf parks a field of the wrong wire type among the unknown fields and
                 # moves on; refusing them keeps e.g. a string years_experience from reading as 0.
-                reject_unknown_fields(request)
+                reject_unknown_fields(request, strict=self.strict_fields)
                 return await fn(request, context)
             except RankerError as e:
                 code, message = status_for(e), str(e)
                 if len(message) > MAX_STATUS_MESSAGE:
                     message = message[:MAX_STATUS_MESSAGE] + "... (cut)"
+                details = error_details(e, code, message)
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
                 raise
@@ -270,6 +277,10 @@ class CandidateRankerService:
                 self.metrics.latency.labels(rpc=name).observe(time.perf_counter() - started)
                 if code != grpc.StatusCode.OK:
                     self.metrics.errors.labels(rpc=name, code=code.name).inc()
+            if details is not None:
+                # Added to what is already set (the request id), not in place of it.
+                trailing = tuple(context.trailing_metadata() or ())  # type: ignore[attr-defined]
+                context.set_trailing_metadata((*trailing, (STATUS_DETAILS_KEY, details)))
             await context.abort(code, message)
             raise AssertionError("unreachable: abort raises")
 

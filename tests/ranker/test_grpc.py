@@ -7,6 +7,7 @@ import math
 import socket
 import threading
 import urllib.request
+from collections.abc import Callable
 from datetime import datetime
 
 import grpc
@@ -299,10 +300,29 @@ def test_a_field_of_the_wrong_wire_type_is_invalid_and_stores_nothing(served: Se
     assert _code(e) == grpc.StatusCode.NOT_FOUND
 
 
-def test_a_field_the_contract_does_not_define_is_invalid(
+def test_a_field_the_contract_does_not_define_is_ignored_by_default(
     served: ServerHandle, serving_demo: DemoData
 ) -> None:
+    # protobuf's convention: a client built from a newer proto keeps working (rolling upgrade).
     request = pb.RankCandidatesRequest(posting_id=serving_demo.postings[0].id).SerializeToString()
+    reply = pb.RankCandidatesResponse.FromString(
+        _raw(served, "RankCandidates")(request + _field(15, 0, b"\x01"))
+    )
+    assert reply.results
+    nested = _raw(served, "RankCandidates")(request + _field(5, 2, _field(15, 0, b"\x01")))
+    assert pb.RankCandidatesResponse.FromString(nested).results
+
+
+def test_a_field_the_contract_does_not_define_is_invalid_when_strict(
+    start_server: Callable[..., ServerHandle],
+) -> None:
+    served = start_server(strict_fields=True)
+    served.stub.UpsertPostings(
+        pb.UpsertPostingsRequest(
+            postings=[pb.Posting(id="P-s", title="Welder", description="Weld")]
+        )
+    )
+    request = pb.RankCandidatesRequest(posting_id="P-s").SerializeToString()
     with pytest.raises(grpc.RpcError) as e:
         _raw(served, "RankCandidates")(request + _field(15, 0, b"\x01"))
     assert _code(e) == INVALID
@@ -312,7 +332,7 @@ def test_a_field_the_contract_does_not_define_is_invalid(
     with pytest.raises(grpc.RpcError) as e:
         _raw(served, "RankCandidates")(request + _field(5, 2, filters))
     assert _code(e) == INVALID and "filters" in _details(e)
-    assert served.stub.RankCandidates(pb.RankCandidatesRequest.FromString(request)).results
+    served.stub.RankCandidates(pb.RankCandidatesRequest.FromString(request))  # without: fine
 
 
 def test_text_of_only_invisible_characters_is_invalid_per_item(served: ServerHandle) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 from typer.testing import CliRunner
 
-from ranker.commands import query, serving
+from ranker.commands import ingest, query, serving
 from ranker.datalock import DataDirLock
 from ranker.v1 import ranker_pb2 as pb
 from tests.fixtures.server import ServerHandle
@@ -23,6 +23,7 @@ runner = CliRunner()
 def _app() -> typer.Typer:
     app = typer.Typer()
     serving.register(app)
+    ingest.register(app)
     query.register(app)
     return app
 
@@ -85,7 +86,7 @@ def test_query_and_health_stay_light(served: ServerHandle, serving_demo: DemoDat
     script = f"""
 import sys
 import typer
-from ranker.commands import query, serving
+from ranker.commands import ingest, query, serving
 app = typer.Typer()
 serving.register(app)
 query.register(app)
@@ -111,15 +112,18 @@ print("HEAVY", heavy)
     assert "SERVING" in done.stdout
 
 
-def _cli_env(tmp_path: Path, registry: Path) -> dict[str, str]:
+def _cli_env(tmp_path: Path, registry: Path, encoder_dir: Path | None = None) -> dict[str, str]:
     return {
         "RANKER_DATA_DIR": str(tmp_path / "data"),
+        **({"RANKER_ENCODER_DIR": str(encoder_dir)} if encoder_dir is not None else {}),
         "RANKER_REGISTRY_DIR": str(registry),
         "RANKER_HOST": "127.0.0.1",
     }
 
 
-def test_serve_on_a_taken_port_says_so_and_exits_1(tmp_path: Path, registry_path: Path) -> None:
+def test_serve_on_a_taken_port_says_so_and_exits_1(
+    tmp_path: Path, registry_path: Path, encoder_dir: Path
+) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -127,7 +131,7 @@ def test_serve_on_a_taken_port_says_so_and_exits_1(tmp_path: Path, registry_path
         result = runner.invoke(
             _app(),
             ["serve", "--port", str(port), "--metrics-port", "0"],
-            env=_cli_env(tmp_path, registry_path),
+            env=_cli_env(tmp_path, registry_path, encoder_dir),
         )
     assert result.exit_code == 1, result.output
     assert f"port {port} in use; stop the other server or set RANKER_PORT" in result.output
