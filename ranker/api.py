@@ -259,32 +259,6 @@ def check_posting_size(p: Posting, limit: int) -> None:
         )
 
 
-def split_ids(ids: Sequence[str]) -> tuple[list[ItemResult | None], list[str]]:
-    """Per-item checks of an erasure batch: (results with an error for each id refused here and
-    None for the others, the distinct ids to erase in order).
-
-    An id sent twice is INVALID_ARGUMENT at its second place, as in the upserts: answering OK
-    twice would claim two erasures, and NOT_FOUND would wrongly say it was never stored.
-    """
-    results: list[ItemResult | None] = [None] * len(ids)
-    first_at: dict[str, int] = {}
-    for i, cid in enumerate(ids):
-        if not isinstance(cid, str) or not cid.strip():
-            results[i] = ItemResult(i, str(cid), InvalidInput("ids must be non-empty strings"))
-        elif cid in first_at:
-            results[i] = ItemResult(
-                i,
-                cid,
-                InvalidInput(
-                    f"id {cid!r} appears more than once in this batch (first at item "
-                    f"{first_at[cid]}); send each id once"
-                ),
-            )
-        else:
-            first_at[cid] = i
-    return results, list(first_at)
-
-
 def split_batch(
     items: Sequence[_Item | Rejected], what: str, *, max_items: int, max_text_chars: int
 ) -> tuple[list[ItemResult | None], list[tuple[int, _Item]]]:

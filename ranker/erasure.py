@@ -14,9 +14,11 @@ log = logging.getLogger(__name__)
 
 
 def erasure_targets(ids: Sequence[str]) -> tuple[list[ItemResult | None], list[str]]:
-    """A result slot per id (an error for each malformed one) and the distinct ids to erase."""
+    """A result slot per id (an error for each malformed or repeated one) and the distinct ids to
+    erase, in order."""
     results: list[ItemResult | None] = [None] * len(ids)
     wanted: list[str] = []
+    first_at: dict[str, int] = {}
     for i, cid in enumerate(ids):
         if not isinstance(cid, str) or not cid.strip():
             results[i] = ItemResult(i, str(cid), InvalidInput("ids must be non-empty strings"))
@@ -29,7 +31,19 @@ def erasure_targets(ids: Sequence[str]) -> tuple[list[ItemResult | None], list[s
                     "candidate has such an id"
                 ),
             )
-        elif cid not in wanted:
+        elif cid in first_at:
+            # As in the upserts: answering OK twice would claim two erasures, and NOT_FOUND
+            # would wrongly say it was never stored.
+            results[i] = ItemResult(
+                i,
+                cid,
+                InvalidInput(
+                    f"id {shown_id(cid)} appears more than once in this batch (first at item "
+                    f"{first_at[cid]}); send each id once"
+                ),
+            )
+        else:
+            first_at[cid] = i
             wanted.append(cid)
     return results, wanted
 

@@ -33,7 +33,6 @@ from ranker.api import (
     check_batch_size,
     check_posting_size,
     split_batch,
-    split_ids,
 )
 from ranker.catalog import CandidateCatalog
 from ranker.comparison import compare_pair
@@ -41,7 +40,7 @@ from ranker.config import MAX_RETRIEVE_N, Settings
 from ranker.decisions import DecisionLog
 from ranker.domain import Candidate, Outcome, Posting
 from ranker.encoding import TextEncoder, encode_candidates, encode_postings, stop_when
-from ranker.erasure import erasure_results, log_erasure
+from ranker.erasure import erasure_results, erasure_targets, log_erasure
 from ranker.errors import ErasedId, InvalidInput, NotFound, RankerError, shown_id
 from ranker.explain import Explanation
 from ranker.exports import scrub_exports
@@ -482,7 +481,7 @@ class RankingPipeline:
         the export files in the data folder are rewritten without the candidate.
         """
         check_batch_size(len(ids), "ids", self.settings.max_batch_items)
-        results, wanted = split_ids(ids)
+        results, wanted = erasure_targets(ids)
         deadline.check("erasing")
         receipt: ErasureReceipt | None = None
         with self._write_mutex:
