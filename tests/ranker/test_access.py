@@ -352,8 +352,11 @@ def test_query_and_health_commands_pass_a_token_and_tls_settings(
         tls_key_file=certs / "server.key",
         tls_client_ca_file=certs / "ca.pem",
     )
+    from ranker.commands import query as query_command
+
     app = typer.Typer()
     serving.register(app)
+    query_command.register(app)
     address = ["--address", f"127.0.0.1:{h.port}"]
     mtls = ["--ca", str(certs / "ca.pem"), "--cert", str(certs / "client.pem")]
     mtls += ["--key", str(certs / "client.key")]
