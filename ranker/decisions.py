@@ -26,7 +26,7 @@ import numpy as np
 from ranker.errors import StorageUnavailable
 from ranker.metrics import ServiceMetrics
 from ranker.permissions import PRIVATE_FILE
-from ranker.rows import Decision
+from ranker.rows import Decision, ScoredCandidates
 from ranker.store import SqliteStore
 
 log = logging.getLogger(__name__)
@@ -223,6 +223,11 @@ class DecisionLog:
             try:
                 if pending:
                     self._write(pending)
+            except Exception:
+                # The writer must outlive any one batch: a dead writer would leave every later
+                # decision (and an erasure's drain) waiting forever.
+                log.exception("the decision-log writer failed on a batch of %d", len(pending))
+                self._fail_batch(pending)
             finally:
                 for p in pending:
                     p.done.set()
@@ -251,6 +256,19 @@ class DecisionLog:
             log.info("the decision log is written again")
             self._failing = None
             self._report()
+
+    def _fail_batch(self, pending: list[_Pending]) -> None:
+        """A batch the writer could not handle at all: refused when not served yet (sync), else
+        kept in memory so it is replayed once the store takes writes again."""
+        try:
+            if self.sync:
+                for p in pending:
+                    p.error = RuntimeError("the decision-log writer failed")
+            else:
+                with self._backlog:
+                    self._held.extend(p.decision for p in pending)
+        except Exception:  # noqa: BLE001 (already logged by the caller)
+            pass
 
     def _keep(self, decisions: list[Decision]) -> None:
         """Decisions already served: append to the spool file (fsynced); in memory if that fails."""
@@ -330,6 +348,12 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     if isinstance(value, dict):
         return {"__dict__": [[k, _plain(v)] for k, v in value.items()]}
+    if isinstance(value, ScoredCandidates):
+        return {
+            "__scored__": {
+                f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)
+            }
+        }
     return value
 
 
@@ -345,6 +369,8 @@ def _unplain(value: Any) -> Any:
         return datetime.fromisoformat(value["__datetime__"])
     if "__tuple__" in value:
         return tuple(_unplain(v) for v in value["__tuple__"])
+    if "__scored__" in value:
+        return ScoredCandidates(**{k: _unplain(v) for k, v in value["__scored__"].items()})
     return {k: _unplain(v) for k, v in value["__dict__"]}
 
 

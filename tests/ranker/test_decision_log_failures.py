@@ -3,9 +3,11 @@ spool keeps serving with a durable backlog replayed later; health and metrics sa
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -150,3 +152,35 @@ def test_spool_keeps_serving_with_a_durable_backlog_replayed_later(
         assert victim not in store.get_decision(resp.request_id).candidate_ids
     wait_for(lambda: h.health_status("decision-log") == SERVING, "decision-log healthy")
     assert _metric(h, "ranker_decision_log_backlog", where="spool") == 0
+
+
+def test_a_decision_with_every_score_round_trips_through_the_spool_encoding() -> None:
+    # The spool file holds served decisions while the store cannot take them: every field,
+    # the retrieved set's scores included, must come back as it went in.
+    import numpy as np
+
+    from ranker.decisions import _decision_from_json, _decision_to_json
+    from ranker.rows import Decision, ScoredCandidates
+
+    d = Decision(
+        request_id="r1",
+        at=datetime.now(UTC),
+        model_version="v0001",
+        posting_id="P-1",
+        posting_hash="h",
+        top_k=1,
+        feature_names=("a", "b"),
+        candidate_ids=("C-1",),
+        scores=np.asarray([0.5], dtype=np.float32),
+        features=np.asarray([[1.0, 2.0]], dtype=np.float32),
+        params={"retrieve_n": 2},
+        scored=ScoredCandidates(
+            faiss_ids=np.asarray([1, 2], dtype=np.int64),
+            candidate_ids=("C-1", "C-2"),
+            scores=np.asarray([0.5, 0.25], dtype=np.float32),
+        ),
+    )
+    back = _decision_from_json(json.loads(json.dumps(_decision_to_json(d))))
+    assert back.scored is not None and back.scored.candidate_ids == ("C-1", "C-2")
+    np.testing.assert_array_equal(back.scored.scores, d.scored.scores)
+    np.testing.assert_array_equal(back.features, d.features)
