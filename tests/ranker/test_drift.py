@@ -32,8 +32,9 @@ from ranker.store import SqliteStore
 from ranker.v1 import ranker_pb2 as pb
 from tests.fixtures.server import ServerHandle, seed
 from tests.fixtures.training import _random_rows
-from training.dataset import make_datasets, prepare_all, split_postings, training_candidates
+from training.dataset import make_datasets, prepare_all, split_postings
 from training.demo import DemoConfig, DemoData, generate
+from training.pool import Pool
 
 SHIFTED = ("years_experience", "dense_cosine", "chunk_max_cosine")
 """Features the shifted copy moves: more senior candidates, closer texts."""
@@ -48,8 +49,10 @@ def demo_halves() -> tuple[np.ndarray, np.ndarray]:
     cands, posts = _random_rows(data)  # vectors do not matter here, only a fixed process
     pc, pp = prepare_all(cands, posts)
     split = split_postings(pp, data.outcomes)
-    builder = FeatureBuilder(Lexicon.fit(training_candidates(pc, data.outcomes, split)))
-    sets = make_datasets(builder, pc, pp, data.outcomes, split).sets
+    lexicon = Lexicon.fit(pc.values())
+    builder = FeatureBuilder(lexicon)
+    pool = Pool.build(pc.values(), "flat", lexicon)
+    sets = make_datasets(builder, pc, pp, data.outcomes, split, pool=pool, retrieve_n=50).sets
     x = np.concatenate([sets[s].x for s in ("train", "valid", "test")])
     group = np.concatenate([sets[s].group for s in ("train", "valid", "test")])
     # One fixed ranking rule for both halves, as one model serves both.

@@ -222,7 +222,7 @@ class _SlowBuilder:
     def __init__(self, gate: threading.Event) -> None:
         self.gate = gate
 
-    def build(self, posting: object, cands: list[object]) -> np.ndarray:
+    def build(self, posting: object, cands: list[object], **_: object) -> np.ndarray:
         self.gate.wait(timeout=60)
         return np.zeros((len(cands), len(FEATURE_NAMES)), dtype=np.float32)
 
