@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ranker.decision_scores import read_scores
 from ranker.errors import InvalidInput, NotFound
 from ranker.rows import Decision
 
@@ -41,35 +42,13 @@ class SqliteDecisionReader:
 
     def get(self, request_id: str) -> Decision:
         """The logged ranking of `request_id`; NotFound when none (or not yet written)."""
-        head = self._conn.execute(
-            "SELECT request_id, at, model_version, posting_id, posting_hash, top_k, "
-            "feature_names, params FROM decisions WHERE request_id = ?",
-            (request_id,),
-        ).fetchone()
-        if head is None:
+        found = read_decision(self._conn, request_id)
+        if found is None:
             raise NotFound(
                 f"no decision logged with request id {request_id!r}; the id is in each "
                 "RankCandidates response (and its x-request-id metadata)"
             )
-        items = self._conn.execute(
-            "SELECT candidate_id, score, features FROM decision_items WHERE request_id = ? "
-            "ORDER BY rank",
-            (request_id,),
-        ).fetchall()
-        names = tuple(json.loads(head[6]))
-        return Decision(
-            request_id=head[0],
-            at=datetime.fromisoformat(head[1]),
-            model_version=head[2],
-            posting_id=head[3],
-            posting_hash=head[4],
-            top_k=int(head[5]),
-            feature_names=names,
-            candidate_ids=tuple(c for c, _, _ in items),
-            scores=np.array([s for _, s, _ in items], dtype=np.float32),
-            features=_stack([f for _, _, f in items], len(names)),
-            params=json.loads(head[7]),
-        )
+        return found
 
     def feature_rows(self, model_version: str, limit: int) -> tuple[tuple[str, ...], np.ndarray]:
         """(feature names, rows) of the `limit` most recent served rows of one model version."""
@@ -100,3 +79,37 @@ def _stack(blobs: list[bytes], width: int) -> np.ndarray:
     if not blobs:
         return np.zeros((0, width), dtype=np.float32)
     return np.stack([np.frombuffer(b, dtype=np.float32) for b in blobs])
+
+
+def read_decision(conn: sqlite3.Connection, request_id: str) -> Decision | None:
+    """One logged ranking, every scored candidate's score included; None when not logged.
+
+    Shared by the store (under its lock) and the read-only reader, so both decode alike.
+    """
+    head = conn.execute(
+        "SELECT request_id, at, model_version, posting_id, posting_hash, top_k, "
+        "feature_names, params FROM decisions WHERE request_id = ?",
+        (request_id,),
+    ).fetchone()
+    if head is None:
+        return None
+    items = conn.execute(
+        "SELECT candidate_id, score, features FROM decision_items WHERE request_id = ? "
+        "ORDER BY rank",
+        (request_id,),
+    ).fetchall()
+    names = tuple(json.loads(head[6]))
+    return Decision(
+        request_id=head[0],
+        at=datetime.fromisoformat(head[1]),
+        model_version=head[2],
+        posting_id=head[3],
+        posting_hash=head[4],
+        top_k=int(head[5]),
+        feature_names=names,
+        candidate_ids=tuple(c for c, _, _ in items),
+        scores=np.array([s for _, s, _ in items], dtype=np.float32),
+        features=_stack([f for _, _, f in items], len(names)),
+        params=json.loads(head[7]),
+        scored=read_scores(conn, request_id),
+    )

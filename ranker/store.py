@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from ranker import tombstones
-from ranker.decision_scores import read_scores, write_scores
+from ranker.decision_reader import read_decision
+from ranker.decision_scores import write_scores
 from ranker.domain import Candidate, Outcome, Posting, RecordT, Stage, from_plain, to_plain
 from ranker.errors import InvalidInput, NotFound, StorageFull, StorageUnavailable
 from ranker.permissions import private_dir, private_file, tighten_if_present
@@ -491,39 +492,10 @@ class SqliteStore(SqliteErasure, SqliteShadowTables):
 
     def get_decision(self, request_id: str) -> Decision:
         with self._lock:
-            head = self._conn.execute(
-                "SELECT request_id, at, model_version, posting_id, posting_hash, top_k, "
-                "feature_names, params FROM decisions WHERE request_id = ?",
-                (request_id,),
-            ).fetchone()
-            if head is None:
-                raise NotFound(f"no decision logged with request id {request_id!r}")
-            items = self._conn.execute(
-                "SELECT candidate_id, score, features FROM decision_items WHERE request_id = ? "
-                "ORDER BY rank",
-                (request_id,),
-            ).fetchall()
-            scored = read_scores(self._conn, request_id)
-        names = tuple(json.loads(head[6]))
-        feats = (
-            np.stack([np.frombuffer(f, dtype=np.float32) for _, _, f in items])
-            if items
-            else np.zeros((0, len(names)), dtype=np.float32)
-        )
-        return Decision(
-            request_id=head[0],
-            at=datetime.fromisoformat(head[1]),
-            model_version=head[2],
-            posting_id=head[3],
-            posting_hash=head[4],
-            top_k=int(head[5]),
-            feature_names=names,
-            candidate_ids=tuple(c for c, _, _ in items),
-            scores=np.array([s for _, s, _ in items], dtype=np.float32),
-            features=feats,
-            params=json.loads(head[7]),
-            scored=scored,
-        )
+            found = read_decision(self._conn, request_id)
+        if found is None:
+            raise NotFound(f"no decision logged with request id {request_id!r}")
+        return found
 
     def has_decisions(self, request_ids: Sequence[str]) -> set[str]:
         """The request ids among `request_ids` whose decision is stored (a replay skips them)."""
