@@ -343,6 +343,12 @@ def show(
     console.print(Markdown(md.read_text(encoding="utf-8")) if md.is_file() else card)
 
 
+WaitOption = Annotated[
+    float, typer.Option(min=0, help="Seconds to wait for the service to confirm.")
+]
+NoWaitOption = Annotated[bool, typer.Option("--no-wait", help="Do not wait for the service.")]
+
+
 @models_app.command()
 def promote(
     version: Annotated[str, typer.Argument(help="Version to put in service.")],
@@ -351,12 +357,8 @@ def promote(
     ] = False,
     reason: ReasonOption = None,
     actor: ActorOption = None,
-    wait: Annotated[
-        float, typer.Option(min=0, help="Seconds to wait for the service to confirm.")
-    ] = 30.0,
-    no_wait: Annotated[
-        bool, typer.Option("--no-wait", help="Do not wait for the service.")
-    ] = False,
+    wait: WaitOption = 30.0,
+    no_wait: NoWaitOption = False,
     server: ServerOption = None,
 ) -> None:
     """Check a version's promotion gates, put it in service, and wait for the service to swap."""
@@ -409,12 +411,8 @@ def promote(
 def rollback(
     reason: ReasonOption = None,
     actor: ActorOption = None,
-    wait: Annotated[
-        float, typer.Option(min=0, help="Seconds to wait for the service to confirm.")
-    ] = 30.0,
-    no_wait: Annotated[
-        bool, typer.Option("--no-wait", help="Do not wait for the service.")
-    ] = False,
+    wait: WaitOption = 30.0,
+    no_wait: NoWaitOption = False,
     server: ServerOption = None,
 ) -> None:
     """Put the previously promoted version back in service (no gates: it served before)."""
