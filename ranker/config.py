@@ -105,6 +105,11 @@ class Settings(EncoderSettings):
     encode_threads: int = Field(default=1, ge=1)
     """Threads that encode (upserts, inline postings); apart from `worker_threads`."""
 
+    serving_encoder_threads: int = Field(default=0, ge=0)
+    """ONNX Runtime intra-op threads of the service's encoder; 0: one fewer than the physical
+    cores (at least one), so a long encode always leaves a core to reads and rankings. Offline
+    ingestion (`ranker ingest`) uses `intra_op_threads` instead."""
+
     max_request_chars: int = Field(default=2_000_000, ge=100)
     """Most text characters one write or inline ranking may ask to encode; more is
     RESOURCE_EXHAUSTED (split the batch)."""
@@ -271,6 +276,14 @@ class Settings(EncoderSettings):
     def decision_spool_path(self) -> Path:
         """Where decisions wait, fsynced, while the store cannot take them (policy `spool`)."""
         return self.data_dir / "decisions.spool.jsonl"
+
+    @property
+    def serving_encoder(self) -> Settings:
+        """These settings with the encoder's ONNX Runtime threads as the service runs them."""
+        from embeddings.runtime import physical_cores  # onnxruntime only when an encoder loads
+
+        threads = self.serving_encoder_threads or max(1, physical_cores() - 1)
+        return self.model_copy(update={"intra_op_threads": threads})
 
     @property
     def resolved_db_path(self) -> Path:

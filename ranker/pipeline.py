@@ -151,7 +151,7 @@ class RankingPipeline:
         if encoder is None:
             from embeddings import load_encoder
 
-            text_encoder: TextEncoder = load_encoder(settings=settings)
+            text_encoder: TextEncoder = load_encoder(settings=settings.serving_encoder)
         else:
             text_encoder = encoder
         store = SqliteStore(

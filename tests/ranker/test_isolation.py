@@ -145,3 +145,14 @@ def test_huge_upserts_with_short_deadlines_stop_encoding_and_leave_reads_answeri
     assert _stopped(h) >= 1
     assert h.pipeline.store.count_candidates() == before
     assert h.server.admission.in_flight == (0, 0)
+
+
+def test_the_service_encoder_leaves_a_core_to_reads_unless_told_otherwise() -> None:
+    from embeddings.runtime import physical_cores
+    from ranker.config import Settings
+
+    cores = physical_cores()
+    assert Settings().serving_encoder.intra_op_threads == max(1, cores - 1)
+    assert Settings(serving_encoder_threads=3).serving_encoder.intra_op_threads == 3
+    # Offline ingestion keeps its own setting: 0 is one thread per core there.
+    assert Settings().intra_op_threads == 0
