@@ -331,20 +331,28 @@ def _changes(rows: Sequence[Row]) -> list[str]:
     return out
 
 
-def render(rows: Sequence[Row], cost: dict[str, float], log: Sequence[str], seconds: float) -> str:
+def render(
+    rows: Sequence[Row],
+    cost: dict[str, float],
+    log: Sequence[str],
+    seconds: float,
+    base: DemoConfig = DemoConfig(),  # noqa: B008
+) -> str:
     today = datetime.now(UTC).date().isoformat()
+    held_out = max((r.n for r in rows), default=0)
     lines = [
         "# Fairness: bias audit and mitigations, measured",
         "",
         f"Written by `python -m bench.fairness` (`make fairness`) on {today} in {seconds / 60:.1f} "
-        "minutes. Demo data: the default set (2,000 candidates, 420 postings, seed 7); each biased "
+        f"minutes. Demo data: the default set ({base.candidates:,} candidates, {base.postings:,} "
+        f"postings, seed {base.seed}); each biased "
         "scenario is the same candidates and postings with outcomes from a historical process "
         "biased through a CV proxy (`ranker demo-data --bias ATTRIBUTE=CATEGORY --bias-proxy P "
         "--bias-strength 0.9`). Vectors from the encoded default store; each model is trained "
         "with `ranker train`'s code and settings (`--mitigation none|reweigh`).",
         "",
-        "**Frame (b)**: each model ranks its 63 held-out postings as served: retrieve 500 of all "
-        "2,000 stored candidates (FAISS), rerank, and with DetConstSort re-rank the top 10 "
+        f"**Frame (b)**: each model ranks its {held_out} held-out postings as served: retrieve 500 "
+        f"of all {base.candidates:,} stored candidates (FAISS), rerank, and with DetConstSort re-rank the top 10 "
         "towards the retrieved set's shares of the attribute (`RANKER_FAIR_RERANK=detconstsort`). "
         "Selection rate = share of a category's pool rows in a top 10 (denominator: the whole "
         "pool); scoring rate = share scoring above the median of the retrieved set's scores. "
@@ -404,7 +412,9 @@ def main(argv: list[str] | None = None) -> int:
         log: list[str] = []
         rows = run_scenarios(vectors, base, SCENARIOS, settings, log)
     cost = decision_log_cost()
-    args.out.write_text(render(rows, cost, log, time.perf_counter() - started), encoding="utf-8")
+    args.out.write_text(
+        render(rows, cost, log, time.perf_counter() - started, base), encoding="utf-8"
+    )
     print(f"[fairness] wrote {args.out}", file=sys.stderr)
     return 0
 

@@ -3,7 +3,10 @@
 Reads the prepared embedded default (`<data>/encoder` and `<data>/registry`, from `make prepare`)
 without writing to it: the registry is copied, and the suite is encoded and upserted into a fresh
 temporary data folder that is removed afterwards. Every posting then retrieves from the whole CV
-pool and is reranked by the model in service, exactly as `Rank` does.
+pool and is reranked, exactly as `Rank` does, by the version in service or, when none is (the
+default demo model fails its fairness gates, so the service runs its fallback), by the newest
+trained version, put in service in the throwaway copy of the registry only (`--version` names
+another). The suite measures ranking quality; whether a version may serve is the gates' call.
 """
 
 from __future__ import annotations
@@ -50,16 +53,35 @@ def _upsert(
             raise SystemExit(f"{len(failed)} {what} were refused, first: {failed[0].error}")
 
 
+def _evaluated_version(registry: ModelRegistry, version: str | None) -> str:
+    """`version`, else the version in service, else the newest registered one."""
+    registered = registry.versions()
+    chosen = version or registry.current_version() or (registered[-1] if registered else None)
+    if chosen is None:
+        raise SystemExit(f"no trained version in {registry.root}: run `make prepare` first")
+    if chosen not in registered:
+        raise SystemExit(f"{chosen} is not registered; `ranker models list` shows what is")
+    return chosen
+
+
 def run_suite(
-    suite: RealTextSuite, data_dir: Path, work_dir: Path, retrieve_n: int
+    suite: RealTextSuite,
+    data_dir: Path,
+    work_dir: Path,
+    retrieve_n: int,
+    version: str | None = None,
 ) -> tuple[SuiteEvaluation, dict[str, Any]]:
-    """Encode, upsert and rank `suite` in `work_dir` with the encoder and model of `data_dir`."""
+    """Encode, upsert and rank `suite` in `work_dir` with the encoder and a model of `data_dir`."""
     encoder_dir, registry_src = data_dir / "encoder", data_dir / "registry"
     for need in (encoder_dir, registry_src):
         if not need.is_dir():
             raise SystemExit(f"{need} is missing: run `make prepare` first")
     registry_dir = work_dir / "registry"
     shutil.copytree(registry_src, registry_dir, ignore=shutil.ignore_patterns(".lock"))
+    copy = ModelRegistry(registry_dir)
+    chosen = _evaluated_version(copy, version)
+    if copy.current_version() != chosen:
+        copy.promote(chosen, actor="bench.realtext", reason="evaluated on the real-text suite")
     settings = Settings(
         data_dir=work_dir / "data",
         encoder_dir=encoder_dir,
@@ -74,11 +96,7 @@ def run_suite(
     pipeline = RankingPipeline.open(settings)
     try:
         if not pipeline.ready:
-            raise SystemExit(
-                f"no model is promoted in {registry_src}: run `make prepare` first; if its "
-                "version failed the promotion gates, see `ranker models list` and promote it "
-                "with `ranker models promote VERSION --force --reason TEXT`"
-            )
+            raise SystemExit(f"{chosen} did not load from {registry_src}; see the log above")
         _upsert(pipeline, suite.candidates, "candidates")
         _upsert(pipeline, suite.postings, "postings")
         evaluation = realtext.evaluate_suite(pipeline, suite, retrieve_n=retrieve_n)
@@ -232,6 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "EVALUATION.md")
     parser.add_argument("--retrieve-n", type=int, default=500)
     parser.add_argument(
+        "--version",
+        default=None,
+        help="version to evaluate (default: the one in service, else the newest trained one)",
+    )
+    parser.add_argument(
         "--max-occupations",
         type=int,
         default=None,
@@ -249,7 +272,9 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
     )
     with tempfile.TemporaryDirectory(prefix="ranker-realtext-") as tmp:
-        evaluation, card = run_suite(suite, args.data.resolve(), Path(tmp), args.retrieve_n)
+        evaluation, card = run_suite(
+            suite, args.data.resolve(), Path(tmp), args.retrieve_n, args.version
+        )
     text = render(suite, evaluation, card, source, time.perf_counter() - started)
     args.out.write_text(text, encoding="utf-8")
     print(f"[evaluate] wrote {args.out}", file=sys.stderr)

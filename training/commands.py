@@ -101,7 +101,7 @@ def demo_data(
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same data.")] = 7,
     candidates: Annotated[int, typer.Option(min=10, help="Number of candidates.")] = 2000,
-    postings: Annotated[int, typer.Option(min=6, help="Number of postings.")] = 420,
+    postings: Annotated[int, typer.Option(min=6, help="Number of postings.")] = 1000,
     bias: Annotated[
         str | None,
         typer.Option(
