@@ -473,8 +473,9 @@ class RankingPipeline:
         Memory first (no ranking can return them from then on), then the decision log is
         drained so decisions already made are stored (none left in its spool file), then one
         store transaction erases the candidate, its outcomes and its logged feature rows,
-        records the receipt, the tombstone and `actor`, and verifies the WAL checkpoint; last,
-        the export files in the data folder are rewritten without the candidate.
+        records the receipt, the tombstone and `actor`, and clears the engine's residue (SQLite's
+        WAL checkpoint, PostgreSQL's VACUUM), verified; last, the export files in the data
+        folder are rewritten without the candidate.
         """
         check_batch_size(len(ids), "ids", self.settings.max_batch_items)
         results, wanted = erasure_targets(ids)
