@@ -8,7 +8,7 @@ PROTO_OUT := ranker/v1/ranker_pb2.py
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install proto browser test test-all run prepare serve bench evaluate fairness lint typecheck clean
+.PHONY: install proto browser postgres test test-all run prepare serve bench evaluate fairness lint typecheck clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -26,7 +26,7 @@ $(PROTO_OUT): proto/ranker/v1/ranker.proto $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. proto/ranker/v1/ranker.proto
 	touch ranker/v1/__init__.py
 
-install: $(STAMP) $(PROTO_OUT) browser
+install: $(STAMP) $(PROTO_OUT) browser postgres
 
 # The review page's browser test drives Debian's Chromium (never a downloaded browser build).
 # Installed when we can (root with apt-get); otherwise that one test is skipped, loudly.
@@ -38,6 +38,19 @@ browser:
 	  || echo "WARNING: apt-get could not install chromium + chromium-driver; the review page's BROWSER TEST WILL BE SKIPPED" >&2; \
 	else \
 	  echo "WARNING: /usr/bin/chromium is missing and this is not root with apt-get; the review page's BROWSER TEST WILL BE SKIPPED (install chromium + chromium-driver)" >&2; \
+	fi
+
+# The PostgreSQL store's tests start a throwaway server from Debian's postgresql package
+# (tests/fixtures/postgres.py). Installed when we can (root with apt-get); otherwise those tests
+# are skipped, loudly (and fail under CI=true, so CI always runs them).
+postgres:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing postgresql (apt-get) for the PostgreSQL store's tests"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
+	  || echo "WARNING: apt-get could not install postgresql; the POSTGRESQL STORE TESTS WILL BE SKIPPED" >&2; \
+	else \
+	  echo "WARNING: no PostgreSQL server (initdb) and this is not root with apt-get; the POSTGRESQL STORE TESTS WILL BE SKIPPED (install postgresql)" >&2; \
 	fi
 
 proto: $(PROTO_OUT)

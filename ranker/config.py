@@ -132,11 +132,33 @@ class Settings(EncoderSettings):
     then not even the rankings served just before the log failed are answered unlogged."""
 
     erasure_checkpoint_seconds: float = Field(default=2.0, ge=0)
-    """How long an erasure retries the WAL checkpoint (readers may hold old pages) before it
-    reports the checkpoint pending; upkeep keeps retrying until no erased byte is left."""
+    """How long an erasure retries its clean-up (SQLite: the WAL checkpoint, which readers of
+    old pages block; PostgreSQL: the VACUUM, which older snapshots and locks block) before it
+    reports the clean-up pending; upkeep keeps retrying until no erased byte is left."""
+
+    database_url: str = ""
+    """The store. Empty (the default): the embedded SQLite file (`db_path`). A
+    `postgresql://user@host:port/dbname` URL (libpq form; `postgres://` too; the password best
+    in `~/.pgpass` or PGPASSWORD rather than here): a PostgreSQL database, shared by every
+    service and command given the same URL (README "Choosing the store")."""
+
+    database_pool_size: int = Field(default=8, ge=1)
+    """PostgreSQL only: most connections one process keeps open to the database."""
+
+    postgres_erasure_vacuum: Literal["full", "plain"] = "full"
+    """PostgreSQL only: how an erasure clears the dead tuples that still hold the erased rows.
+    `full`: VACUUM FULL of the tables it touched, which rewrites them, so no erased byte stays
+    in their files; it locks each table while it runs (writes and store reads wait; serving
+    from memory does not). `plain`: VACUUM, no such lock, but the freed space keeps the erased
+    bytes until PostgreSQL reuses it, so erasure leaves residue on disk."""
+
+    receipt_key_file: Path | None = None
+    """The secret keying erasure receipts and tombstones; defaults to `<db_path>.receipt-key`
+    (SQLite) or `<data_dir>/receipt-key` (PostgreSQL). Every service sharing one PostgreSQL
+    database must hold the same file: the store refuses another key."""
 
     db_path: Path | None = None
-    """SQLite store; defaults to `<data_dir>/ranker.db`."""
+    """SQLite store; defaults to `<data_dir>/ranker.db`. Unused with `database_url`."""
 
     index_dir: Path | None = None
     """FAISS index folder; defaults to `<data_dir>/index`."""
@@ -255,6 +277,11 @@ class Settings(EncoderSettings):
                 f"RANKER_MAX_ENCODE_CHARS_IN_FLIGHT ({self.max_encode_chars_in_flight}): such a "
                 "request could never be admitted; lower the first or raise the second"
             )
+        if self.database_url and not self.uses_postgres:
+            raise ValueError(
+                "RANKER_DATABASE_URL must be a postgresql:// URL (or empty for the embedded "
+                "SQLite store)"
+            )
         if self.max_text_chars > self.max_request_chars:
             raise ValueError(
                 f"RANKER_MAX_TEXT_CHARS ({self.max_text_chars}) is larger than "
@@ -288,6 +315,20 @@ class Settings(EncoderSettings):
     @property
     def resolved_db_path(self) -> Path:
         return self.db_path if self.db_path is not None else self.data_dir / "ranker.db"
+
+    @property
+    def uses_postgres(self) -> bool:
+        """True when the store is PostgreSQL (`database_url`), False for the SQLite file."""
+        return self.database_url.startswith(("postgresql://", "postgres://"))
+
+    @property
+    def resolved_receipt_key_file(self) -> Path:
+        if self.receipt_key_file is not None:
+            return self.receipt_key_file
+        if self.uses_postgres:
+            return self.data_dir / "receipt-key"
+        db = self.resolved_db_path
+        return db.with_name(db.name + ".receipt-key")
 
     @property
     def resolved_index_dir(self) -> Path:

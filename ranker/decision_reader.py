@@ -1,8 +1,10 @@
-"""The decision log, read-only: one logged ranking by request id, or recent feature rows.
+"""The decision log, read-only: one logged ranking by request id, recent feature rows, listings.
 
-Opens the SQLite store with `mode=ro`, so `ranker decision` and `ranker drift` can read it while
-`ranker serve` owns the data folder (WAL lets a reader in beside the writer) and can never
-change it, nor create a store or a receipt key where there was none.
+`SqliteDecisionReader` opens the SQLite store with `mode=ro`, so `ranker decision`, `ranker
+drift` and `ranker audit` can read it while `ranker serve` owns the data folder (WAL lets a
+reader in beside the writer) and can never change it, nor create a store or a receipt key where
+there was none. `ranker.store_pg.PostgresDecisionReader` reads a PostgreSQL store the same way,
+in read-only transactions; `open_decision_reader` picks the one the settings name.
 """
 
 from __future__ import annotations
@@ -17,24 +19,18 @@ import numpy as np
 from ranker.decision_scores import read_scores
 from ranker.errors import InvalidInput, NotFound
 from ranker.rows import Decision
+from ranker.sql import Sql, as_iso, as_time, as_utc
 
 
-class SqliteDecisionReader:
-    """Read-only access to the `decisions` / `decision_items` tables of a store."""
+class DecisionReader:
+    """Read-only access to the decision log (and candidate ids) of a store, on either engine."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise InvalidInput(
-                f"no store at {self.path}; point RANKER_DB_PATH (or RANKER_DATA_DIR) at the "
-                "service's data folder"
-            )
-        self._conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
+    _conn: Sql
 
     def close(self) -> None:
-        self._conn.close()
+        raise NotImplementedError
 
-    def __enter__(self) -> SqliteDecisionReader:
+    def __enter__(self) -> DecisionReader:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -67,12 +63,42 @@ class SqliteDecisionReader:
     def versions(self) -> list[tuple[str, int, str]]:
         """(model version, decisions, latest time) for every version in the log, latest first."""
         return [
-            (v, int(n), at)
+            (v, int(n), as_iso(at))
             for v, n, at in self._conn.execute(
                 "SELECT model_version, COUNT(*), MAX(at) FROM decisions GROUP BY model_version "
                 "ORDER BY MAX(at) DESC"
             ).fetchall()
         ]
+
+    def decision_ids(self, since: datetime | None, until: datetime | None) -> list[str]:
+        """Request ids of the decisions logged in [since, until), oldest first."""
+        picked = []
+        for request_id, at in self._conn.execute("SELECT request_id, at FROM decisions"):
+            t = as_utc(as_time(at))
+            if (since is None or t >= as_utc(since)) and (until is None or t < as_utc(until)):
+                picked.append((t, request_id))
+        return [r for _, r in sorted(picked)]
+
+    def candidate_ids(self) -> list[str]:
+        """Ids of every candidate in the store now (without loading CVs or vectors)."""
+        return [r[0] for r in self._conn.execute("SELECT id FROM candidates ORDER BY id")]
+
+
+class SqliteDecisionReader(DecisionReader):
+    """The reader of a SQLite store file, opened read-only."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise InvalidInput(
+                f"no store at {self.path}; point RANKER_DB_PATH (or RANKER_DATA_DIR) at the "
+                "service's data folder"
+            )
+        self._sqlite = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
+        self._conn = self._sqlite
+
+    def close(self) -> None:
+        self._sqlite.close()
 
 
 def _stack(blobs: list[bytes], width: int) -> np.ndarray:
@@ -81,7 +107,7 @@ def _stack(blobs: list[bytes], width: int) -> np.ndarray:
     return np.stack([np.frombuffer(b, dtype=np.float32) for b in blobs])
 
 
-def read_decision(conn: sqlite3.Connection, request_id: str) -> Decision | None:
+def read_decision(conn: Sql, request_id: str) -> Decision | None:
     """One logged ranking, every scored candidate's score included; None when not logged.
 
     Shared by the store (under its lock) and the read-only reader, so both decode alike.
@@ -101,7 +127,7 @@ def read_decision(conn: sqlite3.Connection, request_id: str) -> Decision | None:
     names = tuple(json.loads(head[6]))
     return Decision(
         request_id=head[0],
-        at=datetime.fromisoformat(head[1]),
+        at=as_time(head[1]),
         model_version=head[2],
         posting_id=head[3],
         posting_hash=head[4],

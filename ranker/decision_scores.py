@@ -2,19 +2,18 @@
 
 One row per (decision, candidate) keyed by integers (`decision_score_sets.seq`, the candidate's
 faiss id, never reused), so 500 scores cost about 15 KB and erasure deletes a candidate's rows
-through the index on faiss_id (`SqliteStore.delete_candidates`).
+through the index on faiss_id (`StoreErasure.delete_candidates`).
 """
 
 from __future__ import annotations
 
-import sqlite3
-
 import numpy as np
 
 from ranker.rows import ScoredCandidates
+from ranker.sql import Sql
 
 
-def write_scores(tx: sqlite3.Connection, request_id: str, scored: ScoredCandidates) -> None:
+def write_scores(tx: Sql, request_id: str, scored: ScoredCandidates) -> None:
     """Store one decision's scores (inside the caller's transaction)."""
     seq = tx.execute(
         "INSERT INTO decision_score_sets (request_id) VALUES (?) RETURNING seq", (request_id,)
@@ -28,7 +27,7 @@ def write_scores(tx: sqlite3.Connection, request_id: str, scored: ScoredCandidat
     )
 
 
-def read_scores(conn: sqlite3.Connection, request_id: str) -> ScoredCandidates | None:
+def read_scores(conn: Sql, request_id: str) -> ScoredCandidates | None:
     """A decision's logged scores of the candidates still stored; None if it kept none."""
     seq = conn.execute(
         "SELECT seq FROM decision_score_sets WHERE request_id = ?", (request_id,)

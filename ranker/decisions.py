@@ -27,7 +27,7 @@ from ranker.errors import StorageUnavailable
 from ranker.metrics import ServiceMetrics
 from ranker.permissions import PRIVATE_FILE
 from ranker.rows import Decision, ScoredCandidates
-from ranker.store import SqliteStore
+from ranker.store_api import Store
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class DecisionLog:
 
     def __init__(
         self,
-        store: SqliteStore,
+        store: Store,
         metrics: ServiceMetrics | None,
         maxsize: int,
         policy: Policy = "strict",

@@ -27,6 +27,7 @@ from ranker.atomic import write_text_atomic
 from ranker.errors import InvalidInput, NotFound
 
 if TYPE_CHECKING:
+    from ranker.config import Settings
     from ranker.metrics import ServiceMetrics
 
 BINS_FILE = "feature_bins.json"
@@ -159,14 +160,12 @@ def read_bins(folder: Path) -> list[FeatureBins]:
     return [FeatureBins(f["name"], tuple(f["edges"]), tuple(f["shares"])) for f in doc["features"]]
 
 
-def served_drift(
-    registry_dir: Path, db_path: Path, version: str, window: int
-) -> list[FeatureDrift]:
+def served_drift(settings: Settings, version: str, window: int) -> list[FeatureDrift]:
     """PSI per feature of `version`'s last `window` served rows (decision log, read-only)."""
-    from ranker.decision_reader import SqliteDecisionReader
+    from ranker.store_api import open_decision_reader
 
-    reference = read_bins(Path(registry_dir) / version)
-    with SqliteDecisionReader(db_path) as reader:
+    reference = read_bins(settings.resolved_registry_dir / version)
+    with open_decision_reader(settings) as reader:
         names, rows = reader.feature_rows(version, window)
     return drift(reference, names, rows)
 
@@ -176,12 +175,9 @@ class DriftWatch:
     request path: the server calls `refresh` on its upkeep thread every
     `Settings.drift_interval_seconds`."""
 
-    def __init__(
-        self, registry_dir: Path, db_path: Path, window: int, metrics: ServiceMetrics
-    ) -> None:
-        self._registry_dir = registry_dir
-        self._db_path = db_path
-        self._window = window
+    def __init__(self, settings: Settings, metrics: ServiceMetrics) -> None:
+        self._settings = settings
+        self._registry_dir = settings.resolved_registry_dir
         self._metrics = metrics
 
     def refresh(self, version: str | None) -> list[FeatureDrift]:
@@ -190,9 +186,11 @@ class DriftWatch:
         self._metrics.drift_rows.set(0)
         if version is None or not (self._registry_dir / version / BINS_FILE).is_file():
             return []
-        if not self._db_path.is_file():
+        from ranker.store_api import store_exists
+
+        if not store_exists(self._settings):
             return []
-        report = served_drift(self._registry_dir, self._db_path, version, self._window)
+        report = served_drift(self._settings, version, self._settings.drift_window)
         for d in report:
             if not math.isnan(d.psi):
                 self._metrics.feature_psi.labels(feature=d.name).set(d.psi)

@@ -29,7 +29,7 @@ import numpy as np
 from ranker.config import Settings
 from ranker.fair_rerank import det_const_sort
 from ranker.ranking import Scored
-from ranker.store import SqliteStore
+from ranker.store_api import Store
 
 METHOD = "detconstsort"
 UNKNOWN = "unknown"
@@ -48,7 +48,7 @@ class FairReranker:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_store(cls, store: SqliteStore, settings: Settings) -> FairReranker:
+    def from_store(cls, store: Store, settings: Settings) -> FairReranker:
         """Read the attribute's categories from the protected table (only call when enabled)."""
         attribute = settings.fair_rerank_attribute
         return cls(attribute, store.protected_attributes(attribute), settings.fair_rerank_targets)

@@ -18,7 +18,7 @@ from ranker.atomic import write_bytes_atomic
 from ranker.config import Settings
 from ranker.errors import InvalidInput
 from ranker.permissions import private_dir
-from ranker.store import SqliteStore
+from ranker.store_api import Store, open_store
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +265,7 @@ def load_index_if_current(
 
 
 def index_from_store(
-    store: SqliteStore,
+    store: Store,
     index_dir: Path,
     vectors: tuple[np.ndarray, np.ndarray] | None = None,
     storage: Storage = "fp16",
@@ -296,7 +296,7 @@ def index_from_store(
 
 def ensure_index(settings: Settings) -> tuple[int, bool]:
     """Bring the saved index in line with the store; (index size, whether it was rebuilt)."""
-    store = SqliteStore(settings.resolved_db_path)
+    store = open_store(settings)
     try:
         index, rebuilt = index_from_store(
             store, settings.resolved_index_dir, storage=settings.index_storage

@@ -16,7 +16,7 @@ from ranker.domain import Candidate, Outcome, Posting
 from ranker.encoding import TextEncoder, encode_candidates, encode_postings
 from ranker.errors import InvalidInput
 from ranker.index import index_from_store
-from ranker.store import SqliteStore
+from ranker.store_api import open_store, store_exists
 
 if TYPE_CHECKING:
     from ranker.datafiles import FileProblems
@@ -161,7 +161,7 @@ def ingest_files(
     checked = check_files(files)
     sources = source_digests(files)
     state_path = ingest_state_path(settings)
-    store = SqliteStore(settings.resolved_db_path, dim=encoder.dim)
+    store = open_store(settings, dim=encoder.dim)
     try:
         # A new database (deleted and recreated) has a new uuid: an old state file does not count.
         store_uuid = store.uuid
@@ -271,12 +271,12 @@ def is_ingested(settings: Settings, files: Mapping[str, Path | None]) -> bool:
     What `ranker ingest --if-missing` skips on. A store that merely holds candidates does not
     count: an ingest interrupted halfway leaves some, and must be finished.
     """
-    if not settings.resolved_db_path.exists():
+    if not store_exists(settings):
         return False
     state = _read_state(ingest_state_path(settings))
     if state is None or state.get("state") != "complete":
         return False
-    store = SqliteStore(settings.resolved_db_path)
+    store = open_store(settings)
     try:
         same_store = state.get("store_uuid") == store.uuid
     finally:

@@ -64,7 +64,7 @@ from ranker.ranking import (
 )
 from ranker.rows import CandidateRow, ErasureReceipt, PostingRow
 from ranker.shadow import ShadowScorer
-from ranker.store import SqliteStore
+from ranker.store_api import Store, open_store
 from ranker.tombstones import erased_message
 from ranker.upkeep import PipelineUpkeep
 from ranker.warmup import load_memory
@@ -94,7 +94,7 @@ class RankingPipeline:
     def __init__(
         self,
         settings: Settings,
-        store: SqliteStore,
+        store: Store,
         encoder: TextEncoder,
         registry: ModelRegistry | None,
         metrics: ServiceMetrics | None = None,
@@ -154,11 +154,7 @@ class RankingPipeline:
             text_encoder: TextEncoder = load_encoder(settings=settings.serving_encoder)
         else:
             text_encoder = encoder
-        store = SqliteStore(
-            settings.resolved_db_path,
-            dim=text_encoder.dim,
-            checkpoint_seconds=settings.erasure_checkpoint_seconds,
-        )
+        store = open_store(settings, dim=text_encoder.dim)
         registry = ModelRegistry(settings.resolved_registry_dir, settings.ort_session)
         pipeline = cls(settings, store, text_encoder, registry, metrics)
         try:
@@ -477,8 +473,9 @@ class RankingPipeline:
         Memory first (no ranking can return them from then on), then the decision log is
         drained so decisions already made are stored (none left in its spool file), then one
         store transaction erases the candidate, its outcomes and its logged feature rows,
-        records the receipt, the tombstone and `actor`, and verifies the WAL checkpoint; last,
-        the export files in the data folder are rewritten without the candidate.
+        records the receipt, the tombstone and `actor`, and clears the engine's residue (SQLite's
+        WAL checkpoint, PostgreSQL's VACUUM), verified; last, the export files in the data
+        folder are rewritten without the candidate.
         """
         check_batch_size(len(ids), "ids", self.settings.max_batch_items)
         results, wanted = erasure_targets(ids)

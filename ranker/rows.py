@@ -114,3 +114,21 @@ class ShadowRanking:
     retrieved: int
     champion_ids: tuple[str, ...]
     challenger_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Change:
+    """One entry of the store's change feed (`Store.changes_since`), written with its write.
+
+    `kind` is `candidate`, `posting`, `outcome` or `erasure`; `op` is `upsert` or `delete`.
+    `key` is the posting's id for postings and outcomes, and the candidate's faiss id (decimal)
+    for candidates and erasures: never a candidate's own id, so the feed keeps nothing an
+    erasure would have to remove. A follower maps the faiss id to the slot it holds in memory
+    (`Store.get_candidates_by_faiss_ids` reads an upserted one).
+    """
+
+    seq: int
+    at: datetime
+    kind: str
+    key: str
+    op: str

@@ -1,4 +1,4 @@
-"""The SQLite schema of the store: tables, indexes and the schema version."""
+"""The store's schema, one declaration for both engines (SQLite and PostgreSQL), and its version."""
 
 from __future__ import annotations
 
@@ -10,93 +10,94 @@ fields, `ranker.domain.to_plain`).
 4: earlier candidate versions kept (`candidate_versions`; `candidates.valid_from`).
 5: every scored candidate's score per decision (`decision_score_sets`, `decision_scores`)."""
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
--- faiss_id is the integer id of the candidate in the FAISS index. AUTOINCREMENT guarantees an
--- erased candidate's faiss_id is never reused, so a stale index entry can never alias a new one.
+_TABLES = """
+CREATE TABLE IF NOT EXISTS meta (key {text} PRIMARY KEY, value {text} NOT NULL);
+-- faiss_id is the integer id of the candidate in the FAISS index. AUTOINCREMENT (an identity
+-- column in PostgreSQL) guarantees an erased candidate's faiss_id is never reused, so a stale
+-- index entry (in a saved index, or in a replica's memory) can never alias a new one.
 CREATE TABLE IF NOT EXISTS candidates (
-    faiss_id INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
+    faiss_id {serial},
+    id {text} NOT NULL UNIQUE,
     -- Every other field of the record, as JSON (`ranker.domain.to_plain`).
-    record TEXT NOT NULL,
+    record {text} NOT NULL,
     -- When this version of the record was stored (a write that changes the record moves the
     -- old version to candidate_versions); stored_at is the last write, changed or not.
-    valid_from TEXT NOT NULL,
-    stored_at TEXT NOT NULL,
-    doc_vector BLOB NOT NULL,
-    chunk_vectors BLOB NOT NULL,
-    n_chunks INTEGER NOT NULL
+    valid_from {time} NOT NULL,
+    stored_at {time} NOT NULL,
+    doc_vector {blob} NOT NULL,
+    chunk_vectors {blob} NOT NULL,
+    n_chunks {int} NOT NULL
 );
 -- Earlier versions of candidate records, in force from valid_from until valid_until, for
 -- point-in-time training rows. Erasure deletes them with the candidate.
 CREATE TABLE IF NOT EXISTS candidate_versions (
-    version_id INTEGER PRIMARY KEY AUTOINCREMENT,
-    candidate_id TEXT NOT NULL,
-    valid_from TEXT NOT NULL,
-    valid_until TEXT NOT NULL,
-    record TEXT NOT NULL,
-    doc_vector BLOB NOT NULL,
-    chunk_vectors BLOB NOT NULL,
-    n_chunks INTEGER NOT NULL
+    version_id {serial},
+    candidate_id {text} NOT NULL,
+    valid_from {time} NOT NULL,
+    valid_until {time} NOT NULL,
+    record {text} NOT NULL,
+    doc_vector {blob} NOT NULL,
+    chunk_vectors {blob} NOT NULL,
+    n_chunks {int} NOT NULL
 );
 CREATE INDEX IF NOT EXISTS candidate_versions_by_candidate ON candidate_versions (candidate_id);
 CREATE TABLE IF NOT EXISTS postings (
-    id TEXT PRIMARY KEY,
-    record TEXT NOT NULL,
-    stored_at TEXT NOT NULL,
-    vector BLOB NOT NULL
+    id {text} PRIMARY KEY,
+    record {text} NOT NULL,
+    stored_at {time} NOT NULL,
+    vector {blob} NOT NULL
 );
 CREATE TABLE IF NOT EXISTS outcomes (
-    posting_id TEXT NOT NULL,
-    candidate_id TEXT NOT NULL,
-    stage TEXT NOT NULL,
-    at TEXT NOT NULL,
-    recorded_at TEXT NOT NULL,
+    posting_id {text} NOT NULL,
+    candidate_id {text} NOT NULL,
+    stage {text} NOT NULL,
+    at {time} NOT NULL,
+    recorded_at {time} NOT NULL,
     PRIMARY KEY (posting_id, candidate_id, stage, at)
 );
 CREATE INDEX IF NOT EXISTS outcomes_by_candidate ON outcomes (candidate_id);
 -- Protected attributes are kept apart, for fairness audits only; features never read them.
 CREATE TABLE IF NOT EXISTS protected_attributes (
-    candidate_id TEXT NOT NULL,
-    name TEXT NOT NULL,
-    value TEXT NOT NULL,
+    candidate_id {text} NOT NULL,
+    name {text} NOT NULL,
+    value {text} NOT NULL,
     PRIMARY KEY (candidate_id, name)
 );
 CREATE TABLE IF NOT EXISTS decisions (
-    request_id TEXT PRIMARY KEY,
-    at TEXT NOT NULL,
-    model_version TEXT NOT NULL,
-    posting_id TEXT,
-    posting_hash TEXT NOT NULL,
-    top_k INTEGER NOT NULL,
-    feature_names TEXT NOT NULL,
-    params TEXT NOT NULL
+    request_id {text} PRIMARY KEY,
+    at {time} NOT NULL,
+    model_version {text} NOT NULL,
+    posting_id {text},
+    posting_hash {text} NOT NULL,
+    top_k {int} NOT NULL,
+    feature_names {text} NOT NULL,
+    params {text} NOT NULL
 );
 CREATE TABLE IF NOT EXISTS decision_items (
-    request_id TEXT NOT NULL,
-    rank INTEGER NOT NULL,
-    candidate_id TEXT NOT NULL,
-    score REAL NOT NULL,
-    features BLOB NOT NULL,
+    request_id {text} NOT NULL,
+    rank {int} NOT NULL,
+    candidate_id {text} NOT NULL,
+    score {real} NOT NULL,
+    features {blob} NOT NULL,
     PRIMARY KEY (request_id, rank)
 );
 CREATE INDEX IF NOT EXISTS decision_items_by_candidate ON decision_items (candidate_id);
 -- Shadow scoring (ranker.shadow): per ranking the champion's and the challenger's orders of the
 -- same retrieved candidates; items by role ('champion' | 'challenger'), erased like decisions.
 CREATE TABLE IF NOT EXISTS shadow_rankings (
-    request_id TEXT PRIMARY KEY,
-    at TEXT NOT NULL,
-    posting_id TEXT,
-    champion_version TEXT NOT NULL,
-    challenger_version TEXT NOT NULL,
-    top_k INTEGER NOT NULL,
-    retrieved INTEGER NOT NULL
+    request_id {text} PRIMARY KEY,
+    at {time} NOT NULL,
+    posting_id {text},
+    champion_version {text} NOT NULL,
+    challenger_version {text} NOT NULL,
+    top_k {int} NOT NULL,
+    retrieved {int} NOT NULL
 );
 CREATE TABLE IF NOT EXISTS shadow_items (
-    request_id TEXT NOT NULL,
-    role TEXT NOT NULL,
-    rank INTEGER NOT NULL,
-    candidate_id TEXT NOT NULL,
+    request_id {text} NOT NULL,
+    role {text} NOT NULL,
+    rank {int} NOT NULL,
+    candidate_id {text} NOT NULL,
     PRIMARY KEY (request_id, role, rank)
 );
 CREATE INDEX IF NOT EXISTS shadow_items_by_candidate ON shadow_items (candidate_id);
@@ -105,37 +106,77 @@ CREATE INDEX IF NOT EXISTS shadow_items_by_candidate ON shadow_items (candidate_
 -- (about 31 bytes a score with the index; FAIRNESS.md); faiss ids are never reused, and erasure
 -- deletes a candidate's rows through the index on faiss_id.
 CREATE TABLE IF NOT EXISTS decision_score_sets (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    request_id TEXT NOT NULL UNIQUE
+    seq {serial},
+    request_id {text} NOT NULL UNIQUE
 );
 CREATE TABLE IF NOT EXISTS decision_scores (
-    seq INTEGER NOT NULL,
-    faiss_id INTEGER NOT NULL,
-    score REAL NOT NULL,
+    seq {int} NOT NULL,
+    faiss_id {int} NOT NULL,
+    score {real} NOT NULL,
     PRIMARY KEY (seq, faiss_id)
-) WITHOUT ROWID;
+){without_rowid};
 CREATE INDEX IF NOT EXISTS decision_scores_by_faiss_id ON decision_scores (faiss_id);
 -- An erasure receipt proves a request was carried out without keeping the erased id itself:
 -- candidate_id_hmac is an HMAC-SHA256 of the id under a key kept outside the database.
 CREATE TABLE IF NOT EXISTS erasures (
-    receipt_id INTEGER PRIMARY KEY AUTOINCREMENT,
-    at TEXT NOT NULL,
-    candidate_id_hmac TEXT NOT NULL,
-    rows TEXT NOT NULL
+    receipt_id {serial},
+    at {time} NOT NULL,
+    candidate_id_hmac {text} NOT NULL,
+    rows {text} NOT NULL
 );
 -- Added without a schema version change (CREATE TABLE IF NOT EXISTS: an older store of this
 -- version gains them when opened). Ids erased and not re-consented since, by the receipts'
 -- keyed digest (never the id): every write path refuses them.
 CREATE TABLE IF NOT EXISTS erased_ids (
-    candidate_id_hmac TEXT PRIMARY KEY,
-    erased_at TEXT NOT NULL
+    candidate_id_hmac {text} PRIMARY KEY,
+    erased_at {time} NOT NULL
 );
 -- Who did what: erasures and re-consents, by the token's name (never its secret).
 CREATE TABLE IF NOT EXISTS admin_actions (
-    action_id INTEGER PRIMARY KEY AUTOINCREMENT,
-    at TEXT NOT NULL,
-    actor TEXT NOT NULL,
-    action TEXT NOT NULL,
-    detail TEXT NOT NULL
+    action_id {serial},
+    at {time} NOT NULL,
+    actor {text} NOT NULL,
+    action {text} NOT NULL,
+    detail {text} NOT NULL
+);
+-- The change feed: one row per write, in the write's own transaction, in commit order (seq;
+-- gaps are possible). Replicas follow it (`Store.changes_since`). kind: candidate | posting |
+-- outcome | erasure; op: upsert | delete. `key` never holds a candidate's own id, so erasure
+-- has nothing to scrub here: candidates and erasures are keyed by faiss_id (meaningless once
+-- the candidate's row is gone, and never reused), outcomes by their posting's id.
+CREATE TABLE IF NOT EXISTS changes (
+    seq {serial},
+    at {time} NOT NULL,
+    kind {text} NOT NULL,
+    key {text} NOT NULL,
+    op {text} NOT NULL
 );
 """
+
+_SQLITE_TYPES = {
+    "serial": "INTEGER PRIMARY KEY AUTOINCREMENT",
+    "int": "INTEGER",
+    "real": "REAL",
+    "text": "TEXT",
+    "time": "TEXT",  # ISO 8601, UTC (`datetime.isoformat`)
+    "blob": "BLOB",
+    "without_rowid": " WITHOUT ROWID",
+}
+
+_POSTGRES_TYPES = {
+    "serial": "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY",
+    "int": "BIGINT",
+    "real": "DOUBLE PRECISION",  # SQLite's REAL is 8 bytes too
+    # Byte order, as SQLite compares text: ORDER BY id gives the same order on both engines
+    # whatever locale the cluster was created with.
+    "text": 'TEXT COLLATE "C"',
+    "time": "TIMESTAMPTZ",
+    "blob": "BYTEA",
+    "without_rowid": "",
+}
+
+SCHEMA = _TABLES.format(**_SQLITE_TYPES)
+"""The SQLite store's tables (`ranker.store.SqliteStore`)."""
+
+POSTGRES_SCHEMA = _TABLES.format(**_POSTGRES_TYPES)
+"""The same tables for PostgreSQL (`ranker.store_pg.PostgresStore`), column for column."""

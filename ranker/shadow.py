@@ -36,7 +36,7 @@ from ranker.model_slot import ServedModel
 from ranker.prepared import PreparedCandidate, PreparedPosting
 from ranker.ranking import RankRequest, Retrieved, Scored
 from ranker.rows import ShadowRanking
-from ranker.store import SqliteStore
+from ranker.store_api import Store
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +74,7 @@ def challenger_order(job: ShadowJob) -> np.ndarray:
 class ShadowScorer:
     """A bounded queue and one thread that score offered rankings with the challenger."""
 
-    def __init__(
-        self, store: SqliteStore, maxsize: int, depth: int, idle_seconds: float = 0.0
-    ) -> None:
+    def __init__(self, store: Store, maxsize: int, depth: int, idle_seconds: float = 0.0) -> None:
         self._store = store
         self.depth = depth
         self.idle_seconds = idle_seconds
@@ -93,7 +91,7 @@ class ShadowScorer:
         self._thread.start()
 
     @classmethod
-    def from_settings(cls, store: SqliteStore, settings: Settings) -> ShadowScorer:
+    def from_settings(cls, store: Store, settings: Settings) -> ShadowScorer:
         return cls(
             store, settings.shadow_queue, settings.shadow_depth, settings.shadow_idle_ms / 1000
         )

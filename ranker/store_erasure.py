@@ -1,6 +1,7 @@
 """The store's erasure: candidates erased everywhere in one transaction, receipts by keyed
-digest, tombstones every write path refuses until a logged re-consent, and the WAL checkpoint
-verified afterwards (`SqliteErasure`, a base of `SqliteStore`)."""
+digest, tombstones every write path refuses until a logged re-consent, and the engine's residue
+(SQLite's WAL, PostgreSQL's dead tuples) cleared and verified afterwards (`StoreErasure`, a base
+of both stores)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,7 @@ import json
 import logging
 import os
 import secrets
-import sqlite3
-import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,21 +19,30 @@ from pathlib import Path
 from ranker import tombstones
 from ranker.errors import InvalidInput
 from ranker.rows import ErasureReceipt
-from ranker.wal import checkpoint_wal
+from ranker.sql import Sql, as_iso
 
 log = logging.getLogger(__name__)
 
 
-def load_or_create_key(path: Path) -> bytes:
+_KEY_CHECK = b"ranker receipt key check"
+
+
+def load_or_create_key(path: Path, create: bool = True) -> bytes:
     """The secret that keys erasure-receipt digests, kept in its own owner-only file.
 
     A plain sha256 of an ATS id like `C0001` is reversed by guessing; an HMAC with a key that
-    does not sit in the database is not.
+    does not sit in the database is not. Created only when `create` (a store that has none yet).
     """
     try:
         return bytes.fromhex(path.read_text(encoding="ascii").strip())
     except FileNotFoundError:
-        pass
+        if not create:
+            raise InvalidInput(
+                f"the erasure receipt key {path} is missing, and the store was written with "
+                "one: without it erased ids would no longer be refused. Restore the file from "
+                "the host that created the store or from a backup (every service sharing one "
+                "PostgreSQL database needs the same key file: RANKER_RECEIPT_KEY_FILE)"
+            ) from None
     key = secrets.token_bytes(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="ascii") as f:
@@ -44,22 +52,76 @@ def load_or_create_key(path: Path) -> bytes:
     return key
 
 
-class SqliteErasure:
-    """Erasure, receipts, tombstones and the WAL checkpoint; `SqliteStore` provides the
-    connection, its lock and transactions."""
+def receipt_key(c: Sql, path: Path) -> bytes:
+    """The store's receipt key from `path`, checked against the store (inside its opening
+    transaction): a store keeps an HMAC of a fixed text under its key (`receipt_key_check`
+    in `meta`), so a lost or different key file is refused rather than silently replaced by a
+    new one, under which no erased id would be recognised again."""
+    row = c.execute("SELECT value FROM meta WHERE key = 'receipt_key_check'").fetchone()
+    key = load_or_create_key(path, create=row is None)
+    check = hmac.new(key, _KEY_CHECK, hashlib.sha256).hexdigest()
+    if row is None:
+        c.execute("INSERT INTO meta(key, value) VALUES ('receipt_key_check', ?)", (check,))
+    elif not hmac.compare_digest(row[0], check):
+        raise InvalidInput(
+            f"{path} is not the erasure receipt key this store was written with; erased ids "
+            "would no longer be refused. Put the store's own key file back (every service "
+            "sharing one PostgreSQL database needs the same one: RANKER_RECEIPT_KEY_FILE)"
+        )
+    return key
 
-    path: Path
+
+ERASED_TABLES = (
+    "candidates",
+    "candidate_versions",
+    "outcomes",
+    "decision_items",
+    "decision_scores",
+    "shadow_items",
+    "protected_attributes",
+)
+"""The tables an erasure deletes a candidate's rows from (the receipt counts rows per table)."""
+
+
+class StoreErasure:
+    """Erasure, receipts, tombstones and the residue clean-up; `ranker.store_sql.SqlStore`
+    provides transactions and the change feed, each engine the clean-up (`clear_residue`)."""
+
     checkpoint_seconds: float
-    _conn: sqlite3.Connection
-    _lock: threading.RLock
+    """How long an erasure retries its clean-up before reporting it pending."""
     _receipt_key: bytes
-    _checkpoint_pending: bool
 
-    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
-        raise NotImplementedError  # SqliteStore's
+    def _tx(self) -> AbstractContextManager[Sql]:
+        raise NotImplementedError  # SqlStore's
 
-    def _bump_generation(self, c: sqlite3.Connection) -> None:
-        raise NotImplementedError  # SqliteStore's
+    def _read(self) -> AbstractContextManager[Sql]:
+        raise NotImplementedError  # SqlStore's
+
+    def _bump_generation(self, c: Sql) -> None:
+        raise NotImplementedError  # SqlStore's
+
+    def _log_changes(self, tx: Sql, kind: str, keys: Iterable[object], op: str) -> None:
+        raise NotImplementedError  # SqlStore's
+
+    # -- the engine's residue: bytes of erased rows the engine keeps after the commit --------
+    @property
+    def residue_pending(self) -> bool:
+        """True while erased bytes may remain in the engine's files (a clean-up was blocked)."""
+        raise NotImplementedError
+
+    def clear_residue(self, budget_seconds: float = 0.0) -> bool:
+        """Remove what an erasure left in the engine's files, retrying for up to
+        `budget_seconds`; True when verified done (upkeep calls it while `residue_pending`)."""
+        raise NotImplementedError
+
+    def _erasure_marker(self, tx: Sql) -> object:
+        """Inside the erasure's transaction: what the clean-up needs to know of it (PostgreSQL:
+        its transaction id, to tell whether any snapshot could still see the erased rows)."""
+        return None
+
+    def _residue_left(self, marker: object, tables: set[str]) -> None:
+        """After the erasure committed: record that `tables` hold erased rows to clean up."""
+        raise NotImplementedError
 
     def delete_candidates(self, ids: Sequence[str], actor: str = "anonymous") -> ErasureReceipt:
         """Erase candidates: CV and its earlier versions, vectors, outcomes, protected attributes
@@ -68,22 +130,18 @@ class SqliteErasure:
         One transaction for the whole request; a receipt per erased id keeps only its keyed
         digest (`_receipt_digest`), never the id. The digest is also kept as a tombstone that
         every write path refuses until `reconsent`, and `actor` (a token's name) is recorded in
-        `admin_actions`. Then the write-ahead log is checkpointed and verified empty
-        (`checkpoint_wal`), so no erased byte stays in any file.
+        `admin_actions`. The change feed gets one `erasure` entry per erased candidate that had
+        a stored row, keyed by its faiss id (the slot a follower drops). Then the engine's
+        residue is cleared and verified (`clear_residue`: SQLite's WAL checkpoint, PostgreSQL's
+        VACUUM), so no erased byte stays in the database's files.
         """
         at = datetime.now(UTC)
         erased: list[str] = []
         not_found: list[str] = []
-        totals = {
-            "candidates": 0,
-            "candidate_versions": 0,
-            "outcomes": 0,
-            "decision_items": 0,
-            "decision_scores": 0,
-            "shadow_items": 0,
-            "protected_attributes": 0,
-        }
+        totals = dict.fromkeys(ERASED_TABLES, 0)
         receipt_ids: list[int] = []
+        erased_fids: list[int] = []
+        marker: object = None
         with self._tx() as tx:
             for cid in dict.fromkeys(ids):
                 fid = tx.execute("SELECT faiss_id FROM candidates WHERE id = ?", (cid,)).fetchone()
@@ -117,6 +175,8 @@ class SqliteErasure:
                     not_found.append(cid)
                     continue
                 erased.append(cid)
+                if fid is not None:
+                    erased_fids.append(int(fid[0]))
                 for k, v in counts.items():
                     totals[k] += v
                 # Random, not the table's sequence: sequential ids would tell every holder of a
@@ -133,11 +193,14 @@ class SqliteErasure:
                 self._bump_generation(tx)
                 detail = {"receipt_ids": receipt_ids, "candidates": len(erased)}
                 tombstones.record_action(tx, actor, "erase", detail)
+                self._log_changes(tx, "erasure", erased_fids, "delete")
+                marker = self._erasure_marker(tx)
         if erased:
-            # Erased rows also sit in the write-ahead log until a checkpoint; copy them into the
-            # (secure-deleted) database now and truncate the log so no copy of the CV remains.
-            self._checkpoint_pending = True
-            self.checkpoint_wal(self.checkpoint_seconds)
+            # The deleted rows' bytes outlive the commit in the engine's files (SQLite: the
+            # write-ahead log; PostgreSQL: dead tuples in heap, TOAST and index pages); clear
+            # them now, and keep retrying from upkeep while something blocks it.
+            self._residue_left(marker, {t for t, n in totals.items() if n})
+            self.clear_residue(self.checkpoint_seconds)
         return ErasureReceipt(
             at=at,
             erased=tuple(erased),
@@ -152,19 +215,22 @@ class SqliteErasure:
 
     def erasure_receipts(self, candidate_id: str) -> list[dict[str, object]]:
         """The receipts recorded for an id (looked up by its digest; the id itself is not kept)."""
-        with self._lock:
-            rows = self._conn.execute(
+        with self._read() as c:
+            rows = c.execute(
                 "SELECT receipt_id, at, rows FROM erasures WHERE candidate_id_hmac = ? "
                 "ORDER BY at, receipt_id",
                 (self._receipt_digest(candidate_id),),
             ).fetchall()
-        return [{"receipt_id": r, "at": a, "rows": json.loads(rows_)} for r, a, rows_ in rows]
+        return [
+            {"receipt_id": int(r), "at": as_iso(a), "rows": json.loads(rows_)}
+            for r, a, rows_ in rows
+        ]
 
     # -- erasure that sticks (tombstones, re-consent, who did it: `ranker.tombstones`) ----
     def erased_among(self, ids: Sequence[str]) -> set[str]:
         """The ids among `ids` that were erased and not re-consented since."""
-        with self._lock:
-            return tombstones.erased(self._conn, self._digests(ids))
+        with self._read() as c:
+            return tombstones.erased(c, self._digests(ids))
 
     def _digests(self, ids: Sequence[str]) -> dict[str, str]:
         return {self._receipt_digest(i): i for i in dict.fromkeys(ids)}
@@ -187,21 +253,5 @@ class SqliteErasure:
 
     def admin_actions(self) -> list[dict[str, object]]:
         """Erasures and re-consents, oldest first: when, who (a token's name), what."""
-        with self._lock:
-            return tombstones.actions(self._conn)
-
-    @property
-    def checkpoint_pending(self) -> bool:
-        """True while erased rows may still sit in the -wal file (a checkpoint was blocked)."""
-        return self._checkpoint_pending
-
-    def checkpoint_wal(self, budget_seconds: float = 0.0) -> bool:
-        """`ranker.wal.checkpoint_wal` on this store; clears `checkpoint_pending` when verified."""
-        done = checkpoint_wal(
-            self._conn, self._lock, self.path, budget_seconds, report=self._checkpoint_pending
-        )
-        if done and self._checkpoint_pending:
-            log.info("write-ahead log checkpointed: no erased rows remain in %s-wal", self.path)
-        if done:
-            self._checkpoint_pending = False
-        return done
+        with self._read() as c:
+            return tombstones.actions(c)

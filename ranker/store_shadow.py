@@ -1,26 +1,24 @@
 """The store's shadow-scoring tables: per ranking the champion's and the challenger's orders of
 the same retrieved candidates (`ranker.shadow` writes them, `ranker models compare` reads them;
-erasure deletes their rows with the candidate's). A base of `SqliteStore`."""
+erasure deletes their rows with the candidate's). A base of both stores (`ranker.store_sql`)."""
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from datetime import datetime
 
 from ranker.rows import ShadowRanking
+from ranker.sql import Sql, as_time
 
 
-class SqliteShadowTables:
-    """Shadow rankings in and out; `SqliteStore` provides the connection, lock and transactions."""
+class ShadowTables:
+    """Shadow rankings in and out; the store provides connections and transactions."""
 
-    _conn: sqlite3.Connection
-    _lock: threading.RLock
+    def _tx(self) -> AbstractContextManager[Sql]:
+        raise NotImplementedError  # SqlStore's
 
-    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
-        raise NotImplementedError  # SqliteStore's
+    def _read(self) -> AbstractContextManager[Sql]:
+        raise NotImplementedError  # SqlStore's
 
     def log_shadow(self, records: Sequence[ShadowRanking]) -> None:
         """Store shadow rankings in one transaction."""
@@ -43,30 +41,37 @@ class SqliteShadowTables:
             for rank, cid in enumerate(ids, 1)
         ]
         with self._tx() as tx:
-            tx.executemany(
-                "INSERT OR REPLACE INTO shadow_rankings (request_id, at, posting_id, "
-                "champion_version, challenger_version, top_k, retrieved) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                heads,
-            )
-            tx.executemany(
-                "INSERT OR REPLACE INTO shadow_items (request_id, role, rank, candidate_id) "
-                "VALUES (?, ?, ?, ?)",
-                items,
-            )
+            if heads:
+                tx.executemany(
+                    "INSERT INTO shadow_rankings (request_id, at, posting_id, champion_version, "
+                    "challenger_version, top_k, retrieved) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT(request_id) DO UPDATE SET at = excluded.at, "
+                    "posting_id = excluded.posting_id, "
+                    "champion_version = excluded.champion_version, "
+                    "challenger_version = excluded.challenger_version, "
+                    "top_k = excluded.top_k, retrieved = excluded.retrieved",
+                    heads,
+                )
+            if items:
+                tx.executemany(
+                    "INSERT INTO shadow_items (request_id, role, rank, candidate_id) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT(request_id, role, rank) "
+                    "DO UPDATE SET candidate_id = excluded.candidate_id",
+                    items,
+                )
 
     def shadow_rankings(self, challenger_version: str | None = None) -> list[ShadowRanking]:
         """Logged shadow rankings, oldest first (only those of `challenger_version` if given)."""
         where, args = "", []
         if challenger_version is not None:
             where, args = "WHERE challenger_version = ?", [challenger_version]
-        with self._lock:
-            heads = self._conn.execute(
+        with self._read() as c:
+            heads = c.execute(
                 "SELECT request_id, at, posting_id, champion_version, challenger_version, top_k, "
                 f"retrieved FROM shadow_rankings {where} ORDER BY at, request_id",
                 args,
             ).fetchall()
-            items = self._conn.execute(
+            items = c.execute(
                 "SELECT request_id, role, candidate_id FROM shadow_items ORDER BY request_id, "
                 "role, rank"
             ).fetchall()
@@ -76,7 +81,7 @@ class SqliteShadowTables:
         return [
             ShadowRanking(
                 request_id=h[0],
-                at=datetime.fromisoformat(h[1]),
+                at=as_time(h[1]),
                 posting_id=h[2],
                 champion_version=h[3],
                 challenger_version=h[4],

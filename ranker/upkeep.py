@@ -16,7 +16,7 @@ from ranker.config import Settings
 from ranker.decisions import DecisionLog
 from ranker.metrics import ServiceMetrics
 from ranker.model_slot import ModelSlot
-from ranker.store import SqliteStore
+from ranker.store_api import Store
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ class PipelineUpkeep:
         self,
         settings: Settings,
         model: ModelSlot,
-        store: SqliteStore,
+        store: Store,
         decisions: DecisionLog,
         save_index: Callable[[], bool],
         metrics: ServiceMetrics | None,
@@ -54,12 +54,12 @@ class PipelineUpkeep:
         try:
             if self.decisions.failing is not None or self.decisions.backlog:
                 self.decisions.retry()
-            if self.store.checkpoint_pending:
-                self.store.checkpoint_wal()
+            if self.store.residue_pending:
+                self.store.clear_residue()
         except Exception:
             log.exception("could not retry the decision log or the WAL checkpoint; retrying")
         if self.metrics is not None:
-            self.metrics.erasure_checkpoint_pending.set(int(self.store.checkpoint_pending))
+            self.metrics.erasure_checkpoint_pending.set(int(self.store.residue_pending))
 
     def health(self) -> dict[str, bool]:
         """Serving status per health service name: "" (and the service) turn NOT_SERVING
@@ -70,5 +70,5 @@ class PipelineUpkeep:
         return {
             "": self.model.served is not None and (log_ok or not strict),
             "decision-log": log_ok,
-            "erasure-checkpoint": not self.store.checkpoint_pending,
+            "erasure-checkpoint": not self.store.residue_pending,
         }

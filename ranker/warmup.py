@@ -12,13 +12,13 @@ from ranker.config import Settings
 from ranker.index import FaissIndex, index_from_store
 from ranker.posting_cache import PostingCache
 from ranker.prepared import PreparedCandidate, prepare_candidate, prepare_posting
-from ranker.store import SqliteStore
+from ranker.store_api import Store
 
 log = logging.getLogger(__name__)
 
 
 def load_memory(
-    store: SqliteStore,
+    store: Store,
     settings: Settings,
     catalog: CandidateCatalog,
     postings: PostingCache,

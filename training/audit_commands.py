@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # imported lazily below: `ranker --help` should not load nump
 
     import numpy as np
 
-    from ranker.store import SqliteStore
+    from ranker.store_api import Store
     from training.audit import AuditConfig, AuditResult
 
 _DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"]
@@ -115,13 +115,12 @@ def audit(
         raise typer.Exit(code=2)
 
 
-def _open_store(settings: Settings) -> SqliteStore:
-    from ranker.store import SqliteStore
+def _open_store(settings: Settings) -> Store:
+    from ranker.store_api import describe_store, open_store, store_exists
 
-    path = settings.resolved_db_path
-    if not path.is_file():
-        fail(f"no store at {path}; load data first: `ranker ingest`")
-    return SqliteStore(path)
+    if not store_exists(settings):
+        fail(f"no store at {describe_store(settings)}; load data first: `ranker ingest`")
+    return open_store(settings)
 
 
 def _period(since: datetime | None, until: datetime | None) -> tuple[str, str] | None:
@@ -248,18 +247,15 @@ def _served(
     version: str | None,
     attributes: Sequence[str],
 ) -> AuditResult:
+    from ranker.store_api import open_decision_reader
     from training.audit import AuditMeta, audit_rankings
-    from training.audit_sources import (
-        decision_ids,
-        load_protected,
-        promotion_dates,
-        rankings_from_decisions,
-        stored_candidate_ids,
-    )
+    from training.audit_sources import load_protected, promotion_dates, rankings_from_decisions
 
     store = _open_store(settings)
     try:
-        ids = decision_ids(settings.resolved_db_path, since, until)
+        with open_decision_reader(settings) as reader:
+            ids = reader.decision_ids(since, until)
+            pool = reader.candidate_ids()
         decisions = [store.get_decision(i) for i in ids]
         if version is not None:
             decisions = [d for d in decisions if d.model_version == version]
@@ -272,7 +268,6 @@ def _served(
             + (f" by {version}" if version else "")
             + "; rankings served by `ranker serve` are logged in the store"
         )
-    pool = stored_candidate_ids(settings.resolved_db_path)
     first, per_version = promotion_dates(settings.resolved_registry_dir)
     versions = sorted({d.model_version for d in decisions})
     times = [d.at for d in decisions]

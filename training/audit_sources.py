@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
-from contextlib import closing
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from ranker.domain import Outcome
 from ranker.errors import InvalidInput
 from ranker.registry import POINTER_FILE
 from ranker.rows import Decision
-from ranker.store import SqliteStore
+from ranker.sql import as_utc
+from ranker.store_api import Store
 from training.audit import DIMENSIONS, Ranking
 
 
 def load_protected(
-    store: SqliteStore, attributes: Sequence[str] = DIMENSIONS
+    store: Store, attributes: Sequence[str] = DIMENSIONS
 ) -> dict[str, dict[str, str]]:
     """{candidate_id: {attribute: value}} from the protected table (audits only)."""
     out: dict[str, dict[str, str]] = {}
@@ -50,32 +49,6 @@ def promotion_dates(registry_root: Path) -> tuple[str | None, dict[str, str]]:
             per_version.setdefault(str(event["version"]), str(event["at"]))
     first = min(per_version.values(), key=datetime.fromisoformat) if per_version else None
     return first, per_version
-
-
-def _utc(t: datetime) -> datetime:
-    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
-
-
-def decision_ids(db_path: Path, since: datetime | None, until: datetime | None) -> list[str]:
-    """Request ids of the decisions logged in [since, until), oldest first.
-
-    Read-only SQL on the decision table: `SqliteStore` reads one decision by id and has no
-    listing by period yet; replace this with the store's own listing when it gets one.
-    """
-    with closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as conn:
-        rows = conn.execute("SELECT request_id, at FROM decisions").fetchall()
-    picked = []
-    for request_id, at in rows:
-        t = _utc(datetime.fromisoformat(at))
-        if (since is None or t >= _utc(since)) and (until is None or t < _utc(until)):
-            picked.append((t, request_id))
-    return [r for _, r in sorted(picked)]
-
-
-def stored_candidate_ids(db_path: Path) -> list[str]:
-    """Ids of every candidate in the store now (without loading CVs or vectors)."""
-    with closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as conn:
-        return [r[0] for r in conn.execute("SELECT id FROM candidates ORDER BY id")]
 
 
 def rankings_from_decisions(
@@ -135,12 +108,12 @@ def outcomes_in_period(
     """The outcomes of the postings whose first event falls in [since, until)."""
     first: dict[str, datetime] = {}
     for o in outcomes:
-        t = _utc(o.at)
+        t = as_utc(o.at)
         if o.posting_id not in first or t < first[o.posting_id]:
             first[o.posting_id] = t
     keep = {
         p
         for p, t in first.items()
-        if (since is None or t >= _utc(since)) and (until is None or t < _utc(until))
+        if (since is None or t >= as_utc(since)) and (until is None or t < as_utc(until))
     }
     return [o for o in outcomes if o.posting_id in keep]

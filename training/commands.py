@@ -167,13 +167,12 @@ class StoredData(NamedTuple):
 
 def _load_store(settings: Settings) -> StoredData:
     from ranker.datafiles import PROTECTED_NAMES
-    from ranker.store import SqliteStore
+    from ranker.store_api import describe_store, open_store, store_exists
 
-    path = settings.resolved_db_path
-    if not path.is_file():
-        fail(f"no store at {path}; load data first: `ranker ingest`")
     try:
-        store = SqliteStore(path)
+        if not store_exists(settings):
+            fail(f"no store at {describe_store(settings)}; load data first: `ranker ingest`")
+        store = open_store(settings)
     except RankerError as e:  # e.g. a store of another schema: the message says what to do
         fail(str(e))
     try:

@@ -36,17 +36,16 @@ def compare(
     """Agreement of the challenger's shadow orders with the champion's, and both versions'
     NDCG@10 on those rankings once outcomes arrived (95% bootstrap intervals over postings)."""
     from ranker.registry import CHALLENGER, ModelRegistry
-    from ranker.store import SqliteStore
+    from ranker.store_api import describe_store, open_store, store_exists
     from training.shadow_comparison import NDCG_AT, compare_shadow
 
     settings = Settings()
     registry = ModelRegistry(settings.resolved_registry_dir, settings.ort_session)
-    path = settings.resolved_db_path
-    if not path.is_file():
-        fail(f"no store at {path}; serve rankings first: `ranker serve`")
     try:
+        if not store_exists(settings):
+            fail(f"no store at {describe_store(settings)}; serve rankings first: `ranker serve`")
         wanted = challenger or registry.aliases().get(CHALLENGER)
-        store = SqliteStore(path)
+        store = open_store(settings)
         try:
             rankings = store.shadow_rankings(wanted)
             outcomes = store.list_outcomes()

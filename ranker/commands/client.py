@@ -319,16 +319,17 @@ def decision(
 ) -> None:
     """A logged ranking decision: model, posting, and each candidate's features in words.
 
-    Reads the decision log from the store (RANKER_DB_PATH / RANKER_DATA_DIR) read-only, so it
-    works beside a running service, which writes decisions within moments of serving them.
+    Reads the decision log from the store (RANKER_DATABASE_URL, or RANKER_DB_PATH /
+    RANKER_DATA_DIR) read-only, so it works beside a running service, which writes decisions
+    within moments of serving them.
     """
-    from ranker.decision_reader import SqliteDecisionReader
     from ranker.errors import RankerError
     from ranker.features import FEATURES_BY_NAME
+    from ranker.store_api import open_decision_reader
 
     settings = Settings()
     try:
-        with SqliteDecisionReader(settings.resolved_db_path) as reader:
+        with open_decision_reader(settings) as reader:
             d = reader.get(request_id)
     except RankerError as e:
         fail(str(e))
@@ -378,12 +379,7 @@ def drift(
                 "no model version is promoted, so there is no training distribution to compare "
                 "with; name a version: `ranker drift v0001`"
             )
-        report = served_drift(
-            settings.resolved_registry_dir,
-            settings.resolved_db_path,
-            version,
-            window or settings.drift_window,
-        )
+        report = served_drift(settings, version, window or settings.drift_window)
     except RankerError as e:
         fail(str(e))
     rows = max((d.rows for d in report), default=0)

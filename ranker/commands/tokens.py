@@ -104,15 +104,15 @@ def reconsent(
     reason and the operating-system user; the erasure receipts stay.
     """
     from ranker.datalock import DataDirBusy, DataDirLock
-    from ranker.store import SqliteStore
+    from ranker.store_api import describe_store, open_store, store_exists
 
     settings = Settings()
-    db = settings.resolved_db_path
-    if not db.exists():
-        fail(f"no store at {db}; nothing was erased there")
+    db = describe_store(settings)
     try:
+        if not store_exists(settings):
+            fail(f"no store at {db}; nothing was erased there")
         with DataDirLock(settings.data_dir):
-            store = SqliteStore(db)
+            store = open_store(settings)
             try:
                 lifted = store.reconsent(candidate_id, reason, actor=f"cli:{getpass.getuser()}")
             finally:

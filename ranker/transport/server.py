@@ -213,9 +213,7 @@ class RankerServer:
     async def _watch_drift(self) -> None:
         """Refresh the feature drift gauges (ranker.drift) of the model in service, now and then."""
         s = self.settings
-        watch = DriftWatch(
-            s.resolved_registry_dir, s.resolved_db_path, s.drift_window, self.metrics
-        )
+        watch = DriftWatch(s, self.metrics)
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(s.drift_interval_seconds)

@@ -14,6 +14,7 @@ import typer
 from typer.testing import CliRunner
 
 from ranker.commands import client
+from ranker.config import Settings
 from ranker.drift import (
     BINS_FILE,
     DriftWatch,
@@ -137,7 +138,8 @@ def test_service_gauges_and_the_drift_command(
         store.close()
 
     metrics = ServiceMetrics()
-    watch = DriftWatch(registry, db, window=5000, metrics=metrics)
+    settings = Settings(registry_dir=registry, db_path=db, drift_window=5000)
+    watch = DriftWatch(settings, metrics=metrics)
     watch.refresh("v0001")
     gauge = {
         s.labels["feature"]: s.value

@@ -149,13 +149,13 @@ def test_no_erased_bytes_remain_in_any_file_after_a_concurrent_reader_lets_go(
         r = p.delete_candidates([victim.id])
         assert r.receipt is not None and r.receipt.erased == (victim.id,)
         # The reader holds old pages: the checkpoint could not finish, and that is reported.
-        assert p.store.checkpoint_pending
+        assert p.store.residue_pending
         assert p.health()["erasure-checkpoint"] is False
         assert _files_holding(db, MARKER)
         reader.execute("COMMIT")
         reader.close()
         p.upkeep()  # the service's upkeep retries the checkpoint
-        assert not p.store.checkpoint_pending
+        assert not p.store.residue_pending
         assert p.health()["erasure-checkpoint"] is True
         assert _files_holding(db, MARKER) == []
         assert [c.id for c in [p.get_candidate("C-other")]] == ["C-other"]

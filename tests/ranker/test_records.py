@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import ranker.datafiles
-import ranker.store
+import ranker.store_sql
 from ranker.api import RankFilters
 from ranker.datafiles import read_records, write_jsonl
 from ranker.domain import (
@@ -139,7 +139,7 @@ def test_a_new_field_flows_through_files_and_store(
     write_jsonl(path, [to_plain(wide)])
     assert read_records(path, WideCandidate) == [wide]
     # The store names no candidate field but the id: the new one is kept without a new column.
-    monkeypatch.setattr(ranker.store, "Candidate", WideCandidate)
+    monkeypatch.setattr(ranker.store_sql, "Candidate", WideCandidate)
     store = SqliteStore(tmp_path / "ranker.db", dim=DIM)
     try:
         row = CandidateRow(wide, np.ones(DIM, np.float32) / 2, np.ones((1, DIM), np.float32))

@@ -11,7 +11,7 @@ import pytest
 from fairlearn.metrics import MetricFrame, selection_rate
 
 from ranker.domain import Outcome, Stage
-from ranker.store import Decision
+from ranker.rows import Decision
 from training.audit import (
     UNKNOWN,
     AuditConfig,

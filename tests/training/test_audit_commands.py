@@ -12,7 +12,8 @@ import typer
 from typer.testing import CliRunner
 
 from ranker.domain import Candidate, Outcome, Stage
-from ranker.store import CandidateRow, Decision, SqliteStore
+from ranker.rows import CandidateRow, Decision
+from ranker.store import SqliteStore
 from training import commands
 
 runner = CliRunner()

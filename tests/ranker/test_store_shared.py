@@ -1,0 +1,484 @@
+"""The store's behaviour, one suite run against both engines (SQLite and a real PostgreSQL):
+upserts, versions, postings, outcomes, protected attributes, decisions, shadow rankings,
+erasure with receipts and tombstones, re-consent, and the change feed."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ranker.config import Settings
+from ranker.decision_reader import DecisionReader
+from ranker.domain import Candidate, Outcome, Posting, Stage
+from ranker.errors import ErasedId, InvalidInput, NotFound
+from ranker.rows import CandidateRow, Decision, PostingRow, ScoredCandidates, ShadowRanking
+from ranker.store import SqliteStore
+from ranker.store_api import open_decision_reader, open_store, store_exists
+from ranker.store_sql import SqlStore
+
+DIM = 8
+BACKENDS = ["sqlite", "postgres"]
+
+
+def _vec(seed: int, n: int | None = None) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    v = rng.standard_normal((n or 1, DIM)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    return v if n else v[0]
+
+
+def _cand(i: int, text: str = "Python developer with ten years of Django.") -> CandidateRow:
+    c = Candidate(
+        id=f"c{i}",
+        cv_text=text,
+        skills=("Python", "Django"),
+        years_experience=i % 20,
+        location="Berlin",
+        remote_ok=bool(i % 2),
+        title="Engineer",
+    )
+    return CandidateRow(candidate=c, doc_vector=_vec(i), chunk_vectors=_vec(i, 3))
+
+
+def _posting(pid: str = "p1") -> PostingRow:
+    p = Posting(
+        id=pid,
+        title="Backend engineer",
+        description="Build APIs in Python.",
+        required_skills=("python",),
+        min_years=3,
+        created_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    return PostingRow(posting=p, vector=_vec(9))
+
+
+def _decision(request_id: str, ids: tuple[str, ...], version: str = "v1") -> Decision:
+    return Decision(
+        request_id=request_id,
+        at=datetime.now(UTC),
+        model_version=version,
+        posting_id="p1",
+        posting_hash="h",
+        top_k=len(ids),
+        feature_names=("a", "b"),
+        candidate_ids=ids,
+        scores=np.linspace(0.9, 0.1, len(ids)),
+        features=np.arange(2 * len(ids), dtype=np.float32).reshape(len(ids), 2),
+        params={"k": len(ids)},
+    )
+
+
+class Backend:
+    """Opens stores of one engine on one database (again, as a restart or a second service)."""
+
+    def __init__(self, name: str, tmp_path: Path, url: str | None) -> None:
+        self.name = name
+        self.settings = Settings(
+            data_dir=tmp_path / "data",
+            database_url=url or "",
+            database_pool_size=4,
+            erasure_checkpoint_seconds=5.0,
+        )
+
+    def open(self, **overrides: object) -> SqlStore:
+        store = open_store(self.settings.model_copy(update=overrides), dim=DIM)
+        assert isinstance(store, SqlStore)
+        return store
+
+    def reader(self) -> DecisionReader:
+        return open_decision_reader(self.settings)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
+    return Backend(request.param, tmp_path, url)
+
+
+@pytest.fixture
+def store(backend: Backend) -> Iterator[SqlStore]:
+    s = backend.open()
+    yield s
+    s.close()
+
+
+def _rows_naming(store: SqlStore, table: str, column: str, value: object) -> int:
+    with store._read() as c:
+        return int(
+            c.execute(f"SELECT COUNT(*) FROM {table} WHERE {column} = ?", (value,)).fetchone()[0]
+        )
+
+
+def test_each_backend_is_the_one_the_settings_name(backend: Backend, store: SqlStore) -> None:
+    from ranker.store_pg import PostgresStore
+
+    assert isinstance(store, PostgresStore if backend.name == "postgres" else SqliteStore)
+    assert store_exists(backend.settings)
+
+
+def test_candidates_roundtrip_and_upsert_is_idempotent(store: SqlStore) -> None:
+    ids1 = store.upsert_candidates([_cand(1), _cand(2)])
+    gen = store.generation()
+    ids2 = store.upsert_candidates([_cand(1, "Rewritten CV text.")])
+    assert ids2 == ids1[:1]  # same faiss id on re-upsert
+    assert store.generation() != gen
+    assert store.count_candidates() == 2
+    (row,) = store.get_candidates(["c1"])
+    assert row.candidate.cv_text == "Rewritten CV text."
+    assert row.candidate.skills == ("python", "django")
+    np.testing.assert_array_equal(row.chunk_vectors, _vec(1, 3))
+    assert [r.candidate.id for r in store.iter_candidates(batch=1)] == ["c1", "c2"]
+    assert store.faiss_ids(["c2", "ghost", "c1"]) == {"c1": ids1[0], "c2": ids1[1]}
+    assert [r.candidate.id for r in store.get_candidates(["c2", "ghost", "c1"])] == ["c2", "c1"]
+    by_fid = store.get_candidates_by_faiss_ids([ids1[1], 10**9, ids1[0]])
+    assert [(f, r.candidate.id) for f, r in by_fid] == [(ids1[0], "c1"), (ids1[1], "c2")]
+
+
+def test_lookups_of_more_ids_than_one_statement_binds(store: SqlStore) -> None:
+    # 1,200 ids go to the database in slices; every stored one is found, in the order asked.
+    stored = [_cand(i) for i in range(0, 1200, 7)]
+    store.upsert_candidates(stored)
+    asked = [f"c{i}" for i in reversed(range(1200))]
+    found = store.get_candidates(asked)
+    assert [r.candidate.id for r in found] == [i for i in asked if int(i[1:]) % 7 == 0]
+    assert set(store.faiss_ids(asked)) == {r.candidate.id for r in stored}
+
+
+def test_ids_order_by_bytes_on_both_engines(store: SqlStore) -> None:
+    # PostgreSQL's columns are COLLATE "C": the order SQLite gives, whatever the cluster locale.
+    for pid in ("p-b", "P-a", "p_a", "p-A"):
+        store.upsert_postings([_posting(pid)])
+    assert [r.posting.id for r in store.list_postings()] == sorted(["p-b", "P-a", "p_a", "p-A"])
+
+
+def test_a_bad_row_stores_nothing(store: SqlStore) -> None:
+    store.upsert_candidates([_cand(1)])
+    seq = store.last_change_seq()
+    bad = CandidateRow(
+        candidate=_cand(2).candidate,
+        doc_vector=np.full(DIM, np.nan, np.float32),
+        chunk_vectors=_vec(2, 1),
+    )
+    with pytest.raises(InvalidInput):
+        store.upsert_candidates([_cand(3), bad])
+    assert store.count_candidates() == 1 and store.last_change_seq() == seq
+
+
+def test_a_write_whose_caller_gave_up_stores_nothing(store: SqlStore) -> None:
+    seq = store.last_change_seq()
+
+    def expired() -> None:
+        raise TimeoutError("deadline passed")
+
+    with pytest.raises(TimeoutError):
+        store.upsert_candidates([_cand(1)], before_commit=expired)
+    with pytest.raises(TimeoutError):
+        store.upsert_postings([_posting()], before_commit=expired)
+    assert store.count_candidates() == 0 and store.count_postings() == 0
+    assert store.last_change_seq() == seq and store.changes_since(0) == []
+    store.upsert_candidates([_cand(1)])  # the store is usable after the rollback
+    assert store.count_candidates() == 1
+
+
+def test_postings_and_outcomes(store: SqlStore) -> None:
+    store.upsert_postings([_posting()])
+    (row,) = store.list_postings()
+    assert row.posting == _posting().posting
+    np.testing.assert_array_equal(row.vector, _vec(9))
+    assert [r.posting.id for r in store.get_postings(["ghost", "p1"])] == ["p1"]
+    assert store.count_postings() == 1
+    o = Outcome(
+        posting_id="p1",
+        candidate_id="c1",
+        stage=Stage.SCREENED,
+        at=datetime(2026, 2, 1, tzinfo=UTC),
+    )
+    assert store.record_outcomes([o, o]) == 1
+    assert store.record_outcomes([o]) == 0
+    assert store.list_outcomes() == [o] and store.count_outcomes() == 1
+
+
+def test_protected_attributes_are_kept_apart_and_updated(store: SqlStore) -> None:
+    store.upsert_protected([("c1", "sex", "f"), ("c2", "sex", "m"), ("c1", "race", "x")])
+    store.upsert_protected([("c2", "sex", "f")])
+    assert store.protected_attributes("sex") == {"c1": "f", "c2": "f"}
+    assert store.protected_attributes("race") == {"c1": "x"}
+
+
+def test_decisions_are_logged_and_read_back(backend: Backend, store: SqlStore) -> None:
+    store.log_decisions([_decision("r1", ("c1", "c2")), _decision("r2", ("c2",), "v2")])
+    got = store.get_decision("r1")
+    assert got.candidate_ids == ("c1", "c2") and got.model_version == "v1"
+    assert got.params == {"k": 2} and got.feature_names == ("a", "b")
+    np.testing.assert_array_equal(got.features, np.arange(4, dtype=np.float32).reshape(2, 2))
+    assert got.at.tzinfo is not None
+    assert store.has_decisions(["r1", "r9", "r2"]) == {"r1", "r2"}
+    assert store.count_decisions() == 2
+    with pytest.raises(NotFound):
+        store.get_decision("r9")
+    store.upsert_candidates([_cand(2)])
+    with backend.reader() as reader:  # read-only, beside the store
+        assert reader.get("r2").candidate_ids == ("c2",)
+        names, rows = reader.feature_rows("v1", limit=10)
+        assert names == ("a", "b") and rows.shape == (2, 2)
+        assert [(v, n) for v, n, _ in reader.versions()] == [("v2", 1), ("v1", 1)]
+        assert reader.decision_ids(None, None) == ["r1", "r2"]
+        assert reader.candidate_ids() == ["c2"]
+
+
+def test_shadow_rankings_roundtrip(store: SqlStore) -> None:
+    record = ShadowRanking(
+        request_id="r1",
+        at=datetime.now(UTC),
+        posting_id="p1",
+        champion_version="v1",
+        challenger_version="v2",
+        top_k=2,
+        retrieved=3,
+        champion_ids=("c1", "c2"),
+        challenger_ids=("c2", "c1"),
+    )
+    store.log_shadow([record])
+    store.log_shadow([record])  # a replay replaces, never duplicates
+    assert store.shadow_rankings() == [record]
+    assert store.shadow_rankings("v3") == []
+
+
+def test_erasure_removes_every_trace_and_keeps_a_receipt(store: SqlStore) -> None:
+    store.upsert_candidates([_cand(1), _cand(2)])
+    store.upsert_candidates([_cand(1, "An edited CV.")])  # the first one is kept as a version
+    store.record_outcomes([Outcome(posting_id="p1", candidate_id="c1", stage=Stage.HIRED)])
+    store.upsert_protected([("c1", "sex", "f")])
+    store.log_decisions([_decision("r1", ("c1", "c2"))])
+    store.log_shadow(
+        [
+            ShadowRanking(
+                request_id="r1",
+                at=datetime.now(UTC),
+                posting_id="p1",
+                champion_version="v1",
+                challenger_version="v2",
+                top_k=2,
+                retrieved=2,
+                champion_ids=("c1", "c2"),
+                challenger_ids=("c2", "c1"),
+            )
+        ]
+    )
+    receipt = store.delete_candidates(["c1", "ghost"], actor="token:ops")
+    assert receipt.erased == ("c1",) and receipt.not_found == ("ghost",)
+    assert receipt.rows == {
+        "candidates": 1,
+        "candidate_versions": 1,
+        "outcomes": 1,
+        "decision_items": 1,
+        "shadow_items": 2,
+        "decision_scores": 0,  # this decision kept no scores beyond the top k
+        "protected_attributes": 1,
+    }
+    assert not store.residue_pending  # the engine's clean-up ran and was verified
+    assert store.get_candidates(["c1"]) == []
+    assert store.candidate_versions(["c1"]) == []
+    assert store.list_outcomes() == []
+    assert store.get_decision("r1").candidate_ids == ("c2",)
+    (shadow,) = store.shadow_rankings()
+    assert shadow.champion_ids == ("c2",) and shadow.challenger_ids == ("c2",)
+    assert store.protected_attributes("sex") == {}
+    (found,) = store.erasure_receipts("c1")
+    assert found["rows"]["candidates"] == 1  # type: ignore[index]
+    assert found["receipt_id"] in receipt.receipt_ids
+    # The receipt is keyed by an HMAC of the id, never the id.
+    with store._read() as c:
+        kept = c.execute("SELECT candidate_id_hmac, rows FROM erasures").fetchall()
+    ((digest, rows),) = kept
+    assert len(digest) == 64 and digest != "c1" and '"c1"' not in rows
+    (action,) = store.admin_actions()
+    assert action["actor"] == "token:ops" and action["action"] == "erase"
+
+
+def test_an_erased_id_is_refused_by_every_write_path_until_reconsent(store: SqlStore) -> None:
+    store.upsert_candidates([_cand(1), _cand(2)])
+    store.delete_candidates(["c1"])
+    assert store.erased_among(["c1", "c2", "c3"]) == {"c1"}
+    outcome = Outcome(posting_id="p1", candidate_id="c1", stage=Stage.APPLIED)
+    for write in (
+        lambda: store.upsert_candidates([_cand(2), _cand(1)]),
+        lambda: store.record_outcomes([outcome]),
+        lambda: store.upsert_protected([("c1", "sex", "f")]),
+    ):
+        with pytest.raises(ErasedId):
+            write()
+    assert store.count_candidates() == 1 and store.count_outcomes() == 0
+    with pytest.raises(InvalidInput):
+        store.reconsent("c1", reason="  ", actor="cli:ops")
+    assert not store.reconsent("c2", reason="never erased", actor="cli:ops")
+    assert store.reconsent("c1", reason="consent ref 42", actor="cli:ops")
+    assert store.erased_among(["c1"]) == set()
+    store.upsert_candidates([_cand(1)])
+    assert store.record_outcomes([outcome]) == 1
+    assert [a["action"] for a in store.admin_actions()] == ["erase", "reconsent"]
+    assert len(store.erasure_receipts("c1")) == 1  # the receipt outlives the re-consent
+
+
+def test_every_scored_candidate_s_score_is_logged_and_erased_with_the_candidate(
+    store: SqlStore,
+) -> None:
+    names = ["c1", "c2", "c3", "c4"]
+    fids = dict(zip(names, store.upsert_candidates([_cand(i) for i in range(1, 5)]), strict=True))
+
+    def scored(request_id: str, ids: list[str]) -> Decision:
+        scores = np.linspace(1.0, 0.0, len(ids), dtype=np.float32)
+        base = _decision(request_id, tuple(ids[:2]))
+        return Decision(
+            **{
+                **base.__dict__,
+                "scored": ScoredCandidates(
+                    np.array([fids[c] for c in ids], dtype=np.int64), tuple(ids), scores
+                ),
+            }
+        )
+
+    store.log_decisions(
+        [
+            scored("r1", ["c3", "c1", "c4", "c2"]),
+            scored("r2", ["c1", "c2"]),
+            _decision("r3", ("c1",)),
+        ]
+    )
+    got = store.get_decision("r1").scored
+    assert got is not None
+    kept = dict(zip(got.candidate_ids, got.scores.tolist(), strict=True))
+    assert kept == pytest.approx({"c3": 1.0, "c1": 2 / 3, "c4": 1 / 3, "c2": 0.0})
+    assert store.get_decision("r3").scored is None
+
+    receipt = store.delete_candidates(["c1"])
+    assert receipt.rows["decision_scores"] == 2 and receipt.rows["decision_items"] == 3
+    for rid in ("r1", "r2"):
+        d = store.get_decision(rid)
+        assert d.scored is not None and "c1" not in d.candidate_ids
+        assert "c1" not in d.scored.candidate_ids
+    assert store.get_decision("r1").scored.candidate_ids == ("c2", "c3", "c4")  # type: ignore[union-attr]
+    # No row anywhere still names the erased candidate or its faiss id.
+    assert _rows_naming(store, "decision_items", "candidate_id", "c1") == 0
+    assert _rows_naming(store, "decision_scores", "faiss_id", fids["c1"]) == 0
+
+
+def test_a_changed_record_keeps_the_version_before_it(store: SqlStore) -> None:
+    first = datetime.now(UTC)
+    store.upsert_candidates([_cand(1), _cand(2)])
+    store.upsert_candidates([_cand(1)])  # the same record again: no new version
+    assert store.candidate_versions() == []
+    edited = CandidateRow(
+        candidate=Candidate(id="c1", cv_text="A rewritten CV.", skills=("Rust",), location="Oslo"),
+        doc_vector=_vec(11),
+        chunk_vectors=_vec(11, 2),
+    )
+    store.upsert_candidates([edited])
+    store.upsert_candidates([_cand(1, "A third CV.")])
+    versions = store.candidate_versions(["c1", "c2"])
+    # Oldest first, each with its own record and vectors, spans that meet end to start.
+    assert [v.candidate for v in versions] == [_cand(1).candidate, edited.candidate]
+    np.testing.assert_array_equal(versions[0].chunk_vectors, _vec(1, 3))
+    np.testing.assert_array_equal(versions[1].doc_vector, _vec(11))
+    np.testing.assert_array_equal(versions[1].chunk_vectors, _vec(11, 2))
+    assert first <= versions[0].valid_from <= versions[0].valid_until
+    assert versions[0].valid_until == versions[1].valid_from <= versions[1].valid_until
+    assert store.get_candidates(["c1"])[0].candidate.cv_text == "A third CV."
+    assert [v.candidate.id for v in store.candidate_versions()] == ["c1", "c1"]
+
+
+def test_reopen_keeps_data_identity_and_tombstones(backend: Backend, store: SqlStore) -> None:
+    store.upsert_candidates([_cand(5), _cand(6)])
+    store.delete_candidates(["c6"])
+    gen, uuid = store.generation(), store.uuid
+    assert len(uuid) == 32 and gen.startswith(uuid)
+    store.close()
+    again = backend.open()
+    try:
+        assert again.count_candidates() == 1 and again.generation() == gen and again.uuid == uuid
+        (row,) = again.get_candidates(["c5"])
+        assert row.candidate == _cand(5).candidate
+        np.testing.assert_array_equal(row.chunk_vectors, _vec(5, 3))
+        assert again.erased_among(["c6"]) == {"c6"}
+        assert again.erasure_receipts("c6")[0]["rows"]["candidates"] == 1  # type: ignore[index]
+    finally:
+        again.close()
+
+
+def test_another_receipt_key_is_refused_not_replaced(
+    backend: Backend, store: SqlStore, tmp_path: Path
+) -> None:
+    store.upsert_candidates([_cand(1)])
+    store.delete_candidates(["c1"])
+    store.close()
+    other = tmp_path / "other-key"
+    other.write_text("00" * 32, encoding="ascii")
+    with pytest.raises(InvalidInput, match="not the erasure receipt key"):
+        backend.open(receipt_key_file=other)
+    with pytest.raises(InvalidInput, match="is missing"):
+        backend.open(receipt_key_file=tmp_path / "lost-key")
+    assert not (tmp_path / "lost-key").exists()  # not silently replaced by a new key
+
+
+def test_concurrent_upserts_lose_nothing(store: SqlStore) -> None:
+    def work(offset: int) -> None:
+        for i in range(offset, offset + 25):
+            store.upsert_candidates([_cand(i)])
+
+    threads = [threading.Thread(target=work, args=(k * 100,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert store.count_candidates() == 100
+    wanted = [f"c{k * 100 + i}" for k in range(4) for i in range(25)]
+    assert len(set(store.faiss_ids(wanted).values())) == 100
+    assert [c.seq for c in store.changes_since(0, limit=1000)] == sorted(
+        c.seq for c in store.changes_since(0, limit=1000)
+    )
+    assert len(store.changes_since(0, limit=1000)) == 100
+
+
+# -- the change feed --------------------------------------------------------------------------
+def test_every_write_is_in_the_change_feed_in_order(store: SqlStore) -> None:
+    assert store.last_change_seq() == 0 and store.changes_since(0) == []
+    fids = store.upsert_candidates([_cand(1), _cand(2), _cand(1)])  # c1 twice: one entry
+    store.upsert_postings([_posting("p1"), _posting("p2")])
+    o = Outcome(posting_id="p1", candidate_id="c1", stage=Stage.SCREENED, at=datetime.now(UTC))
+    store.record_outcomes([o])
+    store.record_outcomes([o])  # nothing new: no entry
+    store.upsert_protected([("c2", "sex", "f")])  # not followed: no entry
+    store.log_decisions([_decision("r1", ("c1",))])  # nor the decision log
+    store.delete_candidates(["c1"])
+    feed = store.changes_since(0)
+    assert [(c.kind, c.key, c.op) for c in feed] == [
+        ("candidate", str(fids[0]), "upsert"),
+        ("candidate", str(fids[1]), "upsert"),
+        ("posting", "p1", "upsert"),
+        ("posting", "p2", "upsert"),
+        ("outcome", "p1", "upsert"),
+        ("erasure", str(fids[0]), "delete"),
+    ]
+    seqs = [c.seq for c in feed]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    assert store.last_change_seq() == seqs[-1]
+    assert all(c.at.tzinfo is not None for c in feed)
+    assert store.changes_since(seqs[1], limit=2) == feed[2:4]
+    assert store.changes_since(seqs[-1]) == []
+    # An erasure's entry names the faiss id, which no longer leads to the candidate.
+    assert store.get_candidates_by_faiss_ids([fids[0]]) == []
+    with store._read() as c:
+        keys = [r[0] for r in c.execute("SELECT key FROM changes").fetchall()]
+    assert "c1" not in keys and "c2" not in keys
+
+
+def test_an_erasure_of_a_candidate_never_stored_adds_no_feed_entry(store: SqlStore) -> None:
+    store.record_outcomes([Outcome(posting_id="p1", candidate_id="c7", stage=Stage.APPLIED)])
+    seq = store.last_change_seq()
+    receipt = store.delete_candidates(["c7"])  # only outcomes: erased, but nothing to drop
+    assert receipt.erased == ("c7",) and store.changes_since(seq) == []
