@@ -121,7 +121,9 @@ class DaskBatches(BatchEncoder):
             yield self._result(*window.popleft())
 
     def postings(self, postings: Sequence[Posting]) -> list[PostingRow | InvalidInput]:
-        parts = [list(postings[i : i + INGEST_BATCH]) for i in range(0, len(postings), INGEST_BATCH)]
+        parts = [
+            list(postings[i : i + INGEST_BATCH]) for i in range(0, len(postings), INGEST_BATCH)
+        ]
         futures = [self._submit(_encode_postings, part) for part in parts]
         return [row for future in futures for row in (future.result() if future else [])]
 

@@ -101,7 +101,9 @@ def _batches_to_encode(
             skipped.erased += [c.id for c in part if c.id in gone]
             part = [c for c in part if c.id not in gone]
         if resuming:
-            stored = {r.candidate.id: r.candidate for r in store.get_candidates([c.id for c in part])}
+            stored = {
+                r.candidate.id: r.candidate for r in store.get_candidates([c.id for c in part])
+            }
             todo = [c for c in part if stored.get(c.id) != c]
             skipped.unchanged += len(part) - len(todo)
             part = todo

@@ -102,7 +102,7 @@ def validation_curve(
     return curve
 
 
-def early_stopping_choice(curve: Sequence[float], patience: int) -> int:
+def early_stopping_choice(curve: Sequence[float] | np.ndarray, patience: int) -> int:
     """The iteration (1-based) `lightgbm.early_stopping(patience)` keeps on this curve: the best
     score so far, training stopping once `patience` iterations pass without a strictly better
     one (a later, higher peak after such a stop is not taken, as it would not be seen)."""
@@ -135,8 +135,8 @@ class DaskFitter:
         config: TrainConfig,
         weights: np.ndarray | None = None,
     ) -> FittedBooster:
-        import dask
         import dask.array as da
+        from dask.delayed import delayed
         from lightgbm.dask import DaskLGBMRanker
 
         train, valid = sets["train"], sets["valid"]
@@ -159,7 +159,7 @@ class DaskFitter:
             held += futures
             for (name, piece), future in zip(pieces.items(), futures, strict=True):
                 arrays[name].append(
-                    da.from_delayed(dask.delayed(future), shape=piece.shape, dtype=piece.dtype)
+                    da.from_delayed(delayed(future), shape=piece.shape, dtype=piece.dtype)
                 )
         params = {k: v for k, v in config.params().items() if k not in CLUSTER_PARAMS}
         model = DaskLGBMRanker(client=self.client, n_estimators=config.max_rounds, **params)

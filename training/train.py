@@ -262,7 +262,9 @@ def fit_booster(
     )
     valid_sets = [dtrain]
     names = ["train"]
-    callbacks: list[Any] = []
+    evals: dict[str, Any] = {}
+    # Counts the rounds trained: the booster lgb.train returns is already cut to the best one.
+    callbacks: list[Any] = [lgb.record_evaluation(evals)]
     if valid.n_queries:
         valid_sets.append(
             lgb.Dataset(valid.x, valid.y, group=valid.group, reference=dtrain, free_raw_data=False)
@@ -287,7 +289,7 @@ def fit_booster(
     )
     fitting = {
         "engine": "lightgbm",
-        "rounds_trained": booster.current_iteration(),
+        "rounds_trained": len(evals["train"]["ndcg@10"]),
         "best_iteration": best,
         "rule": rule,
     }

@@ -103,4 +103,3 @@ def test_a_worker_with_another_encoder_export_is_refused(
     workers._args = (folder, settings_json, (("model.onnx", "0" * 64),))
     with pytest.raises(InvalidInput, match="another export than the driver's"):
         ingest_files(_settings(tmp_path / "x"), workers, batch_size=BATCH, **demo_files)
-

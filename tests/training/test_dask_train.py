@@ -87,9 +87,10 @@ def test_the_iteration_is_chosen_by_lightgbms_own_metric_and_stopping_rule(
     np.testing.assert_allclose(curve, recorded["valid"]["ndcg@10"], rtol=0, atol=1e-9)
     # And the choice on it is the iteration early stopping keeps in a single-process fit.
     single = fit_booster(sets, config)
-    assert early_stopping_choice(curve, config.early_stopping_rounds) == single.fitting[
-        "best_iteration"
-    ]
+    assert (
+        early_stopping_choice(curve, config.early_stopping_rounds)
+        == single.fitting["best_iteration"]
+    )
     assert early_stopping_choice([0.1, 0.3, 0.2, 0.2, 0.9], patience=2) == 2  # stopped before 0.9
     assert early_stopping_choice([0.1, 0.3, 0.2, 0.9], patience=2) == 4
 
@@ -159,6 +160,6 @@ def test_dask_and_single_process_fits_rank_held_out_postings_alike(
         return float(np.average(per_set, weights=[s.n_queries for s in held_out]))
 
     ours, theirs = ndcg(dask), ndcg(single)
-    print(f"score correlation {r:.3f}; held-out NDCG@10 Dask {ours:.3f}, single {theirs:.3f}")
-    assert r >= SCORE_CORRELATION_FLOOR
-    assert abs(ours - theirs) <= NDCG_TOLERANCE
+    figures = f"score correlation {r:.3f}; held-out NDCG@10 Dask {ours:.3f}, single {theirs:.3f}"
+    assert r >= SCORE_CORRELATION_FLOOR, figures
+    assert abs(ours - theirs) <= NDCG_TOLERANCE, figures
