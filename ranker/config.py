@@ -238,6 +238,16 @@ class Settings(EncoderSettings):
     drift_interval_seconds: float = Field(default=60.0, gt=0)
     """How often a running service recomputes the drift gauges (`ranker_feature_psi`)."""
 
+    # -- offline work on Dask ------------------------------------------------------------
+    dask: str | None = None
+    """Dask cluster for `ranker ingest` and `ranker train` (their `--dask` overrides it): a
+    scheduler address (`tcp://host:8786`), or `local:N` for N worker processes on this machine.
+    Unset: both run in this process."""
+
+    dask_encoder_threads: int = Field(default=1, ge=0)
+    """ONNX Runtime threads inside one operator on each Dask worker encoding candidates (0: one
+    per physical core). 1: the parallelism comes from the workers, which share the cores."""
+
     @model_validator(mode="after")
     def _limits_agree(self) -> Self:
         """Refuse limits that contradict each other, naming the variables to fix."""

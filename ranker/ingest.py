@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -16,16 +17,97 @@ from ranker.domain import Candidate, Outcome, Posting
 from ranker.encoding import TextEncoder, encode_candidates, encode_postings
 from ranker.errors import InvalidInput
 from ranker.index import index_from_store
-from ranker.store_api import open_store, store_exists
+from ranker.rows import CandidateRow, PostingRow
+from ranker.store_api import Store, open_store, store_exists
 
 if TYPE_CHECKING:
     from ranker.datafiles import FileProblems
 
 INGEST_BATCH = 256
-"""Candidates encoded and stored per transaction when ingesting files."""
+"""Candidates encoded and stored per transaction when ingesting files (and per Dask task)."""
 
 
 R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Candidates still to encode from one stretch of the file, in file order."""
+
+    candidates: list[Candidate]
+    done: int
+    """Candidates of the file up to the end of this batch (the progress once it is stored)."""
+
+
+class BatchEncoder(ABC):
+    """Encodes an ingest's batches: here, one after the other (`LocalBatches`), or on Dask
+    workers (`ranker.dask_ingest.DaskBatches`). Either way the rows come back in the order the
+    batches went in, and `ingest_files` stores them the same way."""
+
+    @property
+    @abstractmethod
+    def dim(self) -> int:
+        """Dimension of the vectors: the store's."""
+
+    @abstractmethod
+    def candidates(
+        self, batches: Iterable[Batch]
+    ) -> Iterator[tuple[Batch, list[CandidateRow | InvalidInput]]]:
+        """Each batch with its rows (or why an item could not be encoded), in order."""
+
+    @abstractmethod
+    def postings(self, postings: Sequence[Posting]) -> list[PostingRow | InvalidInput]:
+        """One row per posting (or why it could not be encoded), in order."""
+
+
+class LocalBatches(BatchEncoder):
+    """Encoding in this process, with the encoder given."""
+
+    def __init__(self, encoder: TextEncoder) -> None:
+        self.encoder = encoder
+
+    @property
+    def dim(self) -> int:
+        return self.encoder.dim
+
+    def candidates(
+        self, batches: Iterable[Batch]
+    ) -> Iterator[tuple[Batch, list[CandidateRow | InvalidInput]]]:
+        for batch in batches:
+            yield batch, encode_candidates(self.encoder, batch.candidates)
+
+    def postings(self, postings: Sequence[Posting]) -> list[PostingRow | InvalidInput]:
+        return encode_postings(self.encoder, postings)
+
+
+@dataclass
+class _Skipped:
+    """Candidates of the file that need no encoding, counted as the batches are made."""
+
+    erased: list[str] = field(default_factory=list)
+    unchanged: int = 0
+
+
+def _batches_to_encode(
+    store: Store, cands: Sequence[Candidate], resuming: bool, size: int, skipped: _Skipped
+) -> Iterator[Batch]:
+    """The file's candidates in batches of `size`, less the erased and (when resuming) those
+    already stored as in the file."""
+    for start in range(0, len(cands), size):
+        part = list(cands[start : start + size])
+        # An erased candidate stays erased: the export still listing it is no consent.
+        gone = store.erased_among([c.id for c in part])
+        if gone:
+            skipped.erased += [c.id for c in part if c.id in gone]
+            part = [c for c in part if c.id not in gone]
+        if resuming:
+            stored = {
+                r.candidate.id: r.candidate for r in store.get_candidates([c.id for c in part])
+            }
+            todo = [c for c in part if stored.get(c.id) != c]
+            skipped.unchanged += len(part) - len(todo)
+            part = todo
+        yield Batch(part, min(start + size, len(cands)))
 
 
 def ingest_state_path(settings: Settings) -> Path:
@@ -130,7 +212,7 @@ def _read(
 
 def ingest_files(
     settings: Settings,
-    encoder: TextEncoder,
+    encoder: TextEncoder | BatchEncoder,
     *,
     candidates: Path | None = None,
     postings: Path | None = None,
@@ -138,6 +220,7 @@ def ingest_files(
     protected: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
     on_stage: Callable[[str], None] | None = None,
+    batch_size: int | None = None,
 ) -> IngestReport:
     """Read data files into the store and rebuild the index (the offline path of `ranker ingest`).
 
@@ -147,6 +230,11 @@ def ingest_files(
     and every write is an idempotent upsert. Run it while the service is stopped: a running
     service keeps its own in-memory view and learns of new candidates only through
     UpsertCandidates (`ranker ingest` and `ranker serve` lock the data folder).
+
+    `encoder`: a text encoder (encoding here), or a `BatchEncoder` such as
+    `ranker.dask_ingest.DaskBatches` (encoding on Dask workers); the checks, the resume, the
+    store writes and the index are the same either way. `batch_size`: candidates per
+    transaction (and per Dask task); default `INGEST_BATCH`.
     """
     files = {
         "candidates": candidates,
@@ -161,7 +249,8 @@ def ingest_files(
     checked = check_files(files)
     sources = source_digests(files)
     state_path = ingest_state_path(settings)
-    store = open_store(settings, dim=encoder.dim)
+    batches = encoder if isinstance(encoder, BatchEncoder) else LocalBatches(encoder)
+    store = open_store(settings, dim=batches.dim)
     try:
         # A new database (deleted and recreated) has a new uuid: an old state file does not count.
         store_uuid = store.uuid
@@ -181,37 +270,27 @@ def ingest_files(
             },
         )
         rejected: list[str] = []
-        n_cand = n_post = n_out = n_prot = n_same = 0
+        n_cand = n_post = n_out = n_prot = 0
         skip_out = skip_prot = 0
-        erased: list[str] = []
+        skipped = _Skipped()
         if candidates is not None:
             stage("encoding candidates")
             cands = checked.candidates
-            for start in range(0, len(cands), INGEST_BATCH):
-                part = cands[start : start + INGEST_BATCH]
-                # An erased candidate stays erased: the export still listing it is no consent.
-                gone = store.erased_among([c.id for c in part])
-                if gone:
-                    erased += [c.id for c in part if c.id in gone]
-                    part = [c for c in part if c.id not in gone]
-                if resuming:
-                    stored = {
-                        r.candidate.id: r.candidate
-                        for r in store.get_candidates([c.id for c in part])
-                    }
-                    todo = [c for c in part if stored.get(c.id) != c]
-                    n_same += len(part) - len(todo)
-                    part = todo
-                rows = _accepted("candidate", part, encode_candidates(encoder, part), rejected)
+            size = batch_size or INGEST_BATCH
+            todo = _batches_to_encode(store, cands, resuming, size, skipped)
+            # Rows are stored batch by batch in file order as they come back, so an interrupted
+            # run leaves a prefix of the file stored, which the next run skips.
+            for batch, results in batches.candidates(todo):
+                rows = _accepted("candidate", batch.candidates, results, rejected)
                 if rows:
                     store.upsert_candidates(rows)
                 n_cand += len(rows)
                 if progress is not None:
-                    progress(min(start + INGEST_BATCH, len(cands)), len(cands))
+                    progress(batch.done, len(cands))
         if postings is not None:
             stage("encoding postings")
             posts = checked.postings
-            prows = _accepted("posting", posts, encode_postings(encoder, posts), rejected)
+            prows = _accepted("posting", posts, batches.postings(posts), rejected)
             store.upsert_postings(prows)
             n_post = len(prows)
         if outcomes is not None:
@@ -244,8 +323,8 @@ def ingest_files(
             protected=n_prot,
             rejected=tuple(rejected),
             index_size=len(index),
-            unchanged=n_same,
-            erased=tuple(erased),
+            unchanged=skipped.unchanged,
+            erased=tuple(skipped.erased),
             erased_outcomes=skip_out,
             erased_protected=skip_prot,
         )

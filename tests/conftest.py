@@ -14,4 +14,5 @@ pytest_plugins = [
     "tests.fixtures.server",  # a real gRPC server on port 0 with a real stub (serving)
     "tests.fixtures.recruiter",  # a server seeded with the recruiter's problem cases (issue 13)
     "tests.fixtures.postgres",  # a real PostgreSQL server, started and stopped by the run
+    "tests.fixtures.dask",  # a LocalCluster of 2 worker processes (offline work on Dask)
 ]

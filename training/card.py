@@ -261,6 +261,16 @@ def _blend_line(blend: Mapping[str, Any] | None) -> str:
     )
 
 
+def _fitting_line(fitting: Mapping[str, Any] | None) -> str:
+    if not fitting:
+        return "- Fitted: not recorded"
+    where = f" on {fitting['workers']} Dask workers" if "workers" in fitting else ""
+    return (
+        f"- Fitted: {fitting['engine']}{where}, {fitting['rounds_trained']} rounds trained, "
+        f"{fitting['best_iteration']} kept ({fitting['rule']})"
+    )
+
+
 def render_markdown(card: Mapping[str, Any]) -> str:
     """MODEL_CARD.md: the same facts as model_card.json, for people."""
     data = card["data"]
@@ -276,6 +286,7 @@ def render_markdown(card: Mapping[str, Any]) -> str:
         f"- Training data sha256: `{data['sha256']}`",
         f"- ONNX parity: max |ONNX - LightGBM| = {card['parity']['max_abs_diff']:.2e} on "
         f"{card['parity']['rows']} rows",
+        _fitting_line(card["model"].get("fitting")),
         _blend_line(card.get("blend")),
         "",
         "## Intended use",

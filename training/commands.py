@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -260,6 +261,18 @@ def _gate_policy(
     return GatePolicy.from_settings(settings.model_copy(update=overrides))
 
 
+def _dask_fitter(address: str | None, stack: contextlib.ExitStack) -> Any:
+    """None (fit here), or a `training.dask_train.DaskFitter` on the cluster at `address`."""
+    if not address:
+        return None
+    from ranker.dask_cluster import dask_client
+    from training.dask_train import DaskFitter
+
+    client = stack.enter_context(dask_client(address))
+    console.print(f"fitting on Dask: {client.scheduler.address}, {len(client.nthreads())} workers")
+    return DaskFitter(client)
+
+
 def train(
     seed: Annotated[int, typer.Option(help="LightGBM seed.")] = 7,
     promote: Annotated[
@@ -300,6 +313,13 @@ def train(
     mitigation_attribute: Annotated[
         str, typer.Option(help="Protected attribute --mitigation reweighs by.")
     ] = "sex",
+    dask: Annotated[
+        str | None,
+        typer.Option(
+            help="Fit on a Dask cluster (lightgbm.dask): a scheduler address (tcp://host:8786) "
+            "or local:N worker processes; default RANKER_DASK, else here.",
+        ),
+    ] = None,
 ) -> None:
     """Train a ranker on the store's outcomes, evaluate it, check the promotion gates, register
     it, and promote it when asked (or nothing is in service) and the gates pass."""
@@ -366,21 +386,24 @@ def train(
             return
     started = time.perf_counter()
     try:
-        result = train_and_register(
-            candidates,
-            postings,
-            outcomes,
-            registry,
-            config=TrainConfig(seed=seed),
-            promote=promote,
-            protected=protected or None,
-            settings=settings,
-            versions=versions,
-            gate_policy=policy,
-            force_reason=reason if force else None,
-            actor=who,
-            mitigation=mitigate,
-        )
+        with contextlib.ExitStack() as stack:
+            fit = _dask_fitter(dask or settings.dask, stack)
+            result = train_and_register(
+                candidates,
+                postings,
+                outcomes,
+                registry,
+                config=TrainConfig(seed=seed),
+                promote=promote,
+                protected=protected or None,
+                settings=settings,
+                versions=versions,
+                gate_policy=policy,
+                force_reason=reason if force else None,
+                actor=who,
+                mitigation=mitigate,
+                fit=fit,
+            )
     except RankerError as e:
         fail(str(e))
     card = result.card

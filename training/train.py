@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -212,19 +212,46 @@ class TrainResult:
     """The promotion gate results (`training.gates`), as stored in `gates.json`."""
 
 
-def fit_booster(
-    sets: Mapping[str, RankingSet], config: TrainConfig, weights: np.ndarray | None = None
-) -> tuple[lgb.Booster, str]:
-    """Train with early stopping on validation NDCG@10; returns the best booster and its text.
+@dataclass(frozen=True)
+class FittedBooster:
+    """A fitted booster cut to its chosen iteration, and how it was fitted (for the card)."""
 
-    `weights`: one per training row (`training.mitigation`); validation stays unweighted.
-    """
-    train, valid = sets["train"], sets["valid"]
+    booster: lgb.Booster
+    text: str
+    """`booster` as model text: what model.txt holds."""
+    fitting: dict[str, Any]
+    """Engine, rounds trained, the iteration kept and the rule that chose it."""
+
+    @classmethod
+    def truncated(cls, booster: lgb.Booster, best: int, fitting: dict[str, Any]) -> FittedBooster:
+        text = booster.model_to_string(num_iteration=best)
+        # Reload from the text, so ONNX, parity and metrics all use exactly what model.txt holds.
+        return cls(lgb.Booster(model_str=text), text, fitting)
+
+
+Fitter = Callable[[Mapping[str, RankingSet], TrainConfig, np.ndarray | None], FittedBooster]
+"""Fits the train set (validation postings for choosing the iteration, optional row weights):
+`fit_booster` here, or `training.dask_train.DaskFitter` on a Dask cluster."""
+
+
+def check_trainable(train: RankingSet) -> None:
+    """Refuse a train set without one applicant beyond 'applied': nothing to learn from."""
     if train.n_queries == 0 or not np.any(train.y > 0):
         raise InvalidInput(
             "no training posting has applicants beyond 'applied'; record screening, interview or "
             "hiring outcomes (RecordOutcomes or outcomes.jsonl) before training"
         )
+
+
+def fit_booster(
+    sets: Mapping[str, RankingSet], config: TrainConfig, weights: np.ndarray | None = None
+) -> FittedBooster:
+    """Train with early stopping on validation NDCG@10; returns the best booster and its text.
+
+    `weights`: one per training row (`training.mitigation`); validation stays unweighted.
+    """
+    train, valid = sets["train"], sets["valid"]
+    check_trainable(train)
     dtrain = lgb.Dataset(
         train.x,
         train.y,
@@ -235,7 +262,9 @@ def fit_booster(
     )
     valid_sets = [dtrain]
     names = ["train"]
-    callbacks: list[Any] = []
+    evals: dict[str, Any] = {}
+    # Counts the rounds trained: the booster lgb.train returns is already cut to the best one.
+    callbacks: list[Any] = [lgb.record_evaluation(evals)]
     if valid.n_queries:
         valid_sets.append(
             lgb.Dataset(valid.x, valid.y, group=valid.group, reference=dtrain, free_raw_data=False)
@@ -253,9 +282,18 @@ def fit_booster(
         callbacks=callbacks,
     )
     best = booster.best_iteration or booster.current_iteration()
-    text = booster.model_to_string(num_iteration=best)
-    # Reload from the text, so ONNX, parity and metrics all use exactly what model.txt holds.
-    return lgb.Booster(model_str=text), text
+    rule = (
+        f"early stopping on validation NDCG@10 (patience {config.early_stopping_rounds} rounds)"
+        if valid.n_queries
+        else "no validation postings: every round trained"
+    )
+    fitting = {
+        "engine": "lightgbm",
+        "rounds_trained": len(evals["train"]["ndcg@10"]),
+        "best_iteration": best,
+        "rule": rule,
+    }
+    return FittedBooster.truncated(booster, best, fitting)
 
 
 def _predict(booster: lgb.Booster, x: np.ndarray) -> np.ndarray:
@@ -302,9 +340,13 @@ def train_model(
     versions: Sequence[CandidateVersionLike] = (),
     gate_policy: GatePolicy | None = None,
     mitigation: MitigationConfig | None = None,
+    fit: Fitter | None = None,
 ) -> TrainResult:
     """Train, export to ONNX and check parity, evaluate, check the promotion gates; nothing is
     written anywhere.
+
+    `fit`: how the booster is fitted (default `fit_booster`, here; `training.dask_train` on a
+    Dask cluster); everything before and after it is the same either way.
 
     `in_service`: the version in service, to compare with on postings held out from both (None:
     nothing is promoted, so the gates compare with the fallback ranker, `Settings.fallback`).
@@ -351,7 +393,8 @@ def train_model(
     weights, mitigated = training_weights(
         sets["train"], protected, mitigation or MitigationConfig()
     )
-    booster, text = fit_booster(sets, config, weights)
+    fitted = (fit or fit_booster)(sets, config, weights)
+    booster, text = fitted.booster, fitted.text
     test = sets["test"]
 
     onnx_model = to_onnx(booster)
@@ -415,6 +458,7 @@ def train_model(
             trained, prepared_c, prepared_p, known, datasets.split.test_start, protected, settings
         ),
     )
+    card["model"]["fitting"] = fitted.fitting
     card["blend"] = blend.as_dict()
     # -- promotion gates (training.gates): stored in the card and, once registered, gates.json
     in_service_info = held_out.get("in_service") or {}
@@ -519,6 +563,7 @@ def train_and_register(
     force_reason: str | None = None,
     actor: str | None = None,
     mitigation: MitigationConfig | None = None,
+    fit: Fitter | None = None,
 ) -> TrainResult:
     """`train_model` (compared with the version in service, if any), then `register_result`
     (promotion only through the gates, or forced with a reason)."""
@@ -540,5 +585,6 @@ def train_and_register(
         versions=versions,
         gate_policy=gate_policy,
         mitigation=mitigation,
+        fit=fit,
     )
     return register_result(result, registry, promote, force_reason=force_reason, actor=actor)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -22,6 +23,25 @@ _DEMO_FILES = {
     "outcomes": "outcomes.jsonl",
     "protected": "protected.jsonl",
 }
+
+
+def _encoder(settings: Settings, dask: str | None, stack: contextlib.ExitStack) -> Any:
+    """The encoder here, or (with `dask`) batches sent to the cluster's workers."""
+    from embeddings import load_encoder
+
+    if not dask:
+        return load_encoder(settings=settings)
+    from embeddings.manifest import is_valid_export
+    from ranker.dask_cluster import dask_client
+    from ranker.dask_ingest import DaskBatches
+
+    folder = settings.resolved_encoder_dir
+    if not is_valid_export(folder):
+        # Exported here once, never by each worker on its own.
+        fail(f"no exported encoder at {folder}; run `ranker export-encoder` first")
+    client = stack.enter_context(dask_client(dask))
+    console.print(f"encoding on Dask: {client.scheduler.address}, {len(client.nthreads())} workers")
+    return DaskBatches(client, folder, settings, settings.dask_encoder_threads)
 
 
 def _report_problems(problems: tuple[str, ...], total: int) -> None:
@@ -55,6 +75,13 @@ def ingest(
             "--check", help="Only check the files and report every problem; store nothing."
         ),
     ] = False,
+    dask: Annotated[
+        str | None,
+        typer.Option(
+            help="Encode the candidates on a Dask cluster: a scheduler address "
+            "(tcp://host:8786) or local:N worker processes; default RANKER_DASK, else here.",
+        ),
+    ] = None,
 ) -> None:
     """Check, encode and store candidates, postings and outcomes, and build the index.
 
@@ -112,11 +139,9 @@ def ingest(
             note = "index rebuilt" if rebuilt else "index up to date"
             console.print(f"these files are already ingested ({size} indexed, {note}); skipping")
             return
-        from embeddings import load_encoder
-
-        encoder = load_encoder(settings=settings)
-        with progress_for(err_console) as progress:
+        with contextlib.ExitStack() as stack, progress_for(err_console) as progress:
             try:
+                encoder = _encoder(settings, dask or settings.dask, stack)
                 report = ingest_files(
                     settings,
                     encoder,
