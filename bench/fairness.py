@@ -196,8 +196,13 @@ def run_scenarios(
                 settings=settings,
                 mitigation=MitigationConfig(method, sc.attribute),  # type: ignore[arg-type]
             )
+            # As served: the model's score plus its blend with retrieval similarity (the card's
+            # weight, chosen on validation postings), which moves who reaches a top 10.
             model = TrainedModel.from_onnx(
-                FeatureBuilder(result.lexicon), result.onnx_model, settings
+                FeatureBuilder(result.lexicon),
+                result.onnx_model,
+                settings,
+                float(result.card["blend"]["weight"]),
             )
             start = datetime.fromisoformat(result.card["data"]["split"]["test_start"])
             dcs = _detconstsort(
