@@ -470,6 +470,12 @@ class SqlStore(StoreErasure, ShadowTables):
                 for rank, (cid, score) in enumerate(zip(d.candidate_ids, d.scores, strict=True), 1)
             )
         with self._tx() as tx:
+            # Under the write lock, so either an erasure deleted these rows or they see its
+            # tombstone: a decision queued by a replica before it heard of the erasure keeps
+            # no row of the erased candidate (its scores are keyed by a FAISS id, which is
+            # meaningless once the candidate's row is gone).
+            erased = self._erased_in(tx, [item[2] for item in items])
+            items = [item for item in items if item[2] not in erased]
             if heads:
                 tx.executemany(
                     "INSERT INTO decisions (request_id, at, model_version, posting_id, "
