@@ -12,12 +12,31 @@ from typing import Any, NamedTuple
 
 import grpc
 
+_READS = ("RankCandidates", "CompareCandidates", "GetCandidate", "ListPostings", "GetModelInfo")
+
 SPREAD_SERVICE_CONFIG = json.dumps(
-    {"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": ""}}
+    {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "healthCheckConfig": {"serviceName": ""},
+        "methodConfig": [
+            {
+                "name": [{"service": "ranker.v1.CandidateRanker", "method": m} for m in _READS],
+                "retryPolicy": {
+                    "maxAttempts": 3,
+                    "initialBackoff": "0.05s",
+                    "maxBackoff": "0.5s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ],
+    }
 )
 """Calls spread round robin over the target's addresses, each watched with the standard health
 service (grpc.health.v1 `Watch`, run by gRPC's core: no code of ours): a replica that reports
-NOT_SERVING, or whose connection fails, gets no calls until it serves again."""
+NOT_SERVING, or whose connection fails, gets no calls until it serves again. A read that fails
+UNAVAILABLE (its replica died under it, or refused as stale) is tried again, on the next replica;
+writes are not retried by the channel (the caller decides)."""
 
 _SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:")
 
