@@ -18,7 +18,7 @@ from ranker.transport.channel import channel_target, client_channel
 from ranker.transport.convert import candidate_to_pb, posting_to_pb
 from ranker.v1 import ranker_pb2 as pb
 from ranker.v1 import ranker_pb2_grpc as pb_grpc
-from tests.fixtures.server import ServerHandle, seed
+from tests.fixtures.server import ServerHandle, seed, wait_for
 from training.demo import DemoData
 
 
@@ -31,14 +31,6 @@ def test_addresses_become_one_target() -> None:
         channel_target("a.internal:1,b.internal:1")
     with pytest.raises(ValueError, match="one family"):
         channel_target("127.0.0.1:1,[::1]:1")
-
-
-def _wait(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    end = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def _ranked_on(handle: ServerHandle) -> float:
@@ -57,7 +49,7 @@ def test_round_robin_spreads_calls_and_skips_a_replica_not_serving(
     request = pb.RankCandidatesRequest(posting_id=serving_demo.postings[0].id, top_k=3)
     with client_channel([a.address, b.address]) as channel:
         stub = pb_grpc.CandidateRankerStub(channel)
-        _wait(  # both connected (and healthy), then calls alternate
+        wait_for(  # both connected (and healthy), then calls alternate
             lambda: (
                 bool(stub.RankCandidates(request, timeout=30, wait_for_ready=True))
                 and _ranked_on(a) > 0
@@ -118,7 +110,7 @@ def test_two_replica_processes_one_killed_and_the_client_keeps_ranking(
             except grpc.RpcError:
                 return False  # the posting has not reached b yet
 
-        _wait(b_holds_them, "b to serve what was written through a")
+        wait_for(b_holds_them, "b to serve what was written through a")
         with client_channel([a.address, b.address]) as channel:
             stub = pb_grpc.CandidateRankerStub(channel)
             for _ in range(6):

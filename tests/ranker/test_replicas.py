@@ -4,7 +4,6 @@ process on a real database (`tests/fixtures/postgres.py`), each with its own dat
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,19 +15,11 @@ from grpc_health.v1 import health_pb2
 
 from ranker.follower import ChangeFollower
 from ranker.v1 import ranker_pb2 as pb
-from tests.fixtures.server import ServerHandle, seed
+from tests.fixtures.server import ServerHandle, seed, wait_for
 from training.demo import DemoData
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def _until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    end = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def _ranked(handle: ServerHandle, posting: str, k: int = 50) -> list[str]:
@@ -38,7 +29,7 @@ def _ranked(handle: ServerHandle, posting: str, k: int = 50) -> list[str]:
 
 def _holds(handle: ServerHandle, candidates: int, posting: str) -> None:
     """Wait until `handle` has applied that many candidates and the posting (through the feed)."""
-    _until(
+    wait_for(
         lambda: (
             handle.pipeline.candidate_count == candidates
             and posting in {p.id for p in handle.pipeline.list_postings().postings}
@@ -85,12 +76,12 @@ def test_writes_through_either_replica_are_served_by_the_other(
     _holds(b, 15, posting)
     assert sorted(_ranked(b, posting)) == sorted(c.id for c in serving_demo.candidates[:15])
     seed(b, serving_demo.candidates[15:20])
-    _until(lambda: a.pipeline.candidate_count == 20, "a to apply b's candidates")
+    wait_for(lambda: a.pipeline.candidate_count == 20, "a to apply b's candidates")
     # A changed record replaces the one held, as the store holds it.
     changed = serving_demo.candidates[3]
     reply = a.stub.GetCandidate(pb.GetCandidateRequest(id=changed.id))
     seed(b, [dataclasses.replace(changed, title="Chief Replica Officer")])
-    _until(
+    wait_for(
         lambda: (
             a.stub.GetCandidate(pb.GetCandidateRequest(id=changed.id)).candidate.title
             == "Chief Replica Officer"
@@ -103,7 +94,7 @@ def test_writes_through_either_replica_are_served_by_the_other(
     assert _metric(b, "ranker_replica_applied_total", {"kind": "candidate"}) == 15
     assert _metric(b, "ranker_replica_applied_total", {"kind": "posting"}) == 1
     assert _metric(b, "ranker_replica_lag_seconds_count") >= 16
-    _until(lambda: _follower(a).applied_seq == _follower(b).applied_seq, "both at the head")
+    wait_for(lambda: _follower(a).applied_seq == _follower(b).applied_seq, "both at the head")
     assert a.pipeline.health()["replication"] and b.health_status("replication") == SERVING
 
 
@@ -148,7 +139,7 @@ def test_a_replica_cut_off_from_the_database_stops_serving_and_recovers(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
         )
         try:
-            _until(lambda: b.health_status() == NOT_SERVING, "b to report NOT_SERVING")
+            wait_for(lambda: b.health_status() == NOT_SERVING, "b to report NOT_SERVING")
             assert b.health_status("replication") == NOT_SERVING
             with pytest.raises(grpc.RpcError) as e:
                 _ranked(b, posting)
@@ -156,11 +147,11 @@ def test_a_replica_cut_off_from_the_database_stops_serving_and_recovers(
             assert _metric(b, "ranker_replica_database_up") == 0
         finally:
             conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-    _until(lambda: b.health_status() == SERVING, "b to serve again", timeout=40)
+    wait_for(lambda: b.health_status() == SERVING, "b to serve again", timeout=40)
     assert len(_ranked(b, posting)) == 10
     # And it follows again: a write through a reaches it.
     seed(a, serving_demo.candidates[10:12])
-    _until(lambda: b.pipeline.candidate_count == 12, "b to apply a's new candidates", 40)
+    wait_for(lambda: b.pipeline.candidate_count == 12, "b to apply a's new candidates", 40)
 
 
 def test_a_replica_behind_its_bound_reports_not_serving(
@@ -169,7 +160,7 @@ def test_a_replica_behind_its_bound_reports_not_serving(
     a, b = replicas(replica_max_lag_seconds=0.5, replica_poll_seconds=0.1)
     seed(a, serving_demo.candidates[:5], serving_demo.postings[:1])
     _follower(b).close()  # b stops following: it can no longer confirm it is fresh
-    _until(lambda: b.health_status() == NOT_SERVING, "b to report NOT_SERVING")
+    wait_for(lambda: b.health_status() == NOT_SERVING, "b to report NOT_SERVING")
     with pytest.raises(grpc.RpcError) as e:
         _ranked(b, serving_demo.postings[0].id)
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE
