@@ -474,7 +474,7 @@ class SqlStore(StoreErasure, ShadowTables):
             # tombstone: a decision queued by a replica before it heard of the erasure keeps
             # no row of the erased candidate (its scores are keyed by a FAISS id, which is
             # meaningless once the candidate's row is gone).
-            erased = self._erased_in(tx, [item[2] for item in items])
+            erased = self._erased_in(tx, [str(item[2]) for item in items])
             items = [item for item in items if item[2] not in erased]
             if heads:
                 tx.executemany(
