@@ -41,7 +41,8 @@ browser:
 	fi
 
 # The PostgreSQL store's tests start a throwaway server from Debian's postgresql package
-# (tests/fixtures/postgres.py). Installed when we can (root with apt-get); otherwise those tests
+# (bench/_postgres.py, used by tests/fixtures/postgres.py and `make bench`'s replicas section).
+# Installed when we can (root with apt-get); otherwise those tests
 # are skipped, loudly (and fail under CI=true, so CI always runs them).
 postgres:
 	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; then :; \

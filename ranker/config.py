@@ -89,6 +89,12 @@ class Settings(EncoderSettings):
     """Serve a non-loopback address without TLS and tokens anyway (e.g. behind a TLS-terminating
     proxy that authenticates). Without it such a server refuses to start."""
 
+    target: str = ""
+    """Where the command-line clients (`ranker query`, `health`, `push`, ...) call the service
+    when no address is given: one `host:port`, several separated by commas (calls spread round
+    robin over those whose health is SERVING), or a gRPC target URI (`dns:///ranker:50051`, every
+    address of the name round robin). Empty: `host:port` of these settings."""
+
     client_token: SecretStr | None = None
     """Bearer token `ranker query` / `ranker health` send (or pass --token)."""
 
@@ -151,6 +157,17 @@ class Settings(EncoderSettings):
     in their files; it locks each table while it runs (writes and store reads wait; serving
     from memory does not). `plain`: VACUUM, no such lock, but the freed space keeps the erased
     bytes until PostgreSQL reuses it, so erasure leaves residue on disk."""
+
+    replica_poll_seconds: float = Field(default=1.0, gt=0)
+    """PostgreSQL only: how often a serving replica reads the change feed when no notification
+    has woken it (NOTIFY wakes it at once; the poll is the fallback, and its confirmation that
+    nothing was missed keeps the replica fresh while no one writes)."""
+
+    replica_max_lag_seconds: float = Field(default=10.0, gt=0)
+    """PostgreSQL only: how stale a serving replica may be (time since it last confirmed it had
+    applied every committed change) before it reports NOT_SERVING and refuses rankings
+    (UNAVAILABLE) rather than serve stale data; it serves again once it has caught up. Must be
+    above `replica_poll_seconds`."""
 
     receipt_key_file: Path | None = None
     """The secret keying erasure receipts and tombstones; defaults to `<db_path>.receipt-key`
@@ -291,6 +308,12 @@ class Settings(EncoderSettings):
             raise ValueError(
                 "RANKER_DATABASE_URL must be a postgresql:// URL (or empty for the embedded "
                 "SQLite store)"
+            )
+        if self.replica_max_lag_seconds <= self.replica_poll_seconds:
+            raise ValueError(
+                f"RANKER_REPLICA_MAX_LAG_SECONDS ({self.replica_max_lag_seconds}) must be above "
+                f"RANKER_REPLICA_POLL_SECONDS ({self.replica_poll_seconds}): a replica that "
+                "polls less often than its bound would report itself stale between polls"
             )
         if self.max_text_chars > self.max_request_chars:
             raise ValueError(

@@ -160,6 +160,37 @@ class ServiceMetrics:
             registry=r,
         )
 
+        # -- replicas following a shared store (ranker.follower) -----------------------------
+        self.replica_lag = Histogram(
+            "ranker_replica_lag_seconds",
+            "Time from another service's write (its commit, by that service's clock) to this "
+            "replica applying it.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=r,
+        )
+        self.replica_behind = Gauge(
+            "ranker_replica_behind",
+            "Change-feed entries known to be committed that this replica has not applied yet.",
+            registry=r,
+        )
+        self.replica_staleness = Gauge(
+            "ranker_replica_staleness_seconds",
+            "Seconds since this replica last confirmed it held every committed change; above "
+            "RANKER_REPLICA_MAX_LAG_SECONDS it reports NOT_SERVING.",
+            registry=r,
+        )
+        self.replica_applied = Counter(
+            "ranker_replica_applied",
+            "Change-feed entries written by other services and applied here, by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.replica_database_up = Gauge(
+            "ranker_replica_database_up",
+            "1 while this replica reaches the shared database, else 0.",
+            registry=r,
+        )
+
     def set_model(self, version: str, loaded_at: float) -> None:
         """Record the model now in service."""
         self.model_info.info({"version": version})

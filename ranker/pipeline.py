@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
@@ -24,7 +24,6 @@ from ranker.api import (
     BatchResult,
     CompareQuery,
     Deadline,
-    ItemResult,
     ModelInfo,
     PostingPage,
     RankQuery,
@@ -32,7 +31,6 @@ from ranker.api import (
     Rejected,
     check_batch_size,
     check_posting_size,
-    split_batch,
 )
 from ranker.catalog import CandidateCatalog
 from ranker.comparison import compare_pair
@@ -45,6 +43,7 @@ from ranker.errors import ErasedId, InvalidInput, NotFound, RankerError, shown_i
 from ranker.explain import Explanation
 from ranker.exports import scrub_exports
 from ranker.fair_serving import FairReranker
+from ranker.follower import ChangeFollower
 from ranker.index import FaissIndex, ReadWriteLock
 from ranker.metrics import ServiceMetrics
 from ranker.model_slot import ModelSlot
@@ -64,9 +63,10 @@ from ranker.ranking import (
 )
 from ranker.rows import CandidateRow, ErasureReceipt, PostingRow
 from ranker.shadow import ShadowScorer
-from ranker.store_api import Store, open_store
+from ranker.store_api import Store, open_change_waiter, open_store
 from ranker.tombstones import erased_message
 from ranker.upkeep import PipelineUpkeep
+from ranker.upserts import UpsertContext, upsert_batch
 from ranker.warmup import load_memory
 
 if TYPE_CHECKING:
@@ -74,18 +74,6 @@ if TYPE_CHECKING:
     from ranker.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
-
-
-class _Identified(Protocol):
-    """A prepared candidate or posting: what the upserts' skeleton needs of it."""
-
-    @property
-    def id(self) -> str: ...
-
-
-_Item = TypeVar("_Item", Candidate, Posting)
-_Row = TypeVar("_Row", CandidateRow, PostingRow)
-_Prepared = TypeVar("_Prepared", bound=_Identified)
 
 
 class RankingPipeline:
@@ -123,11 +111,19 @@ class RankingPipeline:
         self._shadow = ShadowScorer.from_settings(store, settings)
         fair_on = settings.fair_rerank != "off"  # the protected table is read only then
         self._fair = FairReranker.from_store(store, settings) if fair_on else None
+        # A shared store: follow every service's writes from the feed entry read before loading.
+        start_seq = store.last_change_seq() if settings.uses_postgres else 0
         self.index = self._load_memory()
+        self._follower: ChangeFollower | None = None
+        if settings.uses_postgres:
+            waiter = open_change_waiter(settings)
+            self._follower = ChangeFollower(store, self, settings, start_seq, waiter, metrics)
         self._upkeep = PipelineUpkeep(
             settings, self.model, store, self._decisions, self.save_index, metrics
         )
         self._update_gauges()
+        if self._follower is not None:
+            self._follower.start()
 
     # -- lifecycle ------------------------------------------------------------------------
     @classmethod
@@ -171,7 +167,9 @@ class RankingPipeline:
         )
 
     def close(self) -> None:
-        """Write pending decisions and the index, then close the store."""
+        """Stop following, write pending decisions and the index, then close the store."""
+        if self._follower is not None:
+            self._follower.close()
         self._shadow.close()
         self._decisions.close()
         try:
@@ -199,8 +197,16 @@ class RankingPipeline:
         self._upkeep.run()
 
     def health(self) -> dict[str, bool]:
-        """Serving status per health service name (`PipelineUpkeep.health`)."""
-        return self._upkeep.health()
+        """Serving status per health service name (`PipelineUpkeep.health`); `replication`:
+        in reach of the shared store and within its lag bound (`ChangeFollower.healthy`)."""
+        status = self._upkeep.health()
+        fresh = self._follower is None or self._follower.healthy()
+        return status | {"": status[""] and fresh, "replication": fresh}
+
+    def _fresh(self) -> None:
+        """Before answering from memory: no erasure committed anywhere is missing from it."""
+        if self._follower is not None:
+            self._follower.ensure_fresh()
 
     # -- ranking --------------------------------------------------------------------------
     def rank(self, q: RankQuery, deadline: Deadline = NO_DEADLINE) -> RankResult:
@@ -215,6 +221,7 @@ class RankingPipeline:
 
     def _rank(self, q: RankQuery, deadline: Deadline) -> RankResult:
         watch = Stopwatch()
+        self._fresh()
         req = self._resolve(q, deadline)
         watch.lap("encode", ran=req.inline)
         deadline.check("retrieval")
@@ -240,6 +247,7 @@ class RankingPipeline:
 
     def compare(self, q: CompareQuery, deadline: Deadline = NO_DEADLINE) -> ComparisonResult:
         """Why one candidate ranks above another for a posting (`ranker.comparison`)."""
+        self._fresh()
         req = self._resolve(q.query, deadline)
         with self._lock.read():
             pair = (self._catalog.get(q.candidate_a), self._catalog.get(q.candidate_b))
@@ -342,81 +350,35 @@ class RankingPipeline:
         self, items: Sequence[Candidate | Rejected], deadline: Deadline = NO_DEADLINE
     ) -> BatchResult:
         """Store candidates (replace by id) and make them searchable before returning."""
-        return self._upsert(
+        result = upsert_batch(
             items,
             "candidates",
             lambda cs: encode_candidates(self.encoder, cs, stop_when(deadline, self.metrics)),
             lambda row: prepare_candidate(row.candidate, row.doc_vector, row.chunk_vectors),
             lambda rows: self._commit_candidates(rows, deadline),
             deadline,
+            self._upsert_context(),
             screen=self._erased_errors,
         )
+        self._update_gauges()
+        return result
 
     def upsert_postings(
         self, items: Sequence[Posting | Rejected], deadline: Deadline = NO_DEADLINE
     ) -> BatchResult:
         """Store postings (replace by id) with their vectors, computed once here."""
-        return self._upsert(
+        return upsert_batch(
             items,
             "postings",
             lambda ps: encode_postings(self.encoder, ps, stop_when(deadline, self.metrics)),
             lambda row: prepare_posting(row.posting, row.vector),
             lambda rows: self._commit_postings(rows, deadline),
             deadline,
+            self._upsert_context(),
         )
 
-    def _upsert(
-        self,
-        items: Sequence[_Item | Rejected],
-        what: str,
-        encode: Callable[[list[_Item]], list[_Row | InvalidInput]],
-        prepare: Callable[[_Row], _Prepared],
-        commit: Callable[[list[tuple[_Row, _Prepared]]], list[bool]],
-        deadline: Deadline,
-        screen: Callable[[list[str]], dict[str, RankerError]] | None = None,
-    ) -> BatchResult:
-        """The upserts' one skeleton: check, encode, then store and apply to memory.
-
-        `commit` writes the store, then memory under the write lock, and says which items were
-        new; it runs under the write mutex so the store and memory change in the same order.
-        `screen` refuses ids per item (erased candidates): before encoding, and again under
-        the write mutex (an erasure may have run meanwhile).
-        """
-        s = self.settings
-        results, good = split_batch(
-            items, what, max_items=s.max_batch_items, max_text_chars=s.max_text_chars
-        )
-        if screen is not None and good:
-            refused = screen([item.id for _, item in good])
-            for i, item in good:
-                if item.id in refused:
-                    results[i] = ItemResult(i, item.id, refused[item.id])
-            good = [(i, item) for i, item in good if item.id not in refused]
-        # Waiting for an encoder thread may have used the budget up: do not start encoding.
-        deadline.check(f"encoding the {what}")
-        encoded = encode([item for _, item in good]) if good else []
-        rows: list[tuple[int, _Row, _Prepared]] = []
-        for (i, item), row in zip(good, encoded, strict=True):
-            if isinstance(row, InvalidInput):
-                results[i] = ItemResult(i, item.id, row)
-                continue
-            rows.append((i, row, prepare(row)))
-        # Past this point the write happens; a caller that has given up gets nothing stored.
-        deadline.check(f"storing the {what}")
-        with self._write_mutex:
-            if screen is not None and rows:
-                late = screen([prepared.id for _, _, prepared in rows])
-                for i, _, prepared in rows:
-                    if prepared.id in late:
-                        results[i] = ItemResult(i, prepared.id, late[prepared.id])
-                rows = [r for r in rows if r[2].id not in late]
-            if rows:
-                created = commit([(row, prepared) for _, row, prepared in rows])
-                for (i, _, prepared), new in zip(rows, created, strict=True):
-                    results[i] = ItemResult(i, prepared.id, created=new)
-            total = len(self._catalog)
-        self._update_gauges()
-        return BatchResult(items=tuple(r for r in results if r is not None), total_candidates=total)
+    def _upsert_context(self) -> UpsertContext:
+        return UpsertContext(self.settings, self._write_mutex, lambda: len(self._catalog))
 
     def _commit_candidates(
         self, rows: list[tuple[CandidateRow, PreparedCandidate]], deadline: Deadline
@@ -424,16 +386,27 @@ class RankingPipeline:
         fids = self.store.upsert_candidates(
             [row for row, _ in rows], before_commit=lambda: deadline.check("committing")
         )
-        generation = self.store.generation()
-        vectors = np.stack([pc.doc_vector for _, pc in rows])
+        created = self._put_candidates([(fid, pc) for (_, pc), fid in zip(rows, fids, strict=True)])
+        self._after_write(candidates=True)
+        return created
+
+    def _put_candidates(self, items: list[tuple[int, PreparedCandidate]]) -> list[bool]:
+        """Make candidates searchable (FAISS id, prepared); True for each that was new."""
+        vectors = np.stack([pc.doc_vector for _, pc in items])
         with self._lock.write():
-            self.index.add(np.asarray(fids, dtype=np.int64), vectors)
-            self.index.generation = generation
-            created = self._catalog.put_many(
-                [(fid, pc) for (_, pc), fid in zip(rows, fids, strict=True)]
-            )
+            self.index.add(np.asarray([fid for fid, _ in items], dtype=np.int64), vectors)
+            created = self._catalog.put_many(items)
         self._mark_index_dirty()
         return created
+
+    def _after_write(self, candidates: bool) -> None:
+        """After a write committed and memory took it (under the write mutex): the follower
+        skips its feed entries, and stamps the index's generation once it has caught up
+        (another service may have written since); alone, the store's generation is it."""
+        if self._follower is not None:
+            self._follower.note_own(candidates)
+        elif candidates:
+            self.stamp_generation(self.store.generation())
 
     def _commit_postings(
         self, rows: list[tuple[PostingRow, PreparedPosting]], deadline: Deadline
@@ -442,7 +415,9 @@ class RankingPipeline:
             [row for row, _ in rows], before_commit=lambda: deadline.check("committing")
         )
         with self._lock.write():
-            return self._postings.put_many([pp for _, pp in rows])
+            created = self._postings.put_many([pp for _, pp in rows])
+        self._after_write(candidates=False)
+        return created
 
     def record_outcomes(
         self, items: Sequence[Outcome | Rejected], deadline: Deadline = NO_DEADLINE
@@ -462,6 +437,7 @@ class RankingPipeline:
                 recorded = self.store.record_outcomes(
                     good, before_commit=lambda: deadline.check("committing")
                 )
+                self._after_write(candidates=False)
             total = len(self._catalog)
         return BatchResult(items=tuple(results), total_candidates=total, recorded=recorded)
 
@@ -505,8 +481,7 @@ class RankingPipeline:
                     raise
                 if self._fair is not None:
                     self._fair.forget(receipt.erased)
-                with self._lock.write():
-                    self.index.generation = self.store.generation()
+                self._after_write(candidates=True)
                 self._mark_index_dirty()
             total = len(self._catalog)
         self._update_gauges()
@@ -521,26 +496,55 @@ class RankingPipeline:
         )
 
     def _restore(self, ids: list[str]) -> None:
-        prepared = [
-            (fid, prepare_candidate(row.candidate, row.doc_vector, row.chunk_vectors))
-            for fid, row in self._fids_and_rows(ids)
-        ]
-        if not prepared:
-            return
-        with self._lock.write():
-            self._catalog.put_many(prepared)
-            self.index.add(
-                np.asarray([fid for fid, _ in prepared], dtype=np.int64),
-                np.stack([pc.doc_vector for _, pc in prepared]),
+        fids = self.store.faiss_ids(ids)
+        self.apply_stored_candidates(
+            [(fids[r.candidate.id], r) for r in self.store.get_candidates(ids)]
+        )
+
+    # -- memory updates from the store (a failed erasure; `ranker.follower`) -------------
+    @property
+    def write_mutex(self) -> threading.Lock:
+        """Held by every write to memory: the pipeline's own, and the follower's."""
+        return self._write_mutex
+
+    def apply_stored_candidates(self, rows: Sequence[tuple[int, CandidateRow]]) -> None:
+        """Make stored candidates (FAISS id, row) searchable as they are stored."""
+        if rows:
+            self._put_candidates(
+                [
+                    (fid, prepare_candidate(row.candidate, row.doc_vector, row.chunk_vectors))
+                    for fid, row in rows
+                ]
             )
 
-    def _fids_and_rows(self, ids: list[str]) -> list[tuple[int, CandidateRow]]:
-        fids = self.store.faiss_ids(ids)
-        return [(fids[r.candidate.id], r) for r in self.store.get_candidates(ids)]
+    def forget_candidates(self, faiss_ids: Sequence[int]) -> None:
+        """Drop candidates erased through another service (by FAISS id); a ranking scoring
+        them meanwhile drops them before answering, as after an erasure here."""
+        fids = np.asarray(faiss_ids, dtype=np.int64)
+        with self._lock.write():
+            ids = [pc.id for pc in self._catalog.lookup(fids)[0]]
+            self._catalog.remove_many(ids)
+            self.index.remove(fids)
+            self._erasures += 1
+        if self._fair is not None:
+            self._fair.forget(ids)
+        self._mark_index_dirty()
+
+    def apply_stored_postings(self, rows: Sequence[PostingRow]) -> None:
+        prepared = [prepare_posting(row.posting, row.vector) for row in rows]
+        with self._lock.write():
+            self._postings.put_many(prepared)
+
+    def stamp_generation(self, generation: str) -> None:
+        """The store generation the index now reflects (what a saved index is checked by)."""
+        with self._lock.write():
+            self.index.generation = generation
+        self._mark_index_dirty()
 
     # -- reads ----------------------------------------------------------------------------
     def get_candidate(self, candidate_id: str) -> Candidate:
         """A stored candidate's fields; NotFound when unknown or erased."""
+        self._fresh()
         # Under the lock: the slot behind an id may be freed and reused by a concurrent write.
         with self._lock.read():
             pc = self._catalog.get(candidate_id)

@@ -151,6 +151,8 @@ CREATE TABLE IF NOT EXISTS changes (
     key {text} NOT NULL,
     op {text} NOT NULL
 );
+-- The newest erasure's seq in one index probe: every ranking of a replica asks it.
+CREATE INDEX IF NOT EXISTS changes_by_kind ON changes (kind, seq);
 """
 
 _SQLITE_TYPES = {

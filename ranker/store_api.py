@@ -119,7 +119,9 @@ class Store(Protocol):
     # change feed
     def changes_since(self, seq: int, limit: int = 1000) -> list[Change]: ...
 
-    def last_change_seq(self) -> int: ...
+    def last_change_seq(self, kind: str | None = None) -> int: ...
+
+    def take_own_changes(self) -> tuple[int, int] | None: ...
 
 
 def describe_store(settings: Settings) -> str:
@@ -155,6 +157,24 @@ def open_store(settings: Settings, dim: int = 384) -> Store:
         checkpoint_seconds=settings.erasure_checkpoint_seconds,
         receipt_key_file=settings.resolved_receipt_key_file,
     )
+
+
+class ChangeWaiter(Protocol):
+    """Wakes a follower when writes commit (`ranker.store_pg.ChangeListener`)."""
+
+    def wait(self, timeout: float) -> int | None: ...
+
+    def close(self) -> None: ...
+
+
+def open_change_waiter(settings: Settings) -> ChangeWaiter | None:
+    """What wakes a replica when another service writes: PostgreSQL's LISTEN on the change
+    feed's channel; None for SQLite (one process: no other service writes)."""
+    if not settings.uses_postgres:
+        return None
+    from ranker.store_pg import ChangeListener
+
+    return ChangeListener(settings.database_url)
 
 
 def store_exists(settings: Settings) -> bool:

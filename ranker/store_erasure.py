@@ -235,6 +235,11 @@ class StoreErasure:
     def _digests(self, ids: Sequence[str]) -> dict[str, str]:
         return {self._receipt_digest(i): i for i in dict.fromkeys(ids)}
 
+    def _erased_in(self, tx: Sql, ids: Sequence[str]) -> set[str]:
+        """The ids among `ids` erased (not re-consented), read in the caller's write transaction:
+        logs written after an erasure (a replica that ranked before it heard of it) drop them."""
+        return tombstones.erased(tx, self._digests(ids)) if ids else set()
+
     def reconsent(self, candidate_id: str, reason: str, actor: str) -> bool:
         """Lift an erased id's tombstone so it may be stored again; logged with who and why.
 

@@ -24,7 +24,7 @@ from ranker.permissions import private_dir
 from ranker.schema import POSTGRES_SCHEMA, SCHEMA_VERSION
 from ranker.sql import Cursor, Sql
 from ranker.store_erasure import receipt_key
-from ranker.store_sql import BeforeCommit, SqlStore
+from ranker.store_sql import BeforeCommit, SqlStore, last_seq_query
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,54 @@ read-then-write steps of a write (an earlier version kept, a tombstone checked) 
 with another service's write, and it makes the change feed's seq order the commit order: a
 sequence value taken by a transaction that commits later could otherwise be passed over by a
 follower that has already read past it."""
+
+
+FRESHNESS_TIMEOUT = 2.0
+"""Seconds `last_change_seq` waits for a pooled connection before reporting the database gone."""
+
+
+class ChangeListener:
+    """A connection of its own, LISTENing on `CHANGES_CHANNEL`: `wait` returns as soon as a
+    write commits (any service's), or at its timeout. Reconnects on the next `wait` after a
+    loss; not thread-safe (one follower thread owns it)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.where = safe_url(url)
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def wait(self, timeout: float) -> int | None:
+        """Block up to `timeout` seconds; the newest seq announced meanwhile, or None.
+
+        Raises StorageUnavailable when the database cannot be reached (then call again later).
+        """
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+                self._conn.execute(f"LISTEN {CHANGES_CHANNEL}")
+            newest: int | None = None
+            for note in self._conn.notifies(timeout=timeout, stop_after=1):
+                newest = _seq_of(note.payload, newest)
+            if newest is not None:  # and whatever else is queued, without waiting
+                for note in self._conn.notifies(timeout=0.0):
+                    newest = _seq_of(note.payload, newest)
+            return newest
+        except psycopg.Error as e:
+            self.close()
+            raise storage_error(e, self.where) from e
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+
+def _seq_of(payload: str, newest: int | None) -> int | None:
+    try:
+        seq = int(payload)
+    except ValueError:  # not ours: a payload we do not send
+        return newest
+    return seq if newest is None else max(newest, seq)
 
 
 def safe_url(url: str) -> str:
@@ -235,6 +283,21 @@ class PostgresStore(SqlStore):
 
     def close(self) -> None:
         self._pool.close()
+
+    def last_change_seq(self, kind: str | None = None) -> int:
+        """The newest feed entry's seq (of `kind` only, when given); 0 when there is none.
+
+        One statement in autocommit (one round trip, no transaction around it), and a short
+        wait for a connection: a replica asks it before every ranking, and must refuse at once,
+        not after the pool's 30 s, when the database is gone.
+        """
+        sql, params = last_seq_query(kind)
+        try:
+            with self._pool.connection(timeout=FRESHNESS_TIMEOUT) as conn:
+                row = conn.execute(_placeholders(sql), params or None).fetchone()
+        except (psycopg.Error, PoolTimeout) as e:
+            raise storage_error(e, self.where) from e
+        return int(row[0]) if row else 0
 
     # -- the erasure's residue: dead tuples -----------------------------------------------
     # A DELETE only marks rows dead: their bytes (CV text, vectors, ids in index pages) stay in

@@ -20,6 +20,9 @@ class ShadowTables:
     def _read(self) -> AbstractContextManager[Sql]:
         raise NotImplementedError  # SqlStore's
 
+    def _erased_in(self, tx: Sql, ids: Sequence[str]) -> set[str]:
+        raise NotImplementedError  # StoreErasure's
+
     def log_shadow(self, records: Sequence[ShadowRanking]) -> None:
         """Store shadow rankings in one transaction."""
         heads = [
@@ -41,6 +44,8 @@ class ShadowTables:
             for rank, cid in enumerate(ids, 1)
         ]
         with self._tx() as tx:
+            erased = self._erased_in(tx, [item[3] for item in items])
+            items = [item for item in items if item[3] not in erased]
             if heads:
                 tx.executemany(
                     "INSERT INTO shadow_rankings (request_id, at, posting_id, champion_version, "

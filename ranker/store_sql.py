@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -49,6 +50,12 @@ def _vec_bytes(v: np.ndarray, dim: int | None, what: str) -> bytes:
     if not np.all(np.isfinite(arr)):
         raise InvalidInput(f"{what} contains NaN or infinite values")
     return arr.tobytes()
+
+
+def last_seq_query(kind: str | None) -> tuple[str, tuple[str, ...]]:
+    if kind is None:
+        return "SELECT COALESCE(MAX(seq), 0) FROM changes", ()
+    return "SELECT COALESCE(MAX(seq), 0) FROM changes WHERE kind = ?", (kind,)
 
 
 def _record_json(record: Candidate | Posting) -> str:
@@ -137,8 +144,27 @@ class SqlStore(StoreErasure, ShadowTables):
         at = _iso(_now())
         rows = [(at, kind, str(k), op) for k in keys]
         if rows:
+            last = "SELECT COALESCE(MAX(seq), 0) FROM changes"
+            before = int(tx.execute(last).fetchone()[0])
             tx.executemany("INSERT INTO changes (at, kind, key, op) VALUES (?, ?, ?, ?)", rows)
+            # One writer at a time (the write lock), so every entry above `before` is this
+            # write's: its follower need not apply them again (`take_own_changes`).
+            self._own_changes().span = (before + 1, int(tx.execute(last).fetchone()[0]))
             self._announce_changes(tx)
+
+    def _own_changes(self) -> threading.local:
+        own = self.__dict__.get("_own_local")
+        if own is None:
+            own = self.__dict__.setdefault("_own_local", threading.local())
+        return own
+
+    def take_own_changes(self) -> tuple[int, int] | None:
+        """The feed seqs (first, last) the calling thread's last write added, once; None when
+        it added none since the last call. Read right after a write that succeeded."""
+        own = self._own_changes()
+        span: tuple[int, int] | None = getattr(own, "span", None)
+        own.span = None
+        return span
 
     def _announce_changes(self, tx: Sql) -> None:
         """Tell followers new entries are coming (PostgreSQL: NOTIFY, sent at COMMIT)."""
@@ -152,10 +178,11 @@ class SqlStore(StoreErasure, ShadowTables):
             ).fetchall()
         return [Change(int(s), as_time(a), k, key, op) for s, a, k, key, op in rows]
 
-    def last_change_seq(self) -> int:
-        """The newest feed entry's seq; 0 when there is none."""
+    def last_change_seq(self, kind: str | None = None) -> int:
+        """The newest feed entry's seq (of `kind` only, when given); 0 when there is none."""
+        sql, params = last_seq_query(kind)
         with self._read() as c:
-            return int(c.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()[0])
+            return int(c.execute(sql, params).fetchone()[0])
 
     # -- candidates -----------------------------------------------------------------------
     # A row keeps the id (unique, looked up) and the vectors in their own columns; every other
@@ -443,6 +470,12 @@ class SqlStore(StoreErasure, ShadowTables):
                 for rank, (cid, score) in enumerate(zip(d.candidate_ids, d.scores, strict=True), 1)
             )
         with self._tx() as tx:
+            # Under the write lock, so either an erasure deleted these rows or they see its
+            # tombstone: a decision queued by a replica before it heard of the erasure keeps
+            # no row of the erased candidate (its scores are keyed by a FAISS id, which is
+            # meaningless once the candidate's row is gone).
+            erased = self._erased_in(tx, [str(item[2]) for item in items])
+            items = [item for item in items if item[2] not in erased]
             if heads:
                 tx.executemany(
                     "INSERT INTO decisions (request_id, at, model_version, posting_id, "

@@ -43,9 +43,12 @@ class Kind(StrEnum):
 
 
 def _channel(address: str) -> grpc.Channel:
-    import grpc
+    from ranker.transport.channel import client_channel
 
-    return grpc.insecure_channel(address)
+    try:
+        return client_channel(address)
+    except ValueError as e:
+        fail(str(e))
 
 
 def _stub(channel: grpc.Channel) -> Any:

@@ -19,7 +19,15 @@ from rich.console import Console
 from rich.table import Table
 
 from ranker.commands import fail
-from ranker.commands.serving import CaOpt, CertOpt, KeyOpt, TlsOpt, TokenOpt, client_channel_for
+from ranker.commands.serving import (
+    CaOpt,
+    CertOpt,
+    KeyOpt,
+    TlsOpt,
+    TokenOpt,
+    _address,
+    client_channel_for,
+)
 from ranker.config import Settings
 
 if TYPE_CHECKING:
@@ -86,7 +94,7 @@ def query(
     if as_json and as_csv:
         fail("give at most one of --json and --csv")
     settings = Settings()
-    target = address or f"{settings.host}:{settings.port}"
+    target = _address(settings, address)
     inline = _read_posting(posting_file) if posting_file is not None else None
     channel = client_channel_for(settings, target, token, tls, ca, cert, key)
     with GrpcRankerClient(target, timeout, channel=channel) as client:

@@ -25,7 +25,9 @@ err_console = Console(stderr=True)
 
 
 def _address(settings: Settings, address: str | None) -> str:
-    return address or f"{settings.host}:{settings.port}"
+    """Where a client command calls: `--address`, else RANKER_TARGET (one address or several
+    replicas), else the server's own host and port."""
+    return address or settings.target or f"{settings.host}:{settings.port}"
 
 
 # The client's credentials, shared by `query` and `health`; each falls back to its RANKER_CLIENT_*

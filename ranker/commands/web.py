@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ranker.commands import fail
+from ranker.commands.serving import _address
 from ranker.config import Settings
 
 
@@ -26,7 +27,7 @@ def web(
     from ranker.web.app import create_app
 
     settings = Settings()
-    service = target or f"{settings.host}:{settings.port}"
+    service = _address(settings, target)
     # Bound here, not by uvicorn, so port 0 can be reported before serving.
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

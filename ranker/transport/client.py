@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 
 from ranker.domain import Candidate, Posting, to_plain
+from ranker.transport.channel import client_channel
 from ranker.transport.convert import candidate_from_pb, posting_from_pb
 from ranker.v1 import ranker_pb2 as pb
 from ranker.v1 import ranker_pb2_grpc as pb_grpc
@@ -51,7 +52,7 @@ class GrpcRankerClient:
     def __init__(self, target: str, timeout: float = 30.0, channel: grpc.Channel | None = None):
         self.target = target
         self.timeout = timeout
-        self._channel = channel if channel is not None else grpc.insecure_channel(target)
+        self._channel = channel if channel is not None else client_channel(target)
         self._stub = pb_grpc.CandidateRankerStub(self._channel)
 
     def close(self) -> None:

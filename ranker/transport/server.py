@@ -45,7 +45,7 @@ def _port_in_use(port: int) -> StartError:
     )
 
 
-HEALTH_DETAILS = ("decision-log", "erasure-checkpoint")
+HEALTH_DETAILS = ("decision-log", "erasure-checkpoint", "replication")
 """Health service names that report one concern each (`RankingPipeline.health`)."""
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +15,7 @@ from grpc_health.v1 import health_pb2
 
 from ranker.store import SqliteStore
 from ranker.v1 import ranker_pb2 as pb
-from tests.fixtures.server import ServerHandle, seed
+from tests.fixtures.server import ServerHandle, seed, wait_for
 from training.demo import DemoData
 
 StartServer = Callable[..., ServerHandle]
@@ -39,14 +38,6 @@ def fill_disk(store: SqliteStore) -> None:
 def free_disk(store: SqliteStore) -> None:
     with store._lock:
         store._conn.execute("PRAGMA max_page_count = 1073741823")
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def _metric(h: ServerHandle, name: str, **labels: str) -> float:

@@ -73,6 +73,20 @@ def _decision(request_id: str, ids: tuple[str, ...], version: str = "v1") -> Dec
     )
 
 
+def _shadow(request_id: str, retrieved: int = 2) -> ShadowRanking:
+    return ShadowRanking(
+        request_id=request_id,
+        at=datetime.now(UTC),
+        posting_id="p1",
+        champion_version="v1",
+        challenger_version="v2",
+        top_k=2,
+        retrieved=retrieved,
+        champion_ids=("c1", "c2"),
+        challenger_ids=("c2", "c1"),
+    )
+
+
 class Backend:
     """Opens stores of one engine on one database (again, as a restart or a second service)."""
 
@@ -232,17 +246,7 @@ def test_decisions_are_logged_and_read_back(backend: Backend, store: SqlStore) -
 
 
 def test_shadow_rankings_roundtrip(store: SqlStore) -> None:
-    record = ShadowRanking(
-        request_id="r1",
-        at=datetime.now(UTC),
-        posting_id="p1",
-        champion_version="v1",
-        challenger_version="v2",
-        top_k=2,
-        retrieved=3,
-        champion_ids=("c1", "c2"),
-        challenger_ids=("c2", "c1"),
-    )
+    record = _shadow("r1", retrieved=3)
     store.log_shadow([record])
     store.log_shadow([record])  # a replay replaces, never duplicates
     assert store.shadow_rankings() == [record]
@@ -482,3 +486,26 @@ def test_an_erasure_of_a_candidate_never_stored_adds_no_feed_entry(store: SqlSto
     seq = store.last_change_seq()
     receipt = store.delete_candidates(["c7"])  # only outcomes: erased, but nothing to drop
     assert receipt.erased == ("c7",) and store.changes_since(seq) == []
+
+
+def test_logs_written_after_an_erasure_keep_no_row_of_the_erased(store: SqlStore) -> None:
+    # A replica that ranked before it heard of an erasure made elsewhere logs afterwards.
+    store.upsert_candidates([_cand(1), _cand(2)])
+    store.delete_candidates(["c1"])
+    store.log_decisions([_decision("late", ("c1", "c2"))])
+    store.log_shadow([_shadow("late")])
+    assert _rows_naming(store, "decision_items", "candidate_id", "c1") == 0
+    assert _rows_naming(store, "shadow_items", "candidate_id", "c1") == 0
+    assert store.get_decision("late").candidate_ids == ("c2",)
+
+
+def test_each_write_names_its_own_feed_entries_once(store: SqlStore) -> None:
+    store.upsert_candidates([_cand(1), _cand(2)])
+    first = store.take_own_changes()
+    assert first is not None and store.take_own_changes() is None
+    store.delete_candidates(["c1"])
+    second = store.take_own_changes()
+    assert second is not None
+    assert [c.seq for c in store.changes_since(0)] == [*range(first[0], first[1] + 1), second[0]]
+    assert store.last_change_seq("erasure") == second[0] == second[1]
+    assert store.last_change_seq("posting") == 0
