@@ -7,10 +7,31 @@ wait minutes behind others gets RESOURCE_EXHAUSTED now, and the caller can back 
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 
 from ranker.errors import Overloaded
 from ranker.metrics import ServiceMetrics
+
+log = logging.getLogger(__name__)
+
+
+def lower_thread_priority(increment: int) -> None:
+    """Make the calling thread `increment` nicer (an executor's initializer for encoding threads).
+
+    On Linux the nice value belongs to each thread, so this leaves the threads that answer reads
+    alone; the kernel's scheduler then gives them the core first whenever both are runnable,
+    which a queue or a budget cannot do for work that is already running. Elsewhere it does
+    nothing.
+    """
+    if increment <= 0 or not hasattr(os, "setpriority"):
+        return
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + increment)
+    except OSError as e:  # a sandbox may forbid it; encoding still works, only less politely
+        log.warning("could not lower the encoding thread's priority: %s", e)
 
 
 class EncodeAdmission:

@@ -111,6 +111,10 @@ class Settings(EncoderSettings):
     encode_threads: int = Field(default=1, ge=1)
     """Threads that encode (upserts, inline postings); apart from `worker_threads`."""
 
+    encode_nice: int = Field(default=10, ge=0, le=19)
+    """Niceness added to the encoding threads (Linux): when reads and encoding both want a core,
+    the reads get it. 0 leaves them at the service's priority."""
+
     serving_encoder_threads: int = Field(default=0, ge=0)
     """ONNX Runtime intra-op threads of the service's encoder; 0: one fewer than the physical
     cores (at least one), so a long encode always leaves a core to reads and rankings. Offline

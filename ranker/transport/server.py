@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from ranker.admission import EncodeAdmission
+from ranker.admission import EncodeAdmission, lower_thread_priority
 from ranker.config import Settings
 from ranker.drift import DriftWatch
 from ranker.encoding import TextEncoder
@@ -58,8 +58,12 @@ class RankerServer:
         self.metrics = ServiceMetrics()
         self.pool = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="ranker-worker")
         # Encoding gets its own threads: a read or a ranking by id never queues behind it.
+        # ... at a lower CPU priority, so reads win a core that both want (RANKER_ENCODE_NICE).
         self.encode_pool = ThreadPoolExecutor(
-            settings.encode_threads, thread_name_prefix="ranker-encode"
+            settings.encode_threads,
+            thread_name_prefix="ranker-encode",
+            initializer=lower_thread_priority,
+            initargs=(settings.encode_nice,),
         )
         self.admission = EncodeAdmission(
             settings.max_request_chars,

@@ -156,3 +156,21 @@ def test_the_service_encoder_leaves_a_core_to_reads_unless_told_otherwise() -> N
     assert Settings(serving_encoder_threads=3).serving_encoder.intra_op_threads == 3
     # Offline ingestion keeps its own setting: 0 is one thread per core there.
     assert Settings().intra_op_threads == 0
+
+
+def test_encoding_threads_run_nicer_than_the_threads_that_answer_reads() -> None:
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ranker.admission import lower_thread_priority
+
+    def nice_of_this_thread() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    base = nice_of_this_thread()
+    with ThreadPoolExecutor(1, initializer=lower_thread_priority, initargs=(5,)) as pool:
+        encoding = pool.submit(nice_of_this_thread).result()
+    with ThreadPoolExecutor(1) as pool:
+        reading = pool.submit(nice_of_this_thread).result()
+    assert encoding == min(19, base + 5)
+    assert reading == base == nice_of_this_thread()  # only the pool's own thread changed
