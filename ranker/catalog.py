@@ -1,55 +1,118 @@
-"""The searchable candidates in memory: prepared features, filter columns and BM25 statistics."""
+"""The searchable candidates: filter and scalar columns in memory, text and vectors in files."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ranker.catalog_state import CatalogState, load_state, save_state
+from ranker.columns import AppendColumn, gather_ranges
+from ranker.domain import Candidate, from_plain, to_plain
 from ranker.lexicon import LiveLexicon
-from ranker.prepared import PreparedCandidate
-from ranker.text import phrase_key
+from ranker.prepared import N_SCALARS, PackedCandidates, PreparedCandidate, Scalar
+from ranker.text import term_hash
 
 if TYPE_CHECKING:
     from ranker.api import RankFilters
 
+# Hot columns, one value per slot, grown together (name -> dtype, fill).
+_HOT: dict[str, tuple[type, object]] = {
+    "fid": (np.int64, -1),
+    "alive": (np.bool_, False),
+    "loc": (np.int32, -1),
+    "vec_start": (np.int64, 0),
+    "term_start": (np.int64, 0),
+    "tag_start": (np.int64, 0),
+    "rec_start": (np.int64, 0),
+    "rec_len": (np.int32, 0),
+}
+_COLD = ("vectors", "hashes", "counts", "tags", "records")
 
-def _slots(values: list[int]) -> np.ndarray:
+
+def _slots(values: Sequence[int]) -> np.ndarray:
     return np.asarray(values, dtype=np.int32)
 
 
-class CandidateCatalog:
-    """Prepared features and filter columns of every searchable candidate, in slot arrays.
+class RetrievedCandidates(Sequence[PreparedCandidate]):
+    """The candidates a search found, packed for the features; one is made an object
+    (`PreparedCandidate`, its record read back) only when asked for, e.g. to explain it."""
 
-    Filters are numpy operations over whole columns (no per-request Python loop over the
-    candidates); the result is the array of allowed FAISS ids handed to the search. Erased
-    slots are reused. Skills are an inverted index (skill -> int32 array of the slots holding
-    it), so memory follows the (candidate, skill) pairs held now, not every skill ever seen;
-    a skill's entry, like a location's code, goes when its last holder does. `lexicon` holds
-    the BM25 statistics of the candidates held, changed with every put and removal. Not
-    thread-safe: the pipeline's lock guards it.
+    def __init__(self, packed: PackedCandidates, records: Sequence[bytes | None]) -> None:
+        self.packed = packed
+        self.ids = packed.ids
+        self._records = records
+        s = packed.scalars
+        self._vec = np.concatenate([[0], np.cumsum(s[:, Scalar.CHUNKS] + 1)]).astype(np.intp)
+        self._terms = np.concatenate([[0], np.cumsum(s[:, Scalar.TERMS])]).astype(np.intp)
+        n_tags = s[:, Scalar.SKILLS] + s[:, Scalar.TITLE] + 1
+        self._tags = np.concatenate([[0], np.cumsum(n_tags)]).astype(np.intp)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __iter__(self) -> Iterator[PreparedCandidate]:
+        return (self._one(i) for i in range(len(self)))
+
+    def __getitem__(self, i: int) -> PreparedCandidate:  # type: ignore[override]
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        return self._one(i % len(self))
+
+    def _one(self, i: int) -> PreparedCandidate:
+        p = self.packed
+        t0, t1 = self._terms[i], self._terms[i + 1]
+        return PreparedCandidate(
+            candidate=_record(self._records[i], self.ids[i]),
+            vectors=p.vectors[self._vec[i] : self._vec[i + 1]],
+            term_hashes=p.term_hashes[t0:t1],
+            tags=p.tags[self._tags[i] : self._tags[i + 1]],
+            numbers=np.concatenate([p.scalars[i], p.term_counts[t0:t1].astype(np.float64)]),
+        )
+
+
+def _record(raw: bytes | None, candidate_id: str) -> Candidate:
+    if raw is None or not raw.strip(b"\0"):
+        # Erased while the request ran: its bytes are zeros now. The pipeline drops the row
+        # before anything is served or logged; this placeholder only lets the request finish.
+        return Candidate(id=candidate_id, cv_text="(erased)")
+    return from_plain(Candidate, json.loads(raw))
+
+
+class CandidateCatalog:
+    """Every searchable candidate by slot: filter and scalar columns in memory (a few dozen
+    bytes per candidate), vectors, term counts, tags and records in append-only column files
+    (`ranker.columns`) read only for the candidates a search returns.
+
+    Filters are numpy operations over whole columns; the result is the array of allowed FAISS
+    ids handed to the search. Skills are an inverted index (skill hash -> int32 slots), so
+    memory follows the (candidate, skill) pairs held now; a skill's entry, like a location's
+    code, goes when its last holder does. Erased slots are reused; an erased or replaced
+    candidate's bytes in the column files are overwritten with zeros. `lexicon` holds the BM25
+    statistics of the candidates held. `directory` keeps the column files (and `save`'s state)
+    there; None keeps them in unnamed temporary files. Not thread-safe: the pipeline's lock
+    guards it.
     """
 
-    def __init__(self, capacity: int = 1024) -> None:
+    def __init__(self, capacity: int = 1024, directory: Path | None = None) -> None:
+        self.directory = directory
         self._cap = max(1, capacity)
         self._n = 0  # slots ever used (high-water mark); columns are valid up to here
-        self._fid = np.full(self._cap, -1, dtype=np.int64)
-        self._alive = np.zeros(self._cap, dtype=bool)
-        self._years = np.zeros(self._cap, dtype=np.float32)
-        self._remote = np.zeros(self._cap, dtype=bool)
-        self._relocate = np.zeros(self._cap, dtype=bool)
-        self._loc = np.full(self._cap, -1, dtype=np.int32)
-        # Arrays are replaced, never changed in place, so a reference taken under the lock stays
-        # valid; writes are applied once per batch so a burst costs one pass per skill touched.
-        self._skills: dict[str, np.ndarray] = {}
-        self._loc_codes: dict[str, int] = {}
+        self._hot = {k: np.full(self._cap, fill, dtype=t) for k, (t, fill) in _HOT.items()}
+        self._scalars = np.zeros((self._cap, N_SCALARS), dtype=np.float64)
+        self._ids: list[str | None] = []
+        self._slot_by_id: dict[str, int] = {}
+        self._slot_of_fid = np.full(1024, -1, dtype=np.int32)
+        self._free: list[int] = []
+        self._skills: dict[int, np.ndarray] = {}
+        self._loc_codes: dict[int, int] = {}  # location hash -> code
         self._loc_refs: list[int] = []  # holders per location code
         self._loc_free: list[int] = []  # codes whose last holder went, reused first
-        self._prepared: list[PreparedCandidate | None] = []
-        self._slot_by_id: dict[str, int] = {}
-        self._slot_by_fid: dict[int, int] = {}
-        self._free: list[int] = []
+        self._cold: dict[str, AppendColumn] = {}
+        self._dim = 0
         self.lexicon = LiveLexicon()
         """Document frequencies and lengths of the candidates held now (BM25 at serving)."""
 
@@ -69,143 +132,226 @@ class CandidateCatalog:
         """Locations of at least one candidate now."""
         return len(self._loc_codes)
 
-    def get(self, candidate_id: str) -> PreparedCandidate | None:
-        slot = self._slot_by_id.get(candidate_id)
-        return None if slot is None else self._prepared[slot]
+    @property
+    def dim(self) -> int:
+        """Vector dimension (0 until the first candidate)."""
+        return self._dim
 
-    def faiss_id(self, candidate_id: str) -> int | None:
-        slot = self._slot_by_id.get(candidate_id)
-        return None if slot is None else int(self._fid[slot])
+    def close(self) -> None:
+        for col in self._cold.values():
+            col.close()
 
-    def _grow(self) -> None:
-        new = self._cap * 2
+    # -- columns --------------------------------------------------------------------------
+    def _open_cold(self, dim: int, lengths: dict[str, int] | None = None) -> None:
+        d = self.directory
+        lengths = lengths or {}
+        kinds = {
+            "vectors": (np.float32, dim),
+            "hashes": (np.uint64, 1),
+            "counts": (np.float32, 1),
+            "tags": (np.uint64, 1),
+            "records": (np.uint8, 1),
+        }
+        self._dim = dim
+        self._cold = {
+            name: AppendColumn(None if d is None else d / f"{name}.col", t, w, lengths.get(name, 0))
+            for name, (t, w) in kinds.items()
+        }
 
-        def grown(a: np.ndarray, fill: object) -> np.ndarray:
+    def _grow(self, need: int) -> None:
+        new = self._cap
+        while new < need:
+            new *= 2
+        if new == self._cap:
+            return
+        for k, (_, fill) in _HOT.items():
+            a = self._hot[k]
             out = np.full(new, fill, dtype=a.dtype)
             out[: self._cap] = a
-            return out
-
-        self._fid = grown(self._fid, -1)
-        self._alive = grown(self._alive, False)
-        self._years = grown(self._years, 0)
-        self._remote = grown(self._remote, False)
-        self._relocate = grown(self._relocate, False)
-        self._loc = grown(self._loc, -1)
+            self._hot[k] = out
+        scalars = np.zeros((new, N_SCALARS), dtype=np.float64)
+        scalars[: self._cap] = self._scalars
+        self._scalars = scalars
         self._cap = new
 
+    def _map_fid(self, fid: int, slot: int) -> None:
+        if fid >= len(self._slot_of_fid):
+            grown = np.full(max(2 * len(self._slot_of_fid), fid + 1), -1, dtype=np.int32)
+            grown[: len(self._slot_of_fid)] = self._slot_of_fid
+            self._slot_of_fid = grown
+        self._slot_of_fid[fid] = slot
+
+    def _term_range(self, slot: int) -> tuple[int, int]:
+        return int(self._hot["term_start"][slot]), int(self._scalars[slot, Scalar.TERMS])
+
+    def _tag_range(self, slot: int) -> tuple[int, int]:
+        s = self._scalars[slot]
+        return int(self._hot["tag_start"][slot]), int(s[Scalar.SKILLS] + s[Scalar.TITLE] + 1)
+
+    def _skill_hashes(self, slot: int) -> np.ndarray:
+        start, _ = self._tag_range(slot)
+        return np.array(
+            self._cold["tags"].view()[start : start + int(self._scalars[slot, Scalar.SKILLS])]
+        )
+
     # -- location codes, reference-counted ------------------------------------------------
-    def _loc_acquire(self, location: str) -> int:
-        loc = phrase_key(location)
-        if not loc:
+    def _loc_acquire(self, h: int) -> int:
+        if not h:
             return -1
-        code = self._loc_codes.get(loc)
+        code = self._loc_codes.get(h)
         if code is None:
             if self._loc_free:
                 code = self._loc_free.pop()
             else:
                 code = len(self._loc_refs)
                 self._loc_refs.append(0)
-            self._loc_codes[loc] = code
+            self._loc_codes[h] = code
         self._loc_refs[code] += 1
         return code
 
-    def _loc_release(self, code: int, location: str) -> None:
+    def _loc_release(self, slot: int) -> None:
+        code = int(self._hot["loc"][slot])
         if code < 0:
             return
         self._loc_refs[code] -= 1
         if self._loc_refs[code] == 0:
-            del self._loc_codes[phrase_key(location)]
+            start, n = self._tag_range(slot)
+            del self._loc_codes[int(self._cold["tags"].view()[start + n - 1])]
             self._loc_free.append(code)
 
     # -- changes --------------------------------------------------------------------------
     def put_many(self, items: Sequence[tuple[int, PreparedCandidate]]) -> list[bool]:
         """Add or replace candidates (FAISS id, prepared); True for each that was new."""
+        if not items:
+            return []
+        if not self._cold:
+            self._open_cold(items[0][1].vectors.shape[1])
         # Net change per (skill, slot): +1 gained, -1 lost. Netting lets an erased slot be
         # reused within the batch, and the batch then costs one pass per skill touched.
-        delta: dict[str, dict[int, int]] = {}
-        replaced: list[PreparedCandidate] = []
-        created = [self._put(fid, pc, delta, replaced) for fid, pc in items]
+        delta: dict[int, dict[int, int]] = {}
+        gone: list[int] = []
+        slots: list[int] = []
+        created: list[bool] = []
+        for _, pc in items:
+            slot = self._slot_by_id.get(pc.id)
+            created.append(slot is None)
+            if slot is None:
+                slot = self._free.pop() if self._free else self._new_slot()
+            else:
+                gone.append(slot)
+                self._forget(slot, delta)
+            slots.append(slot)
+            self._slot_by_id[pc.id] = slot
+            self._ids[slot] = pc.id
+        self._forget_lexicon(gone)
+        self._write(slots, items, delta)
         self._apply(delta)
-        # Added before the replaced are taken away: no count goes below zero on the way.
+        # Added after the replaced were taken away, with the counts of the new versions.
         self.lexicon.add([pc for _, pc in items])
-        self.lexicon.remove(replaced)
         return created
+
+    def _new_slot(self) -> int:
+        slot = self._n
+        self._grow(slot + 1)
+        self._n += 1
+        self._ids.append(None)
+        return slot
+
+    def _forget(self, slot: int, delta: dict[int, dict[int, int]]) -> None:
+        """Undo a held slot's entries in the skill index and location codes."""
+        self._note(delta, self._skill_hashes(slot), slot, -1)
+        self._loc_release(slot)
+        self._hot["loc"][slot] = -1
+        old = int(self._hot["fid"][slot])
+        if 0 <= old < len(self._slot_of_fid) and self._slot_of_fid[old] == slot:
+            self._slot_of_fid[old] = -1
+
+    def _forget_lexicon(self, slots: list[int]) -> None:
+        """Take the held versions of `slots` out of the BM25 statistics and zero their bytes."""
+        if not slots:
+            return
+        starts = [self._term_range(s) for s in slots]
+        hashes = gather_ranges(
+            self._cold["hashes"].view(),
+            np.array([s for s, _ in starts]),
+            np.array([n for _, n in starts]),
+        )
+        self.lexicon.remove_counts(
+            hashes, len(slots), float(self._scalars[slots, Scalar.DOC_LEN].sum())
+        )
+        for slot in slots:
+            self._zero(slot)
+
+    def _zero(self, slot: int) -> None:
+        s = self._scalars[slot]
+        h = self._hot
+        self._cold["vectors"].zero(int(h["vec_start"][slot]), int(s[Scalar.CHUNKS]) + 1)
+        start, n = self._term_range(slot)
+        self._cold["hashes"].zero(start, n)
+        self._cold["counts"].zero(start, n)
+        self._cold["tags"].zero(*self._tag_range(slot))
+        self._cold["records"].zero(int(h["rec_start"][slot]), int(h["rec_len"][slot]))
+
+    def _write(
+        self,
+        slots: list[int],
+        items: Sequence[tuple[int, PreparedCandidate]],
+        delta: dict[int, dict[int, int]],
+    ) -> None:
+        """Append the batch's cold data (one write per column) and fill its hot columns."""
+        pcs = [pc for _, pc in items]
+        records = [json.dumps(to_plain(pc.candidate)).encode() for pc in pcs]
+        c = self._cold
+        vec0 = c["vectors"].append(np.concatenate([pc.vectors for pc in pcs]))
+        term0 = c["hashes"].append(np.concatenate([pc.term_hashes for pc in pcs]))
+        c["counts"].append(np.concatenate([pc.term_counts for pc in pcs]))
+        tag0 = c["tags"].append(np.concatenate([pc.tags for pc in pcs]))
+        rec0 = c["records"].append(np.frombuffer(b"".join(records), dtype=np.uint8))
+        h = self._hot
+        for slot, (fid, pc), rec in zip(slots, items, records, strict=True):
+            h["fid"][slot] = fid
+            h["alive"][slot] = True
+            h["vec_start"][slot], vec0 = vec0, vec0 + len(pc.vectors)
+            h["term_start"][slot], term0 = term0, term0 + len(pc.term_hashes)
+            h["tag_start"][slot], tag0 = tag0, tag0 + len(pc.tags)
+            h["rec_start"][slot], rec0 = rec0, rec0 + len(rec)
+            h["rec_len"][slot] = len(rec)
+            self._scalars[slot] = pc.numbers[:N_SCALARS]
+            h["loc"][slot] = self._loc_acquire(pc.location_hash)
+            self._note(delta, pc.skill_hashes, slot, +1)
+            self._map_fid(fid, slot)
 
     def remove_many(self, candidate_ids: Sequence[str]) -> list[int | None]:
         """Forget candidates; each one's FAISS id, or None when it was not here."""
-        delta: dict[str, dict[int, int]] = {}
-        removed: list[PreparedCandidate] = []
-        fids = [self._remove(cid, delta, removed) for cid in candidate_ids]
+        delta: dict[int, dict[int, int]] = {}
+        fids: list[int | None] = []
+        gone: list[int] = []
+        for cid in candidate_ids:
+            slot = self._slot_by_id.pop(cid, None)
+            if slot is None:
+                fids.append(None)
+                continue
+            fids.append(int(self._hot["fid"][slot]))
+            self._forget(slot, delta)
+            gone.append(slot)
+        self._forget_lexicon(gone)
+        for slot in gone:
+            self._hot["alive"][slot] = False
+            self._hot["fid"][slot] = -1
+            self._ids[slot] = None
+            self._free.append(slot)
         self._apply(delta)
-        self.lexicon.remove(removed)
         return fids
 
     @staticmethod
-    def _note(delta: dict[str, dict[int, int]], skills: Sequence[str], slot: int, d: int) -> None:
-        # Keyed like the features compare skills (`phrase_key`), so a filter and the reasons agree.
-        for s in {phrase_key(x) for x in skills}:
+    def _note(delta: dict[int, dict[int, int]], skills: np.ndarray, slot: int, d: int) -> None:
+        for s in skills.tolist():
             per = delta.setdefault(s, {})
             per[slot] = per.get(slot, 0) + d
 
-    def _put(
-        self,
-        fid: int,
-        pc: PreparedCandidate,
-        delta: dict[str, dict[int, int]],
-        replaced: list[PreparedCandidate],
-    ) -> bool:
-        slot = self._slot_by_id.get(pc.id)
-        created = slot is None
-        if slot is None:
-            if self._free:
-                slot = self._free.pop()
-            else:
-                if self._n == self._cap:
-                    self._grow()
-                slot = self._n
-                self._n += 1
-                self._prepared.append(None)
-        else:
-            old = self._prepared[slot]
-            if old is not None:
-                replaced.append(old)
-                self._note(delta, old.candidate.skills, slot, -1)
-                self._loc_release(int(self._loc[slot]), old.candidate.location)
-            self._slot_by_fid.pop(int(self._fid[slot]), None)
-        c = pc.candidate
-        self._fid[slot] = fid
-        self._alive[slot] = True
-        self._years[slot] = c.years_experience
-        self._remote[slot] = c.remote_ok
-        self._relocate[slot] = c.willing_to_relocate
-        self._loc[slot] = self._loc_acquire(c.location)
-        self._note(delta, c.skills, slot, +1)
-        self._prepared[slot] = pc
-        self._slot_by_id[pc.id] = slot
-        self._slot_by_fid[fid] = slot
-        return created
-
-    def _remove(
-        self, candidate_id: str, delta: dict[str, dict[int, int]], removed: list[PreparedCandidate]
-    ) -> int | None:
-        slot = self._slot_by_id.pop(candidate_id, None)
-        if slot is None:
-            return None
-        pc = self._prepared[slot]
-        if pc is not None:
-            removed.append(pc)
-            self._note(delta, pc.candidate.skills, slot, -1)
-            self._loc_release(int(self._loc[slot]), pc.candidate.location)
-        fid = int(self._fid[slot])
-        self._slot_by_fid.pop(fid, None)
-        self._alive[slot] = False
-        self._fid[slot] = -1
-        self._loc[slot] = -1
-        self._prepared[slot] = None
-        self._free.append(slot)
-        return fid
-
-    def _apply(self, delta: dict[str, dict[int, int]]) -> None:
+    def _apply(self, delta: dict[int, dict[int, int]]) -> None:
+        # Arrays are replaced, never changed in place, so a reference taken under the lock stays
+        # valid; writes are applied once per batch so a burst costs one pass per skill touched.
         for skill, per_slot in delta.items():
             gained = [slot for slot, d in per_slot.items() if d > 0]
             lost = [slot for slot, d in per_slot.items() if d < 0]
@@ -224,44 +370,172 @@ class CandidateCatalog:
                 self._skills.pop(skill, None)
 
     # -- queries --------------------------------------------------------------------------
+    def get(self, candidate_id: str) -> PreparedCandidate | None:
+        """One candidate, read back from the columns (None when not held)."""
+        slot = self._slot_by_id.get(candidate_id)
+        if slot is None:
+            return None
+        return self._gather(np.array([slot]))[0]
+
+    def faiss_id(self, candidate_id: str) -> int | None:
+        slot = self._slot_by_id.get(candidate_id)
+        return None if slot is None else int(self._hot["fid"][slot])
+
+    def ids_and_fids(self) -> tuple[list[str], np.ndarray]:
+        """Every held candidate's id and FAISS id, by slot."""
+        alive = np.flatnonzero(self._hot["alive"][: self._n])
+        return [self._ids[s] or "" for s in alive.tolist()], self._hot["fid"][alive].copy()
+
+    def doc_vectors(self, fids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The document vectors of the held candidates among `fids`: (their fids, vectors)."""
+        slots = self._slots_of(np.asarray(fids, dtype=np.int64))
+        slots = slots[slots >= 0]
+        if not len(slots) or not self._cold:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, max(self._dim, 1)), np.float32)
+        rows = self._cold["vectors"].view()[self._hot["vec_start"][slots]]
+        return self._hot["fid"][slots].copy(), np.array(rows, dtype=np.float32)
+
+    def _slots_of(self, fids: np.ndarray) -> np.ndarray:
+        ok = (fids >= 0) & (fids < len(self._slot_of_fid))
+        slots = np.full(len(fids), -1, dtype=np.int64)
+        slots[ok] = self._slot_of_fid[fids[ok]]
+        return slots
+
     def allowed(self, f: RankFilters) -> np.ndarray | None:
         """FAISS ids passing the filters; None when there is no filter (search everything)."""
         if f.empty:
             return None
         n = self._n
-        mask = self._alive[:n].copy()
+        h = self._hot
+        mask = h["alive"][:n].copy()
+        s = self._scalars
         if f.location_clause:
             where = np.zeros(n, dtype=bool)
-            codes = [self._loc_codes[loc] for loc in f.locations if loc in self._loc_codes]
+            codes = [self._loc_codes.get(term_hash(loc), -1) for loc in f.locations]
+            codes = [c for c in codes if c >= 0]
             if codes:
-                where |= np.isin(self._loc[:n], np.asarray(codes, dtype=np.int32))
+                where |= np.isin(h["loc"][:n], np.asarray(codes, dtype=np.int32))
             if f.include_remote:
-                where |= self._remote[:n]
+                where |= s[:n, Scalar.REMOTE] > 0
             if f.include_relocating:
-                where |= self._relocate[:n]
+                where |= s[:n, Scalar.RELOCATE] > 0
             mask &= where
         if f.remote_only:
-            mask &= self._remote[:n]
+            mask &= s[:n, Scalar.REMOTE] > 0
         if f.min_years is not None and f.min_years > 0:
-            mask &= self._years[:n] >= f.min_years
+            mask &= s[:n, Scalar.YEARS] >= f.min_years
         # Rarest skill first: an empty intersection is found with the least work.
-        held = [self._skills.get(s) for s in f.must_have_skills]
+        held = [self._skills.get(term_hash(k)) for k in f.must_have_skills]
         for slots in sorted(held, key=lambda a: -1 if a is None else len(a)):
             if slots is None:
                 return np.zeros(0, dtype=np.int64)
             has = np.zeros(n, dtype=bool)
             has[slots] = True
             mask &= has
-        return self._fid[:n][mask]
+        return h["fid"][:n][mask]
 
-    def lookup(self, fids: np.ndarray) -> tuple[list[PreparedCandidate], np.ndarray]:
+    def lookup(self, fids: np.ndarray) -> tuple[RetrievedCandidates, np.ndarray]:
         """The candidates of `fids` and a mask of which fids were found (order kept)."""
-        found: list[PreparedCandidate] = []
-        keep = np.zeros(len(fids), dtype=bool)
-        for i, fid in enumerate(fids.tolist()):
-            slot = self._slot_by_fid.get(fid)
-            pc = None if slot is None else self._prepared[slot]
-            if pc is not None:
-                found.append(pc)
-                keep[i] = True
-        return found, keep
+        slots = self._slots_of(np.asarray(fids, dtype=np.int64))
+        keep = slots >= 0
+        return self._gather(slots[keep]), keep
+
+    def _gather(self, slots: np.ndarray) -> RetrievedCandidates:
+        """The packed arrays of `slots` (copies: valid after the lock is released)."""
+        h, s = self._hot, self._scalars[slots]
+        if not len(slots):
+            return RetrievedCandidates(PackedCandidates.of([]), [])
+        c = self._cold
+        n_tags = (s[:, Scalar.SKILLS] + s[:, Scalar.TITLE] + 1).astype(np.intp)
+        n_terms = s[:, Scalar.TERMS].astype(np.intp)
+        term_start = h["term_start"][slots]
+        packed = PackedCandidates(
+            ids=[self._ids[i] or "" for i in slots.tolist()],
+            vectors=gather_ranges(
+                c["vectors"].view(), h["vec_start"][slots], s[:, Scalar.CHUNKS].astype(np.intp) + 1
+            ),
+            term_hashes=gather_ranges(c["hashes"].view(), term_start, n_terms),
+            term_counts=gather_ranges(c["counts"].view(), term_start, n_terms),
+            tags=gather_ranges(c["tags"].view(), h["tag_start"][slots], n_tags),
+            scalars=s,
+        )
+        # Records are read lazily (only explained rows need them): keep their places.
+        return RetrievedCandidates(packed, _LazyRecords(c["records"].view(), h, slots))
+
+    # -- persistence ----------------------------------------------------------------------
+    def save(self, generation: str) -> None:
+        """Write the in-memory state beside the column files, tagged with the store generation."""
+        if self.directory is None:
+            raise ValueError("this catalog has no directory; construct it with one to save it")
+        for col in self._cold.values():
+            col.flush()
+        n = self._n
+        save_state(
+            self.directory,
+            CatalogState(
+                generation=generation,
+                dim=self._dim,
+                lengths={k: len(v) for k, v in self._cold.items()},
+                hot={k: v[:n] for k, v in self._hot.items()},
+                scalars=self._scalars[:n],
+                ids=[i or "" for i in self._ids],
+                free=list(self._free),
+                df=self.lexicon.counts(),
+                lexicon_totals=(self.lexicon.n_docs, self.lexicon.total_length),
+            ),
+        )
+
+    @classmethod
+    def load(cls, directory: Path, generation: str) -> CandidateCatalog | None:
+        """The catalog saved in `directory` when it reflects `generation`; None otherwise."""
+        state = load_state(directory, generation)
+        if state is None:
+            return None
+        n = len(state.ids)
+        cat = cls(capacity=max(n, 1024), directory=directory)
+        cat._n = n
+        for k, v in state.hot.items():
+            cat._hot[k][:n] = v
+        cat._scalars[:n] = state.scalars
+        cat._ids = [i or None for i in state.ids]
+        cat._free = list(state.free)
+        alive = np.flatnonzero(cat._hot["alive"][:n])
+        cat._slot_by_id = {state.ids[s]: s for s in alive.tolist()}
+        if state.dim:
+            cat._open_cold(state.dim, state.lengths)
+        for s in alive.tolist():
+            cat._map_fid(int(cat._hot["fid"][s]), s)
+        # Skills and location codes from the tags of the held candidates.
+        delta: dict[int, dict[int, int]] = {}
+        for s in alive.tolist():
+            cat._note(delta, cat._skill_hashes(s), s, +1)
+        cat._apply(delta)
+        cat._rebuild_locations(alive)
+        cat.lexicon.restore(state.df, *state.lexicon_totals)
+        return cat
+
+    def _rebuild_locations(self, alive: np.ndarray) -> None:
+        if not len(alive):
+            return
+        h = self._hot
+        n_tags = self._scalars[alive, Scalar.SKILLS] + self._scalars[alive, Scalar.TITLE] + 1
+        last = (h["tag_start"][alive] + n_tags.astype(np.int64) - 1).astype(np.intp)
+        hashes = self._cold["tags"].view()[last]
+        for s, loc in zip(alive.tolist(), hashes.tolist(), strict=True):
+            h["loc"][s] = self._loc_acquire(int(loc))
+
+
+class _LazyRecords(Sequence[bytes | None]):
+    """The records of some slots, read from the column file when one is asked for."""
+
+    def __init__(self, view: np.ndarray, hot: dict[str, np.ndarray], slots: np.ndarray) -> None:
+        self._view = view
+        self._start = hot["rec_start"][slots].copy()
+        self._len = hot["rec_len"][slots].copy()
+
+    def __len__(self) -> int:
+        return len(self._start)
+
+    def __getitem__(self, i: int) -> bytes | None:  # type: ignore[override]
+        start = int(self._start[i])
+        return bytes(self._view[start : start + int(self._len[i])])

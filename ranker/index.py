@@ -6,7 +6,7 @@ import json
 import logging
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
@@ -267,29 +267,30 @@ def load_index_if_current(
 def index_from_store(
     store: SqliteStore,
     index_dir: Path,
-    vectors: tuple[np.ndarray, np.ndarray] | None = None,
+    vectors: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None,
     storage: Storage = "fp16",
 ) -> tuple[FaissIndex, bool]:
     """The store's index: the saved one when current, else rebuilt and saved. True if rebuilt.
 
-    The one place that decides between the saved index and a rebuild. `vectors` (FAISS ids,
-    document vectors) spares a second pass over the store when the caller has read it already.
+    The one place that decides between the saved index and a rebuild. `vectors` gives (FAISS
+    ids, document vectors) from memory the caller holds already, sparing a pass over the store.
     """
     generation = store.generation()
     index = load_index_if_current(index_dir, generation, storage)
     if index is not None and len(index) == store.count_candidates():
         return index, False
-    if vectors is None:
+    found = vectors() if vectors is not None else None
+    if found is None:
         ids: list[int] = []
         rows: list[np.ndarray] = []
         for fid, row in store.iter_candidates_with_ids():
             ids.append(fid)
             rows.append(row.doc_vector)
-        vectors = (
+        found = (
             np.asarray(ids, dtype=np.int64),
             np.stack(rows) if rows else np.zeros((0, store.dim), np.float32),
         )
-    index = build_index(vectors[0], vectors[1], generation, store.dim, storage)
+    index = build_index(found[0], found[1], generation, store.dim, storage)
     index.save(index_dir)
     return index, True
 

@@ -34,7 +34,6 @@ from ranker.api import (
     check_posting_size,
     split_batch,
 )
-from ranker.catalog import CandidateCatalog
 from ranker.comparison import compare_pair
 from ranker.config import MAX_RETRIEVE_N, Settings
 from ranker.decisions import DecisionLog
@@ -45,7 +44,7 @@ from ranker.errors import ErasedId, InvalidInput, NotFound, RankerError, shown_i
 from ranker.explain import Explanation
 from ranker.exports import scrub_exports
 from ranker.fair_serving import FairReranker
-from ranker.index import FaissIndex, ReadWriteLock
+from ranker.index import ReadWriteLock
 from ranker.metrics import ServiceMetrics
 from ranker.model_slot import ModelSlot
 from ranker.outcomes import screen_outcomes
@@ -107,7 +106,6 @@ class RankingPipeline:
         self.model = ModelSlot(registry, metrics, settings.fallback)
         self._lock = ReadWriteLock()
         self._write_mutex = threading.Lock()
-        self._catalog = CandidateCatalog()
         self._postings = PostingCache()
         self._erasures = 0  # erasure batches so far: a ranking re-checks its results if it moved
         self._index_dirty_at: float | None = None
@@ -123,7 +121,7 @@ class RankingPipeline:
         self._shadow = ShadowScorer.from_settings(store, settings)
         fair_on = settings.fair_rerank != "off"  # the protected table is read only then
         self._fair = FairReranker.from_store(store, settings) if fair_on else None
-        self.index = self._load_memory()
+        self._catalog, self.index = load_memory(store, settings, self._postings, encoder.dim)
         self._upkeep = PipelineUpkeep(
             settings, self.model, store, self._decisions, self.save_index, metrics
         )
@@ -168,12 +166,6 @@ class RankingPipeline:
             raise
         return pipeline
 
-    def _load_memory(self) -> FaissIndex:
-        """Fill the catalog and posting cache from the store; load the index or rebuild it."""
-        return load_memory(
-            self.store, self.settings, self._catalog, self._postings, self.encoder.dim
-        )
-
     def close(self) -> None:
         """Write pending decisions and the index, then close the store."""
         self._shadow.close()
@@ -181,6 +173,7 @@ class RankingPipeline:
         try:
             self.save_index(force=True)
         finally:
+            self._catalog.close()
             self.store.close()
 
     @property
@@ -485,15 +478,13 @@ class RankingPipeline:
         deadline.check("erasing")
         receipt: ErasureReceipt | None = None
         with self._write_mutex:
-            removed: dict[str, PreparedCandidate] = {}
+            removed: list[str] = []
             if wanted:
                 with self._lock.write():
-                    held = {cid: self._catalog.get(cid) for cid in wanted}
                     fids = []
                     for cid, fid in zip(wanted, self._catalog.remove_many(wanted), strict=True):
-                        pc = held[cid]
-                        if pc is not None and fid is not None:
-                            removed[cid] = pc
+                        if fid is not None:
+                            removed.append(cid)
                             fids.append(fid)
                     self.index.remove(np.asarray(fids, dtype=np.int64))
                     if fids:
@@ -504,7 +495,7 @@ class RankingPipeline:
                     receipt = self.store.delete_candidates(wanted, actor=actor)
                 except BaseException:
                     # Nothing was erased: make the candidates searchable again, as stored.
-                    self._restore(list(removed))
+                    self._restore(removed)
                     raise
                 if self._fair is not None:
                     self._fair.forget(receipt.erased)
@@ -580,6 +571,7 @@ class RankingPipeline:
             self._index_dirty_at = None
             try:
                 self.index.save(self.settings.resolved_index_dir)
+                self._catalog.save(self.index.generation)
             except Exception:
                 self._index_dirty_at = dirty_at
                 if self.metrics is not None:
