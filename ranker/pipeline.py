@@ -122,6 +122,7 @@ class RankingPipeline:
         fair_on = settings.fair_rerank != "off"  # the protected table is read only then
         self._fair = FairReranker.from_store(store, settings) if fair_on else None
         self._catalog, self.index = load_memory(store, settings, self._postings, encoder.dim)
+        self._retrain()
         self._upkeep = PipelineUpkeep(
             settings, self.model, store, self._decisions, self.save_index, metrics
         )
@@ -170,6 +171,7 @@ class RankingPipeline:
         """Write pending decisions and the index, then close the store."""
         self._shadow.close()
         self._decisions.close()
+        self.index.stop_retraining()
         try:
             self.save_index(force=True)
         finally:
@@ -335,6 +337,15 @@ class RankingPipeline:
     def _mark_index_dirty(self) -> None:
         self._index_dirty_at = time.monotonic()
 
+    def _retrain(self) -> None:
+        """Retrain the index's lists in the background when the pool outgrew them."""
+
+        def doc_vectors(fids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            with self._lock.read():
+                return self._catalog.doc_vectors(fids)
+
+        self.index.retrain_in_background(doc_vectors, self._mark_index_dirty)
+
     def upsert_candidates(
         self, items: Sequence[Candidate | Rejected], deadline: Deadline = NO_DEADLINE
     ) -> BatchResult:
@@ -430,6 +441,7 @@ class RankingPipeline:
                 [(fid, pc) for (_, pc), fid in zip(rows, fids, strict=True)]
             )
         self._mark_index_dirty()
+        self._retrain()
         return created
 
     def _commit_postings(
@@ -515,9 +527,10 @@ class RankingPipeline:
         )
 
     def _restore(self, ids: list[str]) -> None:
+        fids = self.store.faiss_ids(ids)
         prepared = [
-            (fid, prepare_candidate(row.candidate, row.doc_vector, row.chunk_vectors))
-            for fid, row in self._fids_and_rows(ids)
+            (fids[r.candidate.id], prepare_candidate(r.candidate, r.doc_vector, r.chunk_vectors))
+            for r in self.store.get_candidates(ids)
         ]
         if not prepared:
             return
@@ -527,10 +540,6 @@ class RankingPipeline:
                 np.asarray([fid for fid, _ in prepared], dtype=np.int64),
                 np.stack([pc.doc_vector for _, pc in prepared]),
             )
-
-    def _fids_and_rows(self, ids: list[str]) -> list[tuple[int, CandidateRow]]:
-        fids = self.store.faiss_ids(ids)
-        return [(fids[r.candidate.id], r) for r in self.store.get_candidates(ids)]
 
     # -- reads ----------------------------------------------------------------------------
     def get_candidate(self, candidate_id: str) -> Candidate:

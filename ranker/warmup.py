@@ -10,7 +10,7 @@ import numpy as np
 
 from ranker.catalog import CandidateCatalog
 from ranker.config import Settings
-from ranker.index import FaissIndex, index_from_store
+from ranker.index import FaissIndex, IvfOptions, index_from_store
 from ranker.posting_cache import PostingCache
 from ranker.prepared import PreparedCandidate, prepare_candidate, prepare_posting
 from ranker.store import SqliteStore
@@ -61,7 +61,11 @@ def load_memory(
         return found, vectors if len(found) else np.zeros((0, dim), np.float32)
 
     index, rebuilt = index_from_store(
-        store, settings.resolved_index_dir, doc_vectors, storage=settings.index_storage
+        store,
+        settings.resolved_index_dir,
+        doc_vectors,
+        storage=settings.index_storage,
+        ivf=IvfOptions.from_settings(settings),
     )
     if rebuilt:
         log.info("rebuilt the index from the store: %d candidates", len(index))
