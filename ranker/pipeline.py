@@ -224,7 +224,7 @@ class RankingPipeline:
         watch.lap("features")
         scored = score_and_order(req, hits, x, reference)
         if self._fair is not None:
-            scored = self._fair.apply([c.id for c in hits.cands], scored, req.top_k)
+            scored = self._fair.apply(hits.ids, scored, req.top_k)
         watch.lap("score")
         explained: dict[int, Explanation] = {}
         if q.explain and len(scored.ranked):
@@ -305,7 +305,7 @@ class RankingPipeline:
 
         Fills `explained` for rows that moved into the top-k in place of erased ones.
         """
-        top_k, cands = req.top_k, hits.cands
+        top_k, ids = req.top_k, hits.ids
         with self._lock.read():
             order = scored.ranked[:top_k]
             alive: np.ndarray | None = None  # rows whose scores are logged: all by default
@@ -316,7 +316,7 @@ class RankingPipeline:
                     [
                         i
                         for i in scored.ranked.tolist()
-                        if self._catalog.faiss_id(cands[i].id) == int(hits.fids[i])
+                        if self._catalog.faiss_id(ids[i]) == int(hits.fids[i])
                     ],
                     dtype=np.intp,
                 )

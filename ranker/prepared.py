@@ -160,6 +160,13 @@ class PreparedCandidate:
         return int(self.tags[-1])
 
 
+def ids_of(candidates: Sequence[PreparedCandidate]) -> list[str]:
+    """The ids of `candidates`, in order: the ones a packed sequence carries (`.ids`, without
+    making each candidate an object), else each one's."""
+    ids = getattr(candidates, "ids", None)
+    return list(ids) if ids is not None else [c.id for c in candidates]
+
+
 @dataclass(frozen=True, eq=False)
 class PackedCandidates:
     """Many candidates' prepared arrays, concatenated: what `FeatureBuilder` reads.
@@ -182,6 +189,21 @@ class PackedCandidates:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def plus(self, other: PackedCandidates) -> PackedCandidates:
+        """These candidates, then `other`'s."""
+        if not len(other):
+            return self
+        if not len(self):
+            return other
+        return PackedCandidates(
+            ids=self.ids + other.ids,
+            vectors=np.concatenate([self.vectors, other.vectors]),
+            term_hashes=np.concatenate([self.term_hashes, other.term_hashes]),
+            term_counts=np.concatenate([self.term_counts, other.term_counts]),
+            tags=np.concatenate([self.tags, other.tags]),
+            scalars=np.concatenate([self.scalars, other.scalars]),
+        )
 
     @classmethod
     def of(cls, candidates: Sequence[PreparedCandidate]) -> PackedCandidates:
