@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ranker.catalog_state import CatalogState, load_state, save_state
-from ranker.columns import AppendColumn, gather_ranges
+from ranker.columns import AppendColumn, gather_ranges, range_index
 from ranker.domain import Candidate, from_plain, to_plain
 from ranker.lexicon import LiveLexicon
 from ranker.prepared import N_SCALARS, PackedCandidates, PreparedCandidate, Scalar
@@ -448,14 +448,15 @@ class CandidateCatalog:
         c = self._cold
         n_tags = (s[:, Scalar.SKILLS] + s[:, Scalar.TITLE] + 1).astype(np.intp)
         n_terms = s[:, Scalar.TERMS].astype(np.intp)
-        term_start = h["term_start"][slots]
+        # Term hashes and counts share their ranges: one index serves both gathers.
+        terms = range_index(h["term_start"][slots], n_terms)
         packed = PackedCandidates(
             ids=[self._ids[i] or "" for i in slots.tolist()],
             vectors=gather_ranges(
                 c["vectors"].view(), h["vec_start"][slots], s[:, Scalar.CHUNKS].astype(np.intp) + 1
             ),
-            term_hashes=gather_ranges(c["hashes"].view(), term_start, n_terms),
-            term_counts=gather_ranges(c["counts"].view(), term_start, n_terms),
+            term_hashes=np.take(c["hashes"].view(), terms),
+            term_counts=np.take(c["counts"].view(), terms),
             tags=gather_ranges(c["tags"].view(), h["tag_start"][slots], n_tags),
             scalars=s,
         )

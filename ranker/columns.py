@@ -87,16 +87,18 @@ class AppendColumn:
         self._file.close()
 
 
-def gather_ranges(column: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """The rows `[starts[i], starts[i] + lengths[i])` of `column` for every i, concatenated."""
+def range_index(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Every position in the ranges `[starts[i], starts[i] + lengths[i])`, in order."""
     lengths = np.asarray(lengths, dtype=np.intp)
     total = int(lengths.sum())
-    if total == 0:
-        return column[:0].copy()
     offsets = np.zeros(len(lengths), dtype=np.intp)
     offsets[1:] = np.cumsum(lengths[:-1])
-    # Index of every row wanted: its range's start plus its place within the range.
-    idx = np.arange(total, dtype=np.intp) + np.repeat(
-        np.asarray(starts, dtype=np.intp) - offsets, lengths
-    )
-    return column[idx]
+    # A range's start, minus where it begins in the output, plus the output position.
+    shift = np.repeat(np.asarray(starts, dtype=np.intp) - offsets, lengths)
+    shift += np.arange(total, dtype=np.intp)
+    return shift
+
+
+def gather_ranges(column: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The rows `[starts[i], starts[i] + lengths[i])` of `column` for every i, concatenated."""
+    return np.take(column, range_index(starts, lengths), axis=0)
