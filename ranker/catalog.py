@@ -504,20 +504,29 @@ class CandidateCatalog:
         cat._slot_by_id = {state.ids[s]: s for s in alive.tolist()}
         if state.dim:
             cat._open_cold(state.dim, state.lengths)
-        for s in alive.tolist():
-            cat._map_fid(int(cat._hot["fid"][s]), s)
-        # Skills and location codes from the tags of the held candidates.
-        delta: dict[int, dict[int, int]] = {}
-        for s in alive.tolist():
-            cat._note(delta, cat._skill_hashes(s), s, +1)
-        cat._apply(delta)
-        cat._rebuild_locations(alive)
+        if len(alive):
+            fids = cat._hot["fid"][alive]
+            cat._slot_of_fid = np.full(max(1024, int(fids.max()) + 1), -1, dtype=np.int32)
+            cat._slot_of_fid[fids] = alive
+            cat._rebuild_skills(alive)
+            cat._rebuild_locations(alive)
         cat.lexicon.restore(state.df, *state.lexicon_totals)
         return cat
 
+    def _rebuild_skills(self, alive: np.ndarray) -> None:
+        """The skill index from the tags of the held candidates, in a few array passes."""
+        n_skills = self._scalars[alive, Scalar.SKILLS].astype(np.intp)
+        tags = self._cold["tags"].view()
+        hashes = np.take(tags, range_index(self._hot["tag_start"][alive], n_skills))
+        slots = np.repeat(alive.astype(np.int32), n_skills)
+        order = np.argsort(hashes, kind="stable")
+        hashes, slots = hashes[order], slots[order]
+        cuts = np.flatnonzero(np.diff(hashes)) + 1
+        starts = np.concatenate([[0], cuts]).astype(np.intp)
+        for h, part in zip(hashes[starts].tolist(), np.split(slots, cuts), strict=True):
+            self._skills[h] = part
+
     def _rebuild_locations(self, alive: np.ndarray) -> None:
-        if not len(alive):
-            return
         h = self._hot
         n_tags = self._scalars[alive, Scalar.SKILLS] + self._scalars[alive, Scalar.TITLE] + 1
         last = (h["tag_start"][alive] + n_tags.astype(np.int64) - 1).astype(np.intp)
