@@ -294,7 +294,7 @@ def build_candidate_set(base: BaseSet, n: int, root: Path | None = None) -> Benc
         "noise_cosine": NOISE_COSINE,
         "storage": storage,
         "ivf_min": ivf.min_candidates,
-        "catalog": 1,
+        "catalog": 2,
     }
     if marker.is_file():
         try:

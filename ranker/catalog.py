@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ranker.catalog_state import CatalogState, load_state, save_state
-from ranker.columns import AppendColumn, gather_ranges, range_index
+from ranker.columns import AppendFile, range_index
 from ranker.domain import Candidate, from_plain, to_plain
 from ranker.lexicon import LiveLexicon
 from ranker.prepared import N_SCALARS, PackedCandidates, PreparedCandidate, Scalar
@@ -24,13 +24,27 @@ _HOT: dict[str, tuple[type, object]] = {
     "fid": (np.int64, -1),
     "alive": (np.bool_, False),
     "loc": (np.int32, -1),
-    "vec_start": (np.int64, 0),
-    "term_start": (np.int64, 0),
-    "tag_start": (np.int64, 0),
+    "loc_hash": (np.uint64, 0),
+    "blob_start": (np.int64, 0),
     "rec_start": (np.int64, 0),
     "rec_len": (np.int32, 0),
 }
-_COLD = ("vectors", "hashes", "counts", "tags", "records")
+
+
+def _blob_layout(scalars: np.ndarray, row_bytes: int) -> tuple[np.ndarray, ...]:
+    """Per candidate (rows of `scalars`): terms, tags, vector rows, and the blocks (of one
+    vector row's bytes) its term part and whole blob take.
+
+    A blob is the term hashes (uint64), their counts (float32, padded to 8 bytes), the tags
+    (uint64), zero-padded to whole blocks, then the vector rows; so every part is aligned for
+    its type and a batch of blobs read back to back is one matrix of rows.
+    """
+    terms = scalars[:, Scalar.TERMS].astype(np.int64)
+    tags = (scalars[:, Scalar.SKILLS] + scalars[:, Scalar.TITLE] + 1).astype(np.int64)
+    rows = scalars[:, Scalar.CHUNKS].astype(np.int64) + 1
+    meta_bytes = 12 * terms + 4 * (terms % 2) + 8 * tags
+    meta_blocks = -(-meta_bytes // row_bytes)
+    return terms, tags, rows, meta_blocks, meta_blocks + rows
 
 
 def _slots(values: Sequence[int]) -> np.ndarray:
@@ -84,14 +98,14 @@ def _record(raw: bytes | None, candidate_id: str) -> Candidate:
 
 class CandidateCatalog:
     """Every searchable candidate by slot: filter and scalar columns in memory (a few dozen
-    bytes per candidate), vectors, term counts, tags and records in append-only column files
-    (`ranker.columns`) read only for the candidates a search returns.
+    bytes per candidate); vectors, term counts and tags in one append-only file, records in
+    another (`ranker.columns`), read with pread only for the candidates a search returns.
 
     Filters are numpy operations over whole columns; the result is the array of allowed FAISS
     ids handed to the search. Skills are an inverted index (skill hash -> int32 slots), so
     memory follows the (candidate, skill) pairs held now; a skill's entry, like a location's
     code, goes when its last holder does. Erased slots are reused; an erased or replaced
-    candidate's bytes in the column files are overwritten with zeros. `lexicon` holds the BM25
+    candidate's bytes in the files are overwritten with zeros. `lexicon` holds the BM25
     statistics of the candidates held. `directory` keeps the column files (and `save`'s state)
     there; None keeps them in unnamed temporary files. Not thread-safe: the pipeline's lock
     guards it.
@@ -111,7 +125,8 @@ class CandidateCatalog:
         self._loc_codes: dict[int, int] = {}  # location hash -> code
         self._loc_refs: list[int] = []  # holders per location code
         self._loc_free: list[int] = []  # codes whose last holder went, reused first
-        self._cold: dict[str, AppendColumn] = {}
+        self._blobs: AppendFile | None = None
+        self._records: AppendFile | None = None
         self._dim = 0
         self.lexicon = LiveLexicon()
         """Document frequencies and lengths of the candidates held now (BM25 at serving)."""
@@ -138,25 +153,23 @@ class CandidateCatalog:
         return self._dim
 
     def close(self) -> None:
-        for col in self._cold.values():
-            col.close()
+        for f in (self._blobs, self._records):
+            if f is not None:
+                f.close()
 
     # -- columns --------------------------------------------------------------------------
-    def _open_cold(self, dim: int, lengths: dict[str, int] | None = None) -> None:
+    def _open_files(self, dim: int, lengths: dict[str, int] | None = None) -> None:
         d = self.directory
         lengths = lengths or {}
-        kinds = {
-            "vectors": (np.float32, dim),
-            "hashes": (np.uint64, 1),
-            "counts": (np.float32, 1),
-            "tags": (np.uint64, 1),
-            "records": (np.uint8, 1),
-        }
         self._dim = dim
-        self._cold = {
-            name: AppendColumn(None if d is None else d / f"{name}.col", t, w, lengths.get(name, 0))
-            for name, (t, w) in kinds.items()
-        }
+        self._blobs = AppendFile(None if d is None else d / "blobs.bin", lengths.get("blobs", 0))
+        self._records = AppendFile(
+            None if d is None else d / "records.bin", lengths.get("records", 0)
+        )
+
+    @property
+    def _row_bytes(self) -> int:
+        return self._dim * 4
 
     def _grow(self, need: int) -> None:
         new = self._cap
@@ -181,18 +194,46 @@ class CandidateCatalog:
             self._slot_of_fid = grown
         self._slot_of_fid[fid] = slot
 
-    def _term_range(self, slot: int) -> tuple[int, int]:
-        return int(self._hot["term_start"][slot]), int(self._scalars[slot, Scalar.TERMS])
-
-    def _tag_range(self, slot: int) -> tuple[int, int]:
-        s = self._scalars[slot]
-        return int(self._hot["tag_start"][slot]), int(s[Scalar.SKILLS] + s[Scalar.TITLE] + 1)
+    def _read(self, slots: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The blobs of `slots`, read back to back: (term hashes, counts, tags, vector rows),
+        each concatenated in slot order."""
+        sc = self._scalars[slots]
+        block = self._row_bytes
+        terms, tags, rows, meta, blocks = _blob_layout(sc, block)
+        out = np.empty(int(blocks.sum()) * block, dtype=np.uint8)
+        assert self._blobs is not None
+        self._blobs.read_into(
+            self._hot["blob_start"][slots].tolist(), (blocks * block).tolist(), out
+        )
+        first = np.zeros(len(slots), dtype=np.int64)  # each blob's first block in `out`
+        first[1:] = np.cumsum(blocks[:-1])
+        u64, f32 = out.view(np.uint64), out.view(np.float32)
+        at = first * block  # byte offsets
+        return (
+            np.take(u64, range_index(at // 8, terms)),
+            np.take(f32, range_index(at // 4 + 2 * terms, terms)),
+            np.take(u64, range_index((at + 12 * terms + 4 * (terms % 2)) // 8, tags)),
+            np.take(f32.reshape(-1, self._dim), range_index(first + meta, rows), axis=0),
+        )
 
     def _skill_hashes(self, slot: int) -> np.ndarray:
-        start, _ = self._tag_range(slot)
-        return np.array(
-            self._cold["tags"].view()[start : start + int(self._scalars[slot, Scalar.SKILLS])]
+        _, _, tags, _ = self._read(np.array([slot]))
+        return tags[: int(self._scalars[slot, Scalar.SKILLS])]
+
+    def _blob(self, pc: PreparedCandidate) -> bytes:
+        """One candidate's blob (see `_blob_layout`)."""
+        t = len(pc.term_hashes)
+        meta = b"".join(
+            [
+                pc.term_hashes.astype(np.uint64).tobytes(),
+                pc.term_counts.astype(np.float32).tobytes(),
+                bytes(4 * (t % 2)),
+                pc.tags.astype(np.uint64).tobytes(),
+            ]
         )
+        block = self._row_bytes
+        pad = -len(meta) % block
+        return meta + bytes(pad) + np.ascontiguousarray(pc.vectors, dtype=np.float32).tobytes()
 
     # -- location codes, reference-counted ------------------------------------------------
     def _loc_acquire(self, h: int) -> int:
@@ -215,8 +256,7 @@ class CandidateCatalog:
             return
         self._loc_refs[code] -= 1
         if self._loc_refs[code] == 0:
-            start, n = self._tag_range(slot)
-            del self._loc_codes[int(self._cold["tags"].view()[start + n - 1])]
+            del self._loc_codes[int(self._hot["loc_hash"][slot])]
             self._loc_free.append(code)
 
     # -- changes --------------------------------------------------------------------------
@@ -224,8 +264,8 @@ class CandidateCatalog:
         """Add or replace candidates (FAISS id, prepared); True for each that was new."""
         if not items:
             return []
-        if not self._cold:
-            self._open_cold(items[0][1].vectors.shape[1])
+        if self._blobs is None:
+            self._open_files(items[0][1].vectors.shape[1])
         # Net change per (skill, slot): +1 gained, -1 lost. Netting lets an erased slot be
         # reused within the batch, and the batch then costs one pass per skill touched.
         delta: dict[int, dict[int, int]] = {}
@@ -270,12 +310,7 @@ class CandidateCatalog:
         """Take the held versions of `slots` out of the BM25 statistics and zero their bytes."""
         if not slots:
             return
-        starts = [self._term_range(s) for s in slots]
-        hashes = gather_ranges(
-            self._cold["hashes"].view(),
-            np.array([s for s, _ in starts]),
-            np.array([n for _, n in starts]),
-        )
+        hashes = self._read(np.asarray(slots))[0]
         self.lexicon.remove_counts(
             hashes, len(slots), float(self._scalars[slots, Scalar.DOC_LEN].sum())
         )
@@ -283,14 +318,11 @@ class CandidateCatalog:
             self._zero(slot)
 
     def _zero(self, slot: int) -> None:
-        s = self._scalars[slot]
         h = self._hot
-        self._cold["vectors"].zero(int(h["vec_start"][slot]), int(s[Scalar.CHUNKS]) + 1)
-        start, n = self._term_range(slot)
-        self._cold["hashes"].zero(start, n)
-        self._cold["counts"].zero(start, n)
-        self._cold["tags"].zero(*self._tag_range(slot))
-        self._cold["records"].zero(int(h["rec_start"][slot]), int(h["rec_len"][slot]))
+        blocks = _blob_layout(self._scalars[slot : slot + 1], self._row_bytes)[-1]
+        assert self._blobs is not None and self._records is not None
+        self._blobs.zero(int(h["blob_start"][slot]), int(blocks[0]) * self._row_bytes)
+        self._records.zero(int(h["rec_start"][slot]), int(h["rec_len"][slot]))
 
     def _write(
         self,
@@ -301,22 +333,19 @@ class CandidateCatalog:
         """Append the batch's cold data (one write per column) and fill its hot columns."""
         pcs = [pc for _, pc in items]
         records = [json.dumps(to_plain(pc.candidate)).encode() for pc in pcs]
-        c = self._cold
-        vec0 = c["vectors"].append(np.concatenate([pc.vectors for pc in pcs]))
-        term0 = c["hashes"].append(np.concatenate([pc.term_hashes for pc in pcs]))
-        c["counts"].append(np.concatenate([pc.term_counts for pc in pcs]))
-        tag0 = c["tags"].append(np.concatenate([pc.tags for pc in pcs]))
-        rec0 = c["records"].append(np.frombuffer(b"".join(records), dtype=np.uint8))
+        blobs = [self._blob(pc) for pc in pcs]
+        assert self._blobs is not None and self._records is not None
+        blob0 = self._blobs.append(b"".join(blobs))
+        rec0 = self._records.append(b"".join(records))
         h = self._hot
-        for slot, (fid, pc), rec in zip(slots, items, records, strict=True):
+        for slot, (fid, pc), rec, blob in zip(slots, items, records, blobs, strict=True):
             h["fid"][slot] = fid
             h["alive"][slot] = True
-            h["vec_start"][slot], vec0 = vec0, vec0 + len(pc.vectors)
-            h["term_start"][slot], term0 = term0, term0 + len(pc.term_hashes)
-            h["tag_start"][slot], tag0 = tag0, tag0 + len(pc.tags)
+            h["blob_start"][slot], blob0 = blob0, blob0 + len(blob)
             h["rec_start"][slot], rec0 = rec0, rec0 + len(rec)
             h["rec_len"][slot] = len(rec)
             self._scalars[slot] = pc.numbers[:N_SCALARS]
+            h["loc_hash"][slot] = pc.location_hash
             h["loc"][slot] = self._loc_acquire(pc.location_hash)
             self._note(delta, pc.skill_hashes, slot, +1)
             self._map_fid(fid, slot)
@@ -390,10 +419,14 @@ class CandidateCatalog:
         """The document vectors of the held candidates among `fids`: (their fids, vectors)."""
         slots = self._slots_of(np.asarray(fids, dtype=np.int64))
         slots = slots[slots >= 0]
-        if not len(slots) or not self._cold:
+        if not len(slots) or self._blobs is None:
             return np.zeros(0, dtype=np.int64), np.zeros((0, max(self._dim, 1)), np.float32)
-        rows = self._cold["vectors"].view()[self._hot["vec_start"][slots]]
-        return self._hot["fid"][slots].copy(), np.array(rows, dtype=np.float32)
+        block = self._row_bytes
+        meta = _blob_layout(self._scalars[slots], block)[3]
+        out = np.empty((len(slots), self._dim), dtype=np.float32)
+        starts = self._hot["blob_start"][slots] + meta * block
+        self._blobs.read_into(starts.tolist(), [block] * len(slots), out)
+        return self._hot["fid"][slots].copy(), out
 
     def _slots_of(self, fids: np.ndarray) -> np.ndarray:
         ok = (fids >= 0) & (fids < len(self._slot_of_fid))
@@ -442,47 +475,43 @@ class CandidateCatalog:
 
     def _gather(self, slots: np.ndarray) -> RetrievedCandidates:
         """The packed arrays of `slots` (copies: valid after the lock is released)."""
-        h, s = self._hot, self._scalars[slots]
         if not len(slots):
             return RetrievedCandidates(PackedCandidates.of([]), [])
-        c = self._cold
-        n_tags = (s[:, Scalar.SKILLS] + s[:, Scalar.TITLE] + 1).astype(np.intp)
-        n_terms = s[:, Scalar.TERMS].astype(np.intp)
-        # Term hashes and counts share their ranges: one index serves both gathers.
-        terms = range_index(h["term_start"][slots], n_terms)
+        hashes, counts, tags, vectors = self._read(slots)
         packed = PackedCandidates(
             ids=[self._ids[i] or "" for i in slots.tolist()],
-            vectors=gather_ranges(
-                c["vectors"].view(), h["vec_start"][slots], s[:, Scalar.CHUNKS].astype(np.intp) + 1
-            ),
-            term_hashes=np.take(c["hashes"].view(), terms),
-            term_counts=np.take(c["counts"].view(), terms),
-            tags=gather_ranges(c["tags"].view(), h["tag_start"][slots], n_tags),
-            scalars=s,
+            vectors=vectors,
+            term_hashes=hashes,
+            term_counts=counts,
+            tags=tags,
+            scalars=self._scalars[slots],
         )
         # Records are read lazily (only explained rows need them): keep their places.
-        return RetrievedCandidates(packed, _LazyRecords(c["records"].view(), h, slots))
+        assert self._records is not None
+        return RetrievedCandidates(packed, _LazyRecords(self._records, self._hot, slots))
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, generation: str) -> None:
         """Write the in-memory state beside the column files, tagged with the store generation."""
         if self.directory is None:
             raise ValueError("this catalog has no directory; construct it with one to save it")
-        for col in self._cold.values():
-            col.flush()
+        for f in (self._blobs, self._records):
+            if f is not None:
+                f.flush()
         n = self._n
         save_state(
             self.directory,
             CatalogState(
                 generation=generation,
                 dim=self._dim,
-                lengths={k: len(v) for k, v in self._cold.items()},
+                lengths={"blobs": len(self._blobs or ()), "records": len(self._records or ())},
                 hot={k: v[:n] for k, v in self._hot.items()},
                 scalars=self._scalars[:n],
                 ids=[i or "" for i in self._ids],
                 free=list(self._free),
                 df=self.lexicon.counts(),
                 lexicon_totals=(self.lexicon.n_docs, self.lexicon.total_length),
+                skills=self._skill_arrays(),
             ),
         )
 
@@ -503,43 +532,34 @@ class CandidateCatalog:
         alive = np.flatnonzero(cat._hot["alive"][:n])
         cat._slot_by_id = {state.ids[s]: s for s in alive.tolist()}
         if state.dim:
-            cat._open_cold(state.dim, state.lengths)
+            cat._open_files(state.dim, state.lengths)
         if len(alive):
             fids = cat._hot["fid"][alive]
             cat._slot_of_fid = np.full(max(1024, int(fids.max()) + 1), -1, dtype=np.int32)
             cat._slot_of_fid[fids] = alive
-            cat._rebuild_skills(alive)
-            cat._rebuild_locations(alive)
+            keys, sizes, held = state.skills
+            if len(keys):
+                parts = np.split(held, np.cumsum(sizes)[:-1])
+                cat._skills = dict(zip(keys.tolist(), parts, strict=True))
+            for s in alive.tolist():
+                cat._hot["loc"][s] = cat._loc_acquire(int(cat._hot["loc_hash"][s]))
         cat.lexicon.restore(state.df, *state.lexicon_totals)
         return cat
 
-    def _rebuild_skills(self, alive: np.ndarray) -> None:
-        """The skill index from the tags of the held candidates, in a few array passes."""
-        n_skills = self._scalars[alive, Scalar.SKILLS].astype(np.intp)
-        tags = self._cold["tags"].view()
-        hashes = np.take(tags, range_index(self._hot["tag_start"][alive], n_skills))
-        slots = np.repeat(alive.astype(np.int32), n_skills)
-        order = np.argsort(hashes, kind="stable")
-        hashes, slots = hashes[order], slots[order]
-        cuts = np.flatnonzero(np.diff(hashes)) + 1
-        starts = np.concatenate([[0], cuts]).astype(np.intp)
-        for h, part in zip(hashes[starts].tolist(), np.split(slots, cuts), strict=True):
-            self._skills[h] = part
-
-    def _rebuild_locations(self, alive: np.ndarray) -> None:
-        h = self._hot
-        n_tags = self._scalars[alive, Scalar.SKILLS] + self._scalars[alive, Scalar.TITLE] + 1
-        last = (h["tag_start"][alive] + n_tags.astype(np.int64) - 1).astype(np.intp)
-        hashes = self._cold["tags"].view()[last]
-        for s, loc in zip(alive.tolist(), hashes.tolist(), strict=True):
-            h["loc"][s] = self._loc_acquire(int(loc))
+    def _skill_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The skill index as arrays (skill hashes, holders per skill, holders' slots)."""
+        keys = np.fromiter(self._skills.keys(), dtype=np.uint64, count=len(self._skills))
+        parts = list(self._skills.values())
+        sizes = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
+        held = np.concatenate(parts) if parts else np.zeros(0, np.int32)
+        return keys, sizes, held.astype(np.int32)
 
 
 class _LazyRecords(Sequence[bytes | None]):
     """The records of some slots, read from the column file when one is asked for."""
 
-    def __init__(self, view: np.ndarray, hot: dict[str, np.ndarray], slots: np.ndarray) -> None:
-        self._view = view
+    def __init__(self, records: AppendFile, hot: dict[str, np.ndarray], slots: np.ndarray) -> None:
+        self._file = records
         self._start = hot["rec_start"][slots].copy()
         self._len = hot["rec_len"][slots].copy()
 
@@ -547,5 +567,4 @@ class _LazyRecords(Sequence[bytes | None]):
         return len(self._start)
 
     def __getitem__(self, i: int) -> bytes | None:  # type: ignore[override]
-        start = int(self._start[i])
-        return bytes(self._view[start : start + int(self._len[i])])
+        return self._file.read(int(self._start[i]), int(self._len[i]))

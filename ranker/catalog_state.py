@@ -16,7 +16,7 @@ from ranker.atomic import atomic_file
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.npz"
-_FORMAT = 1
+_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,8 @@ class CatalogState:
     """The live lexicon's document frequencies: term hashes, counts."""
     lexicon_totals: tuple[int, float]
     """Documents and total length in words."""
+    skills: tuple[np.ndarray, np.ndarray, np.ndarray]
+    """The skill index: skill hashes, holders per skill, the holders' slots."""
 
 
 def save_state(directory: Path, state: CatalogState) -> None:
@@ -58,6 +60,9 @@ def save_state(directory: Path, state: CatalogState) -> None:
         ids=np.asarray(state.ids, dtype=str),
         df_hashes=state.df[0],
         df_counts=state.df[1],
+        skill_keys=state.skills[0],
+        skill_sizes=state.skills[1],
+        skill_slots=state.skills[2],
         **arrays,
     )
     with atomic_file(directory / STATE_FILE) as f:
@@ -86,6 +91,7 @@ def load_state(directory: Path, generation: str) -> CatalogState | None:
                 ids=z["ids"].tolist(),
                 free=[int(i) for i in header["free"]],
                 df=(z["df_hashes"], z["df_counts"]),
+                skills=(z["skill_keys"], z["skill_sizes"], z["skill_slots"]),
                 lexicon_totals=(
                     int(header["lexicon_totals"][0]),
                     float(header["lexicon_totals"][1]),

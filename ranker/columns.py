@@ -1,10 +1,10 @@
-"""Append-only typed arrays in files, read through a memory map: the catalog's cold columns."""
+"""Append-only files of the catalog's per-candidate bytes, read with pread for a few candidates."""
 
 from __future__ import annotations
 
-import mmap
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,23 +12,17 @@ import numpy as np
 from ranker.permissions import private_dir
 
 
-class AppendColumn:
-    """An append-only array of one dtype (rows of `width` values) in a file.
+class AppendFile:
+    """Bytes appended to a file (`os.pwrite`) and read back by range (`os.preadv`).
 
-    Writes go through `os.pwrite`, reads through a read-only memory map of the file, so only the
-    pages a ranking reads become resident: the column costs disk, not memory. The file is grown
-    ahead in doubling steps (sparse) and mapped whole, so an append rarely remaps; a map handed
-    out stays valid after a remap, because the file only grows. `path` None keeps the column in
-    an unnamed temporary file (removed when closed). Not thread-safe: the catalog's lock guards
-    it.
+    Read with system calls, not through a memory map: the pages read stay in the kernel's page
+    cache (shared, reclaimable) instead of being mapped into the service, so its resident memory
+    is its own, whatever share of the file the rankings have touched. `path` None keeps the bytes
+    in an unnamed temporary file (removed when closed). Not thread-safe for writes: the catalog's
+    lock guards them; reads may run in parallel.
     """
 
-    def __init__(
-        self, path: Path | None, dtype: np.dtype | type, width: int = 1, length: int = 0
-    ) -> None:
-        self.dtype = np.dtype(dtype)
-        self.width = width
-        self._row_bytes = self.dtype.itemsize * width
+    def __init__(self, path: Path | None, length: int = 0) -> None:
         if path is None:
             self._file = tempfile.TemporaryFile()  # noqa: SIM115  # closed by close()
         else:
@@ -36,51 +30,47 @@ class AppendColumn:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
             self._file = os.fdopen(fd, "r+b")
         self._fd = self._file.fileno()
-        self._len = length
         size = os.fstat(self._fd).st_size
-        if size < length * self._row_bytes:
+        if size < length:
             raise ValueError(
-                f"{path} holds {size} bytes, fewer than the {length} rows recorded; delete the "
-                "folder so the catalog is rebuilt from the store"
+                f"{path} holds {size} bytes, fewer than the {length} recorded; delete the folder "
+                "so the catalog is rebuilt from the store"
             )
-        self._cap = 0
-        self._view = self._mapped(max(length, 1024))
+        self._len = length
 
     def __len__(self) -> int:
         return self._len
 
-    def _mapped(self, rows: int) -> np.ndarray:
-        # Never shrink a file written by an earlier process: rows past `length` are only unused.
-        size = max(rows * self._row_bytes, os.fstat(self._fd).st_size)
-        os.ftruncate(self._fd, size)
-        self._cap = size // self._row_bytes
-        mm = mmap.mmap(self._fd, self._cap * self._row_bytes, prot=mmap.PROT_READ)
-        flat = np.frombuffer(mm, dtype=self.dtype, count=self._cap * self.width)
-        return flat.reshape(self._cap, self.width) if self.width > 1 else flat
-
-    def view(self) -> np.ndarray:
-        """The rows written so far (a read-only view of the map)."""
-        return self._view[: self._len]
-
-    def append(self, rows: np.ndarray) -> int:
-        """Write `rows` at the end; returns the index of the first."""
-        data = np.ascontiguousarray(rows, dtype=self.dtype)
-        n = len(data) if self.width > 1 or data.ndim else 1
+    def append(self, data: bytes | np.ndarray) -> int:
+        """Write `data` at the end; returns its offset."""
+        raw = data.tobytes() if isinstance(data, np.ndarray) else data
         start = self._len
-        if start + n > self._cap:
-            self._view = self._mapped(max(2 * self._cap, start + n))
-        if n:
-            os.pwrite(self._fd, data.tobytes(), start * self._row_bytes)
-        self._len = start + n
+        if raw:
+            os.pwrite(self._fd, raw, start)
+        self._len = start + len(raw)
         return start
 
-    def zero(self, start: int, count: int) -> None:
-        """Overwrite rows with zeros (erasure: the bytes leave the file, not just the index)."""
-        if count > 0:
-            os.pwrite(self._fd, bytes(count * self._row_bytes), start * self._row_bytes)
+    def read(self, start: int, length: int) -> bytes:
+        return os.pread(self._fd, length, start)
+
+    def read_into(self, starts: Sequence[int], lengths: Sequence[int], out: np.ndarray) -> None:
+        """Read the ranges `[starts[i], starts[i] + lengths[i])` into `out`, one after another."""
+        view = memoryview(out).cast("B")
+        pos = 0
+        fd = self._fd
+        for start, length in zip(starts, lengths, strict=True):
+            got = os.preadv(fd, [view[pos : pos + length]], start)
+            if got != length:
+                raise OSError(f"short read of the catalog's file: {got} of {length} bytes")
+            pos += length
+
+    def zero(self, start: int, length: int) -> None:
+        """Overwrite bytes with zeros (erasure: the bytes leave the file, not just the index)."""
+        if length > 0:
+            os.pwrite(self._fd, bytes(length), start)
 
     def flush(self) -> None:
-        """Make the rows written so far durable."""
+        """Make the bytes written so far durable."""
         os.fsync(self._fd)
 
     def close(self) -> None:
@@ -97,8 +87,3 @@ def range_index(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     shift = np.repeat(np.asarray(starts, dtype=np.intp) - offsets, lengths)
     shift += np.arange(total, dtype=np.intp)
     return shift
-
-
-def gather_ranges(column: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """The rows `[starts[i], starts[i] + lengths[i])` of `column` for every i, concatenated."""
-    return np.take(column, range_index(starts, lengths), axis=0)

@@ -73,7 +73,7 @@ class Settings(EncoderSettings):
     `index_nprobe` lists nearest the query instead of every vector (sub-linear; recall measured
     in BENCHMARKS.md). Below it, and at 0, every search is an exact scan."""
 
-    index_nprobe: int = Field(default=32, ge=1)
+    index_nprobe: int = Field(default=64, ge=1)
     """IVF lists scanned by an unfiltered search. A filter passing a share s of the candidates
     scans nprobe / s lists, and every list (exact) once that is over a quarter of them."""
 

@@ -94,7 +94,7 @@ class IvfOptions:
 
     min_candidates: int = 50_000
     """0: never an IVF (every search exact)."""
-    nprobe: int = 32
+    nprobe: int = 64
     retrain_growth: float = 0.5
 
     @classmethod

@@ -215,20 +215,22 @@ def test_restart_loads_the_saved_catalog_or_rebuilds_it_from_the_store(tmp_path:
         store.close()
 
 
-@pytest.mark.parametrize("width", [1, 3])
-def test_append_column_grows_and_keeps_what_was_written(tmp_path: Path, width: int) -> None:
-    from ranker.columns import AppendColumn, gather_ranges
+def test_append_file_reads_back_ranges_and_zeroes_them(tmp_path: Path) -> None:
+    from ranker.columns import AppendFile, range_index
 
-    col = AppendColumn(tmp_path / "c.col", np.float32, width)
-    rows = [np.full((n, width) if width > 1 else n, n, np.float32) for n in (3, 2000, 1)]
-    starts = [col.append(r) for r in rows]
-    assert starts == [0, 3, 2003] and len(col) == 2004
-    got = gather_ranges(col.view(), np.array([2003, 0]), np.array([1, 3]))
-    np.testing.assert_array_equal(got, np.concatenate([rows[2], rows[0]]))
-    col.zero(0, 3)
-    assert not col.view()[:3].any()
-    col.flush()
-    col.close()
-    reopened = AppendColumn(tmp_path / "c.col", np.float32, width, length=2004)
-    np.testing.assert_array_equal(reopened.view()[3:2003], rows[1])
-    reopened.close()
+    f = AppendFile(tmp_path / "c.bin")
+    parts = [bytes([n % 256]) * n for n in (3, 2000, 1)]
+    assert [f.append(p) for p in parts] == [0, 3, 2003] and len(f) == 2004
+    out = np.empty(4, dtype=np.uint8)
+    f.read_into([2003, 0], [1, 3], out)
+    assert out.tobytes() == parts[2] + parts[0]
+    f.zero(0, 3)
+    assert f.read(0, 4) == bytes(3) + bytes([2000 % 256])
+    f.flush()
+    f.close()
+    again = AppendFile(tmp_path / "c.bin", length=2004)
+    assert again.read(3, 2000) == parts[1] and len(again) == 2004
+    again.close()
+    with pytest.raises(ValueError, match="rebuilt from the store"):
+        AppendFile(tmp_path / "c.bin", length=5000)
+    assert range_index(np.array([5, 0]), np.array([2, 3])).tolist() == [5, 6, 0, 1, 2]
