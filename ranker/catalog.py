@@ -115,7 +115,9 @@ class CandidateCatalog:
         self.directory = directory
         self._cap = max(1, capacity)
         self._n = 0  # slots ever used (high-water mark); columns are valid up to here
-        self._hot = {k: np.full(self._cap, fill, dtype=t) for k, (t, fill) in _HOT.items()}
+        self._hot: dict[str, np.ndarray] = {
+            k: np.full(self._cap, fill, dtype=t) for k, (t, fill) in _HOT.items()
+        }
         self._scalars = np.zeros((self._cap, N_SCALARS), dtype=np.float64)
         self._ids: list[str | None] = []
         self._slot_by_id: dict[str, int] = {}

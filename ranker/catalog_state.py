@@ -51,20 +51,19 @@ def save_state(directory: Path, state: CatalogState) -> None:
         "free": state.free,
         "lexicon_totals": list(state.lexicon_totals),
     }
-    arrays = {f"hot_{k}": v for k, v in state.hot.items()}
+    arrays: dict[str, np.ndarray] = {f"hot_{k}": v for k, v in state.hot.items()}
+    arrays |= {
+        "header": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
+        "scalars": state.scalars,
+        "ids": np.asarray(state.ids, dtype=str),
+        "df_hashes": state.df[0],
+        "df_counts": state.df[1],
+        "skill_keys": state.skills[0],
+        "skill_sizes": state.skills[1],
+        "skill_slots": state.skills[2],
+    }
     buf = io.BytesIO()
-    np.savez(
-        buf,
-        header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
-        scalars=state.scalars,
-        ids=np.asarray(state.ids, dtype=str),
-        df_hashes=state.df[0],
-        df_counts=state.df[1],
-        skill_keys=state.skills[0],
-        skill_sizes=state.skills[1],
-        skill_slots=state.skills[2],
-        **arrays,
-    )
+    np.savez(buf, **arrays)  # type: ignore[arg-type]  # numpy's stub types the kwargs as bool
     with atomic_file(directory / STATE_FILE) as f:
         f.write(buf.getbuffer())
 

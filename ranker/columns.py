@@ -55,7 +55,7 @@ class AppendFile:
 
     def read_into(self, starts: Sequence[int], lengths: Sequence[int], out: np.ndarray) -> None:
         """Read the ranges `[starts[i], starts[i] + lengths[i])` into `out`, one after another."""
-        view = memoryview(out).cast("B")
+        view = out.data.cast("B")
         pos = 0
         fd = self._fd
         for start, length in zip(starts, lengths, strict=True):

@@ -199,6 +199,7 @@ class FaissIndex:
     def _ids(self) -> np.ndarray:
         if isinstance(self._index, faiss.IndexIVF):
             return list_ids(self._index)
+        assert isinstance(self._index, faiss.IndexIDMap2)
         return faiss.vector_to_array(self._index.id_map).astype(np.int64)
 
     def search(
@@ -230,6 +231,7 @@ class FaissIndex:
             selector = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))
         with self._lock.read():
             index = self._index
+            params: faiss.SearchParameters | None
             n = int(index.ntotal)
             if n == 0:
                 return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
@@ -326,7 +328,7 @@ class FaissIndex:
             ).encode()
             with atomic_file(target) as f:
                 f.write(_MAGIC + struct.pack("<Q", len(header)) + header)
-                faiss.write_index(self._index, faiss.PyCallbackIOWriter(f.write))
+                faiss.write_index(self._index, faiss.PyCallbackIOWriter(f.write))  # type: ignore[attr-defined]
         return target
 
     @classmethod
@@ -347,7 +349,7 @@ class FaissIndex:
                 ivf=ivf,
             )
             # Read straight from the file: no second copy of the index in memory.
-            loaded = faiss.read_index(faiss.PyCallbackIOReader(f.read))
+            loaded = faiss.read_index(faiss.PyCallbackIOReader(f.read))  # type: ignore[attr-defined]
         if loaded.d != index.dim:
             raise InvalidInput(f"{path} holds {loaded.d}-d vectors, expected {index.dim}")
         if not isinstance(loaded, faiss.IndexIDMap2 | faiss.IndexIVF):

@@ -23,6 +23,7 @@ def nlist_for(n: int) -> int:
 def empty_ivf(dim: int, nlist: int, storage: str) -> faiss.IndexIVF:
     """An untrained IVF over inner products with `storage` codes (float32 or fp16)."""
     quantizer = faiss.IndexFlatIP(dim)
+    index: faiss.IndexIVF
     if storage == "flat":
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
     else:
@@ -30,7 +31,7 @@ def empty_ivf(dim: int, nlist: int, storage: str) -> faiss.IndexIVF:
             quantizer, dim, nlist, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
         )
     index.own_fields = True
-    quantizer.this.disown()  # the IVF owns its quantizer now (freed with it)
+    quantizer.this.disown()  # type: ignore[attr-defined]  # the IVF frees its quantizer now
     return index
 
 
@@ -56,6 +57,7 @@ def lists_to_probe(nlist: int, nprobe: int, selectivity: float) -> int:
 def list_ids(index: faiss.IndexIVF) -> np.ndarray:
     """Every id held in the lists of `index`."""
     invlists = index.invlists
+    assert invlists is not None
     parts = []
     for i in range(index.nlist):
         size = invlists.list_size(i)
