@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -23,13 +24,16 @@ import lightgbm as lgb
 import numpy as np
 
 from bench._data import BaseSet, BenchData, load_prepared
+from ranker.catalog import CandidateCatalog
 from ranker.config import Settings
 from ranker.domain import Posting
 from ranker.explain import fit_summary
 from ranker.features import FeatureBuilder
-from ranker.lexicon import Lexicon, LiveLexicon
+from ranker.lexicon import Lexicon, LiveLexicon, TermStatistics
 from ranker.prepared import PreparedCandidate, PreparedPosting, posting_text, prepare_posting
 from ranker.registry import BOOSTER_FILE, CARD_FILE, LEXICON_FILE, ModelRegistry
+from ranker.store import SqliteStore
+from ranker.warmup import CATALOG_DIR
 
 
 @cache
@@ -85,14 +89,11 @@ class StraightforwardStack:
     def __init__(self, base: BaseSet, data: BenchData) -> None:
         # OpenMP's own default (one thread per CPU we may run on), whatever this process set since.
         self._omp_default = len(os.sched_getaffinity(0))
-        _, self.candidates = load_prepared(data)
-        vectors = np.stack([pc.doc_vector for pc in self.candidates])
+        vectors = self._load(data)
         self.index = faiss.IndexFlatIP(vectors.shape[1])
         self.index.add(vectors)
         folder = model_dir(base)
         self.builder = FeatureBuilder(Lexicon.from_json((folder / LEXICON_FILE).read_text()))
-        self.lexicon = LiveLexicon()
-        self.lexicon.add(self.candidates)
         self.booster = lgb.Booster(model_file=str(folder / BOOSTER_FILE))
         card = json.loads((folder / CARD_FILE).read_text())
         blend = card.get("blend") or {"feature": card["feature_names"][0], "weight": 0.0}
@@ -100,6 +101,17 @@ class StraightforwardStack:
         self.postings: dict[str, PreparedPosting] = {
             r.posting.id: prepare_posting(r.posting, r.vector) for r in base.postings
         }
+
+    def _load(self, data: BenchData) -> np.ndarray:
+        """Hold the set's candidates prepared, as objects; their document vectors, in order."""
+        self.fids, self.candidates = load_prepared(data)
+        self.lexicon: TermStatistics = LiveLexicon()
+        self.lexicon.add(self.candidates)  # type: ignore[attr-defined]
+        return np.stack([pc.doc_vector for pc in self.candidates])
+
+    def _found(self, rows: np.ndarray) -> Sequence[PreparedCandidate]:
+        """The candidates at positions `rows` of the flat index."""
+        return [self.candidates[i] for i in rows.tolist() if i >= 0]
 
     def rank(
         self,
@@ -124,7 +136,7 @@ class StraightforwardStack:
             prepared = prepare_posting(posting, st_encode([posting_text(posting)])[0])
         t_enc = time.perf_counter()
         _, found = self.index.search(prepared.vector[None, :], retrieve_n)
-        cands: list[PreparedCandidate] = [self.candidates[i] for i in found[0] if i >= 0]
+        cands = self._found(found[0])
         t_ret = time.perf_counter()
         x = self.builder.build(prepared, cands, lexicon=self.lexicon)
         t_feat = time.perf_counter()
@@ -146,3 +158,31 @@ class StraightforwardStack:
             total=(t_end - t0) * 1000,
             top=tuple(cands[i].id for i in order),
         )
+
+
+class LeanStack(StraightforwardStack):
+    """The straightforward stack where 10^6 prepared objects do not fit in memory (~15 GB):
+    the same flat index and LightGBM, the retrieved candidates read from the set's catalog
+    columns (the service's own gather, so its features stage costs what the service's does)."""
+
+    def _load(self, data: BenchData) -> np.ndarray:
+        store = SqliteStore(data.db_path)
+        try:
+            generation = store.generation()
+        finally:
+            store.close()
+        catalog = CandidateCatalog.load(data.index_dir / CATALOG_DIR, generation)
+        if catalog is None:
+            raise RuntimeError(f"no current catalog in {data.index_dir}; rebuild the bench set")
+        self.catalog = catalog
+        self.lexicon = catalog.lexicon
+        _, fids = catalog.ids_and_fids()
+        self.fids = np.sort(fids)
+        parts = [
+            catalog.doc_vectors(self.fids[i : i + 100_000])[1]
+            for i in range(0, len(self.fids), 100_000)
+        ]
+        return np.concatenate(parts)
+
+    def _found(self, rows: np.ndarray) -> Sequence[PreparedCandidate]:
+        return self.catalog.lookup(self.fids[rows[rows >= 0]])[0]

@@ -24,13 +24,21 @@ from typing import Any
 import numpy as np
 
 from ranker.atomic import write_text_atomic
+from ranker.catalog import CandidateCatalog
 from ranker.config import Settings
 from ranker.domain import Candidate
-from ranker.index import INDEX_FILE, build_index
-from ranker.prepared import PreparedCandidate, candidate_text, posting_text, prepare_candidate
+from ranker.index import INDEX_FILE, IvfOptions, build_index
+from ranker.prepared import (
+    PreparedCandidate,
+    candidate_text,
+    candidate_text_terms,
+    posting_text,
+    prepare_candidate,
+)
 from ranker.registry import ModelRegistry
 from ranker.rows import CandidateRow, PostingRow
 from ranker.store import SqliteStore
+from ranker.warmup import CATALOG_DIR
 
 log = logging.getLogger(__name__)
 
@@ -275,14 +283,18 @@ def build_candidate_set(base: BaseSet, n: int, root: Path | None = None) -> Benc
     """A data folder holding `n` synthetic candidates, the seed postings and a saved index."""
     folder = (root if root is not None else bench_root()) / f"c{n}"
     marker = folder / _READY
-    # The index is saved in the storage the service is configured for, so it loads it as is.
-    storage = Settings().index_storage
+    # The index is saved in the layout the service is configured for, so it loads it as is.
+    settings = Settings()
+    storage = settings.index_storage
+    ivf = IvfOptions.from_settings(settings)
     want = {
         "n": n,
         "seed": SEED,
         "base": base.fingerprint,
         "noise_cosine": NOISE_COSINE,
         "storage": storage,
+        "ivf_min": ivf.min_candidates,
+        "catalog": 2,
     }
     if marker.is_file():
         try:
@@ -295,21 +307,46 @@ def build_candidate_set(base: BaseSet, n: int, root: Path | None = None) -> Benc
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     store = SqliteStore(folder / "ranker.db")
+    # The catalog the server would derive from the store, written here as the index is: a copy
+    # shares its source's CV and title, so their tokens are counted once per source.
+    catalog = CandidateCatalog(directory=folder / "index" / CATALOG_DIR)
+    texts = {
+        (r.candidate.cv_text, r.candidate.title): candidate_text_terms(r.candidate)
+        for r in base.candidates
+    }
     try:
-        fids: list[int] = []
-        vectors: list[np.ndarray] = []
+        fids = np.zeros(n, dtype=np.int64)
+        vectors = np.zeros((n, store.dim), dtype=np.float32)
+        made = 0
         for rows in synthesize(base.candidates, n):
-            fids += store.upsert_candidates(rows)
-            vectors += [r.doc_vector for r in rows]
+            got = store.upsert_candidates(rows)
+            fids[made : made + len(rows)] = got
+            vectors[made : made + len(rows)] = [r.doc_vector for r in rows]
+            made += len(rows)
+            catalog.put_many(
+                [
+                    (
+                        fid,
+                        prepare_candidate(
+                            r.candidate,
+                            r.doc_vector,
+                            r.chunk_vectors,
+                            text=texts[(r.candidate.cv_text, r.candidate.title)],
+                        ),
+                    )
+                    for fid, r in zip(got, rows, strict=True)
+                ]
+            )
+            if made % 100_000 == 0:
+                log.info("synthetic set: %d of %d candidates stored", made, n)
         store.upsert_postings(base.postings)
-        build_index(
-            np.asarray(fids, dtype=np.int64),
-            np.stack(vectors),
-            store.generation(),
-            store.dim,
-            storage=storage,
-        ).save(folder / "index")
+        generation = store.generation()
+        catalog.save(generation)
+        build_index(fids, vectors, generation, store.dim, storage=storage, ivf=ivf).save(
+            folder / "index"
+        )
     finally:
+        catalog.close()
         store.close()
     write_text_atomic(marker, json.dumps(want))
     seconds = time.perf_counter() - started

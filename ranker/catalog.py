@@ -1,55 +1,135 @@
-"""The searchable candidates in memory: prepared features, filter columns and BM25 statistics."""
+"""The searchable candidates: filter and scalar columns in memory, text and vectors in files."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ranker.catalog_state import CatalogState, load_state, save_state
+from ranker.columns import AppendFile, range_index
+from ranker.domain import Candidate, from_plain, to_plain
 from ranker.lexicon import LiveLexicon
-from ranker.prepared import PreparedCandidate
-from ranker.text import phrase_key
+from ranker.prepared import N_SCALARS, PackedCandidates, PreparedCandidate, Scalar
+from ranker.text import term_hash
 
 if TYPE_CHECKING:
     from ranker.api import RankFilters
 
+# Hot columns, one value per slot, grown together (name -> dtype, fill).
+_HOT: dict[str, tuple[type, object]] = {
+    "fid": (np.int64, -1),
+    "alive": (np.bool_, False),
+    "loc": (np.int32, -1),
+    "loc_hash": (np.uint64, 0),
+    "blob_start": (np.int64, 0),
+    "rec_start": (np.int64, 0),
+    "rec_len": (np.int32, 0),
+}
 
-def _slots(values: list[int]) -> np.ndarray:
+
+def _blob_layout(scalars: np.ndarray, row_bytes: int) -> tuple[np.ndarray, ...]:
+    """Per candidate (rows of `scalars`): terms, tags, vector rows, and the blocks (of one
+    vector row's bytes) its term part and whole blob take.
+
+    A blob is the term hashes (uint64), their counts (float32, padded to 8 bytes), the tags
+    (uint64), zero-padded to whole blocks, then the vector rows; so every part is aligned for
+    its type and a batch of blobs read back to back is one matrix of rows.
+    """
+    terms = scalars[:, Scalar.TERMS].astype(np.int64)
+    tags = (scalars[:, Scalar.SKILLS] + scalars[:, Scalar.TITLE] + 1).astype(np.int64)
+    rows = scalars[:, Scalar.CHUNKS].astype(np.int64) + 1
+    meta_bytes = 12 * terms + 4 * (terms % 2) + 8 * tags
+    meta_blocks = -(-meta_bytes // row_bytes)
+    return terms, tags, rows, meta_blocks, meta_blocks + rows
+
+
+def _slots(values: Sequence[int]) -> np.ndarray:
     return np.asarray(values, dtype=np.int32)
 
 
-class CandidateCatalog:
-    """Prepared features and filter columns of every searchable candidate, in slot arrays.
+class RetrievedCandidates(Sequence[PreparedCandidate]):
+    """The candidates a search found, packed for the features; one is made an object
+    (`PreparedCandidate`, its record read back) only when asked for, e.g. to explain it."""
 
-    Filters are numpy operations over whole columns (no per-request Python loop over the
-    candidates); the result is the array of allowed FAISS ids handed to the search. Erased
-    slots are reused. Skills are an inverted index (skill -> int32 array of the slots holding
-    it), so memory follows the (candidate, skill) pairs held now, not every skill ever seen;
-    a skill's entry, like a location's code, goes when its last holder does. `lexicon` holds
-    the BM25 statistics of the candidates held, changed with every put and removal. Not
-    thread-safe: the pipeline's lock guards it.
+    def __init__(self, packed: PackedCandidates, records: Sequence[bytes | None]) -> None:
+        self.packed = packed
+        self.ids = packed.ids
+        self._records = records
+        s = packed.scalars
+        self._vec = np.concatenate([[0], np.cumsum(s[:, Scalar.CHUNKS] + 1)]).astype(np.intp)
+        self._terms = np.concatenate([[0], np.cumsum(s[:, Scalar.TERMS])]).astype(np.intp)
+        n_tags = s[:, Scalar.SKILLS] + s[:, Scalar.TITLE] + 1
+        self._tags = np.concatenate([[0], np.cumsum(n_tags)]).astype(np.intp)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __iter__(self) -> Iterator[PreparedCandidate]:
+        return (self._one(i) for i in range(len(self)))
+
+    def __getitem__(self, i: int) -> PreparedCandidate:  # type: ignore[override]
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        return self._one(i % len(self))
+
+    def _one(self, i: int) -> PreparedCandidate:
+        p = self.packed
+        t0, t1 = self._terms[i], self._terms[i + 1]
+        return PreparedCandidate(
+            candidate=_record(self._records[i], self.ids[i]),
+            vectors=p.vectors[self._vec[i] : self._vec[i + 1]],
+            term_hashes=p.term_hashes[t0:t1],
+            tags=p.tags[self._tags[i] : self._tags[i + 1]],
+            numbers=np.concatenate([p.scalars[i], p.term_counts[t0:t1].astype(np.float64)]),
+        )
+
+
+def _record(raw: bytes | None, candidate_id: str) -> Candidate:
+    if raw is None or not raw.strip(b"\0"):
+        # Erased while the request ran: its bytes are zeros now. The pipeline drops the row
+        # before anything is served or logged; this placeholder only lets the request finish.
+        return Candidate(id=candidate_id, cv_text="(erased)")
+    return from_plain(Candidate, json.loads(raw))
+
+
+class CandidateCatalog:
+    """Every searchable candidate by slot: filter and scalar columns in memory (a few dozen
+    bytes per candidate); vectors, term counts and tags in one append-only file, records in
+    another (`ranker.columns`), read with pread only for the candidates a search returns.
+
+    Filters are numpy operations over whole columns; the result is the array of allowed FAISS
+    ids handed to the search. Skills are an inverted index (skill hash -> int32 slots), so
+    memory follows the (candidate, skill) pairs held now; a skill's entry, like a location's
+    code, goes when its last holder does. Erased slots are reused; an erased or replaced
+    candidate's bytes in the files are overwritten with zeros. `lexicon` holds the BM25
+    statistics of the candidates held. `directory` keeps the column files (and `save`'s state)
+    there; None keeps them in unnamed temporary files. Not thread-safe: the pipeline's lock
+    guards it.
     """
 
-    def __init__(self, capacity: int = 1024) -> None:
+    def __init__(self, capacity: int = 1024, directory: Path | None = None) -> None:
+        self.directory = directory
         self._cap = max(1, capacity)
         self._n = 0  # slots ever used (high-water mark); columns are valid up to here
-        self._fid = np.full(self._cap, -1, dtype=np.int64)
-        self._alive = np.zeros(self._cap, dtype=bool)
-        self._years = np.zeros(self._cap, dtype=np.float32)
-        self._remote = np.zeros(self._cap, dtype=bool)
-        self._relocate = np.zeros(self._cap, dtype=bool)
-        self._loc = np.full(self._cap, -1, dtype=np.int32)
-        # Arrays are replaced, never changed in place, so a reference taken under the lock stays
-        # valid; writes are applied once per batch so a burst costs one pass per skill touched.
-        self._skills: dict[str, np.ndarray] = {}
-        self._loc_codes: dict[str, int] = {}
+        self._hot: dict[str, np.ndarray] = {
+            k: np.full(self._cap, fill, dtype=t) for k, (t, fill) in _HOT.items()
+        }
+        self._scalars = np.zeros((self._cap, N_SCALARS), dtype=np.float64)
+        self._ids: list[str | None] = []
+        self._slot_by_id: dict[str, int] = {}
+        self._slot_of_fid = np.full(1024, -1, dtype=np.int32)
+        self._free: list[int] = []
+        self._skills: dict[int, np.ndarray] = {}
+        self._loc_codes: dict[int, int] = {}  # location hash -> code
         self._loc_refs: list[int] = []  # holders per location code
         self._loc_free: list[int] = []  # codes whose last holder went, reused first
-        self._prepared: list[PreparedCandidate | None] = []
-        self._slot_by_id: dict[str, int] = {}
-        self._slot_by_fid: dict[int, int] = {}
-        self._free: list[int] = []
+        self._blobs: AppendFile | None = None
+        self._records: AppendFile | None = None
+        self._dim = 0
         self.lexicon = LiveLexicon()
         """Document frequencies and lengths of the candidates held now (BM25 at serving)."""
 
@@ -69,143 +149,240 @@ class CandidateCatalog:
         """Locations of at least one candidate now."""
         return len(self._loc_codes)
 
-    def get(self, candidate_id: str) -> PreparedCandidate | None:
-        slot = self._slot_by_id.get(candidate_id)
-        return None if slot is None else self._prepared[slot]
+    @property
+    def dim(self) -> int:
+        """Vector dimension (0 until the first candidate)."""
+        return self._dim
 
-    def faiss_id(self, candidate_id: str) -> int | None:
-        slot = self._slot_by_id.get(candidate_id)
-        return None if slot is None else int(self._fid[slot])
+    def close(self) -> None:
+        for f in (self._blobs, self._records):
+            if f is not None:
+                f.close()
 
-    def _grow(self) -> None:
-        new = self._cap * 2
+    # -- columns --------------------------------------------------------------------------
+    def _open_files(self, dim: int, lengths: dict[str, int] | None = None) -> None:
+        d = self.directory
+        lengths = lengths or {}
+        self._dim = dim
+        self._blobs = AppendFile(None if d is None else d / "blobs.bin", lengths.get("blobs", 0))
+        self._records = AppendFile(
+            None if d is None else d / "records.bin", lengths.get("records", 0)
+        )
 
-        def grown(a: np.ndarray, fill: object) -> np.ndarray:
+    @property
+    def _row_bytes(self) -> int:
+        return self._dim * 4
+
+    def _grow(self, need: int) -> None:
+        new = self._cap
+        while new < need:
+            new *= 2
+        if new == self._cap:
+            return
+        for k, (_, fill) in _HOT.items():
+            a = self._hot[k]
             out = np.full(new, fill, dtype=a.dtype)
             out[: self._cap] = a
-            return out
-
-        self._fid = grown(self._fid, -1)
-        self._alive = grown(self._alive, False)
-        self._years = grown(self._years, 0)
-        self._remote = grown(self._remote, False)
-        self._relocate = grown(self._relocate, False)
-        self._loc = grown(self._loc, -1)
+            self._hot[k] = out
+        scalars = np.zeros((new, N_SCALARS), dtype=np.float64)
+        scalars[: self._cap] = self._scalars
+        self._scalars = scalars
         self._cap = new
 
+    def _map_fid(self, fid: int, slot: int) -> None:
+        if fid >= len(self._slot_of_fid):
+            grown = np.full(max(2 * len(self._slot_of_fid), fid + 1), -1, dtype=np.int32)
+            grown[: len(self._slot_of_fid)] = self._slot_of_fid
+            self._slot_of_fid = grown
+        self._slot_of_fid[fid] = slot
+
+    def _read(self, slots: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The blobs of `slots`, read back to back: (term hashes, counts, tags, vector rows),
+        each concatenated in slot order."""
+        sc = self._scalars[slots]
+        block = self._row_bytes
+        terms, tags, rows, meta, blocks = _blob_layout(sc, block)
+        out = np.empty(int(blocks.sum()) * block, dtype=np.uint8)
+        assert self._blobs is not None
+        self._blobs.read_into(
+            self._hot["blob_start"][slots].tolist(), (blocks * block).tolist(), out
+        )
+        first = np.zeros(len(slots), dtype=np.int64)  # each blob's first block in `out`
+        first[1:] = np.cumsum(blocks[:-1])
+        u64, f32 = out.view(np.uint64), out.view(np.float32)
+        at = first * block  # byte offsets
+        return (
+            np.take(u64, range_index(at // 8, terms)),
+            np.take(f32, range_index(at // 4 + 2 * terms, terms)),
+            np.take(u64, range_index((at + 12 * terms + 4 * (terms % 2)) // 8, tags)),
+            np.take(f32.reshape(-1, self._dim), range_index(first + meta, rows), axis=0),
+        )
+
+    def _skill_hashes(self, slot: int) -> np.ndarray:
+        _, _, tags, _ = self._read(np.array([slot]))
+        return tags[: int(self._scalars[slot, Scalar.SKILLS])]
+
+    def _blob(self, pc: PreparedCandidate) -> bytes:
+        """One candidate's blob (see `_blob_layout`)."""
+        t = len(pc.term_hashes)
+        meta = b"".join(
+            [
+                pc.term_hashes.astype(np.uint64).tobytes(),
+                pc.term_counts.astype(np.float32).tobytes(),
+                bytes(4 * (t % 2)),
+                pc.tags.astype(np.uint64).tobytes(),
+            ]
+        )
+        block = self._row_bytes
+        pad = -len(meta) % block
+        return meta + bytes(pad) + np.ascontiguousarray(pc.vectors, dtype=np.float32).tobytes()
+
     # -- location codes, reference-counted ------------------------------------------------
-    def _loc_acquire(self, location: str) -> int:
-        loc = phrase_key(location)
-        if not loc:
+    def _loc_acquire(self, h: int) -> int:
+        if not h:
             return -1
-        code = self._loc_codes.get(loc)
+        code = self._loc_codes.get(h)
         if code is None:
             if self._loc_free:
                 code = self._loc_free.pop()
             else:
                 code = len(self._loc_refs)
                 self._loc_refs.append(0)
-            self._loc_codes[loc] = code
+            self._loc_codes[h] = code
         self._loc_refs[code] += 1
         return code
 
-    def _loc_release(self, code: int, location: str) -> None:
+    def _loc_release(self, slot: int) -> None:
+        code = int(self._hot["loc"][slot])
         if code < 0:
             return
         self._loc_refs[code] -= 1
         if self._loc_refs[code] == 0:
-            del self._loc_codes[phrase_key(location)]
+            del self._loc_codes[int(self._hot["loc_hash"][slot])]
             self._loc_free.append(code)
 
     # -- changes --------------------------------------------------------------------------
     def put_many(self, items: Sequence[tuple[int, PreparedCandidate]]) -> list[bool]:
         """Add or replace candidates (FAISS id, prepared); True for each that was new."""
+        if not items:
+            return []
+        if self._blobs is None:
+            self._open_files(items[0][1].vectors.shape[1])
         # Net change per (skill, slot): +1 gained, -1 lost. Netting lets an erased slot be
         # reused within the batch, and the batch then costs one pass per skill touched.
-        delta: dict[str, dict[int, int]] = {}
-        replaced: list[PreparedCandidate] = []
-        created = [self._put(fid, pc, delta, replaced) for fid, pc in items]
+        delta: dict[int, dict[int, int]] = {}
+        gone: list[int] = []
+        slots: list[int] = []
+        created: list[bool] = []
+        for _, pc in items:
+            slot = self._slot_by_id.get(pc.id)
+            created.append(slot is None)
+            if slot is None:
+                slot = self._free.pop() if self._free else self._new_slot()
+            else:
+                gone.append(slot)
+                self._forget(slot, delta)
+            slots.append(slot)
+            self._slot_by_id[pc.id] = slot
+            self._ids[slot] = pc.id
+        self._forget_lexicon(gone)
+        self._write(slots, items, delta)
         self._apply(delta)
-        # Added before the replaced are taken away: no count goes below zero on the way.
+        # Added after the replaced were taken away, with the counts of the new versions.
         self.lexicon.add([pc for _, pc in items])
-        self.lexicon.remove(replaced)
         return created
+
+    def _new_slot(self) -> int:
+        slot = self._n
+        self._grow(slot + 1)
+        self._n += 1
+        self._ids.append(None)
+        return slot
+
+    def _forget(self, slot: int, delta: dict[int, dict[int, int]]) -> None:
+        """Undo a held slot's entries in the skill index and location codes."""
+        self._note(delta, self._skill_hashes(slot), slot, -1)
+        self._loc_release(slot)
+        self._hot["loc"][slot] = -1
+        old = int(self._hot["fid"][slot])
+        if 0 <= old < len(self._slot_of_fid) and self._slot_of_fid[old] == slot:
+            self._slot_of_fid[old] = -1
+
+    def _forget_lexicon(self, slots: list[int]) -> None:
+        """Take the held versions of `slots` out of the BM25 statistics and zero their bytes."""
+        if not slots:
+            return
+        hashes = self._read(np.asarray(slots))[0]
+        self.lexicon.remove_counts(
+            hashes, len(slots), float(self._scalars[slots, Scalar.DOC_LEN].sum())
+        )
+        for slot in slots:
+            self._zero(slot)
+
+    def _zero(self, slot: int) -> None:
+        h = self._hot
+        blocks = _blob_layout(self._scalars[slot : slot + 1], self._row_bytes)[-1]
+        assert self._blobs is not None and self._records is not None
+        self._blobs.zero(int(h["blob_start"][slot]), int(blocks[0]) * self._row_bytes)
+        self._records.zero(int(h["rec_start"][slot]), int(h["rec_len"][slot]))
+
+    def _write(
+        self,
+        slots: list[int],
+        items: Sequence[tuple[int, PreparedCandidate]],
+        delta: dict[int, dict[int, int]],
+    ) -> None:
+        """Append the batch's cold data (one write per column) and fill its hot columns."""
+        pcs = [pc for _, pc in items]
+        records = [json.dumps(to_plain(pc.candidate)).encode() for pc in pcs]
+        blobs = [self._blob(pc) for pc in pcs]
+        assert self._blobs is not None and self._records is not None
+        blob0 = self._blobs.append(b"".join(blobs))
+        rec0 = self._records.append(b"".join(records))
+        h = self._hot
+        for slot, (fid, pc), rec, blob in zip(slots, items, records, blobs, strict=True):
+            h["fid"][slot] = fid
+            h["alive"][slot] = True
+            h["blob_start"][slot], blob0 = blob0, blob0 + len(blob)
+            h["rec_start"][slot], rec0 = rec0, rec0 + len(rec)
+            h["rec_len"][slot] = len(rec)
+            self._scalars[slot] = pc.numbers[:N_SCALARS]
+            h["loc_hash"][slot] = pc.location_hash
+            h["loc"][slot] = self._loc_acquire(pc.location_hash)
+            self._note(delta, pc.skill_hashes, slot, +1)
+            self._map_fid(fid, slot)
 
     def remove_many(self, candidate_ids: Sequence[str]) -> list[int | None]:
         """Forget candidates; each one's FAISS id, or None when it was not here."""
-        delta: dict[str, dict[int, int]] = {}
-        removed: list[PreparedCandidate] = []
-        fids = [self._remove(cid, delta, removed) for cid in candidate_ids]
+        delta: dict[int, dict[int, int]] = {}
+        fids: list[int | None] = []
+        gone: list[int] = []
+        for cid in candidate_ids:
+            slot = self._slot_by_id.pop(cid, None)
+            if slot is None:
+                fids.append(None)
+                continue
+            fids.append(int(self._hot["fid"][slot]))
+            self._forget(slot, delta)
+            gone.append(slot)
+        self._forget_lexicon(gone)
+        for slot in gone:
+            self._hot["alive"][slot] = False
+            self._hot["fid"][slot] = -1
+            self._ids[slot] = None
+            self._free.append(slot)
         self._apply(delta)
-        self.lexicon.remove(removed)
         return fids
 
     @staticmethod
-    def _note(delta: dict[str, dict[int, int]], skills: Sequence[str], slot: int, d: int) -> None:
-        # Keyed like the features compare skills (`phrase_key`), so a filter and the reasons agree.
-        for s in {phrase_key(x) for x in skills}:
+    def _note(delta: dict[int, dict[int, int]], skills: np.ndarray, slot: int, d: int) -> None:
+        for s in skills.tolist():
             per = delta.setdefault(s, {})
             per[slot] = per.get(slot, 0) + d
 
-    def _put(
-        self,
-        fid: int,
-        pc: PreparedCandidate,
-        delta: dict[str, dict[int, int]],
-        replaced: list[PreparedCandidate],
-    ) -> bool:
-        slot = self._slot_by_id.get(pc.id)
-        created = slot is None
-        if slot is None:
-            if self._free:
-                slot = self._free.pop()
-            else:
-                if self._n == self._cap:
-                    self._grow()
-                slot = self._n
-                self._n += 1
-                self._prepared.append(None)
-        else:
-            old = self._prepared[slot]
-            if old is not None:
-                replaced.append(old)
-                self._note(delta, old.candidate.skills, slot, -1)
-                self._loc_release(int(self._loc[slot]), old.candidate.location)
-            self._slot_by_fid.pop(int(self._fid[slot]), None)
-        c = pc.candidate
-        self._fid[slot] = fid
-        self._alive[slot] = True
-        self._years[slot] = c.years_experience
-        self._remote[slot] = c.remote_ok
-        self._relocate[slot] = c.willing_to_relocate
-        self._loc[slot] = self._loc_acquire(c.location)
-        self._note(delta, c.skills, slot, +1)
-        self._prepared[slot] = pc
-        self._slot_by_id[pc.id] = slot
-        self._slot_by_fid[fid] = slot
-        return created
-
-    def _remove(
-        self, candidate_id: str, delta: dict[str, dict[int, int]], removed: list[PreparedCandidate]
-    ) -> int | None:
-        slot = self._slot_by_id.pop(candidate_id, None)
-        if slot is None:
-            return None
-        pc = self._prepared[slot]
-        if pc is not None:
-            removed.append(pc)
-            self._note(delta, pc.candidate.skills, slot, -1)
-            self._loc_release(int(self._loc[slot]), pc.candidate.location)
-        fid = int(self._fid[slot])
-        self._slot_by_fid.pop(fid, None)
-        self._alive[slot] = False
-        self._fid[slot] = -1
-        self._loc[slot] = -1
-        self._prepared[slot] = None
-        self._free.append(slot)
-        return fid
-
-    def _apply(self, delta: dict[str, dict[int, int]]) -> None:
+    def _apply(self, delta: dict[int, dict[int, int]]) -> None:
+        # Arrays are replaced, never changed in place, so a reference taken under the lock stays
+        # valid; writes are applied once per batch so a burst costs one pass per skill touched.
         for skill, per_slot in delta.items():
             gained = [slot for slot, d in per_slot.items() if d > 0]
             lost = [slot for slot, d in per_slot.items() if d < 0]
@@ -224,44 +401,172 @@ class CandidateCatalog:
                 self._skills.pop(skill, None)
 
     # -- queries --------------------------------------------------------------------------
+    def get(self, candidate_id: str) -> PreparedCandidate | None:
+        """One candidate, read back from the columns (None when not held)."""
+        slot = self._slot_by_id.get(candidate_id)
+        if slot is None:
+            return None
+        return self._gather(np.array([slot]))[0]
+
+    def faiss_id(self, candidate_id: str) -> int | None:
+        slot = self._slot_by_id.get(candidate_id)
+        return None if slot is None else int(self._hot["fid"][slot])
+
+    def ids_and_fids(self) -> tuple[list[str], np.ndarray]:
+        """Every held candidate's id and FAISS id, by slot."""
+        alive = np.flatnonzero(self._hot["alive"][: self._n])
+        return [self._ids[s] or "" for s in alive.tolist()], self._hot["fid"][alive].copy()
+
+    def doc_vectors(self, fids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The document vectors of the held candidates among `fids`: (their fids, vectors)."""
+        slots = self._slots_of(np.asarray(fids, dtype=np.int64))
+        slots = slots[slots >= 0]
+        if not len(slots) or self._blobs is None:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, max(self._dim, 1)), np.float32)
+        block = self._row_bytes
+        meta = _blob_layout(self._scalars[slots], block)[3]
+        out = np.empty((len(slots), self._dim), dtype=np.float32)
+        starts = self._hot["blob_start"][slots] + meta * block
+        self._blobs.read_into(starts.tolist(), [block] * len(slots), out)
+        return self._hot["fid"][slots].copy(), out
+
+    def _slots_of(self, fids: np.ndarray) -> np.ndarray:
+        ok = (fids >= 0) & (fids < len(self._slot_of_fid))
+        slots = np.full(len(fids), -1, dtype=np.int64)
+        slots[ok] = self._slot_of_fid[fids[ok]]
+        return slots
+
     def allowed(self, f: RankFilters) -> np.ndarray | None:
         """FAISS ids passing the filters; None when there is no filter (search everything)."""
         if f.empty:
             return None
         n = self._n
-        mask = self._alive[:n].copy()
+        h = self._hot
+        mask = h["alive"][:n].copy()
+        s = self._scalars
         if f.location_clause:
             where = np.zeros(n, dtype=bool)
-            codes = [self._loc_codes[loc] for loc in f.locations if loc in self._loc_codes]
+            codes = [self._loc_codes.get(term_hash(loc), -1) for loc in f.locations]
+            codes = [c for c in codes if c >= 0]
             if codes:
-                where |= np.isin(self._loc[:n], np.asarray(codes, dtype=np.int32))
+                where |= np.isin(h["loc"][:n], np.asarray(codes, dtype=np.int32))
             if f.include_remote:
-                where |= self._remote[:n]
+                where |= s[:n, Scalar.REMOTE] > 0
             if f.include_relocating:
-                where |= self._relocate[:n]
+                where |= s[:n, Scalar.RELOCATE] > 0
             mask &= where
         if f.remote_only:
-            mask &= self._remote[:n]
+            mask &= s[:n, Scalar.REMOTE] > 0
         if f.min_years is not None and f.min_years > 0:
-            mask &= self._years[:n] >= f.min_years
+            mask &= s[:n, Scalar.YEARS] >= f.min_years
         # Rarest skill first: an empty intersection is found with the least work.
-        held = [self._skills.get(s) for s in f.must_have_skills]
+        held = [self._skills.get(term_hash(k)) for k in f.must_have_skills]
         for slots in sorted(held, key=lambda a: -1 if a is None else len(a)):
             if slots is None:
                 return np.zeros(0, dtype=np.int64)
             has = np.zeros(n, dtype=bool)
             has[slots] = True
             mask &= has
-        return self._fid[:n][mask]
+        return h["fid"][:n][mask]
 
-    def lookup(self, fids: np.ndarray) -> tuple[list[PreparedCandidate], np.ndarray]:
+    def lookup(self, fids: np.ndarray) -> tuple[RetrievedCandidates, np.ndarray]:
         """The candidates of `fids` and a mask of which fids were found (order kept)."""
-        found: list[PreparedCandidate] = []
-        keep = np.zeros(len(fids), dtype=bool)
-        for i, fid in enumerate(fids.tolist()):
-            slot = self._slot_by_fid.get(fid)
-            pc = None if slot is None else self._prepared[slot]
-            if pc is not None:
-                found.append(pc)
-                keep[i] = True
-        return found, keep
+        slots = self._slots_of(np.asarray(fids, dtype=np.int64))
+        keep = slots >= 0
+        return self._gather(slots[keep]), keep
+
+    def _gather(self, slots: np.ndarray) -> RetrievedCandidates:
+        """The packed arrays of `slots` (copies: valid after the lock is released)."""
+        if not len(slots):
+            return RetrievedCandidates(PackedCandidates.of([]), [])
+        hashes, counts, tags, vectors = self._read(slots)
+        packed = PackedCandidates(
+            ids=[self._ids[i] or "" for i in slots.tolist()],
+            vectors=vectors,
+            term_hashes=hashes,
+            term_counts=counts,
+            tags=tags,
+            scalars=self._scalars[slots],
+        )
+        # Records are read lazily (only explained rows need them): keep their places.
+        assert self._records is not None
+        return RetrievedCandidates(packed, _LazyRecords(self._records, self._hot, slots))
+
+    # -- persistence ----------------------------------------------------------------------
+    def save(self, generation: str) -> None:
+        """Write the in-memory state beside the column files, tagged with the store generation."""
+        if self.directory is None:
+            raise ValueError("this catalog has no directory; construct it with one to save it")
+        for f in (self._blobs, self._records):
+            if f is not None:
+                f.flush()
+        n = self._n
+        save_state(
+            self.directory,
+            CatalogState(
+                generation=generation,
+                dim=self._dim,
+                lengths={"blobs": len(self._blobs or ()), "records": len(self._records or ())},
+                hot={k: v[:n] for k, v in self._hot.items()},
+                scalars=self._scalars[:n],
+                ids=[i or "" for i in self._ids],
+                free=list(self._free),
+                df=self.lexicon.counts(),
+                lexicon_totals=(self.lexicon.n_docs, self.lexicon.total_length),
+                skills=self._skill_arrays(),
+            ),
+        )
+
+    @classmethod
+    def load(cls, directory: Path, generation: str) -> CandidateCatalog | None:
+        """The catalog saved in `directory` when it reflects `generation`; None otherwise."""
+        state = load_state(directory, generation)
+        if state is None:
+            return None
+        n = len(state.ids)
+        cat = cls(capacity=max(n, 1024), directory=directory)
+        cat._n = n
+        for k, v in state.hot.items():
+            cat._hot[k][:n] = v
+        cat._scalars[:n] = state.scalars
+        cat._ids = [i or None for i in state.ids]
+        cat._free = list(state.free)
+        alive = np.flatnonzero(cat._hot["alive"][:n])
+        cat._slot_by_id = {state.ids[s]: s for s in alive.tolist()}
+        if state.dim:
+            cat._open_files(state.dim, state.lengths)
+        if len(alive):
+            fids = cat._hot["fid"][alive]
+            cat._slot_of_fid = np.full(max(1024, int(fids.max()) + 1), -1, dtype=np.int32)
+            cat._slot_of_fid[fids] = alive
+            keys, sizes, held = state.skills
+            if len(keys):
+                parts = np.split(held, np.cumsum(sizes)[:-1])
+                cat._skills = dict(zip(keys.tolist(), parts, strict=True))
+            for s in alive.tolist():
+                cat._hot["loc"][s] = cat._loc_acquire(int(cat._hot["loc_hash"][s]))
+        cat.lexicon.restore(state.df, *state.lexicon_totals)
+        return cat
+
+    def _skill_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The skill index as arrays (skill hashes, holders per skill, holders' slots)."""
+        keys = np.fromiter(self._skills.keys(), dtype=np.uint64, count=len(self._skills))
+        parts = list(self._skills.values())
+        sizes = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
+        held = np.concatenate(parts) if parts else np.zeros(0, np.int32)
+        return keys, sizes, held.astype(np.int32)
+
+
+class _LazyRecords(Sequence[bytes | None]):
+    """The records of some slots, read from the column file when one is asked for."""
+
+    def __init__(self, records: AppendFile, hot: dict[str, np.ndarray], slots: np.ndarray) -> None:
+        self._file = records
+        self._start = hot["rec_start"][slots].copy()
+        self._len = hot["rec_len"][slots].copy()
+
+    def __len__(self) -> int:
+        return len(self._start)
+
+    def __getitem__(self, i: int) -> bytes | None:  # type: ignore[override]
+        return self._file.read(int(self._start[i]), int(self._len[i]))

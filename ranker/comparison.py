@@ -12,7 +12,8 @@ import numpy as np
 from ranker.api import ComparedCandidate, CompareQuery, ComparisonResult
 from ranker.errors import NotFound
 from ranker.explain import Explanation
-from ranker.prepared import PreparedCandidate
+from ranker.features import as_packed
+from ranker.prepared import PackedCandidates, PreparedCandidate
 from ranker.ranking import RankRequest, Retrieved, result_posting_id
 
 
@@ -33,12 +34,12 @@ def compare_pair(
             raise NotFound(f"candidate {cid!r} is not stored (unknown or erased); upsert it first")
     a, b = pair
     assert a is not None and b is not None
-    row_of = {pc.id: i for i, pc in enumerate(hits.cands)}
+    row_of = {cid: i for i, cid in enumerate(hits.ids)}
     extra = [pc for pc in (a, b) if pc.id not in row_of]
     for pc in extra:
         row_of[pc.id] = len(hits.cands) + extra.index(pc)
     bundle = req.served.bundle
-    x = bundle.builder.build(req.posting, [*hits.cands, *extra])
+    x = bundle.builder.build(req.posting, as_packed(hits.cands).plus(PackedCandidates.of(extra)))
     scores = bundle.scorer.score(x) if len(x) else np.zeros(0, dtype=np.float32)
     n = len(hits.cands)
     # The ranking's order: best score, then the closer vector, then the older candidate.

@@ -68,6 +68,19 @@ class Settings(EncoderSettings):
     """FAISS vector storage: `fp16` halves memory and scan time (recall@500 ≈ 0.9997 of exact),
     `flat` is exact float32. Changing it rebuilds the index from the store at the next start."""
 
+    index_ivf_min_candidates: int = Field(default=50_000, ge=0)
+    """From this many candidates the index is an inverted file (IVF): a search scans the
+    `index_nprobe` lists nearest the query instead of every vector (sub-linear; recall measured
+    in BENCHMARKS.md). Below it, and at 0, every search is an exact scan."""
+
+    index_nprobe: int = Field(default=64, ge=1)
+    """IVF lists scanned by an unfiltered search. A filter passing a share s of the candidates
+    scans nprobe / s lists, and every list (exact) once that is over a quarter of them."""
+
+    index_retrain_growth: float = Field(default=0.5, gt=0)
+    """Retrain the IVF's coarse quantiser (in the background, swapped in atomically) once the
+    pool has grown by this share since it was trained, so its lists stay balanced."""
+
     # -- security (README "Security") ------------------------------------------------------
     tls_cert_file: Path | None = None
     """PEM certificate chain the server presents; with `tls_key_file` turns TLS on."""

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ranker.lexicon import TermStatistics
-from ranker.prepared import N_SCALARS, PreparedCandidate, PreparedPosting, Scalar
+from ranker.prepared import PackedCandidates, PreparedCandidate, PreparedPosting, Scalar
 
 
 def _plural(n: int, word: str) -> str:
@@ -269,6 +269,22 @@ reference set whose values (nearly) all agree must not blow small differences up
 
 # Every column the builder computes, in FEATURE_NAMES order first: the similarities in
 # RELATIVE_TO are computed (the reference statistics need them) even where no model reads them.
+Candidates = Sequence[PreparedCandidate] | PackedCandidates
+"""What the builder takes: prepared candidates, or their arrays already packed (the catalog
+packs the retrieved ones straight from its columns; see `as_packed`)."""
+
+
+def as_packed(candidates: Candidates) -> PackedCandidates:
+    """The packed arrays of `candidates`: as given, the ones a sequence carries (`.packed`, as
+    the catalog's retrieved candidates do), or packed from the objects now."""
+    if isinstance(candidates, PackedCandidates):
+        return candidates
+    packed = getattr(candidates, "packed", None)
+    if isinstance(packed, PackedCandidates):
+        return packed
+    return PackedCandidates.of(candidates)
+
+
 _COMPUTED: tuple[str, ...] = FEATURE_NAMES + tuple(n for n in RELATIVE_TO if n not in FEATURE_NAMES)
 _COL = {name: i for i, name in enumerate(_COMPUTED)}
 _RAW = [_COL[n] for n in RELATIVE_TO]
@@ -382,7 +398,7 @@ class FeatureBuilder:
     def build(
         self,
         posting: PreparedPosting,
-        candidates: Sequence[PreparedCandidate],
+        candidates: Candidates,
         reference: ReferenceStats | None = None,
         *,
         lexicon: TermStatistics | None = None,
@@ -398,7 +414,7 @@ class FeatureBuilder:
     def reference(
         self,
         posting: PreparedPosting,
-        candidates: Sequence[PreparedCandidate],
+        candidates: Candidates,
         *,
         lexicon: TermStatistics | None = None,
     ) -> ReferenceStats:
@@ -408,7 +424,7 @@ class FeatureBuilder:
     def build_with_reference(
         self,
         posting: PreparedPosting,
-        candidates: Sequence[PreparedCandidate],
+        candidates: Candidates,
         reference: ReferenceStats | None = None,
         *,
         lexicon: TermStatistics | None = None,
@@ -434,7 +450,7 @@ class FeatureBuilder:
     def _absolute(
         self,
         posting: PreparedPosting,
-        candidates: Sequence[PreparedCandidate],
+        candidates: Candidates,
         lexicon: TermStatistics | None,
     ) -> np.ndarray:
         """Every computed column (`_COMPUTED`) but the relative ones, which stay 0."""
@@ -443,35 +459,26 @@ class FeatureBuilder:
         if n == 0:
             return x
         p = posting.posting
-        # One pass over the candidate objects; every later step works on the packed arrays.
-        vec_list, hash_list, tag_list, num_list = [], [], [], []
-        for c in candidates:
-            vec_list.append(c.vectors)
-            hash_list.append(c.term_hashes)
-            tag_list.append(c.tags)
-            num_list.append(c.numbers)
-        flat_num = np.concatenate(num_list)
-        num_len = np.fromiter(map(len, num_list), dtype=np.intp, count=n)
-        num_starts = _starts(num_len)
-        num = flat_num[num_starts[:, None] + np.arange(N_SCALARS)]
+        packed = as_packed(candidates)
+        num = packed.scalars
         rows = np.arange(n)
 
         # Dense similarity: one product over every candidate's doc and chunk rows, then a max per
         # candidate over its chunk rows. einsum, not `@`: BLAS's threaded matrix-vector product
         # costs ~8 ms here against ~0.1 ms.
-        sims = np.einsum("ij,j->i", np.concatenate(vec_list), posting.vector)
+        sims = np.einsum("ij,j->i", packed.vectors, posting.vector)
         starts = _starts(num[:, Scalar.CHUNKS] + 1)
         x[:, _COL["dense_cosine"]] = sims[starts]
         sims[starts] = -np.inf  # the doc rows take no part in the chunk maximum
         x[:, _COL["chunk_max_cosine"]] = np.maximum.reduceat(sims, starts)
 
-        self._lexical(posting, lexicon or self.lexicon, np.concatenate(hash_list), flat_num, num, x)
+        self._lexical(posting, lexicon or self.lexicon, packed, x)
 
         # Structured skills and title words, as hashes: membership tests over all candidates at
         # once, positions within each candidate's `tags` telling skills from title words.
         n_skills = num[:, Scalar.SKILLS].astype(np.intp)
         n_title = num[:, Scalar.TITLE].astype(np.intp)
-        tags = np.concatenate(tag_list)
+        tags = packed.tags
         tag_len = n_skills + n_title + 1
         tag_starts = _starts(tag_len)
         owner = np.repeat(rows, tag_len)
@@ -521,21 +528,18 @@ class FeatureBuilder:
         self,
         posting: PreparedPosting,
         lexicon: TermStatistics,
-        all_hashes: np.ndarray,
-        flat_num: np.ndarray,
-        num: np.ndarray,
+        packed: PackedCandidates,
         x: np.ndarray,
     ) -> None:
         """BM25 (whole posting, required skills) and skill mentions, in one pass over all terms."""
         if not posting.terms:
             return
+        num = packed.scalars
         n = len(num)
-        idx, pos = _match_terms(posting.term_hashes, all_hashes)
+        idx, pos = _match_terms(posting.term_hashes, packed.term_hashes)
         ends = np.cumsum(num[:, Scalar.TERMS]).astype(np.intp)
         rows = np.searchsorted(ends, idx, side="right")
-        # Term j of candidate i sits at N_SCALARS * (i + 1) + (terms of candidates before i) + j
-        # in the concatenated `numbers`, and at (terms before i) + j in `all_hashes`.
-        tf = flat_num[idx + N_SCALARS * (rows + 1)]
+        tf = packed.term_counts[idx].astype(np.float64)
 
         idf = lexicon.idf_of_hashes(posting.term_hashes.tolist())
         k1, b = lexicon.k1, lexicon.b

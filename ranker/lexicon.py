@@ -198,20 +198,51 @@ class LiveLexicon:
         """Distinct terms counted."""
         return len(self._df)
 
+    @property
+    def total_length(self) -> float:
+        """Words in all CVs counted."""
+        return self._length
+
     def add(self, candidates: Sequence[PreparedCandidate]) -> None:
-        self._change(candidates, +1)
+        if candidates:
+            self._change(
+                np.concatenate([c.term_hashes for c in candidates]),
+                len(candidates),
+                sum(float(c.numbers[Scalar.DOC_LEN]) for c in candidates),
+                +1,
+            )
 
     def remove(self, candidates: Sequence[PreparedCandidate]) -> None:
-        self._change(candidates, -1)
+        if candidates:
+            self._change(
+                np.concatenate([c.term_hashes for c in candidates]),
+                len(candidates),
+                sum(float(c.numbers[Scalar.DOC_LEN]) for c in candidates),
+                -1,
+            )
 
-    def _change(self, candidates: Sequence[PreparedCandidate], sign: int) -> None:
-        if not candidates:
-            return
+    def remove_counts(self, term_hashes: np.ndarray, n_docs: int, length: float) -> None:
+        """Take out `n_docs` CVs given by their distinct terms, concatenated, and total length."""
+        if n_docs:
+            self._change(term_hashes, n_docs, length, -1)
+
+    def counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """The document frequencies as arrays (term hashes, counts), to save them."""
+        return (
+            np.fromiter(self._df.keys(), dtype=np.uint64, count=len(self._df)),
+            np.fromiter(self._df.values(), dtype=np.int64, count=len(self._df)),
+        )
+
+    def restore(self, df: tuple[np.ndarray, np.ndarray], n_docs: int, length: float) -> None:
+        """Take the statistics saved with `counts` (and the totals) as they were."""
+        self._df = dict(zip(df[0].tolist(), df[1].tolist(), strict=True))
+        self._n = n_docs
+        self._length = length
+
+    def _change(self, term_hashes: np.ndarray, n_docs: int, length: float, sign: int) -> None:
         # One count per distinct term of the batch: a burst of upserts costs a pass over its
         # vocabulary, not over every (CV, term) pair.
-        terms, counts = np.unique(
-            np.concatenate([c.term_hashes for c in candidates]), return_counts=True
-        )
+        terms, counts = np.unique(term_hashes, return_counts=True)
         df = self._df
         for h, d in zip(terms.tolist(), counts.tolist(), strict=True):
             left = df.get(h, 0) + sign * d
@@ -219,8 +250,8 @@ class LiveLexicon:
                 df[h] = left
             else:
                 df.pop(h, None)
-        self._n += sign * len(candidates)
-        self._length += sign * sum(float(c.numbers[Scalar.DOC_LEN]) for c in candidates)
+        self._n += sign * n_docs
+        self._length += sign * length
 
     def _idf(self, df: int) -> float:
         return bm25_idf(max(self._n, 1), df if df >= self.min_df else 0)

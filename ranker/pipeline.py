@@ -32,7 +32,6 @@ from ranker.api import (
     check_batch_size,
     check_posting_size,
 )
-from ranker.catalog import CandidateCatalog
 from ranker.comparison import compare_pair
 from ranker.config import MAX_RETRIEVE_N, Settings
 from ranker.decisions import DecisionLog
@@ -44,7 +43,7 @@ from ranker.explain import Explanation
 from ranker.exports import scrub_exports
 from ranker.fair_serving import FairReranker
 from ranker.follower import ChangeFollower
-from ranker.index import FaissIndex, ReadWriteLock
+from ranker.index import ReadWriteLock
 from ranker.metrics import ServiceMetrics
 from ranker.model_slot import ModelSlot
 from ranker.outcomes import screen_outcomes
@@ -95,7 +94,6 @@ class RankingPipeline:
         self.model = ModelSlot(registry, metrics, settings.fallback)
         self._lock = ReadWriteLock()
         self._write_mutex = threading.Lock()
-        self._catalog = CandidateCatalog()
         self._postings = PostingCache()
         self._erasures = 0  # erasure batches so far: a ranking re-checks its results if it moved
         self._index_dirty_at: float | None = None
@@ -113,7 +111,8 @@ class RankingPipeline:
         self._fair = FairReranker.from_store(store, settings) if fair_on else None
         # A shared store: follow every service's writes from the feed entry read before loading.
         start_seq = store.last_change_seq() if settings.uses_postgres else 0
-        self.index = self._load_memory()
+        self._catalog, self.index = load_memory(store, settings, self._postings, encoder.dim)
+        self._retrain()
         self._follower: ChangeFollower | None = None
         if settings.uses_postgres:
             waiter = open_change_waiter(settings)
@@ -160,21 +159,17 @@ class RankingPipeline:
             raise
         return pipeline
 
-    def _load_memory(self) -> FaissIndex:
-        """Fill the catalog and posting cache from the store; load the index or rebuild it."""
-        return load_memory(
-            self.store, self.settings, self._catalog, self._postings, self.encoder.dim
-        )
-
     def close(self) -> None:
         """Stop following, write pending decisions and the index, then close the store."""
         if self._follower is not None:
             self._follower.close()
         self._shadow.close()
         self._decisions.close()
+        self.index.stop_retraining()
         try:
             self.save_index(force=True)
         finally:
+            self._catalog.close()
             self.store.close()
 
     @property
@@ -232,7 +227,7 @@ class RankingPipeline:
         watch.lap("features")
         scored = score_and_order(req, hits, x, reference)
         if self._fair is not None:
-            scored = self._fair.apply([c.id for c in hits.cands], scored, req.top_k)
+            scored = self._fair.apply(hits.ids, scored, req.top_k)
         watch.lap("score")
         explained: dict[int, Explanation] = {}
         if q.explain and len(scored.ranked):
@@ -314,7 +309,7 @@ class RankingPipeline:
 
         Fills `explained` for rows that moved into the top-k in place of erased ones.
         """
-        top_k, cands = req.top_k, hits.cands
+        top_k, ids = req.top_k, hits.ids
         with self._lock.read():
             order = scored.ranked[:top_k]
             alive: np.ndarray | None = None  # rows whose scores are logged: all by default
@@ -325,7 +320,7 @@ class RankingPipeline:
                     [
                         i
                         for i in scored.ranked.tolist()
-                        if self._catalog.faiss_id(cands[i].id) == int(hits.fids[i])
+                        if self._catalog.faiss_id(ids[i]) == int(hits.fids[i])
                     ],
                     dtype=np.intp,
                 )
@@ -345,6 +340,15 @@ class RankingPipeline:
     # -- writes ---------------------------------------------------------------------------
     def _mark_index_dirty(self) -> None:
         self._index_dirty_at = time.monotonic()
+
+    def _retrain(self) -> None:
+        """Retrain the index's lists in the background when the pool outgrew them."""
+
+        def doc_vectors(fids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            with self._lock.read():
+                return self._catalog.doc_vectors(fids)
+
+        self.index.retrain_in_background(doc_vectors, self._mark_index_dirty)
 
     def upsert_candidates(
         self, items: Sequence[Candidate | Rejected], deadline: Deadline = NO_DEADLINE
@@ -397,12 +401,12 @@ class RankingPipeline:
             self.index.add(np.asarray([fid for fid, _ in items], dtype=np.int64), vectors)
             created = self._catalog.put_many(items)
         self._mark_index_dirty()
+        self._retrain()
         return created
 
     def _after_write(self, candidates: bool) -> None:
-        """After a write committed and memory took it (under the write mutex): the follower
-        skips its feed entries, and stamps the index's generation once it has caught up
-        (another service may have written since); alone, the store's generation is it."""
+        """After a write reached memory (under the write mutex): a follower skips its feed entries
+        and stamps the index's generation once caught up; alone, the store's generation is it."""
         if self._follower is not None:
             self._follower.note_own(candidates)
         elif candidates:
@@ -458,15 +462,13 @@ class RankingPipeline:
         deadline.check("erasing")
         receipt: ErasureReceipt | None = None
         with self._write_mutex:
-            removed: dict[str, PreparedCandidate] = {}
+            removed: list[str] = []
             if wanted:
                 with self._lock.write():
-                    held = {cid: self._catalog.get(cid) for cid in wanted}
                     fids = []
                     for cid, fid in zip(wanted, self._catalog.remove_many(wanted), strict=True):
-                        pc = held[cid]
-                        if pc is not None and fid is not None:
-                            removed[cid] = pc
+                        if fid is not None:
+                            removed.append(cid)
                             fids.append(fid)
                     self.index.remove(np.asarray(fids, dtype=np.int64))
                     if fids:
@@ -477,7 +479,7 @@ class RankingPipeline:
                     receipt = self.store.delete_candidates(wanted, actor=actor)
                 except BaseException:
                     # Nothing was erased: make the candidates searchable again, as stored.
-                    self._restore(list(removed))
+                    self._restore(removed)
                     raise
                 if self._fair is not None:
                     self._fair.forget(receipt.erased)
@@ -509,20 +511,16 @@ class RankingPipeline:
 
     def apply_stored_candidates(self, rows: Sequence[tuple[int, CandidateRow]]) -> None:
         """Make stored candidates (FAISS id, row) searchable as they are stored."""
-        if rows:
-            self._put_candidates(
-                [
-                    (fid, prepare_candidate(row.candidate, row.doc_vector, row.chunk_vectors))
-                    for fid, row in rows
-                ]
-            )
+        made = [(f, prepare_candidate(r.candidate, r.doc_vector, r.chunk_vectors)) for f, r in rows]
+        if made:
+            self._put_candidates(made)
 
     def forget_candidates(self, faiss_ids: Sequence[int]) -> None:
         """Drop candidates erased through another service (by FAISS id); a ranking scoring
         them meanwhile drops them before answering, as after an erasure here."""
         fids = np.asarray(faiss_ids, dtype=np.int64)
         with self._lock.write():
-            ids = [pc.id for pc in self._catalog.lookup(fids)[0]]
+            ids = list(self._catalog.lookup(fids)[0].ids)
             self._catalog.remove_many(ids)
             self.index.remove(fids)
             self._erasures += 1
@@ -581,6 +579,7 @@ class RankingPipeline:
             self._index_dirty_at = None
             try:
                 self.index.save(self.settings.resolved_index_dir)
+                self._catalog.save(self.index.generation)
             except Exception:
                 self._index_dirty_at = dirty_at
                 if self.metrics is not None:

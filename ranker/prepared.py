@@ -13,7 +13,7 @@ it through `ranker.redaction.redact` first.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -160,6 +160,87 @@ class PreparedCandidate:
         return int(self.tags[-1])
 
 
+def ids_of(candidates: Sequence[PreparedCandidate]) -> list[str]:
+    """The ids of `candidates`, in order: the ones a packed sequence carries (`.ids`, without
+    making each candidate an object), else each one's."""
+    ids = getattr(candidates, "ids", None)
+    return list(ids) if ids is not None else [c.id for c in candidates]
+
+
+@dataclass(frozen=True, eq=False)
+class PackedCandidates:
+    """Many candidates' prepared arrays, concatenated: what `FeatureBuilder` reads.
+
+    Built from `PreparedCandidate`s (`of`) or gathered straight from the catalog's columns for
+    the retrieved candidates only, so a ranking creates no per-candidate object.
+    """
+
+    ids: list[str]
+    vectors: np.ndarray
+    """(sum of vec_rows, dim) float32: each candidate's doc vector, then its chunk vectors."""
+    term_hashes: np.ndarray
+    """uint64, each candidate's `term_hashes` in turn (`scalars[:, TERMS]` of them)."""
+    term_counts: np.ndarray
+    """float64 or float32, aligned with `term_hashes`."""
+    tags: np.ndarray
+    """uint64, each candidate's `tags` in turn."""
+    scalars: np.ndarray
+    """(n, N_SCALARS) float64: the `Scalar` columns."""
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def plus(self, other: PackedCandidates) -> PackedCandidates:
+        """These candidates, then `other`'s."""
+        if not len(other):
+            return self
+        if not len(self):
+            return other
+        return PackedCandidates(
+            ids=self.ids + other.ids,
+            vectors=np.concatenate([self.vectors, other.vectors]),
+            term_hashes=np.concatenate([self.term_hashes, other.term_hashes]),
+            term_counts=np.concatenate([self.term_counts, other.term_counts]),
+            tags=np.concatenate([self.tags, other.tags]),
+            scalars=np.concatenate([self.scalars, other.scalars]),
+        )
+
+    @classmethod
+    def of(cls, candidates: Sequence[PreparedCandidate]) -> PackedCandidates:
+        """The arrays of `candidates`, concatenated in order (one pass over the objects)."""
+        vec_list, hash_list, tag_list, num_list = [], [], [], []
+        for c in candidates:
+            vec_list.append(c.vectors)
+            hash_list.append(c.term_hashes)
+            tag_list.append(c.tags)
+            num_list.append(c.numbers)
+        n = len(num_list)
+        if not n:
+            empty = np.zeros(0, dtype=np.uint64)
+            return cls(
+                [],
+                np.zeros((0, 1), np.float32),
+                empty,
+                np.zeros(0),
+                empty,
+                np.zeros((0, N_SCALARS)),
+            )
+        flat = np.concatenate(num_list)
+        lengths = np.fromiter(map(len, num_list), dtype=np.intp, count=n)
+        starts = np.zeros(n, dtype=np.intp)
+        starts[1:] = np.cumsum(lengths[:-1])
+        is_count = np.ones(len(flat), dtype=bool)
+        is_count[(starts[:, None] + np.arange(N_SCALARS)).ravel()] = False
+        return cls(
+            ids=[c.id for c in candidates],
+            vectors=np.concatenate(vec_list),
+            term_hashes=np.concatenate(hash_list),
+            term_counts=flat[is_count],
+            tags=np.concatenate(tag_list),
+            scalars=flat[starts[:, None] + np.arange(N_SCALARS)],
+        )
+
+
 @dataclass(frozen=True, eq=False)
 class PreparedPosting:
     """Everything the features need from one posting, computed once per request or at load."""
@@ -198,10 +279,42 @@ def _unit(v: np.ndarray, what: str, ndim: int) -> np.ndarray:
     return arr
 
 
+@dataclass(frozen=True)
+class CandidateText:
+    """What the features read of a candidate's text alone (CV and title): term counts, length,
+    title words and seniority. Two records with the same CV and title share it."""
+
+    term_hashes: np.ndarray
+    term_counts: np.ndarray
+    doc_len: int
+    title_hashes: np.ndarray
+    seniority: int
+
+
+def candidate_text_terms(c: Candidate) -> CandidateText:
+    """Tokenise a candidate's redacted text and title once (the costly part of preparing it)."""
+    tokens = tokenize(candidate_text(c))
+    counts = Counter(tokens)
+    hashes = _hashes(counts)
+    tf = np.fromiter(counts.values(), dtype=np.float64, count=len(counts))
+    order = np.argsort(hashes)
+    title_words, seniority = _title_words(c.title)
+    return CandidateText(
+        hashes[order], tf[order], len(tokens), _hashes(sorted(title_words)), seniority
+    )
+
+
 def prepare_candidate(
-    c: Candidate, doc_vector: np.ndarray, chunk_vectors: np.ndarray
+    c: Candidate,
+    doc_vector: np.ndarray,
+    chunk_vectors: np.ndarray,
+    text: CandidateText | None = None,
 ) -> PreparedCandidate:
-    """Precompute a candidate's model-independent parts (term counts, skills, title, location)."""
+    """Precompute a candidate's model-independent parts (term counts, skills, title, location).
+
+    `text`: the candidate's `candidate_text_terms` when already known (a copy with the same CV
+    and title), so it is not tokenised again.
+    """
     doc = _unit(doc_vector, f"candidate {c.id!r} doc_vector", 1)
     chunks = _unit(chunk_vectors, f"candidate {c.id!r} chunk_vectors", 2)
     if chunks.shape[1] != doc.shape[0]:
@@ -209,34 +322,29 @@ def prepare_candidate(
             f"candidate {c.id!r} chunk vectors are {chunks.shape[1]}-d but its doc vector is "
             f"{doc.shape[0]}-d; encode both with the same encoder"
         )
-    tokens = tokenize(candidate_text(c))
-    counts = Counter(tokens)
-    hashes = _hashes(counts)
-    tf = np.fromiter(counts.values(), dtype=np.float64, count=len(counts))
-    order = np.argsort(hashes)
-    hashes = hashes[order]
-    title_words, seniority = _title_words(c.title)
+    t = text if text is not None else candidate_text_terms(c)
+    hashes = t.term_hashes
     skills = skill_keys(c.skills)
     numbers = np.zeros(N_SCALARS + len(hashes), dtype=np.float64)
     numbers[[Scalar.YEARS, Scalar.REMOTE, Scalar.RELOCATE, Scalar.SENIORITY, Scalar.DOC_LEN]] = (
         c.years_experience,
         c.remote_ok,
         c.willing_to_relocate,
-        seniority,
-        len(tokens),
+        t.seniority,
+        t.doc_len,
     )
     numbers[[Scalar.CHUNKS, Scalar.TERMS, Scalar.SKILLS, Scalar.TITLE]] = (
         len(chunks),
         len(hashes),
         len(skills),
-        len(title_words),
+        len(t.title_hashes),
     )
-    numbers[N_SCALARS:] = tf[order]
+    numbers[N_SCALARS:] = t.term_counts
     location = phrase_key(c.location)
     tags = np.concatenate(
         [
             _hashes(skills),
-            _hashes(sorted(title_words)),
+            t.title_hashes,
             np.array([term_hash(location) if location else 0], dtype=np.uint64),
         ]
     )

@@ -10,6 +10,7 @@ import hashlib
 import json
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
@@ -22,7 +23,7 @@ from ranker.explain import Explanation
 from ranker.features import ReferenceStats
 from ranker.lexicon import LexiconView
 from ranker.model_slot import ServedModel
-from ranker.prepared import PreparedCandidate, PreparedPosting
+from ranker.prepared import PreparedCandidate, PreparedPosting, ids_of
 from ranker.rows import Decision, ScoredCandidates
 
 
@@ -48,7 +49,9 @@ class RankRequest:
 class Retrieved:
     """The candidates a search returned, in search order, with what the search saw."""
 
-    cands: list[PreparedCandidate]
+    cands: Sequence[PreparedCandidate]
+    """Made objects one at a time, on demand (`ranker.catalog.RetrievedCandidates`): read
+    `ids` for the ids."""
     fids: np.ndarray
     sims: np.ndarray
     eligible: int
@@ -57,6 +60,10 @@ class Retrieved:
     """The pipeline's erasure count at the search: a later one may have erased a result."""
     lexicon: LexiconView
     """The live pool's BM25 statistics of the posting's terms at the search."""
+
+    @cached_property
+    def ids(self) -> list[str]:
+        return ids_of(self.cands)
 
 
 @dataclass(frozen=True)
@@ -164,13 +171,13 @@ def decision_of(
         posting_hash=req.posting_hash,
         top_k=req.top_k,
         feature_names=tuple(bundle.feature_names),
-        candidate_ids=tuple(hits.cands[i].id for i in order),
+        candidate_ids=tuple(hits.ids[i] for i in order.tolist()),
         scores=scored.scores[order].astype(np.float32),
         features=scored.x[order],
         params=params,
         scored=ScoredCandidates(
             faiss_ids=np.asarray(hits.fids[rows], dtype=np.int64),
-            candidate_ids=tuple(hits.cands[i].id for i in rows.tolist()),
+            candidate_ids=tuple(hits.ids[i] for i in rows.tolist()),
             scores=np.asarray(scored.scores[rows], dtype=np.float32),
         ),
     )
@@ -187,7 +194,7 @@ def result_of(
     """The ranking as served: the rows `order`, ranked from 1."""
     results = tuple(
         RankedCandidate(
-            candidate_id=hits.cands[i].id,
+            candidate_id=hits.ids[i],
             rank=r,
             score=float(scored.scores[i]),
             similarity=float(hits.sims[i]),

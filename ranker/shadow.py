@@ -23,7 +23,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,7 +33,7 @@ import numpy as np
 from ranker.config import Settings
 from ranker.lexicon import LexiconView
 from ranker.model_slot import ServedModel
-from ranker.prepared import PreparedCandidate, PreparedPosting
+from ranker.prepared import PreparedCandidate, PreparedPosting, ids_of
 from ranker.ranking import RankRequest, Retrieved, Scored
 from ranker.rows import ShadowRanking
 from ranker.store_api import Store
@@ -49,7 +49,7 @@ class ShadowJob:
     at: datetime
     posting: PreparedPosting
     posting_id: str | None
-    cands: list[PreparedCandidate]
+    cands: Sequence[PreparedCandidate]
     fids: np.ndarray
     sims: np.ndarray
     champion_version: str
@@ -180,7 +180,7 @@ class ShadowScorer:
 
     def _record(self, job: ShadowJob) -> ShadowRanking:
         theirs = challenger_order(job)
-        ids = [c.id for c in job.cands]
+        ids = ids_of(job.cands)
         return ShadowRanking(
             request_id=job.request_id,
             at=job.at,
@@ -236,7 +236,7 @@ def shadow_job(
     request_id: str,
     posting: PreparedPosting,
     inline: bool,
-    cands: list[PreparedCandidate],
+    cands: Sequence[PreparedCandidate],
     fids: np.ndarray,
     sims: np.ndarray,
     champion_version: str,

@@ -3,49 +3,69 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 
 import numpy as np
 
 from ranker.catalog import CandidateCatalog
 from ranker.config import Settings
-from ranker.index import FaissIndex, index_from_store
+from ranker.index import FaissIndex, IvfOptions, index_from_store
 from ranker.posting_cache import PostingCache
 from ranker.prepared import PreparedCandidate, prepare_candidate, prepare_posting
 from ranker.store_api import Store
 
 log = logging.getLogger(__name__)
 
+CATALOG_DIR = "catalog"
+"""Folder of the catalog's column files and saved state, inside the index folder."""
 
-def load_memory(
-    store: Store,
-    settings: Settings,
-    catalog: CandidateCatalog,
-    postings: PostingCache,
-    dim: int,
-) -> FaissIndex:
-    """Fill the catalog and posting cache from the store; load the index or rebuild it."""
-    started = time.perf_counter()
-    fids: list[int] = []
-    vectors: list[np.ndarray] = []
+
+def catalog_from_store(store: Store, settings: Settings) -> tuple[CandidateCatalog, bool]:
+    """The store's catalog: the saved one when it reflects the store, else rebuilt from the
+    store (every candidate prepared again) and saved. True when rebuilt."""
+    directory = settings.resolved_index_dir / CATALOG_DIR
+    generation = store.generation()
+    catalog = CandidateCatalog.load(directory, generation)
+    if catalog is not None and len(catalog) == store.count_candidates():
+        return catalog, False
+    if catalog is not None:
+        catalog.close()
+    # Derived data only: the store is the truth, so a stale folder is simply started over.
+    shutil.rmtree(directory, ignore_errors=True)
+    catalog = CandidateCatalog(directory=directory)
     batch: list[tuple[int, PreparedCandidate]] = []
     for fid, row in store.iter_candidates_with_ids():
-        pc = prepare_candidate(row.candidate, row.doc_vector, row.chunk_vectors)
-        batch.append((fid, pc))
-        fids.append(fid)
-        vectors.append(pc.doc_vector)
+        batch.append((fid, prepare_candidate(row.candidate, row.doc_vector, row.chunk_vectors)))
         if len(batch) == 10_000:
             catalog.put_many(batch)
             batch = []
     catalog.put_many(batch)
+    catalog.save(generation)
+    return catalog, True
+
+
+def load_memory(
+    store: Store, settings: Settings, postings: PostingCache, dim: int
+) -> tuple[CandidateCatalog, FaissIndex]:
+    """The catalog and index of the store (loaded when saved and current, else rebuilt), and
+    the posting cache filled."""
+    started = time.perf_counter()
+    catalog, rebuilt = catalog_from_store(store, settings)
+    if rebuilt:
+        log.info("rebuilt the catalog from the store: %d candidates", len(catalog))
+
+    def doc_vectors() -> tuple[np.ndarray, np.ndarray]:
+        _, fids = catalog.ids_and_fids()
+        found, vectors = catalog.doc_vectors(np.sort(fids))
+        return found, vectors if len(found) else np.zeros((0, dim), np.float32)
+
     index, rebuilt = index_from_store(
         store,
         settings.resolved_index_dir,
-        (
-            np.asarray(fids, dtype=np.int64),
-            np.stack(vectors) if vectors else np.zeros((0, dim), np.float32),
-        ),
+        doc_vectors,
         storage=settings.index_storage,
+        ivf=IvfOptions.from_settings(settings),
     )
     if rebuilt:
         log.info("rebuilt the index from the store: %d candidates", len(index))
@@ -58,4 +78,4 @@ def load_memory(
         len(postings),
         time.perf_counter() - started,
     )
-    return index
+    return catalog, index

@@ -161,3 +161,30 @@ def test_ingest_section_upserts_through_a_real_server(base: BaseSet, bench_dir: 
     text = ingest.run(n=4, batch=2, base=base, root=bench_dir)
     assert text.startswith("## Ingestion") and "4 new demo candidates" in text
     assert not (bench_dir / "ingest").exists()  # the throwaway store is removed
+
+
+def test_scale_section_measures_memory_recall_and_the_lean_baseline(
+    base: BaseSet, bench_dir: Path
+) -> None:
+    from bench.scale import Memory, ScaleConfig, _empty_server, measure, report
+
+    cfg = ScaleConfig(
+        sizes=(N,),
+        lean_above=N // 2,  # the lean baseline, reading the set's catalog columns
+        requests=4,
+        throughput_requests=4,
+        concurrency=(1, 2),
+        recall_postings=3,
+        filtered_requests=2,
+    )
+    fixed, _ = _empty_server(base, bench_dir)
+    r = measure(base, N, cfg, bench_dir)
+    assert r.lean and r.service is not None and r.baseline is not None
+    assert len(r.service.client_ms) == 4 and r.startup_s > 0
+    assert isinstance(r.served, Memory) and r.served.rss >= r.served.anon > 0
+    # Exact layout at this size: the retrieved set is the exact one, with or without a filter.
+    assert [f.share for f in r.filtered] == [1.0, 0.1, 0.01]
+    assert all(f.recall >= 0.99 for f in r.filtered)
+    assert all(a > 0 and b > 0 for a, b in r.throughput.values())
+    text = report([r], fixed, 1.0, base)
+    assert "### Targets" in text and "recall@500" in text

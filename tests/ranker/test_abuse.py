@@ -109,8 +109,9 @@ def test_data_files_are_owner_only(
     assert _mode(data) == 0o700
     assert _mode(data / "index") == 0o700
     db = h.settings.resolved_db_path
-    for f in [db, db.with_name(db.name + ".receipt-key"), *(data / "index").iterdir()]:
-        assert _mode(f) == 0o600, f
+    # The index folder holds the catalog's folder too: every folder 0700, every file 0600.
+    for f in [db, db.with_name(db.name + ".receipt-key"), *(data / "index").rglob("*")]:
+        assert _mode(f) == (0o700 if f.is_dir() else 0o600), f
     for side in ("-wal", "-shm"):
         f = db.with_name(db.name + side)
         assert not f.exists() or _mode(f) == 0o600

@@ -86,7 +86,8 @@ def test_no_protected_attribute_is_a_feature_or_an_input() -> None:
     fields = {f.name for f in dataclasses.fields(Candidate)}
     assert not PROTECTED_NAMES & fields
     params = set(inspect.signature(prepare_candidate).parameters)
-    assert params == {"c", "doc_vector", "chunk_vectors"}
+    # `text` is `candidate_text_terms` of the same record (its CV and title), computed earlier.
+    assert params == {"c", "doc_vector", "chunk_vectors", "text"}
     # ... and the feature code never names one (identifiers, attributes or strings).
     for module in (features, prepared, lexicon, text_module):
         tree = ast.parse(Path(module.__file__ or "").read_text(encoding="utf-8"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -185,15 +184,15 @@ def test_upkeep_saves_the_index_after_writes_and_logs_a_failed_save_instead_of_r
     p = RankingPipeline.open(settings, encoder=encoder)
     try:
         index_dir = settings.resolved_index_dir
-        shutil.rmtree(index_dir, ignore_errors=True)
+        (index_dir / INDEX_FILE).unlink(missing_ok=True)
         p.upsert_candidates(serving_demo.candidates[:3])
-        index_dir.write_text("not a folder")  # the save cannot create its folder
+        (index_dir / INDEX_FILE).mkdir()  # the save cannot replace a folder with its file
         p.upkeep()  # runs in the background: it must not raise
         p.upkeep()  # within the backoff pause: not tried again, so not logged again
         failures = [r for r in caplog.records if "could not save the index" in r.getMessage()]
         # One line per failed attempt, without a traceback (a full disk must not flood the log).
         assert len(failures) == 1 and failures[0].exc_info is None
-        index_dir.unlink()
+        (index_dir / INDEX_FILE).rmdir()
         deadline = time.monotonic() + 30
         while not (index_dir / INDEX_FILE).is_file() and time.monotonic() < deadline:
             p.upkeep()  # still dirty: retried once the backoff pause is over, and saved
