@@ -24,7 +24,6 @@ import lightgbm as lgb
 import numpy as np
 
 from bench._data import BaseSet, BenchData, load_prepared
-from ranker.catalog import CandidateCatalog
 from ranker.config import Settings
 from ranker.domain import Posting
 from ranker.explain import fit_summary
@@ -32,8 +31,6 @@ from ranker.features import FeatureBuilder
 from ranker.lexicon import Lexicon, LiveLexicon, TermStatistics
 from ranker.prepared import PreparedCandidate, PreparedPosting, posting_text, prepare_posting
 from ranker.registry import BOOSTER_FILE, CARD_FILE, LEXICON_FILE, ModelRegistry
-from ranker.store import SqliteStore
-from ranker.warmup import CATALOG_DIR
 
 
 @cache
@@ -166,14 +163,7 @@ class LeanStack(StraightforwardStack):
     columns (the service's own gather, so its features stage costs what the service's does)."""
 
     def _load(self, data: BenchData) -> np.ndarray:
-        store = SqliteStore(data.db_path)
-        try:
-            generation = store.generation()
-        finally:
-            store.close()
-        catalog = CandidateCatalog.load(data.index_dir / CATALOG_DIR, generation)
-        if catalog is None:
-            raise RuntimeError(f"no current catalog in {data.index_dir}; rebuild the bench set")
+        catalog = data.saved_catalog()
         self.catalog = catalog
         self.lexicon = catalog.lexicon
         _, fids = catalog.ids_and_fids()

@@ -269,6 +269,20 @@ class BenchData:
     def index_dir(self) -> Path:
         return self.data_dir / "index"
 
+    def saved_catalog(self) -> CandidateCatalog:
+        """The set's saved catalog, current with its store (the set is rebuilt when not)."""
+        store = SqliteStore(self.db_path)
+        try:
+            generation = store.generation()
+        finally:
+            store.close()
+        catalog = CandidateCatalog.load(self.index_dir / CATALOG_DIR, generation)
+        if catalog is None:
+            raise RuntimeError(
+                f"no current catalog in {self.index_dir}; delete the set to rebuild it"
+            )
+        return catalog
+
     def settings(self, base: BaseSet, **overrides: Any) -> Settings:
         """Settings of a service on this set (host/port left to the caller)."""
         return Settings(

@@ -35,7 +35,6 @@ from ranker.catalog import CandidateCatalog
 from ranker.config import Settings
 from ranker.index import FaissIndex, IvfOptions
 from ranker.prepared import Scalar
-from ranker.store import SqliteStore
 from ranker.v1 import ranker_pb2 as pb
 from ranker.warmup import CATALOG_DIR
 
@@ -281,13 +280,7 @@ def measure(base: BaseSet, n: int, cfg: ScaleConfig, root: Path) -> SizeRun:
     gc.collect()
     log.info("scale bench: %d candidates, loading the straightforward stack", n)
     stack: StraightforwardStack = (LeanStack if lean else StraightforwardStack)(base, data)
-    store = SqliteStore(data.db_path)
-    try:
-        generation = store.generation()
-    finally:
-        store.close()
-    catalog = CandidateCatalog.load(data.index_dir / CATALOG_DIR, generation)
-    assert catalog is not None, "the bench set's catalog is stale; delete the set to rebuild it"
+    catalog = data.saved_catalog()
     serving_cfg = ServingConfig(requests=cfg.requests, throughput_requests=cfg.throughput_requests)
     log.info("scale bench: %d candidates, starting the server", n)
     with ServerProcess(data.settings(base), root / "logs" / f"serve-scale-c{n}.log") as server:
