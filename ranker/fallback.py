@@ -123,10 +123,10 @@ class FallbackExplainer(ContributionExplainer):
     ) -> list[Explanation]:
         """The usual reasons, and a last one saying which rule ranked (no model is trained yet)."""
         note = (
-            "Ranked by the fallback rule of thumb (no trained model yet): required skills, "
+            "Ranked by the fallback rule of thumb (no trained model in service): required skills, "
             "location, minimum years, then similarity"
             if self.rule == "hand_rule"
-            else "Ranked by search similarity (no trained model yet)"
+            else "Ranked by search similarity (no trained model in service)"
         )
         return [
             replace(e, reasons=(*e.reasons, note))
