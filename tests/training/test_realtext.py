@@ -195,3 +195,21 @@ def test_a_relevant_cv_retrieval_missed_is_a_miss_in_every_order(
             assert values["retrieval"]["recall@1"] == 0.0
             assert values["retrieval"]["recall@10"] == pytest.approx(5 / 10)
     assert evaluation.relevant_retrieved == pytest.approx(1 - missed / 15)
+
+
+def test_the_suite_rates_the_version_in_service_else_the_newest_trained_one(
+    prepared_data: Path, tmp_path: Path
+) -> None:
+    from ranker.registry import POINTER_FILE
+
+    shutil.copytree(prepared_data / "registry", tmp_path / "copy" / "registry")
+    registry = ModelRegistry(tmp_path / "copy" / "registry")
+    newest = registry.versions()[-1]
+    assert runner._evaluated_version(registry, None) == registry.current_version()
+    # Nothing in service (the default demo model fails its fairness gates): the newest trained.
+    (tmp_path / "copy" / "registry" / POINTER_FILE).unlink()
+    assert registry.current_version() is None
+    assert runner._evaluated_version(registry, None) == newest
+    assert runner._evaluated_version(registry, newest) == newest
+    with pytest.raises(SystemExit, match="not registered"):
+        runner._evaluated_version(registry, "v9999")
