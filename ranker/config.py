@@ -128,6 +128,10 @@ class Settings(EncoderSettings):
     """Niceness added to the encoding threads (Linux): when reads and encoding both want a core,
     the reads get it. 0 leaves them at the service's priority."""
 
+    changes_retention_hours: float = Field(default=168.0, gt=0)
+    """Hours the store's change feed keeps an entry. A replica that stops following for longer
+    must be restarted (it reports NOT_SERVING and says so), as it cannot know what it missed."""
+
     serving_encoder_threads: int = Field(default=0, ge=0)
     """ONNX Runtime intra-op threads of the service's encoder; 0: one fewer than the physical
     cores (at least one), so a long encode always leaves a core to reads and rankings. Offline

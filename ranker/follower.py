@@ -71,6 +71,7 @@ class ChangeFollower:
         # Memory was loaded after `start_seq` was read, so it held everything up to then.
         self._synced_at = time.monotonic()
         self._down: str | None = None  # why the database cannot be reached, while it cannot
+        self._gap: str | None = None  # why memory missed feed entries (pruned): final
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ranker-follower", daemon=True)
 
@@ -147,6 +148,19 @@ class ChangeFollower:
             checked_at = time.monotonic()
             generation = self.store.generation()  # read first: memory ends at least as fresh
             changes = self.store.changes_since(self._applied, BATCH)
+            pruned = self.store.changes_pruned_through()
+            if pruned > self._applied and self._gap is None:
+                # Entries it never applied are gone (past RANKER_CHANGES_RETENTION_HOURS): one
+                # may have been an erasure, so memory can no longer be trusted. For good: only a
+                # restart (memory rebuilt from the store) makes it whole again.
+                self._gap = (
+                    f"the change feed was pruned through entry {pruned} while this replica had "
+                    f"applied only up to {self._applied}; restart it to rebuild its memory from "
+                    "the store"
+                )
+                log.error("replica: NOT_SERVING: %s", self._gap)
+            if self._gap is not None:
+                return
             if changes:
                 self._apply(changes)
             if len(changes) < BATCH:
@@ -206,7 +220,8 @@ class ChangeFollower:
 
     def healthy(self) -> bool:
         """Serving: the database is reachable and the replica is within its lag bound."""
-        return self._down is None and self.staleness() <= self.max_lag_seconds
+        fresh = self.staleness() <= self.max_lag_seconds
+        return self._gap is None and self._down is None and fresh
 
     def ensure_fresh(self) -> None:
         """Before a read: refuse when stale or cut off, and apply any committed erasure first.
@@ -214,6 +229,7 @@ class ChangeFollower:
         Raises StorageUnavailable (UNAVAILABLE) rather than answer from stale memory. One
         indexed query per call (the newest erasure's seq); a catch-up only when behind it.
         """
+        self._refuse_if_gap()
         if self._down is not None:
             raise StorageUnavailable(
                 f"this replica cannot reach the database ({self._down}), so it cannot know "
@@ -237,6 +253,11 @@ class ChangeFollower:
             with self.memory.write_mutex:
                 if erased > self._applied:
                     self._catch_up_locked()
+            self._refuse_if_gap()
+
+    def _refuse_if_gap(self) -> None:
+        if self._gap is not None:
+            raise StorageUnavailable(f"this replica cannot serve: {self._gap}")
 
     def _gauges(self) -> None:
         if self.metrics is None:

@@ -4,6 +4,7 @@ from the settings: SQLite (the embedded default) or PostgreSQL (`RANKER_DATABASE
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
 from ranker.config import Settings
@@ -120,6 +121,10 @@ class Store(Protocol):
     def changes_since(self, seq: int, limit: int = 1000) -> list[Change]: ...
 
     def last_change_seq(self, kind: str | None = None) -> int: ...
+
+    def prune_changes(self, older_than: datetime) -> int: ...
+
+    def changes_pruned_through(self) -> int: ...
 
     def take_own_changes(self) -> tuple[int, int] | None: ...
 

@@ -53,8 +53,18 @@ def _vec_bytes(v: np.ndarray, dim: int | None, what: str) -> bytes:
 
 
 def last_seq_query(kind: str | None) -> tuple[str, tuple[str, ...]]:
+    """The newest feed seq (of `kind`). For erasures, at least the seq the feed was pruned
+    through: a pruned entry may have been one, and a replica that had not applied it must learn
+    it is behind (one statement: a replica asks it before every read)."""
     if kind is None:
         return "SELECT COALESCE(MAX(seq), 0) FROM changes", ()
+    if kind == "erasure":
+        return (
+            "SELECT COALESCE(MAX(s), 0) FROM (SELECT MAX(seq) AS s FROM changes WHERE kind = ? "
+            "UNION ALL SELECT CAST(value AS BIGINT) FROM meta "
+            "WHERE key = 'changes_pruned_through') AS t",
+            (kind,),
+        )
     return "SELECT COALESCE(MAX(seq), 0) FROM changes WHERE kind = ?", (kind,)
 
 
@@ -168,6 +178,35 @@ class SqlStore(StoreErasure, ShadowTables):
 
     def _announce_changes(self, tx: Sql) -> None:
         """Tell followers new entries are coming (PostgreSQL: NOTIFY, sent at COMMIT)."""
+
+    def prune_changes(self, older_than: datetime) -> int:
+        """Drop feed entries committed before `older_than`, always keeping the newest; how many.
+
+        The seq pruned through is kept (`changes_pruned_through`): a follower that had not
+        applied those entries learns it missed some and must be restarted, rather than serve
+        a candidate whose erasure it never saw.
+        """
+        with self._tx() as tx:
+            newest = int(tx.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()[0])
+            row = tx.execute(
+                "SELECT MAX(seq) FROM changes WHERE at < ? AND seq < ?",
+                (_iso(older_than), newest),
+            ).fetchone()
+            through = int(row[0] or 0)
+            if not through:
+                return 0
+            gone = tx.execute("DELETE FROM changes WHERE seq <= ?", (through,)).rowcount
+            tx.execute(
+                "INSERT INTO meta(key, value) VALUES ('changes_pruned_through', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (str(through),),
+            )
+        return int(gone)
+
+    def changes_pruned_through(self) -> int:
+        """The newest seq `prune_changes` removed (0: none ever was)."""
+        with self._read() as c:
+            return int(self._meta_in(c, "changes_pruned_through") or 0)
 
     def changes_since(self, seq: int, limit: int = 1000) -> list[Change]:
         """Feed entries after `seq`, oldest first, at most `limit` (follow with the last seq)."""

@@ -1,8 +1,8 @@
 """The pipeline's background work between requests, and the health it implies.
 
 Follows the registry's promoted model, saves the index once writes pause (with backoff after
-failures), replays the decision log's backlog and finishes a WAL checkpoint an erasure could
-not; never raises.
+failures), replays the decision log's backlog, finishes a WAL checkpoint an erasure could not,
+and prunes the change feed past its retention; never raises.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 from ranker.backoff import RetryBackoff
 from ranker.config import Settings
@@ -19,6 +20,9 @@ from ranker.model_slot import ModelSlot
 from ranker.store_api import Store
 
 log = logging.getLogger(__name__)
+
+PRUNE_EVERY_SECONDS = 600.0
+"""How often the change feed is pruned (a cheap DELETE; retention is hours)."""
 
 
 class PipelineUpkeep:
@@ -40,6 +44,7 @@ class PipelineUpkeep:
         self.save_index = save_index
         self.metrics = metrics
         self._next_model_poll = 0.0
+        self._next_prune = 0.0
         self._index_saves = RetryBackoff(f"save the index to {settings.resolved_index_dir}")
 
     def run(self) -> None:
@@ -60,6 +65,21 @@ class PipelineUpkeep:
             log.exception("could not retry the decision log or the WAL checkpoint; retrying")
         if self.metrics is not None:
             self.metrics.erasure_checkpoint_pending.set(int(self.store.residue_pending))
+        if now >= self._next_prune:
+            self._next_prune = now + PRUNE_EVERY_SECONDS
+            self._prune_changes()
+
+    def _prune_changes(self) -> None:
+        """Keep the change feed to its retention: replicas need only what they have not applied,
+        and one that fell further behind is refused (`ChangeFollower`), not fed a gap."""
+        hours = self.settings.changes_retention_hours
+        try:
+            gone = self.store.prune_changes(datetime.now(UTC) - timedelta(hours=hours))
+        except Exception:
+            log.exception("could not prune the change feed; retrying later")
+            return
+        if gone:
+            log.info("pruned %d change-feed entries older than %g h", gone, hours)
 
     def health(self) -> dict[str, bool]:
         """Serving status per health service name: "" (and the service) turn NOT_SERVING

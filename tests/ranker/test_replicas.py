@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -171,3 +172,27 @@ def test_sqlite_has_no_follower(start_server: Callable[..., ServerHandle]) -> No
     handle = start_server()
     assert handle.pipeline._follower is None
     assert handle.pipeline.health()["replication"] is True
+
+
+def test_a_replica_that_missed_pruned_feed_entries_stops_serving_for_good(
+    replicas: Callable[..., tuple[ServerHandle, ServerHandle]], serving_demo: DemoData
+) -> None:
+    a, b = replicas()
+    posting = serving_demo.postings[0].id
+    seed(a, serving_demo.candidates[:5], serving_demo.postings[:1])
+    _holds(b, 5, posting)
+    _follower(b).close()  # b stops following, then misses writes the feed no longer holds
+    victim = _ranked(b, posting, 1)[0]
+    a.stub.DeleteCandidates(pb.DeleteCandidatesRequest(ids=[victim]))
+    seed(a, serving_demo.candidates[5:7])
+    head = a.pipeline.store.last_change_seq()
+    wait_for(lambda: _follower(a).applied_seq == head, "a to hold its own writes")
+    a.pipeline.store.prune_changes(datetime.now(UTC) + timedelta(hours=1))
+    with pytest.raises(grpc.RpcError) as e:
+        _ranked(b, posting)
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "restart it" in (e.value.details() or "")
+    wait_for(lambda: b.health_status("replication") == NOT_SERVING, "b to report NOT_SERVING")
+    assert b.health_status() == NOT_SERVING
+    assert victim in {pc for pc in b.pipeline._catalog.ids_and_fids()[0]}  # memory kept, unused
+    assert len(_ranked(a, posting)) == 6  # the writer itself is whole and serves

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -509,3 +509,20 @@ def test_each_write_names_its_own_feed_entries_once(store: SqlStore) -> None:
     assert [c.seq for c in store.changes_since(0)] == [*range(first[0], first[1] + 1), second[0]]
     assert store.last_change_seq("erasure") == second[0] == second[1]
     assert store.last_change_seq("posting") == 0
+
+
+def test_the_change_feed_is_pruned_to_its_retention_keeping_the_newest(store: SqlStore) -> None:
+    store.upsert_candidates([_cand(1), _cand(2)])
+    store.upsert_postings([_posting("p1")])
+    feed = store.changes_since(0)
+    assert store.prune_changes(datetime.now(UTC) - timedelta(hours=1)) == 0  # all recent
+    assert store.changes_pruned_through() == 0
+    # Everything is older than a cut-off in the future: all but the newest entry go.
+    assert store.prune_changes(datetime.now(UTC) + timedelta(hours=1)) == len(feed) - 1
+    assert store.changes_since(0) == feed[-1:]
+    assert store.changes_pruned_through() == feed[-2].seq
+    assert store.last_change_seq() == feed[-1].seq  # what a new replica starts from
+    # A pruned entry may have been an erasure: a replica that had not applied it sees one.
+    assert store.last_change_seq("erasure") == feed[-2].seq
+    store.delete_candidates(["c1"])  # the sequence goes on
+    assert store.changes_since(feed[-1].seq)[0].kind == "erasure"
