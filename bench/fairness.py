@@ -341,7 +341,7 @@ def render(
     cost: dict[str, float],
     log: Sequence[str],
     seconds: float,
-    base: DemoConfig = DemoConfig(),  # noqa: B008
+    base: DemoConfig,
 ) -> str:
     today = datetime.now(UTC).date().isoformat()
     held_out = max((r.n for r in rows), default=0)

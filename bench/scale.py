@@ -375,6 +375,20 @@ def _breakdown(run: SizeRun, dim: int, bandwidth: float, peak_gflops: float) -> 
     return table(["stage (median ms)", "measured", "floor", "floor from"], rows_out)
 
 
+def _latency_row(n: int, baseline: str, s: Summary, b: Summary) -> list[str]:
+    """One latency row: the service's p50/p99, the baseline's, and the speed-ups."""
+    return [
+        f"{n:,}",
+        baseline,
+        ms(s.p50),
+        ms(s.p99),
+        ms(b.p50),
+        ms(b.p99),
+        ratio(b.p50, s.p50),
+        ratio(b.p99, s.p99),
+    ]
+
+
 def report(runs: list[SizeRun], fixed: Memory, fixed_startup: float, base: BaseSet) -> str:
     dim = len(base.candidates[0].doc_vector)
     bandwidth = _bandwidth_gbs() * 1e9
@@ -443,31 +457,10 @@ def report(runs: list[SizeRun], fixed: Memory, fixed_startup: float, base: BaseS
     for r in runs:
         assert r.service is not None and r.baseline is not None
         s, b = Summary.of(r.service.client_ms), Summary.of(r.baseline.client_ms)
-        lat_rows.append(
-            [
-                f"{r.n:,}",
-                "straightforward",
-                ms(s.p50),
-                ms(s.p99),
-                ms(b.p50),
-                ms(b.p99),
-                ratio(b.p50, s.p50),
-                ratio(b.p99, s.p99),
-            ]
-        )
+        lat_rows.append(_latency_row(r.n, "straightforward", s, b))
         if r.tuned is not None:
-            t = Summary.of(r.tuned.client_ms)
             lat_rows.append(
-                [
-                    f"{r.n:,}",
-                    "tuned (1 OpenMP thread)",
-                    ms(s.p50),
-                    ms(s.p99),
-                    ms(t.p50),
-                    ms(t.p99),
-                    ratio(t.p50, s.p50),
-                    ratio(t.p99, s.p99),
-                ]
+                _latency_row(r.n, "tuned (1 OpenMP thread)", s, Summary.of(r.tuned.client_ms))
             )
     out += [
         "Latency by stored posting id, concurrency 1 (ms):",

@@ -412,6 +412,11 @@ class CandidateCatalog:
         slot = self._slot_by_id.get(candidate_id)
         return None if slot is None else int(self._hot["fid"][slot])
 
+    def ids_of(self, fids: np.ndarray) -> list[str]:
+        """The ids of the held candidates among `fids` (from memory: no column file is read)."""
+        slots = self._slots_of(np.asarray(fids, dtype=np.int64))
+        return [self._ids[s] or "" for s in slots[slots >= 0].tolist()]
+
     def ids_and_fids(self) -> tuple[list[str], np.ndarray]:
         """Every held candidate's id and FAISS id, by slot."""
         alive = np.flatnonzero(self._hot["alive"][: self._n])

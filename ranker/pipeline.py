@@ -520,7 +520,7 @@ class RankingPipeline:
         them meanwhile drops them before answering, as after an erasure here."""
         fids = np.asarray(faiss_ids, dtype=np.int64)
         with self._lock.write():
-            ids = list(self._catalog.lookup(fids)[0].ids)
+            ids = self._catalog.ids_of(fids)
             self._catalog.remove_many(ids)
             self.index.remove(fids)
             self._erasures += 1
