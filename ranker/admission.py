@@ -31,7 +31,7 @@ def lower_thread_priority(increment: int) -> None:
     try:
         os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + increment)
     except OSError as e:  # a sandbox may forbid it; encoding still works, only less politely
-        log.warning("could not lower the encoding thread's priority: %s", e)
+        log.warning("could not lower this thread's priority: %s", e)
 
 
 class EncodeAdmission:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ranker.catalog_state import CatalogState, load_state, save_state
-from ranker.columns import AppendFile, range_index
+from ranker.columns import AppendFile, BlockFile, range_index
 from ranker.domain import Candidate, from_plain, to_plain
 from ranker.lexicon import LiveLexicon
 from ranker.prepared import N_SCALARS, PackedCandidates, PreparedCandidate, Scalar
@@ -99,7 +99,8 @@ def _record(raw: bytes | None, candidate_id: str) -> Candidate:
 class CandidateCatalog:
     """Every searchable candidate by slot: filter and scalar columns in memory (a few dozen
     bytes per candidate); vectors, term counts and tags in one append-only file, records in
-    another (`ranker.columns`), read with pread only for the candidates a search returns.
+    another (`ranker.columns`), read only for the candidates a search returns (with pread, or
+    through a memory map when `mapped`).
 
     Filters are numpy operations over whole columns; the result is the array of allowed FAISS
     ids handed to the search. Skills are an inverted index (skill hash -> int32 slots), so
@@ -111,8 +112,14 @@ class CandidateCatalog:
     guards it.
     """
 
-    def __init__(self, capacity: int = 1024, directory: Path | None = None) -> None:
+    def __init__(
+        self,
+        capacity: int = 1024,
+        directory: Path | None = None,
+        mapped: bool = False,
+    ) -> None:
         self.directory = directory
+        self.mapped = mapped
         self._cap = max(1, capacity)
         self._n = 0  # slots ever used (high-water mark); columns are valid up to here
         self._hot: dict[str, np.ndarray] = {
@@ -127,7 +134,7 @@ class CandidateCatalog:
         self._loc_codes: dict[int, int] = {}  # location hash -> code
         self._loc_refs: list[int] = []  # holders per location code
         self._loc_free: list[int] = []  # codes whose last holder went, reused first
-        self._blobs: AppendFile | None = None
+        self._blobs: BlockFile | None = None
         self._records: AppendFile | None = None
         self._dim = 0
         self.lexicon = LiveLexicon()
@@ -164,7 +171,12 @@ class CandidateCatalog:
         d = self.directory
         lengths = lengths or {}
         self._dim = dim
-        self._blobs = AppendFile(None if d is None else d / "blobs.bin", lengths.get("blobs", 0))
+        self._blobs = BlockFile(
+            None if d is None else d / "blobs.bin",
+            dim * 4,
+            lengths.get("blobs", 0),
+            self.mapped,
+        )
         self._records = AppendFile(
             None if d is None else d / "records.bin", lengths.get("records", 0)
         )
@@ -197,25 +209,24 @@ class CandidateCatalog:
         self._slot_of_fid[fid] = slot
 
     def _read(self, slots: np.ndarray) -> tuple[np.ndarray, ...]:
-        """The blobs of `slots`, read back to back: (term hashes, counts, tags, vector rows),
-        each concatenated in slot order."""
+        """The blobs of `slots`: (term hashes, counts, tags, vector rows), each concatenated in
+        slot order. One read per blob, split on the way: its term and tag blocks into one array,
+        its vector rows into a matrix."""
         sc = self._scalars[slots]
         block = self._row_bytes
-        terms, tags, rows, meta, blocks = _blob_layout(sc, block)
-        out = np.empty(int(blocks.sum()) * block, dtype=np.uint8)
+        terms, tags, rows, meta, _ = _blob_layout(sc, block)
         assert self._blobs is not None
-        self._blobs.read_into(
-            self._hot["blob_start"][slots].tolist(), (blocks * block).tolist(), out
-        )
-        first = np.zeros(len(slots), dtype=np.int64)  # each blob's first block in `out`
-        first[1:] = np.cumsum(blocks[:-1])
-        u64, f32 = out.view(np.uint64), out.view(np.float32)
-        at = first * block  # byte offsets
+        first = self._hot["blob_start"][slots] // block
+        head_blocks, vector_blocks = self._blobs.take(first, meta, rows)
+        head, vectors = head_blocks.reshape(-1), vector_blocks.view(np.float32)
+        at = np.zeros(len(slots), dtype=np.int64)  # each blob's first byte in `head`
+        at[1:] = np.cumsum(meta[:-1]) * block
+        u64, f32 = head.view(np.uint64), head.view(np.float32)
         return (
             np.take(u64, range_index(at // 8, terms)),
             np.take(f32, range_index(at // 4 + 2 * terms, terms)),
             np.take(u64, range_index((at + 12 * terms + 4 * (terms % 2)) // 8, tags)),
-            np.take(f32.reshape(-1, self._dim), range_index(first + meta, rows), axis=0),
+            vectors.reshape(-1, self._dim),
         )
 
     def _skill_hashes(self, slot: int) -> np.ndarray:
@@ -430,10 +441,9 @@ class CandidateCatalog:
             return np.zeros(0, dtype=np.int64), np.zeros((0, max(self._dim, 1)), np.float32)
         block = self._row_bytes
         meta = _blob_layout(self._scalars[slots], block)[3]
-        out = np.empty((len(slots), self._dim), dtype=np.float32)
-        starts = self._hot["blob_start"][slots] + meta * block
-        self._blobs.read_into(starts.tolist(), [block] * len(slots), out)
-        return self._hot["fid"][slots].copy(), out
+        first = self._hot["blob_start"][slots] // block + meta
+        out = self._blobs.take(first, np.ones(len(slots), dtype=np.int64))[0].view(np.float32)
+        return self._hot["fid"][slots].copy(), out.reshape(len(slots), self._dim)
 
     def _slots_of(self, fids: np.ndarray) -> np.ndarray:
         ok = (fids >= 0) & (fids < len(self._slot_of_fid))
@@ -523,13 +533,15 @@ class CandidateCatalog:
         )
 
     @classmethod
-    def load(cls, directory: Path, generation: str) -> CandidateCatalog | None:
+    def load(
+        cls, directory: Path, generation: str, mapped: bool = False
+    ) -> CandidateCatalog | None:
         """The catalog saved in `directory` when it reflects `generation`; None otherwise."""
         state = load_state(directory, generation)
         if state is None:
             return None
         n = len(state.ids)
-        cat = cls(capacity=max(n, 1024), directory=directory)
+        cat = cls(capacity=max(n, 1024), directory=directory, mapped=mapped)
         cat._n = n
         for k, v in state.hot.items():
             cat._hot[k][:n] = v

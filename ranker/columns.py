@@ -1,9 +1,11 @@
-"""Append-only files of the catalog's per-candidate bytes, read with pread for a few candidates."""
+"""Append-only files of the catalog's per-candidate bytes, read back for a few candidates."""
 
 from __future__ import annotations
 
+import mmap
 import os
 import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -75,6 +77,86 @@ class AppendFile:
 
     def close(self) -> None:
         self._file.close()
+
+
+class BlockFile(AppendFile):
+    """An `AppendFile` of whole `block`-byte blocks, gathered by runs of blocks.
+
+    Two ways to read, chosen by `mapped`:
+    - pread (the default): one `preadv` per run, into the caller's arrays. The pages read stay
+      in the kernel's page cache, so the service's resident memory is its own whatever share
+      of the file the rankings have touched.
+    - a shared read-only memory map: one numpy `take` per gather, no system call per run;
+      ~0.8 ms less per ranking at 10^5 and 10^6 candidates (BENCHMARKS.md). Every page a gather
+      touches stays mapped into the service, and each fault maps up to 16 cached neighbours, so
+      its resident memory grows by ~12× the bytes gathered (measured at 10^6, random rankings)
+      up to the files' size. Those pages are clean and file-backed: the kernel reclaims them
+      under pressure, and a memory limit (cgroup) charges them as it charges pread's page
+      cache. Releasing them as it goes (`MADV_DONTNEED` past a bound) was measured slower than
+      pread: the hot pages are then faulted in again.
+    Writes go through `pwrite` either way; a shared map sees them at once.
+    """
+
+    def __init__(
+        self, path: Path | None, block: int, length: int = 0, mapped: bool = False
+    ) -> None:
+        super().__init__(path, length)
+        if length % block:
+            raise ValueError(f"{path} holds {length} bytes, not whole blocks of {block}")
+        self.block = block
+        self.mapped = mapped
+        self._view = np.zeros((0, block), dtype=np.uint8)
+        self._map_lock = threading.Lock()
+
+    def append(self, data: bytes | np.ndarray) -> int:
+        raw = data.tobytes() if isinstance(data, np.ndarray) else data
+        if len(raw) % self.block:
+            raise ValueError(f"{len(raw)} bytes appended, not whole blocks of {self.block}")
+        return super().append(raw)
+
+    def _mapped_view(self, blocks: int) -> np.ndarray:
+        """The map as a (blocks, block) array holding at least `blocks` blocks (remapped when the
+        file grew; an old map is unmapped when its last reader drops it)."""
+        view = self._view
+        if len(view) >= blocks:
+            return view
+        with self._map_lock:
+            if len(self._view) < blocks:
+                n = len(self) // self.block
+                m = mmap.mmap(self._fd, n * self.block, mmap.MAP_SHARED, mmap.PROT_READ)
+                self._view = np.frombuffer(m, dtype=np.uint8).reshape(n, self.block)
+            return self._view
+
+    def take(
+        self, first: np.ndarray, head: np.ndarray, tail: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Runs of blocks split in two: the `head[i]` blocks from `first[i]`, back to back, and
+        the `tail[i]` blocks after them, back to back; each a (blocks, block) array."""
+        tail = np.zeros_like(head) if tail is None else tail
+        nh, nt = int(np.sum(head)), int(np.sum(tail))
+        if self.mapped:
+            view = self._mapped_view(int(np.max(first + head + tail, initial=0)))
+            return (
+                np.take(view, range_index(first, head), axis=0),
+                np.take(view, range_index(first + head, tail), axis=0),
+            )
+        out_h = np.empty(nh * self.block, dtype=np.uint8)
+        out_t = np.empty(nt * self.block, dtype=np.uint8)
+        vh, vt = out_h.data, out_t.data  # 1-D: slices are byte ranges
+        b, fd = self.block, self._fd
+        ph = pt = 0
+        for f, h, t in zip(first.tolist(), head.tolist(), tail.tolist(), strict=True):
+            h, t = h * b, t * b
+            got = os.preadv(fd, [vh[ph : ph + h], vt[pt : pt + t]], f * b)
+            if got != h + t:
+                raise OSError(f"short read of the catalog's file: {got} of {h + t} bytes")
+            ph, pt = ph + h, pt + t
+        return out_h.reshape(nh, self.block), out_t.reshape(nt, self.block)
+
+    def close(self) -> None:
+        with self._map_lock:
+            self._view = np.zeros((0, self.block), dtype=np.uint8)
+        super().close()
 
 
 def range_index(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:

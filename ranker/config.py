@@ -77,6 +77,13 @@ class Settings(EncoderSettings):
     """IVF lists scanned by an unfiltered search. A filter passing a share s of the candidates
     scans nprobe / s lists, and every list (exact) once that is over a quarter of them."""
 
+    catalog_read: Literal["pread", "mmap"] = "pread"
+    """How a ranking reads the retrieved candidates' vectors and terms from the catalog's column
+    files. `pread`: one system call per candidate; the pages read stay in the kernel's page
+    cache, not in the service's resident memory. `mmap`: through a memory map, ~0.8 ms faster
+    per ranking, but every page read stays mapped (resident memory grows toward the files'
+    size, ~13 GiB at 10^6 candidates; clean pages the kernel reclaims under pressure)."""
+
     index_retrain_growth: float = Field(default=0.5, gt=0)
     """Retrain the IVF's coarse quantiser (in the background, swapped in atomically) once the
     pool has grown by this share since it was trained, so its lists stay balanced."""
@@ -157,6 +164,15 @@ class Settings(EncoderSettings):
     decision_log_sync: bool = False
     """Answer a ranking only once its decision is stored (an fsync on every ranking's path):
     then not even the rankings served just before the log failed are answered unlogged."""
+
+    decision_log_linger_ms: float = Field(default=3.0, ge=0, le=1000)
+    """How long the decision-log writer waits after a decision arrives before writing it (and
+    whatever arrived meanwhile), so the ranking's answer leaves first instead of racing the
+    writer for the cores. Not applied with `decision_log_sync`."""
+
+    decision_log_nice: int = Field(default=10, ge=0, le=19)
+    """How much nicer (Linux) the decision-log writer thread runs than the threads answering
+    requests: on a busy machine the cores go to rankings first, the log catches up after."""
 
     erasure_checkpoint_seconds: float = Field(default=2.0, ge=0)
     """How long an erasure retries its clean-up (SQLite: the WAL checkpoint, which readers of

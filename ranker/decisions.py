@@ -17,12 +17,15 @@ import logging
 import os
 import queue
 import threading
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
+from ranker.admission import lower_thread_priority
+from ranker.config import Settings
 from ranker.errors import StorageUnavailable
 from ranker.metrics import ServiceMetrics
 from ranker.permissions import PRIVATE_FILE
@@ -65,8 +68,12 @@ class DecisionLog:
         policy: Policy = "strict",
         spool_path: Path | None = None,
         sync: bool = False,
+        linger: float = 0.0,
+        nice: int = 0,
     ) -> None:
         self._store = store
+        self.linger = 0.0 if sync else linger
+        self.nice = nice
         self._metrics = metrics
         self.policy: Policy = policy
         self.sync = sync
@@ -83,6 +90,22 @@ class DecisionLog:
         self._report()
         self._thread = threading.Thread(target=self._run, name="decision-log", daemon=True)
         self._thread.start()
+
+    @classmethod
+    def from_settings(
+        cls, store: Store, metrics: ServiceMetrics | None, settings: Settings
+    ) -> DecisionLog:
+        """The service's decision log, as its settings say."""
+        return cls(
+            store,
+            metrics,
+            maxsize=10_000,
+            policy=settings.decision_log_policy,
+            spool_path=settings.decision_spool_path,
+            sync=settings.decision_log_sync,
+            linger=settings.decision_log_linger_ms / 1000,
+            nice=settings.decision_log_nice,
+        )
 
     # -- the request path -----------------------------------------------------------------
     def submit(self, decision: Decision) -> _Pending:
@@ -210,8 +233,13 @@ class DecisionLog:
 
     # -- the writer thread ----------------------------------------------------------------
     def _run(self) -> None:
+        # Measured at 10^6 candidates on 2 cores (BENCHMARKS.md): writing a decision costs ~1.3 ms
+        # of CPU; started at once, it raced the ranking's own answer for the cores.
+        lower_thread_priority(self.nice)
         while True:
             batch = [self._queue.get()]
+            if self.linger and batch[0] is not None:
+                time.sleep(self.linger)
             # Drain what is already queued so a burst of rankings costs one fsync, not one each.
             while len(batch) < 256:
                 try:

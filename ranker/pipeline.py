@@ -97,14 +97,7 @@ class RankingPipeline:
         self._postings = PostingCache()
         self._erasures = 0  # erasure batches so far: a ranking re-checks its results if it moved
         self._index_dirty_at: float | None = None
-        self._decisions = DecisionLog(
-            store,
-            metrics,
-            maxsize=10_000,
-            policy=settings.decision_log_policy,
-            spool_path=settings.decision_spool_path,
-            sync=settings.decision_log_sync,
-        )
+        self._decisions = DecisionLog.from_settings(store, metrics, settings)
         self._exports_lock = threading.Lock()  # two erasures must not rewrite one file at once
         self._shadow = ShadowScorer.from_settings(store, settings)
         fair_on = settings.fair_rerank != "off"  # the protected table is read only then

@@ -50,7 +50,7 @@ class ScoredCandidates:
     """Every candidate one ranking scored (its retrieved set) and its score, in any order.
 
     The decision log keeps features only for the returned top k; the bias audit's scoring rate
-    needs every score, so these are kept too, compactly (`decision_scores`).
+    needs every score, so these are kept too, compactly (`ranker.decision_scores`).
     """
 
     faiss_ids: np.ndarray

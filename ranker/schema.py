@@ -2,13 +2,41 @@
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 5
-"""Stored in `meta`; a store written with another version is refused, not migrated.
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from ranker.sql import Sql
+
+SCHEMA_VERSION = 6
+"""Stored in `meta`. A store of an older version listed in `MIGRATABLE` is brought up to date
+when opened; any other version is refused, not migrated.
 
 3: candidate and posting fields moved into one `record` JSON column (derived from the record's
 fields, `ranker.domain.to_plain`).
 4: earlier candidate versions kept (`candidate_versions`; `candidates.valid_from`).
-5: every scored candidate's score per decision (`decision_score_sets`, `decision_scores`)."""
+5: every scored candidate's score per decision (`decision_score_sets`, `decision_scores`).
+6: a decision's scores as two blobs in `decision_score_sets`; `decision_scored` says which
+decisions scored a candidate, by block of 64 decisions (`ranker.decision_scores`)."""
+
+SCORE_BLOCK_SHIFT = 6
+"""`decision_scored` is keyed by (seq >> 6, faiss_id, seq): the 64 decisions of a block share
+one stretch of the key, so logging a decision appends near the end instead of touching a page
+per candidate; erasure probes the key once per block (`ranker.decision_scores`)."""
+
+_SCORED_TABLE = """-- Which decisions scored a candidate (erasure's lookup); the scores are in decision_score_sets.
+CREATE TABLE IF NOT EXISTS decision_scored (
+    block {int} NOT NULL,
+    faiss_id {int} NOT NULL,
+    seq {int} NOT NULL,
+    PRIMARY KEY (block, faiss_id, seq)
+){without_rowid};
+"""
+
+MIGRATABLE = frozenset({"5"})
+"""Older schema versions a store is migrated from in place when opened (`migrate`)."""
+
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS meta (key {text} PRIMARY KEY, value {text} NOT NULL);
@@ -107,16 +135,11 @@ CREATE INDEX IF NOT EXISTS shadow_items_by_candidate ON shadow_items (candidate_
 -- deletes a candidate's rows through the index on faiss_id.
 CREATE TABLE IF NOT EXISTS decision_score_sets (
     seq {serial},
-    request_id {text} NOT NULL UNIQUE
+    request_id {text} NOT NULL UNIQUE,
+    faiss_ids {blob},
+    scores {blob}
 );
-CREATE TABLE IF NOT EXISTS decision_scores (
-    seq {int} NOT NULL,
-    faiss_id {int} NOT NULL,
-    score {real} NOT NULL,
-    PRIMARY KEY (seq, faiss_id)
-){without_rowid};
-CREATE INDEX IF NOT EXISTS decision_scores_by_faiss_id ON decision_scores (faiss_id);
--- An erasure receipt proves a request was carried out without keeping the erased id itself:
+{scored_table}-- An erasure receipt proves a request was carried out without keeping the erased id itself:
 -- candidate_id_hmac is an HMAC-SHA256 of the id under a key kept outside the database.
 CREATE TABLE IF NOT EXISTS erasures (
     receipt_id {serial},
@@ -177,8 +200,46 @@ _POSTGRES_TYPES = {
     "without_rowid": "",
 }
 
-SCHEMA = _TABLES.format(**_SQLITE_TYPES)
+SCHEMA = _TABLES.format(**_SQLITE_TYPES, scored_table=_SCORED_TABLE.format(**_SQLITE_TYPES))
 """The SQLite store's tables (`ranker.store.SqliteStore`)."""
 
-POSTGRES_SCHEMA = _TABLES.format(**_POSTGRES_TYPES)
+POSTGRES_SCHEMA = _TABLES.format(
+    **_POSTGRES_TYPES, scored_table=_SCORED_TABLE.format(**_POSTGRES_TYPES)
+)
 """The same tables for PostgreSQL (`ranker.store_pg.PostgresStore`), column for column."""
+
+
+def migrate(tx: Sql, found: str, postgres: bool) -> None:
+    """Bring a store of schema `found` (in `MIGRATABLE`) to `SCHEMA_VERSION` inside the caller's
+    transaction, before the schema's own statements run.
+
+    5 -> 6: each decision's score rows become two blobs in `decision_score_sets`, the rows'
+    (block, faiss id, seq) go to `decision_scored`, and `decision_scores` is dropped.
+    """
+    types = _POSTGRES_TYPES if postgres else _SQLITE_TYPES
+    tx.execute(f"ALTER TABLE decision_score_sets ADD COLUMN faiss_ids {types['blob']}")
+    tx.execute(f"ALTER TABLE decision_score_sets ADD COLUMN scores {types['blob']}")
+    tx.execute(_SCORED_TABLE.format(**types).split("\n", 1)[1])
+    tx.execute(
+        "INSERT INTO decision_scored (block, faiss_id, seq) "
+        f"SELECT seq >> {SCORE_BLOCK_SHIFT}, faiss_id, seq FROM decision_scores"
+    )
+    last = tx.execute("SELECT MAX(seq) FROM decision_score_sets").fetchone()[0] or 0
+    for start in range(0, int(last) + 1, 1024):  # a bounded slice of the log at a time
+        rows = tx.execute(
+            "SELECT seq, faiss_id, score FROM decision_scores WHERE seq >= ? AND seq < ? "
+            "ORDER BY seq, faiss_id",
+            (start, start + 1024),
+        ).fetchall()
+        by_seq: dict[int, list[tuple[int, float]]] = {}
+        for seq, fid, score in rows:
+            by_seq.setdefault(int(seq), []).append((int(fid), float(score)))
+        for seq, pairs in by_seq.items():
+            fids = np.array([f for f, _ in pairs], dtype="<i8")
+            scores = np.array([v for _, v in pairs], dtype="<f4")
+            tx.execute(
+                "UPDATE decision_score_sets SET faiss_ids = ?, scores = ? WHERE seq = ?",
+                (fids.tobytes(), scores.tobytes(), seq),
+            )
+    tx.execute("DROP TABLE decision_scores")
+    tx.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ranker.errors import InvalidInput, StorageFull, StorageUnavailable
 from ranker.permissions import private_dir, private_file, tighten_if_present
-from ranker.schema import SCHEMA, SCHEMA_VERSION
+from ranker.schema import MIGRATABLE, SCHEMA, SCHEMA_VERSION, migrate
 from ranker.store_erasure import receipt_key
 from ranker.store_sql import BeforeCommit, SqlStore
 from ranker.wal import checkpoint_wal
@@ -85,15 +85,21 @@ class SqliteStore(SqlStore):
                 self._receipt_key = receipt_key(tx, key_file)
 
     def _refuse_other_schema(self) -> None:
-        """Refuse a store written with another schema, before creating any table in it.
+        """Bring a store of a migratable older schema up to date (`ranker.schema.MIGRATABLE`);
+        refuse one of any other schema, before creating any table in it.
 
-        Not migrated: the store is rebuilt from the ATS's files by `ranker ingest`, and the
-        message says so.
+        Refused stores are rebuilt from the ATS's files by `ranker ingest`, and the message
+        says so.
         """
         has_meta = self._conn.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
         ).fetchone()
         found = self._meta_in(self._conn, "schema_version") if has_meta else None
+        if found in MIGRATABLE:
+            with self._tx() as tx:
+                migrate(tx, found, postgres=False)
+            log.info("migrated %s from store schema %s to %d", self.path, found, SCHEMA_VERSION)
+            return
         if found is not None and found != str(SCHEMA_VERSION):
             self._conn.close()
             raise InvalidInput(

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ranker import tombstones
+from ranker.decision_scores import erase_scores
 from ranker.errors import InvalidInput
 from ranker.rows import ErasureReceipt
 from ranker.sql import Sql, as_iso
@@ -80,7 +81,16 @@ ERASED_TABLES = (
     "shadow_items",
     "protected_attributes",
 )
-"""The tables an erasure deletes a candidate's rows from (the receipt counts rows per table)."""
+"""What an erasure deletes a candidate's rows from (the receipt counts rows per table). One
+entry is not a table: `decision_scores` counts the candidate's scores removed from the logged
+score sets (`ranker.decision_scores`: the blobs of `decision_score_sets`, rows of
+`decision_scored`)."""
+
+_TABLES_OF = {"decision_scores": ("decision_score_sets", "decision_scored")}
+"""The tables behind a receipt entry that is not a table (their residue is cleared too)."""
+
+ERASED_RELATIONS = tuple(t for k in ERASED_TABLES for t in _TABLES_OF.get(k, (k,)))
+"""Every table an erasure writes to (those whose files must lose the erased bytes)."""
 
 
 class StoreErasure:
@@ -159,11 +169,7 @@ class StoreErasure:
                         "DELETE FROM decision_items WHERE candidate_id = ?", (cid,)
                     ).rowcount,
                     # Keyed by faiss id: gone with the candidate's row, so looked up first.
-                    "decision_scores": 0
-                    if fid is None
-                    else tx.execute(
-                        "DELETE FROM decision_scores WHERE faiss_id = ?", (fid[0],)
-                    ).rowcount,
+                    "decision_scores": 0 if fid is None else erase_scores(tx, int(fid[0])),
                     "shadow_items": tx.execute(
                         "DELETE FROM shadow_items WHERE candidate_id = ?", (cid,)
                     ).rowcount,
@@ -199,7 +205,8 @@ class StoreErasure:
             # The deleted rows' bytes outlive the commit in the engine's files (SQLite: the
             # write-ahead log; PostgreSQL: dead tuples in heap, TOAST and index pages); clear
             # them now, and keep retrying from upkeep while something blocks it.
-            self._residue_left(marker, {t for t, n in totals.items() if n})
+            touched = {t for k, n in totals.items() if n for t in _TABLES_OF.get(k, (k,))}
+            self._residue_left(marker, touched)
             self.clear_residue(self.checkpoint_seconds)
         return ErasureReceipt(
             at=at,

@@ -21,7 +21,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from ranker.decision_reader import DecisionReader
 from ranker.errors import InvalidInput, StorageFull, StorageUnavailable
 from ranker.permissions import private_dir
-from ranker.schema import POSTGRES_SCHEMA, SCHEMA_VERSION
+from ranker.schema import MIGRATABLE, POSTGRES_SCHEMA, SCHEMA_VERSION, migrate
 from ranker.sql import Cursor, Sql
 from ranker.store_erasure import receipt_key
 from ranker.store_sql import BeforeCommit, SqlStore, last_seq_query
@@ -233,10 +233,14 @@ class PostgresStore(SqlStore):
             raise
 
     def _refuse_other_schema(self, tx: PgSql) -> None:
-        """Refuse a database written with another store schema (not migrated, as with SQLite)."""
+        """Migrate a database of a migratable older schema, refuse one of any other (as SQLite)."""
         if not tx.execute("SELECT to_regclass('meta') IS NOT NULL").fetchone()[0]:
             return
         found = self._meta_in(tx, "schema_version")
+        if found in MIGRATABLE:
+            migrate(tx, found, postgres=True)
+            log.info("migrated %s from store schema %s to %d", self.where, found, SCHEMA_VERSION)
+            return
         if found is not None and found != str(SCHEMA_VERSION):
             raise InvalidInput(
                 f"the database at {self.where} was written with store schema {found}; this "
@@ -369,7 +373,7 @@ class PostgresStore(SqlStore):
             # Not the default wait: a blocked attempt gives up within the budget and is retried.
             conn.execute(f"SET lock_timeout = {max(int(budget * 1000), 50)}")
             try:
-                for table in tables:  # our own table names (`ERASED_TABLES`), not input
+                for table in tables:  # our own table names (`ERASED_RELATIONS`), not input
                     verb = "VACUUM (FULL)" if self.vacuum == "full" else "VACUUM"
                     conn.execute(f"{verb} {table}")
             except pg_errors.LockNotAvailable:

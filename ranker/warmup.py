@@ -26,14 +26,15 @@ def catalog_from_store(store: Store, settings: Settings) -> tuple[CandidateCatal
     store (every candidate prepared again) and saved. True when rebuilt."""
     directory = settings.resolved_index_dir / CATALOG_DIR
     generation = store.generation()
-    catalog = CandidateCatalog.load(directory, generation)
+    mapped = settings.catalog_read == "mmap"
+    catalog = CandidateCatalog.load(directory, generation, mapped)
     if catalog is not None and len(catalog) == store.count_candidates():
         return catalog, False
     if catalog is not None:
         catalog.close()
     # Derived data only: the store is the truth, so a stale folder is simply started over.
     shutil.rmtree(directory, ignore_errors=True)
-    catalog = CandidateCatalog(directory=directory)
+    catalog = CandidateCatalog(directory=directory, mapped=mapped)
     batch: list[tuple[int, PreparedCandidate]] = []
     for fid, row in store.iter_candidates_with_ids():
         batch.append((fid, prepare_candidate(row.candidate, row.doc_vector, row.chunk_vectors)))

@@ -50,9 +50,11 @@ def _prepared(row: CandidateRow) -> PreparedCandidate:
     return prepare_candidate(row.candidate, row.doc_vector, row.chunk_vectors)
 
 
-def _filled(rng: np.random.Generator, directory: Path | None) -> tuple[CandidateCatalog, dict]:
+def _filled(
+    rng: np.random.Generator, directory: Path | None, mapped: bool = False
+) -> tuple[CandidateCatalog, dict]:
     """A catalog through adds, erasures (slots reused) and replacements; {fid: prepared}."""
-    catalog = CandidateCatalog(capacity=4, directory=directory)
+    catalog = CandidateCatalog(capacity=4, directory=directory, mapped=mapped)
     held: dict[int, PreparedCandidate] = {}
     fid_of: dict[str, int] = {}
     next_fid = 10
@@ -86,9 +88,15 @@ def _assert_packed_equal(a: object, b: object) -> None:
     assert a.ids == b.ids  # type: ignore[attr-defined]
 
 
-def test_features_from_the_columns_equal_those_from_prepared_objects() -> None:
+@pytest.mark.parametrize("mapped", [False, True], ids=["pread", "mmap"])
+def test_features_from_the_columns_equal_those_from_prepared_objects(mapped: bool) -> None:
     rng = np.random.default_rng(1)
-    catalog, held = _filled(rng, None)
+    catalog, held = _filled(rng, None, mapped)
+    catalog.lookup(np.array(sorted(held)[:5]))  # mapped now: later writes must still be seen
+    for i in range(100, 110):
+        pc = _prepared(_row(rng, f"c{i}"))
+        catalog.put_many([(1000 + i, pc)])
+        held[1000 + i] = pc
     fids = np.array(sorted(held), dtype=np.int64)
     rng.shuffle(fids)
     asked = np.concatenate([fids[:50], [99_999, 3]])  # two ids the catalog never held
@@ -121,6 +129,12 @@ def test_features_from_the_columns_equal_those_from_prepared_objects() -> None:
             np.testing.assert_array_equal(getattr(back, name), getattr(orig, name))
     got = catalog.get(objects[3].id)
     assert got is not None and got.candidate == objects[3].candidate
+    # The document vectors alone (what an index rebuild reads), an unknown fid skipped.
+    some = np.concatenate([fids[:7], [99_999]])
+    vec_fids, vectors = catalog.doc_vectors(some)
+    assert vec_fids.tolist() == fids[:7].tolist()
+    for f, v in zip(vec_fids.tolist(), vectors, strict=True):
+        np.testing.assert_array_equal(v, held[f].doc_vector)
     # The live lexicon followed every add, replacement and erasure.
     assert catalog.lexicon.counts()[0].size == len(lexicon)
     assert (catalog.lexicon.n_docs, catalog.lexicon.avgdl) == (lexicon.n_docs, lexicon.avgdl)
@@ -234,3 +248,25 @@ def test_append_file_reads_back_ranges_and_zeroes_them(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="rebuilt from the store"):
         AppendFile(tmp_path / "c.bin", length=5000)
     assert range_index(np.array([5, 0]), np.array([2, 3])).tolist() == [5, 6, 0, 1, 2]
+
+
+@pytest.mark.parametrize("mapped", [False, True], ids=["pread", "mmap"])
+def test_block_file_reads_runs_split_in_two_and_sees_later_writes(
+    tmp_path: Path, mapped: bool
+) -> None:
+    from ranker.columns import BlockFile
+
+    f = BlockFile(tmp_path / "b.bin", block=4, mapped=mapped)
+    assert f.append(bytes(range(12))) == 0  # blocks 0..2
+    head, tail = f.take(np.array([0, 1]), np.array([1, 1]), np.array([2, 0]))
+    assert head.tobytes() == bytes(range(4)) + bytes(range(4, 8))
+    assert tail.tobytes() == bytes(range(4, 12))
+    f.append(b"\xff" * 8)  # blocks 3..4, written after the file was first read
+    f.zero(4, 4)
+    head, tail = f.take(np.array([1, 3]), np.array([1, 0]), np.array([0, 2]))
+    assert head.tobytes() == bytes(4) and tail.tobytes() == b"\xff" * 8
+    head, tail = f.take(np.array([4, 0]), np.array([1, 1]))  # no tail asked for
+    assert head.tobytes() == b"\xff" * 4 + bytes(range(4)) and tail.shape == (0, 4)
+    with pytest.raises(ValueError, match="whole blocks"):
+        f.append(b"abc")
+    f.close()

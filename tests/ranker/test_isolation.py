@@ -174,3 +174,55 @@ def test_encoding_threads_run_nicer_than_the_threads_that_answer_reads() -> None
         reading = pool.submit(nice_of_this_thread).result()
     assert encoding == min(19, base + 5)
     assert reading == base == nice_of_this_thread()  # only the pool's own thread changed
+
+
+def test_the_decision_log_writer_runs_nicer_and_writes_what_arrived_while_it_lingered(
+    tmp_path: Path,
+) -> None:
+    import os
+    from datetime import UTC, datetime
+
+    from ranker.decisions import DecisionLog
+    from ranker.rows import Decision
+    from ranker.store import SqliteStore
+
+    store = SqliteStore(tmp_path / "r.db", dim=4)
+    batches: list[int] = []
+    real = store.log_decisions
+
+    def counted(decisions: list[Decision]) -> None:
+        batches.append(len(decisions))
+        real(decisions)
+
+    store.log_decisions = counted  # type: ignore[method-assign]  # the real write, counted
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    log = DecisionLog(store, None, maxsize=100, linger=0.5, nice=5)
+    try:
+        assert log._thread.native_id is not None
+        assert os.getpriority(os.PRIO_PROCESS, log._thread.native_id) == min(19, base + 5)
+        for i in range(3):  # all queued within the writer's linger: one write
+            log.settle(
+                log.submit(
+                    Decision(
+                        f"r{i}",
+                        datetime.now(UTC),
+                        "v1",
+                        "p1",
+                        "h",
+                        1,
+                        ("a",),
+                        ("c1",),
+                        np.ones(1),
+                        np.ones((1, 1), np.float32),
+                        {},
+                    )
+                )
+            )
+        log.flush()
+        assert batches == [3] and store.count_decisions() == 3
+        synced = DecisionLog(store, None, maxsize=1, sync=True, linger=0.5)
+        assert synced.linger == 0.0  # a synced ranking waits for its write: no linger then
+        synced.close()
+    finally:
+        log.close()
+        store.close()

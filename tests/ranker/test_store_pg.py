@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from ranker.errors import InvalidInput, StorageUnavailable
-from ranker.store_erasure import ERASED_TABLES
+from ranker.store_erasure import ERASED_RELATIONS
 from ranker.store_pg import CHANGES_CHANNEL, PostgresStore, safe_url
 from ranker.v1 import ranker_pb2 as pb
 from tests.fixtures.postgres import PostgresServer
@@ -45,7 +45,7 @@ def open_pg(postgres_url: str, tmp_path: Path) -> Iterator[OpenStore]:
 def _files_holding(server: PostgresServer, url: str, text: str) -> list[str]:
     return [
         f.name
-        for f in server.relation_files(url, list(ERASED_TABLES))
+        for f in server.relation_files(url, list(ERASED_RELATIONS))
         if text.encode() in f.read_bytes()
     ]
 
