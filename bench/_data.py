@@ -355,7 +355,7 @@ def build_candidate_set(base: BaseSet, n: int, root: Path | None = None) -> Benc
                 log.info("synthetic set: %d of %d candidates stored", made, n)
         store.upsert_postings(base.postings)
         generation = store.generation()
-        catalog.save(generation)
+        catalog.save(generation, store.last_change_seq())
         build_index(fids, vectors, generation, store.dim, storage=storage, ivf=ivf).save(
             folder / "index"
         )

@@ -142,6 +142,13 @@ class ServerProcess:
                 )
             time.sleep(0.2)
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash: nothing the server meant to do on shutdown is done."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.stop()
+
     def stop(self) -> None:
         """SIGTERM (graceful shutdown), then SIGKILL if it does not exit in time."""
         if self.channel is not None:

@@ -8,15 +8,24 @@ import gc
 import logging
 import os
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench._baseline import LeanStack, StraightforwardStack, sentence_transformer
-from bench._data import BaseSet, BenchData, base_set, bench_root, build_candidate_set, file_bytes
+from bench._data import (
+    BaseSet,
+    BenchData,
+    base_set,
+    bench_root,
+    build_candidate_set,
+    file_bytes,
+    fresh_candidates,
+)
 from bench._machine import measured_peak
 from bench._report import Summary, mib, ms, rate_ratio, ratio, table
 from bench._server import ServerProcess
@@ -34,9 +43,11 @@ from bench.serving import (
 )
 from ranker.api import RankFilters
 from ranker.catalog import CandidateCatalog
+from ranker.catalog_state import STATE_FILE
 from ranker.config import Settings
 from ranker.index import FaissIndex, IvfOptions
 from ranker.prepared import Scalar
+from ranker.transport.convert import candidate_to_pb
 from ranker.v1 import ranker_pb2 as pb
 from ranker.warmup import CATALOG_DIR
 
@@ -76,6 +87,9 @@ class ScaleConfig:
     concurrency: tuple[int, ...] = (1, 4, 16)
     recall_postings: int = 40
     filtered_requests: int = 100
+    crash_writes: int = 200
+    """New candidates written (half of them then erased) before the crash of the restart
+    measurement, on the largest set; 0 skips it."""
 
 
 @dataclass
@@ -128,6 +142,18 @@ class SizeRun:
     rpc_floor_ms: float = float("nan")
     reads: dict[str, tuple[Summary, Memory]] = field(default_factory=dict)
     """Service-only rankings per `RANKER_CATALOG_READ` mode: latency, RSS after them."""
+    crash: Crash | None = None
+
+
+@dataclass
+class Crash:
+    """A restart after SIGKILL right after writes the debounced save had not yet saved."""
+
+    added: int
+    erased: int
+    startup_s: float
+    caught_up: bool
+    """The log says the saved memory caught up from the change feed (not rebuilt)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,7 +302,7 @@ def _shapes(catalog: CandidateCatalog, n: int) -> dict[str, float]:
     }
 
 
-def measure(base: BaseSet, n: int, cfg: ScaleConfig, root: Path) -> SizeRun:
+def measure(base: BaseSet, n: int, cfg: ScaleConfig, root: Path, crash: bool = False) -> SizeRun:
     data = build_candidate_set(base, n, root)
     lean = n > cfg.lean_above
     run = SizeRun(n=n, data=data, lean=lean)
@@ -313,9 +339,49 @@ def measure(base: BaseSet, n: int, cfg: ScaleConfig, root: Path) -> SizeRun:
     mapped = data.settings(base, catalog_read="mmap")
     with ServerProcess(mapped, root / "logs" / f"serve-scale-mmap-c{n}.log") as server:
         run.reads["mmap"] = (_service_only(server, reqs, cfg, n), Memory.of(server.pid))
+    if crash and cfg.crash_writes:
+        run.crash = _crash_restart(base, data, root, cfg.crash_writes)
     del stack
     gc.collect()
     return run
+
+
+def _crash_restart(base: BaseSet, data: BenchData, root: Path, writes: int) -> Crash:
+    """Write `writes` new candidates and erase half of them, SIGKILL the server at once (before
+    its debounced save), and time the restart to SERVING; then erase the rest, so the set holds
+    what it held before (the ids are this run's own: an erased id is refused for good)."""
+    tag = uuid.uuid4().hex[:8]
+    fresh = [replace(c, id=f"crash-{tag}-{c.id}") for c in fresh_candidates(writes)]
+    ids = [c.id for c in fresh]
+    settings = data.settings(base)
+    logs = root / "logs"
+    state = data.index_dir / CATALOG_DIR / STATE_FILE
+    saved_at = state.stat().st_mtime_ns
+    with ServerProcess(settings, logs / "serve-scale-crash.log") as server:
+        stub = server.stub()
+        for start in range(0, len(fresh), 50):
+            part = [candidate_to_pb(c) for c in fresh[start : start + 50]]
+            stub.UpsertCandidates(pb.UpsertCandidatesRequest(candidates=part), timeout=600)
+            if not start:  # one debounced save after the first writes, as a service makes
+                _wait_for(lambda: state.stat().st_mtime_ns != saved_at, 60.0)
+        stub.DeleteCandidates(pb.DeleteCandidatesRequest(ids=ids[: writes // 2]), timeout=600)
+        server.kill()
+    restart_log = logs / "serve-scale-restart.log"
+    with ServerProcess(settings, restart_log) as server:
+        startup = server.startup_seconds
+        caught_up = "catching up from there" in server.log_tail(100_000)
+        server.stub().DeleteCandidates(
+            pb.DeleteCandidatesRequest(ids=ids[writes // 2 :]), timeout=600
+        )
+    return Crash(writes, writes // 2, startup, caught_up)
+
+
+def _wait_for(done: Callable[[], bool], seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while not done():
+        if time.monotonic() > end:
+            raise TimeoutError(f"not done within {seconds:.0f} s")
+        time.sleep(0.1)
 
 
 def _service_only(
@@ -478,6 +544,18 @@ def report(runs: list[SizeRun], fixed: Memory, fixed_startup: float, base: BaseS
         ),
         "",
     ]
+    for r in runs:
+        if r.crash is not None:
+            c = r.crash
+            how = "caught up from the change feed" if c.caught_up else "**rebuilt from the store**"
+            out += [
+                f"Restart after a crash at {r.n:,} candidates: {c.added} new candidates written "
+                f"and {c.erased} of them erased through gRPC after the service's last save, the "
+                "server killed (SIGKILL) at once, before its next (debounced) save; started again, it was "
+                f"SERVING after {c.startup_s:.0f} s ({how}; {r.startup_s:.0f} s from a current "
+                "save).",
+                "",
+            ]
     lat_rows = []
     for r in runs:
         assert r.service is not None and r.baseline is not None
@@ -655,5 +733,5 @@ def run(cfg: ScaleConfig = ScaleConfig()) -> str:  # noqa: B008
     root = bench_root()
     fixed, fixed_startup = _empty_server(base, root)
     sizes = cfg.sizes or tuple(sorted({SMALL, n}))
-    runs = [measure(base, size, cfg, root) for size in sizes]
+    runs = [measure(base, size, cfg, root, crash=size == max(sizes)) for size in sizes]
     return report(runs, fixed, fixed_startup, base)

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ranker.catalog_state import CatalogState, load_state, save_state
+from ranker.catalog_state import STATE_FILE, CatalogState, load_state, save_state
 from ranker.columns import AppendFile, BlockFile, range_index
-from ranker.domain import Candidate, from_plain, to_plain
+from ranker.domain import to_plain
 from ranker.lexicon import LiveLexicon
 from ranker.prepared import N_SCALARS, PackedCandidates, PreparedCandidate, Scalar
+from ranker.retrieved import LazyRecords, RetrievedCandidates
 from ranker.text import term_hash
 
 if TYPE_CHECKING:
@@ -49,51 +50,6 @@ def _blob_layout(scalars: np.ndarray, row_bytes: int) -> tuple[np.ndarray, ...]:
 
 def _slots(values: Sequence[int]) -> np.ndarray:
     return np.asarray(values, dtype=np.int32)
-
-
-class RetrievedCandidates(Sequence[PreparedCandidate]):
-    """The candidates a search found, packed for the features; one is made an object
-    (`PreparedCandidate`, its record read back) only when asked for, e.g. to explain it."""
-
-    def __init__(self, packed: PackedCandidates, records: Sequence[bytes | None]) -> None:
-        self.packed = packed
-        self.ids = packed.ids
-        self._records = records
-        s = packed.scalars
-        self._vec = np.concatenate([[0], np.cumsum(s[:, Scalar.CHUNKS] + 1)]).astype(np.intp)
-        self._terms = np.concatenate([[0], np.cumsum(s[:, Scalar.TERMS])]).astype(np.intp)
-        n_tags = s[:, Scalar.SKILLS] + s[:, Scalar.TITLE] + 1
-        self._tags = np.concatenate([[0], np.cumsum(n_tags)]).astype(np.intp)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __iter__(self) -> Iterator[PreparedCandidate]:
-        return (self._one(i) for i in range(len(self)))
-
-    def __getitem__(self, i: int) -> PreparedCandidate:  # type: ignore[override]
-        if not -len(self) <= i < len(self):
-            raise IndexError(i)
-        return self._one(i % len(self))
-
-    def _one(self, i: int) -> PreparedCandidate:
-        p = self.packed
-        t0, t1 = self._terms[i], self._terms[i + 1]
-        return PreparedCandidate(
-            candidate=_record(self._records[i], self.ids[i]),
-            vectors=p.vectors[self._vec[i] : self._vec[i + 1]],
-            term_hashes=p.term_hashes[t0:t1],
-            tags=p.tags[self._tags[i] : self._tags[i + 1]],
-            numbers=np.concatenate([p.scalars[i], p.term_counts[t0:t1].astype(np.float64)]),
-        )
-
-
-def _record(raw: bytes | None, candidate_id: str) -> Candidate:
-    if raw is None or not raw.strip(b"\0"):
-        # Erased while the request ran: its bytes are zeros now. The pipeline drops the row
-        # before anything is served or logged; this placeholder only lets the request finish.
-        return Candidate(id=candidate_id, cv_text="(erased)")
-    return from_plain(Candidate, json.loads(raw))
 
 
 class CandidateCatalog:
@@ -139,6 +95,8 @@ class CandidateCatalog:
         self._dim = 0
         self.lexicon = LiveLexicon()
         """Document frequencies and lengths of the candidates held now (BM25 at serving)."""
+        self.saved: tuple[str, int | None] | None = None
+        """(store generation, change-feed seq) of the state last saved or loaded."""
 
     def __len__(self) -> int:
         return len(self._slot_by_id)
@@ -505,11 +463,12 @@ class CandidateCatalog:
         )
         # Records are read lazily (only explained rows need them): keep their places.
         assert self._records is not None
-        return RetrievedCandidates(packed, _LazyRecords(self._records, self._hot, slots))
+        return RetrievedCandidates(packed, LazyRecords(self._records, self._hot, slots))
 
     # -- persistence ----------------------------------------------------------------------
-    def save(self, generation: str) -> None:
-        """Write the in-memory state beside the column files, tagged with the store generation."""
+    def save(self, generation: str, change_seq: int | None = None) -> None:
+        """Write the in-memory state beside the column files, tagged with the store generation
+        and the change-feed entry it reflects (`CatalogState.change_seq`)."""
         if self.directory is None:
             raise ValueError("this catalog has no directory; construct it with one to save it")
         for f in (self._blobs, self._records):
@@ -529,14 +488,24 @@ class CandidateCatalog:
                 df=self.lexicon.counts(),
                 lexicon_totals=(self.lexicon.n_docs, self.lexicon.total_length),
                 skills=self._skill_arrays(),
+                change_seq=change_seq,
             ),
         )
+        self.saved = (generation, change_seq)
+
+    def discard_saved(self) -> None:
+        """Delete the saved state: memory changed in a way the change feed does not record (a
+        failed erasure put back), so a restart must rebuild rather than catch up from it."""
+        if self.directory is not None:
+            (self.directory / STATE_FILE).unlink(missing_ok=True)
+        self.saved = None
 
     @classmethod
     def load(
-        cls, directory: Path, generation: str, mapped: bool = False
+        cls, directory: Path, generation: str | None, mapped: bool = False
     ) -> CandidateCatalog | None:
-        """The catalog saved in `directory` when it reflects `generation`; None otherwise."""
+        """The catalog saved in `directory` when it reflects `generation` (any saved one when
+        None: `saved` says which); None otherwise."""
         state = load_state(directory, generation)
         if state is None:
             return None
@@ -563,6 +532,7 @@ class CandidateCatalog:
             for s in alive.tolist():
                 cat._hot["loc"][s] = cat._loc_acquire(int(cat._hot["loc_hash"][s]))
         cat.lexicon.restore(state.df, *state.lexicon_totals)
+        cat.saved = (state.generation, state.change_seq)
         return cat
 
     def _skill_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -572,18 +542,3 @@ class CandidateCatalog:
         sizes = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
         held = np.concatenate(parts) if parts else np.zeros(0, np.int32)
         return keys, sizes, held.astype(np.int32)
-
-
-class _LazyRecords(Sequence[bytes | None]):
-    """The records of some slots, read from the column file when one is asked for."""
-
-    def __init__(self, records: AppendFile, hot: dict[str, np.ndarray], slots: np.ndarray) -> None:
-        self._file = records
-        self._start = hot["rec_start"][slots].copy()
-        self._len = hot["rec_len"][slots].copy()
-
-    def __len__(self) -> int:
-        return len(self._start)
-
-    def __getitem__(self, i: int) -> bytes | None:  # type: ignore[override]
-        return self._file.read(int(self._start[i]), int(self._len[i]))

@@ -39,6 +39,9 @@ class CatalogState:
     """Documents and total length in words."""
     skills: tuple[np.ndarray, np.ndarray, np.ndarray]
     """The skill index: skill hashes, holders per skill, the holders' slots."""
+    change_seq: int | None = None
+    """The store's change-feed entry the catalog reflects (every entry up to it is in it):
+    a stale catalog catches up from there instead of being rebuilt. None: unknown."""
 
 
 def save_state(directory: Path, state: CatalogState) -> None:
@@ -50,6 +53,7 @@ def save_state(directory: Path, state: CatalogState) -> None:
         "lengths": state.lengths,
         "free": state.free,
         "lexicon_totals": list(state.lexicon_totals),
+        "change_seq": state.change_seq,
     }
     arrays: dict[str, np.ndarray] = {f"hot_{k}": v for k, v in state.hot.items()}
     arrays |= {
@@ -68,21 +72,25 @@ def save_state(directory: Path, state: CatalogState) -> None:
         f.write(buf.getbuffer())
 
 
-def load_state(directory: Path, generation: str) -> CatalogState | None:
-    """The state saved in `directory` when it reflects `generation`; None when missing, stale
-    or unreadable (the caller rebuilds the catalog from the store)."""
+def load_state(directory: Path, generation: str | None) -> CatalogState | None:
+    """The state saved in `directory` when it reflects `generation` (any generation when None:
+    the caller checks it); None when missing, stale or unreadable (the caller rebuilds the
+    catalog from the store)."""
     path = directory / STATE_FILE
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as z:
             header = json.loads(bytes(z["header"]))
-            if header.get("format") != _FORMAT or header.get("generation") != generation:
-                log.info("saved catalog is out of date (store changed since); rebuilding it")
+            if header.get("format") != _FORMAT or (
+                generation is not None and header.get("generation") != generation
+            ):
+                log.info("saved catalog is out of date (store changed since)")
                 return None
             hot = {k[4:]: z[k] for k in z.files if k.startswith("hot_")}
+            seq = header.get("change_seq")
             return CatalogState(
-                generation=generation,
+                generation=str(header["generation"]),
                 dim=int(header["dim"]),
                 lengths={k: int(v) for k, v in header["lengths"].items()},
                 hot=hot,
@@ -95,6 +103,7 @@ def load_state(directory: Path, generation: str) -> CatalogState | None:
                     int(header["lexicon_totals"][0]),
                     float(header["lexicon_totals"][1]),
                 ),
+                change_seq=None if seq is None else int(seq),
             )
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
         log.warning("saved catalog in %s is unreadable (%s); rebuilding it from the store", path, e)

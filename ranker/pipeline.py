@@ -10,7 +10,6 @@ same order.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -72,8 +71,6 @@ if TYPE_CHECKING:
     from ranker.api import ComparisonResult
     from ranker.registry import ModelRegistry
 
-log = logging.getLogger(__name__)
-
 
 class RankingPipeline:
     """Everything the service does, transport-free; thread-safe."""
@@ -100,13 +97,16 @@ class RankingPipeline:
         self._decisions = DecisionLog.from_settings(store, metrics, settings)
         self._exports_lock = threading.Lock()  # two erasures must not rewrite one file at once
         self._shadow = ShadowScorer.from_settings(store, settings)
-        fair_on = settings.fair_rerank != "off"  # the protected table is read only then
-        self._fair = FairReranker.from_store(store, settings) if fair_on else None
+        fair = settings.fair_rerank != "off"  # the protected table is read only then
+        self._fair = FairReranker.from_store(store, settings) if fair else None
         # A shared store: follow every service's writes from the feed entry read before loading.
         start_seq = store.last_change_seq() if settings.uses_postgres else 0
-        self._catalog, self.index = load_memory(store, settings, self._postings, encoder.dim)
-        self._retrain()
+        memory = load_memory(store, settings, self._postings, encoder.dim)
+        self._catalog, self.index, behind = memory
         self._follower: ChangeFollower | None = None
+        if behind is not None:  # saved at feed entry `behind`: apply the rest before serving
+            start_seq = ChangeFollower(store, self, settings, behind, None).catch_up()
+        self._retrain()
         if settings.uses_postgres:
             waiter = open_change_waiter(settings)
             self._follower = ChangeFollower(store, self, settings, start_seq, waiter, metrics)
@@ -491,6 +491,7 @@ class RankingPipeline:
         )
 
     def _restore(self, ids: list[str]) -> None:
+        self._catalog.discard_saved()  # their old bytes are zeroed, and no feed entry says so
         fids = self.store.faiss_ids(ids)
         self.apply_stored_candidates(
             [(fids[r.candidate.id], r) for r in self.store.get_candidates(ids)]
@@ -572,7 +573,7 @@ class RankingPipeline:
             self._index_dirty_at = None
             try:
                 self.index.save(self.settings.resolved_index_dir)
-                self._catalog.save(self.index.generation)
+                self._catalog.save(self.index.generation, self._memory_seq())
             except Exception:
                 self._index_dirty_at = dirty_at
                 if self.metrics is not None:
@@ -581,6 +582,11 @@ class RankingPipeline:
         if self.metrics is not None:
             self.metrics.index_saves.labels(result="saved").inc()
         return True
+
+    def _memory_seq(self) -> int:
+        """The feed entry memory reflects, under the write mutex (a replica: what it applied)."""
+        f = self._follower
+        return f.applied_seq if f is not None else self.store.last_change_seq()
 
     def _update_gauges(self) -> None:
         if self.metrics is not None:

@@ -50,7 +50,7 @@ class Retrieved:
     """The candidates a search returned, in search order, with what the search saw."""
 
     cands: Sequence[PreparedCandidate]
-    """Made objects one at a time, on demand (`ranker.catalog.RetrievedCandidates`): read
+    """Made objects one at a time, on demand (`ranker.retrieved.RetrievedCandidates`): read
     `ids` for the ids."""
     fids: np.ndarray
     sims: np.ndarray

@@ -10,7 +10,7 @@ import numpy as np
 
 from ranker.catalog import CandidateCatalog
 from ranker.config import Settings
-from ranker.index import FaissIndex, IvfOptions, index_from_store
+from ranker.index import FaissIndex, IvfOptions, index_from_store, load_index_if_current
 from ranker.posting_cache import PostingCache
 from ranker.prepared import PreparedCandidate, prepare_candidate, prepare_posting
 from ranker.store_api import Store
@@ -24,17 +24,28 @@ CATALOG_DIR = "catalog"
 def catalog_from_store(store: Store, settings: Settings) -> tuple[CandidateCatalog, bool]:
     """The store's catalog: the saved one when it reflects the store, else rebuilt from the
     store (every candidate prepared again) and saved. True when rebuilt."""
-    directory = settings.resolved_index_dir / CATALOG_DIR
     generation = store.generation()
-    mapped = settings.catalog_read == "mmap"
-    catalog = CandidateCatalog.load(directory, generation, mapped)
-    if catalog is not None and len(catalog) == store.count_candidates():
-        return catalog, False
+    catalog = _current_catalog(store, settings, generation)
     if catalog is not None:
+        return catalog, False
+    return _rebuilt_catalog(store, settings, generation), True
+
+
+def _current_catalog(store: Store, settings: Settings, generation: str) -> CandidateCatalog | None:
+    """The saved catalog when it reflects `generation` of the store."""
+    directory = settings.resolved_index_dir / CATALOG_DIR
+    catalog = CandidateCatalog.load(directory, generation, settings.catalog_read == "mmap")
+    if catalog is not None and len(catalog) != store.count_candidates():
         catalog.close()
+        return None
+    return catalog
+
+
+def _rebuilt_catalog(store: Store, settings: Settings, generation: str) -> CandidateCatalog:
+    directory = settings.resolved_index_dir / CATALOG_DIR
     # Derived data only: the store is the truth, so a stale folder is simply started over.
     shutil.rmtree(directory, ignore_errors=True)
-    catalog = CandidateCatalog(directory=directory, mapped=mapped)
+    catalog = CandidateCatalog(directory=directory, mapped=settings.catalog_read == "mmap")
     batch: list[tuple[int, PreparedCandidate]] = []
     for fid, row in store.iter_candidates_with_ids():
         batch.append((fid, prepare_candidate(row.candidate, row.doc_vector, row.chunk_vectors)))
@@ -43,18 +54,77 @@ def catalog_from_store(store: Store, settings: Settings) -> tuple[CandidateCatal
             batch = []
     catalog.put_many(batch)
     catalog.save(generation)
-    return catalog, True
+    return catalog
+
+
+def _behind_but_catchable(
+    store: Store, settings: Settings, current: str
+) -> tuple[CandidateCatalog, FaissIndex, int] | None:
+    """The saved catalog and index when both are of one older generation than `current` whose
+    change-feed entry is known and every entry after it is still in the feed: (catalog, index,
+    that seq), for the caller to apply the entries after it. None when they cannot catch up."""
+    directory = settings.resolved_index_dir / CATALOG_DIR
+    catalog = CandidateCatalog.load(directory, None, settings.catalog_read == "mmap")
+    if catalog is None or catalog.saved is None:
+        return None
+    generation, seq = catalog.saved
+    if generation == current:  # not behind, yet not the store either: rebuild
+        catalog.close()
+        return None
+    index = load_index_if_current(
+        settings.resolved_index_dir,
+        generation,
+        settings.index_storage,
+        IvfOptions.from_settings(settings),
+    )
+    if seq is None or index is None or store.changes_pruned_through() > seq:
+        catalog.close()
+        return None
+    return catalog, index, seq
 
 
 def load_memory(
     store: Store, settings: Settings, postings: PostingCache, dim: int
-) -> tuple[CandidateCatalog, FaissIndex]:
-    """The catalog and index of the store (loaded when saved and current, else rebuilt), and
-    the posting cache filled."""
+) -> tuple[CandidateCatalog, FaissIndex, int | None]:
+    """The catalog and index of the store, and the posting cache filled.
+
+    Loaded when saved and current. When saved at an older point of the store (a crash before
+    the debounced save, or writes by `ranker ingest` since), they are loaded as saved and the
+    change-feed seq they reflect is returned with them: the caller applies the entries after it
+    (`ranker.follower`), which at 10^6 candidates takes seconds where a rebuild takes minutes.
+    Otherwise (no saved state, an unknown seq, or entries pruned from the feed) both are rebuilt
+    from the store; the seq is then None.
+    """
     started = time.perf_counter()
-    catalog, rebuilt = catalog_from_store(store, settings)
-    if rebuilt:
+    generation = store.generation()
+    behind: int | None = None
+    catalog = _current_catalog(store, settings, generation)
+    if catalog is not None:
+        index = _index_of(store, settings, catalog, dim)
+    elif (found := _behind_but_catchable(store, settings, generation)) is not None:
+        catalog, index, behind = found
+        log.info(
+            "the saved catalog and index are at change %d of the store; catching up from there",
+            behind,
+        )
+    else:
+        catalog = _rebuilt_catalog(store, settings, generation)
         log.info("rebuilt the catalog from the store: %d candidates", len(catalog))
+        index = _index_of(store, settings, catalog, dim)
+    postings.put_many(
+        [prepare_posting(prow.posting, prow.vector) for prow in store.list_postings()]
+    )
+    log.info(
+        "loaded %d candidates and %d postings in %.1fs",
+        len(catalog),
+        len(postings),
+        time.perf_counter() - started,
+    )
+    return catalog, index, behind
+
+
+def _index_of(store: Store, settings: Settings, catalog: CandidateCatalog, dim: int) -> FaissIndex:
+    """The saved index when current, else built from the catalog's document vectors."""
 
     def doc_vectors() -> tuple[np.ndarray, np.ndarray]:
         _, fids = catalog.ids_and_fids()
@@ -70,13 +140,4 @@ def load_memory(
     )
     if rebuilt:
         log.info("rebuilt the index from the store: %d candidates", len(index))
-    postings.put_many(
-        [prepare_posting(prow.posting, prow.vector) for prow in store.list_postings()]
-    )
-    log.info(
-        "loaded %d candidates and %d postings in %.1fs",
-        len(catalog),
-        len(postings),
-        time.perf_counter() - started,
-    )
-    return catalog, index
+    return index

@@ -176,9 +176,10 @@ def test_scale_section_measures_memory_recall_and_the_lean_baseline(
         concurrency=(1, 2),
         recall_postings=3,
         filtered_requests=2,
+        crash_writes=4,
     )
     fixed, _ = _empty_server(base, bench_dir)
-    r = measure(base, N, cfg, bench_dir)
+    r = measure(base, N, cfg, bench_dir, crash=True)
     assert r.lean and r.service is not None and r.baseline is not None
     assert len(r.service.client_ms) == 4 and r.startup_s > 0
     assert isinstance(r.served, Memory) and r.served.rss >= r.served.anon > 0
@@ -186,5 +187,9 @@ def test_scale_section_measures_memory_recall_and_the_lean_baseline(
     assert [f.share for f in r.filtered] == [1.0, 0.1, 0.01]
     assert all(f.recall >= 0.99 for f in r.filtered)
     assert all(a > 0 and b > 0 for a, b in r.throughput.values())
+    # Both ways of reading the catalog measured; the crash's restart caught up from the feed.
+    assert set(r.reads) == {"pread", "mmap"} and all(s.n == 4 for s, _ in r.reads.values())
+    assert r.crash is not None and r.crash.caught_up and r.crash.erased == 2
     text = report([r], fixed, 1.0, base)
     assert "### Targets" in text and "recall@500" in text
+    assert "Restart after a crash" in text and "caught up from the change feed" in text
