@@ -9,8 +9,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ranker.catalog_state import STATE_FILE, CatalogState, load_state, save_state
-from ranker.columns import AppendFile, BlockFile, range_index
+from ranker.catalog_state import (
+    DEFAULT_FILES,
+    STATE_FILE,
+    CatalogState,
+    load_state,
+    save_state,
+)
+from ranker.columns import AppendFile, BlockFile, copy_live, range_index, remove_unnamed
 from ranker.domain import to_plain
 from ranker.lexicon import LiveLexicon
 from ranker.prepared import N_SCALARS, PackedCandidates, PreparedCandidate, Scalar
@@ -97,6 +103,7 @@ class CandidateCatalog:
         """Document frequencies and lengths of the candidates held now (BM25 at serving)."""
         self.saved: tuple[str, int | None] | None = None
         """(store generation, change-feed seq) of the state last saved or loaded."""
+        self._files = dict(DEFAULT_FILES)
 
     def __len__(self) -> int:
         return len(self._slot_by_id)
@@ -126,17 +133,17 @@ class CandidateCatalog:
 
     # -- columns --------------------------------------------------------------------------
     def _open_files(self, dim: int, lengths: dict[str, int] | None = None) -> None:
-        d = self.directory
+        d, names = self.directory, self._files
         lengths = lengths or {}
         self._dim = dim
         self._blobs = BlockFile(
-            None if d is None else d / "blobs.bin",
+            None if d is None else d / names["blobs"],
             dim * 4,
             lengths.get("blobs", 0),
             self.mapped,
         )
         self._records = AppendFile(
-            None if d is None else d / "records.bin", lengths.get("records", 0)
+            None if d is None else d / names["records"], lengths.get("records", 0)
         )
 
     @property
@@ -465,6 +472,51 @@ class CandidateCatalog:
         assert self._records is not None
         return RetrievedCandidates(packed, LazyRecords(self._records, self._hot, slots))
 
+    # -- disk space -----------------------------------------------------------------------
+    def dead_share(self) -> float:
+        """The share of the column files' bytes no held candidate uses any more: replaced or
+        erased candidates' (zeroed) bytes, which the append-only files keep until `compact`."""
+        total = len(self._blobs or ()) + len(self._records or ())
+        if not total:
+            return 0.0
+        alive = np.flatnonzero(self._hot["alive"][: self._n])
+        blocks = _blob_layout(self._scalars[alive], self._row_bytes)[-1]
+        live = int(blocks.sum()) * self._row_bytes + int(self._hot["rec_len"][alive].sum())
+        return 1.0 - live / total
+
+    def compact(self) -> int:
+        """Rewrite the column files with only the held candidates' bytes; the bytes freed.
+
+        The new files get new names; the state is saved naming them (with the generation and
+        feed entry of the state last saved or loaded), and only then are the old files removed:
+        a crash leaves either the old state and files or the new ones (`load` removes files
+        the state does not name). Not thread-safe: for a catalog nothing else uses yet.
+        """
+        if self.directory is None or self._blobs is None or self._records is None:
+            return 0
+        if self.saved is None:
+            raise ValueError("compact a saved or loaded catalog: its state is saved again")
+        before = len(self._blobs) + len(self._records)
+        h, block = self._hot, self._row_bytes
+        alive = np.flatnonzero(h["alive"][: self._n])
+        blocks = _blob_layout(self._scalars[alive], block)[-1]
+        copied = copy_live(
+            self._blobs,
+            self._records,
+            self.directory,
+            (h["blob_start"][alive] // block, blocks),
+            (h["rec_start"][alive], h["rec_len"][alive]),
+        )
+        old = [self.directory / self._files[k] for k in ("blobs", "records")]
+        self._blobs.close()
+        self._records.close()
+        self._blobs, self._records, self._files = copied.blobs, copied.records, copied.names
+        h["blob_start"][alive], h["rec_start"][alive] = copied.blob_starts, copied.rec_starts
+        self.save(*self.saved)
+        for path in old:
+            path.unlink(missing_ok=True)
+        return before - (len(copied.blobs) + len(copied.records))
+
     # -- persistence ----------------------------------------------------------------------
     def save(self, generation: str, change_seq: int | None = None) -> None:
         """Write the in-memory state beside the column files, tagged with the store generation
@@ -489,6 +541,7 @@ class CandidateCatalog:
                 lexicon_totals=(self.lexicon.n_docs, self.lexicon.total_length),
                 skills=self._skill_arrays(),
                 change_seq=change_seq,
+                files=self._files,
             ),
         )
         self.saved = (generation, change_seq)
@@ -517,6 +570,8 @@ class CandidateCatalog:
         cat._scalars[:n] = state.scalars
         cat._ids = [i or None for i in state.ids]
         cat._free = list(state.free)
+        cat._files = dict(state.files)
+        remove_unnamed(directory, set(state.files.values()))
         alive = np.flatnonzero(cat._hot["alive"][:n])
         cat._slot_by_id = {state.ids[s]: s for s in alive.tolist()}
         if state.dim:

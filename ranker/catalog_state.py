@@ -6,7 +6,7 @@ import io
 import json
 import logging
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "state.npz"
 _FORMAT = 2
+DEFAULT_FILES = {"blobs": "blobs.bin", "records": "records.bin"}
+"""The column files' names until a compaction writes new ones (`CatalogState.files`)."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,8 @@ class CatalogState:
     change_seq: int | None = None
     """The store's change-feed entry the catalog reflects (every entry up to it is in it):
     a stale catalog catches up from there instead of being rebuilt. None: unknown."""
+    files: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_FILES))
+    """The column files' names in the folder, by column (`blobs`, `records`)."""
 
 
 def save_state(directory: Path, state: CatalogState) -> None:
@@ -54,6 +58,7 @@ def save_state(directory: Path, state: CatalogState) -> None:
         "free": state.free,
         "lexicon_totals": list(state.lexicon_totals),
         "change_seq": state.change_seq,
+        "files": state.files,
     }
     arrays: dict[str, np.ndarray] = {f"hot_{k}": v for k, v in state.hot.items()}
     arrays |= {
@@ -104,6 +109,7 @@ def load_state(directory: Path, generation: str | None) -> CatalogState | None:
                     float(header["lexicon_totals"][1]),
                 ),
                 change_seq=None if seq is None else int(seq),
+                files={**DEFAULT_FILES, **header.get("files", {})},
             )
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
         log.warning("saved catalog in %s is unreadable (%s); rebuilding it from the store", path, e)

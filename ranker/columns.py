@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import mmap
 import os
+import secrets
 import tempfile
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -169,3 +171,61 @@ def range_index(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     shift = np.repeat(np.asarray(starts, dtype=np.intp) - offsets, lengths)
     shift += np.arange(total, dtype=np.intp)
     return shift
+
+
+@dataclass
+class Copied:
+    """Column files written by `copy_live`: the files, their names, where each run now starts
+    (blobs in bytes, records in bytes)."""
+
+    blobs: BlockFile
+    records: AppendFile
+    names: dict[str, str]
+    blob_starts: np.ndarray
+    rec_starts: np.ndarray
+
+
+def copy_live(
+    blobs: BlockFile,
+    records: AppendFile,
+    directory: Path,
+    blob_runs: tuple[np.ndarray, np.ndarray],
+    record_runs: tuple[np.ndarray, np.ndarray],
+) -> Copied:
+    """Copy runs of `blobs` (first block, blocks) and of `records` (start, length), in order,
+    back to back into new files of `directory` under new names, made durable."""
+    tag = secrets.token_hex(4)
+    names = {"blobs": f"blobs.{tag}.bin", "records": f"records.{tag}.bin"}
+    out = Copied(
+        BlockFile(directory / names["blobs"], blobs.block, 0, blobs.mapped),
+        AppendFile(directory / names["records"]),
+        names,
+        np.zeros(len(blob_runs[0]), np.int64),
+        np.zeros(len(record_runs[0]), np.int64),
+    )
+    for at in range(0, len(blob_runs[0]), 4096):  # ~40 MB of blobs at a time
+        part = slice(at, at + 4096)
+        first, count = blob_runs[0][part], blob_runs[1][part]
+        data, _ = blobs.take(first, count)
+        out.blob_starts[part] = out.blobs.append(data) + _run_starts(count) * blobs.block
+        starts, lengths = record_runs[0][part], record_runs[1][part]
+        raw = b"".join(records.read(int(s), int(n)) for s, n in zip(starts, lengths, strict=True))
+        out.rec_starts[part] = out.records.append(raw) + _run_starts(lengths)
+    out.blobs.flush()
+    out.records.flush()
+    return out
+
+
+def _run_starts(lengths: np.ndarray) -> np.ndarray:
+    """Where consecutive runs of `lengths` start, from 0."""
+    out = np.zeros(len(lengths), dtype=np.int64)
+    out[1:] = np.cumsum(np.asarray(lengths, dtype=np.int64)[:-1])
+    return out
+
+
+def remove_unnamed(directory: Path, named: set[str]) -> None:
+    """Column files in `directory` that `named` does not list: left by a compaction that a
+    crash interrupted before its state was saved."""
+    for path in directory.glob("*.bin"):
+        if path.name not in named and path.name.startswith(("blobs", "records")):
+            path.unlink(missing_ok=True)

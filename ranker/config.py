@@ -84,6 +84,12 @@ class Settings(EncoderSettings):
     per ranking, but every page read stays mapped (resident memory grows toward the files'
     size, ~13 GiB at 10^6 candidates; clean pages the kernel reclaims under pressure)."""
 
+    catalog_compact_share: float = Field(default=0.5, gt=0, le=1)
+    """At start, the catalog's column files are rewritten without the bytes of replaced and
+    erased candidates (zeroed, but kept by the append-only files) once those are this share of
+    the files or more; it takes about one read and write of the live bytes. 1: only when all
+    of it is dead."""
+
     index_retrain_growth: float = Field(default=0.5, gt=0)
     """Retrain the IVF's coarse quantiser (in the background, swapped in atomically) once the
     pool has grown by this share since it was trained, so its lists stay balanced."""

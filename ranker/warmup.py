@@ -111,6 +111,7 @@ def load_memory(
         catalog = _rebuilt_catalog(store, settings, generation)
         log.info("rebuilt the catalog from the store: %d candidates", len(catalog))
         index = _index_of(store, settings, catalog, dim)
+    _compact_if_due(catalog, settings)
     postings.put_many(
         [prepare_posting(prow.posting, prow.vector) for prow in store.list_postings()]
     )
@@ -141,3 +142,18 @@ def _index_of(store: Store, settings: Settings, catalog: CandidateCatalog, dim: 
     if rebuilt:
         log.info("rebuilt the index from the store: %d candidates", len(index))
     return index
+
+
+def _compact_if_due(catalog: CandidateCatalog, settings: Settings) -> None:
+    """Reclaim the column files' dead bytes once they reach `catalog_compact_share`."""
+    dead = catalog.dead_share()
+    if dead > 0 and dead >= settings.catalog_compact_share:
+        started = time.perf_counter()
+        freed = catalog.compact()
+        log.info(
+            "compacted the catalog's column files: %.0f%% of them was dead, %d MiB freed "
+            "in %.1fs",
+            100 * dead,
+            freed >> 20,
+            time.perf_counter() - started,
+        )

@@ -270,3 +270,35 @@ def test_block_file_reads_runs_split_in_two_and_sees_later_writes(
     with pytest.raises(ValueError, match="whole blocks"):
         f.append(b"abc")
     f.close()
+
+
+def test_compaction_keeps_every_held_candidate_and_frees_the_dead_bytes(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    catalog, held = _filled(rng, tmp_path)  # replaced and erased candidates: dead bytes
+    catalog.save("g1", 7)
+    fids = np.array(sorted(held), dtype=np.int64)
+    before, _ = catalog.lookup(fids)
+    records = [before[i].candidate for i in range(0, len(fids), 7)]
+    dead = catalog.dead_share()
+    assert dead > 0.2
+    sizes = sum(p.stat().st_size for p in tmp_path.glob("*.bin"))
+    freed = catalog.compact()
+    assert freed > 0 and catalog.dead_share() == pytest.approx(0.0, abs=1e-12)
+    assert sum(p.stat().st_size for p in tmp_path.glob("*.bin")) == sizes - freed
+    assert {"blobs.bin", "records.bin"}.isdisjoint(p.name for p in tmp_path.glob("*.bin"))
+    after, _ = catalog.lookup(fids)
+    _assert_packed_equal(after.packed, before.packed)
+    assert [after[i].candidate for i in range(0, len(fids), 7)] == records
+    pc = _prepared(_row(rng, "late"))  # writes go on into the new files
+    catalog.put_many([(5000, pc)])
+    got = catalog.get("late")
+    assert got is not None and got.candidate == pc.candidate
+    catalog.save("g2", 9)
+    catalog.close()
+    (tmp_path / "blobs.left-by-a-crash.bin").write_bytes(b"x")  # a compaction cut short
+    again = CandidateCatalog.load(tmp_path, "g2")
+    assert again is not None and again.saved == ("g2", 9)
+    back, _ = again.lookup(fids)
+    _assert_packed_equal(back.packed, before.packed)
+    assert not (tmp_path / "blobs.left-by-a-crash.bin").exists()
+    again.close()

@@ -108,3 +108,36 @@ def test_with_the_entries_it_missed_pruned_from_the_feed_memory_is_rebuilt(
         _assert_memory_is_the_store(p, top, edited, erased, posting)
     finally:
         p.close()
+
+
+def test_a_start_compacts_column_files_mostly_dead(
+    encoder: TextEncoder,
+    registry_path: Path,
+    tmp_path: Path,
+    serving_demo: DemoData,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = serving_settings(tmp_path / "data", registry_path, catalog_compact_share=0.1)
+    cands = serving_demo.candidates
+    p = RankingPipeline.open(settings, encoder=encoder)
+    try:
+        p.upsert_candidates(cands[:30])
+        p.upsert_postings(serving_demo.postings[:1])
+        p.upsert_candidates([replace(c, cv_text=c.cv_text + " Edited.") for c in cands[:8]])
+        p.delete_candidates([c.id for c in cands[8:12]])  # 12 of 42 blobs written are dead
+        top = p.rank(RankQuery(posting_id=serving_demo.postings[0].id, top_k=10))
+        assert p._catalog.dead_share() > 0.1
+    finally:
+        p.close()  # saved, dead bytes and all
+    caplog.set_level(logging.INFO)
+    p = RankingPipeline.open(settings, encoder=encoder)
+    try:
+        assert "compacted the catalog's column files" in caplog.text
+        assert p._catalog.dead_share() == pytest.approx(0.0, abs=1e-12)
+        assert len(p._catalog) == len(p.index) == 26
+        got = p._catalog.get(cands[0].id)
+        assert got is not None and got.candidate.cv_text.endswith(" Edited.")
+        again = p.rank(RankQuery(posting_id=serving_demo.postings[0].id, top_k=10))
+        assert [r.candidate_id for r in again.results] == [r.candidate_id for r in top.results]
+    finally:
+        p.close()
