@@ -6,7 +6,7 @@ import json
 import logging
 import struct
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -419,9 +419,13 @@ def build_index(
 
 
 def load_index_if_current(
-    index_dir: Path, generation: str, storage: Storage = "fp16", ivf: IvfOptions = EXACT
+    index_dir: Path,
+    generation: str | Collection[str],
+    storage: Storage = "fp16",
+    ivf: IvfOptions = EXACT,
 ) -> FaissIndex | None:
-    """The saved index when it reflects `generation` of the store; None when missing or stale."""
+    """The saved index when it reflects `generation` of the store (one of them, when several
+    are given); None when missing or stale."""
     if not (index_dir / INDEX_FILE).exists():
         return None
     try:
@@ -431,7 +435,7 @@ def load_index_if_current(
             "saved index in %s is unreadable (%s); rebuilding it from the store", index_dir, e
         )
         return None
-    if index.generation != generation:
+    if index.generation not in ({generation} if isinstance(generation, str) else generation):
         log.info("saved index is out of date (store changed since); rebuilding it from the store")
         return None
     if index.storage != storage:

@@ -71,9 +71,11 @@ def _behind_but_catchable(
     if generation == current:  # not behind, yet not the store either: rebuild
         catalog.close()
         return None
+    # The index saved with it, or one `ranker ingest` rebuilt since: it is current then, and
+    # the feed's entries change nothing in it (an upsert replaces, an erasure removes).
     index = load_index_if_current(
         settings.resolved_index_dir,
-        generation,
+        {generation, current},
         settings.index_storage,
         IvfOptions.from_settings(settings),
     )
@@ -151,8 +153,7 @@ def _compact_if_due(catalog: CandidateCatalog, settings: Settings) -> None:
         started = time.perf_counter()
         freed = catalog.compact()
         log.info(
-            "compacted the catalog's column files: %.0f%% of them was dead, %d MiB freed "
-            "in %.1fs",
+            "compacted the catalog's column files: %.0f%% of them was dead, %d MiB freed in %.1fs",
             100 * dead,
             freed >> 20,
             time.perf_counter() - started,

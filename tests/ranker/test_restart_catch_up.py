@@ -16,10 +16,11 @@ from ranker.api import RankQuery
 from ranker.catalog import CandidateCatalog
 from ranker.config import Settings
 from ranker.encoding import TextEncoder
+from ranker.ingest import ingest_files
 from ranker.pipeline import RankingPipeline
 from ranker.warmup import CATALOG_DIR
 from tests.fixtures.server import serving_settings
-from training.demo import DemoData
+from training.demo import DemoData, write_demo
 
 
 def _writes_the_save_missed(
@@ -139,5 +140,34 @@ def test_a_start_compacts_column_files_mostly_dead(
         assert got is not None and got.candidate.cv_text.endswith(" Edited.")
         again = p.rank(RankQuery(posting_id=serving_demo.postings[0].id, top_k=10))
         assert [r.candidate_id for r in again.results] == [r.candidate_id for r in top.results]
+    finally:
+        p.close()
+
+
+def test_candidates_ranker_ingest_wrote_since_the_save_are_caught_up_too(
+    encoder: TextEncoder,
+    registry_path: Path,
+    tmp_path: Path,
+    serving_demo: DemoData,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = serving_settings(tmp_path / "data", registry_path)
+    cands = serving_demo.candidates
+    p = RankingPipeline.open(settings, encoder=encoder)
+    try:
+        p.upsert_candidates(cands[:30])
+    finally:
+        p.close()  # saved and current
+    more = DemoData(candidates=cands[30:35], postings=[], outcomes=[], protected={})
+    write_demo(more, tmp_path / "more")
+    # The offline path writes the store and rebuilds the index, not the catalog.
+    ingest_files(settings, encoder, candidates=tmp_path / "more" / "candidates.jsonl")
+    caplog.set_level(logging.INFO)
+    p = RankingPipeline.open(settings, encoder=encoder)
+    try:
+        assert "catching up from there" in caplog.text
+        assert "rebuilt the catalog" not in caplog.text
+        assert len(p._catalog) == len(p.index) == p.store.count_candidates() == 35
+        assert all(c.id in p._catalog for c in cands[30:35])
     finally:
         p.close()
