@@ -233,7 +233,7 @@ class DecisionLog:
 
     # -- the writer thread ----------------------------------------------------------------
     def _run(self) -> None:
-        # Measured at 10^6 candidates on 2 cores (BENCHMARKS.md): writing a decision costs ~1.3 ms
+        # Measured at 10^6 candidates on 2 cores: writing a decision costs ~1.3 ms
         # of CPU; started at once, it raced the ranking's own answer for the cores.
         lower_thread_priority(self.nice)
         while True:
