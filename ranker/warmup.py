@@ -68,7 +68,9 @@ def _behind_but_catchable(
     if catalog is None or catalog.saved is None:
         return None
     generation, seq = catalog.saved
-    if generation == current:  # not behind, yet not the store either: rebuild
+    # Not behind, yet not the store either; or not known how far behind; or it missed entries
+    # pruned from the feed (an erasure among them, maybe): rebuild.
+    if generation == current or seq is None or store.changes_pruned_through() > seq:
         catalog.close()
         return None
     # The index saved with it, or one `ranker ingest` rebuilt since: it is current then, and
@@ -79,7 +81,7 @@ def _behind_but_catchable(
         settings.index_storage,
         IvfOptions.from_settings(settings),
     )
-    if seq is None or index is None or store.changes_pruned_through() > seq:
+    if index is None:
         catalog.close()
         return None
     return catalog, index, seq
