@@ -7,7 +7,6 @@ import os
 import secrets
 import tempfile
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from ranker.permissions import private_dir
 
 
 class AppendFile:
-    """Bytes appended to a file (`os.pwrite`) and read back by range (`os.preadv`).
+    """Bytes appended to a file (`os.pwrite`) and read back by range (`os.pread`).
 
     Read with system calls, not through a memory map: the pages read stay in the kernel's page
     cache (shared, reclaimable) instead of being mapped into the service, so its resident memory
@@ -56,17 +55,6 @@ class AppendFile:
 
     def read(self, start: int, length: int) -> bytes:
         return os.pread(self._fd, length, start)
-
-    def read_into(self, starts: Sequence[int], lengths: Sequence[int], out: np.ndarray) -> None:
-        """Read the ranges `[starts[i], starts[i] + lengths[i])` into `out`, one after another."""
-        view = out.data.cast("B")
-        pos = 0
-        fd = self._fd
-        for start, length in zip(starts, lengths, strict=True):
-            got = os.preadv(fd, [view[pos : pos + length]], start)
-            if got != length:
-                raise OSError(f"short read of the catalog's file: {got} of {length} bytes")
-            pos += length
 
     def zero(self, start: int, length: int) -> None:
         """Overwrite bytes with zeros (erasure: the bytes leave the file, not just the index)."""
@@ -165,10 +153,8 @@ def range_index(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Every position in the ranges `[starts[i], starts[i] + lengths[i])`, in order."""
     lengths = np.asarray(lengths, dtype=np.intp)
     total = int(lengths.sum())
-    offsets = np.zeros(len(lengths), dtype=np.intp)
-    offsets[1:] = np.cumsum(lengths[:-1])
     # A range's start, minus where it begins in the output, plus the output position.
-    shift = np.repeat(np.asarray(starts, dtype=np.intp) - offsets, lengths)
+    shift = np.repeat(np.asarray(starts, dtype=np.intp) - run_starts(lengths), lengths)
     shift += np.arange(total, dtype=np.intp)
     return shift
 
@@ -207,17 +193,17 @@ def copy_live(
         part = slice(at, at + 4096)
         first, count = blob_runs[0][part], blob_runs[1][part]
         data, _ = blobs.take(first, count)
-        out.blob_starts[part] = out.blobs.append(data) + _run_starts(count) * blobs.block
+        out.blob_starts[part] = out.blobs.append(data) + run_starts(count) * blobs.block
         starts, lengths = record_runs[0][part], record_runs[1][part]
         raw = b"".join(records.read(int(s), int(n)) for s, n in zip(starts, lengths, strict=True))
-        out.rec_starts[part] = out.records.append(raw) + _run_starts(lengths)
+        out.rec_starts[part] = out.records.append(raw) + run_starts(lengths)
     out.blobs.flush()
     out.records.flush()
     return out
 
 
-def _run_starts(lengths: np.ndarray) -> np.ndarray:
-    """Where consecutive runs of `lengths` start, from 0."""
+def run_starts(lengths: np.ndarray) -> np.ndarray:
+    """Where consecutive runs of `lengths` start when laid back to back, from 0."""
     out = np.zeros(len(lengths), dtype=np.int64)
     out[1:] = np.cumsum(np.asarray(lengths, dtype=np.int64)[:-1])
     return out

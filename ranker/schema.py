@@ -219,7 +219,7 @@ def migrate(tx: Sql, found: str, postgres: bool) -> None:
     types = _POSTGRES_TYPES if postgres else _SQLITE_TYPES
     tx.execute(f"ALTER TABLE decision_score_sets ADD COLUMN faiss_ids {types['blob']}")
     tx.execute(f"ALTER TABLE decision_score_sets ADD COLUMN scores {types['blob']}")
-    tx.execute(_SCORED_TABLE.format(**types).split("\n", 1)[1])
+    tx.execute(_SCORED_TABLE.format(**types))
     tx.execute(
         "INSERT INTO decision_scored (block, faiss_id, seq) "
         f"SELECT seq >> {SCORE_BLOCK_SHIFT}, faiss_id, seq FROM decision_scores"
