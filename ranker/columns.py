@@ -189,16 +189,25 @@ def copy_live(
         np.zeros(len(blob_runs[0]), np.int64),
         np.zeros(len(record_runs[0]), np.int64),
     )
-    for at in range(0, len(blob_runs[0]), 4096):  # ~40 MB of blobs at a time
-        part = slice(at, at + 4096)
-        first, count = blob_runs[0][part], blob_runs[1][part]
-        data, _ = blobs.take(first, count)
-        out.blob_starts[part] = out.blobs.append(data) + run_starts(count) * blobs.block
-        starts, lengths = record_runs[0][part], record_runs[1][part]
-        raw = b"".join(records.read(int(s), int(n)) for s, n in zip(starts, lengths, strict=True))
-        out.rec_starts[part] = out.records.append(raw) + run_starts(lengths)
-    out.blobs.flush()
-    out.records.flush()
+    try:
+        for at in range(0, len(blob_runs[0]), 4096):  # ~40 MB of blobs at a time
+            part = slice(at, at + 4096)
+            first, count = blob_runs[0][part], blob_runs[1][part]
+            data, _ = blobs.take(first, count)
+            out.blob_starts[part] = out.blobs.append(data) + run_starts(count) * blobs.block
+            starts, lengths = record_runs[0][part], record_runs[1][part]
+            raw = b"".join(
+                records.read(int(s), int(n)) for s, n in zip(starts, lengths, strict=True)
+            )
+            out.rec_starts[part] = out.records.append(raw) + run_starts(lengths)
+        out.blobs.flush()
+        out.records.flush()
+    except BaseException:
+        # A full disk, say: the files being copied from are untouched; the copies go.
+        for f, name in ((out.blobs, names["blobs"]), (out.records, names["records"])):
+            f.close()
+            (directory / name).unlink(missing_ok=True)
+        raise
     return out
 
 

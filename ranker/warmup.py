@@ -153,7 +153,11 @@ def _compact_if_due(catalog: CandidateCatalog, settings: Settings) -> None:
     dead = catalog.dead_share()
     if dead > 0 and dead >= settings.catalog_compact_share:
         started = time.perf_counter()
-        freed = catalog.compact()
+        try:
+            freed = catalog.compact()
+        except OSError as e:  # a full disk, say: the old files are intact and still in use
+            log.warning("could not compact the catalog's column files (%s); serving on them", e)
+            return
         log.info(
             "compacted the catalog's column files: %.0f%% of them was dead, %d MiB freed in %.1fs",
             100 * dead,

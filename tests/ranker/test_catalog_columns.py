@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -299,4 +300,22 @@ def test_compaction_keeps_every_held_candidate_and_frees_the_dead_bytes(tmp_path
     back, _ = again.lookup(fids)
     _assert_packed_equal(back.packed, before.packed)
     assert not (tmp_path / "blobs.left-by-a-crash.bin").exists()
+    again.close()
+
+
+def test_a_compaction_that_fails_leaves_the_old_files_and_no_copy(tmp_path: Path) -> None:
+    rng = np.random.default_rng(6)
+    catalog, held = _filled(rng, tmp_path)
+    catalog.save("g1", 7)
+    before = {p.name for p in tmp_path.glob("*.bin")}
+    assert before == {"blobs.bin", "records.bin"}
+    blobs = (tmp_path / "blobs.bin").read_bytes()
+    os.truncate(tmp_path / "blobs.bin", 4096)  # a damaged file: the copy reads short
+    with pytest.raises(OSError, match="short read"):
+        catalog.compact()
+    assert {p.name for p in tmp_path.glob("*.bin")} == before  # the copies are gone
+    catalog.close()
+    (tmp_path / "blobs.bin").write_bytes(blobs)  # mended, as before the attempt
+    again = CandidateCatalog.load(tmp_path, "g1")  # the saved state still names the old files
+    assert again is not None and again.saved == ("g1", 7) and len(again) == len(held)
     again.close()
