@@ -141,7 +141,8 @@ class SizeRun:
     shapes: dict[str, float] = field(default_factory=dict)
     rpc_floor_ms: float = float("nan")
     reads: dict[str, tuple[Summary, Memory]] = field(default_factory=dict)
-    """Service-only rankings per `RANKER_CATALOG_READ` mode: latency, RSS after them."""
+    """Service-only rankings per `RANKER_CATALOG_READ` mode: latency, RSS after them. The
+    first is the mode the default (`auto`) chose on the main server."""
     crash: Crash | None = None
 
 
@@ -332,18 +333,27 @@ def measure(base: BaseSet, n: int, cfg: ScaleConfig, root: Path, crash: bool = F
         run.served = Memory.of(server.pid)
         run.shapes = _shapes(catalog, n)
         run.rpc_floor_ms = _rpc_floor(server)
-        run.reads["pread"] = (_service_only(server, reqs, cfg, n), Memory.of(server.pid))
+        chosen = _default_read(data)
+        run.reads[chosen] = (_service_only(server, reqs, cfg, n), Memory.of(server.pid))
     catalog.close()
-    # One service per data folder: the memory-mapped reads run on a server started after.
-    log.info("scale bench: %d candidates, the same rankings with memory-mapped catalog reads", n)
-    mapped = data.settings(base, catalog_read="mmap")
-    with ServerProcess(mapped, root / "logs" / f"serve-scale-mmap-c{n}.log") as server:
-        run.reads["mmap"] = (_service_only(server, reqs, cfg, n), Memory.of(server.pid))
+    # One service per data folder: the other read mode runs on a server started after.
+    other = "pread" if chosen == "mmap" else "mmap"
+    log.info("scale bench: %d candidates, the same rankings with %s catalog reads", n, other)
+    with ServerProcess(
+        data.settings(base, catalog_read=other), root / "logs" / f"serve-scale-{other}-c{n}.log"
+    ) as server:
+        run.reads[other] = (_service_only(server, reqs, cfg, n), Memory.of(server.pid))
     if crash and cfg.crash_writes:
         run.crash = _crash_restart(base, data, root, cfg.crash_writes)
     del stack
     gc.collect()
     return run
+
+
+def _default_read(data: BenchData) -> str:
+    """The read mode the default settings (`auto`) chose for this set's blobs file."""
+    blobs = sum(file_bytes(p) for p in (data.index_dir / CATALOG_DIR).glob("blobs*.bin"))
+    return "mmap" if 0 < blobs <= Settings().catalog_map_bytes else "pread"
 
 
 def _crash_restart(base: BaseSet, data: BenchData, root: Path, writes: int) -> Crash:
@@ -586,22 +596,23 @@ def report(runs: list[SizeRun], fixed: Memory, fixed_startup: float, base: BaseS
     read_rows = [
         [
             f"{r.n:,}",
-            mode,
+            f"{mode} (the default, `auto`)" if k == 0 else mode,
             ms(lat.p50),
             ms(lat.p99),
             mib(mem.rss),
             f"{mib(mem.anon)} / {mib(mem.file)}",
         ]
         for r in runs
-        for mode, (lat, mem) in r.reads.items()
+        for k, (mode, (lat, mem)) in enumerate(r.reads.items())
     ]
     if read_rows:
         out += [
             "The two ways of reading the retrieved candidates from the catalog's column files "
             "(`RANKER_CATALOG_READ`), each ranking alone with nothing else running in the "
-            f"bench, {runs[-1].reads['pread'][0].n if runs[-1].reads else 0} rankings each, "
-            "pread on the server above, mmap on one started after it on the same folder "
-            "(ms; RSS after the rankings):",
+            f"bench, {next(iter(runs[-1].reads.values()))[0].n if runs[-1].reads else 0} "
+            "rankings each: the default on the server above (`auto`: mmap while the blobs file "
+            f"is at most {Settings().catalog_mmap_max_mib:,} MiB, else pread), the other mode on "
+            "one started after it on the same folder (ms; RSS after the rankings):",
             "",
             table(["candidates", "reads", "p50", "p99", "RSS", "anon / file"], read_rows),
             "",
@@ -717,11 +728,12 @@ def _targets(runs: list[SizeRun], fixed: Memory) -> str:
 
 def _p99_check(r: SizeRun, interleaved: Summary, target: float) -> tuple[str, str, bool]:
     """The p99 target, judged on the rankings interleaved with the baseline (the latency table)
-    and shown beside the same service's p99 alone (pread, nothing else running in the bench)."""
-    alone = r.reads.get("pread", (None, None))[0]
+    and shown beside the same service's p99 alone (its default reads, nothing else running in
+    the bench)."""
     shown = f"{ms(interleaved.p99)} ms interleaved with the baseline"
-    if alone is not None:
-        shown += f"; {ms(alone.p99)} ms alone"
+    if r.reads:
+        mode, (alone, _) = next(iter(r.reads.items()))
+        shown += f"; {ms(alone.p99)} ms alone ({mode})"
     return (f"p99 ≤ {target:g} ms at {r.n:,}", shown, interleaved.p99 <= target)
 
 

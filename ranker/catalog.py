@@ -62,7 +62,7 @@ class CandidateCatalog:
     """Every searchable candidate by slot: filter and scalar columns in memory (a few dozen
     bytes per candidate); vectors, term counts and tags in one append-only file, records in
     another (`ranker.columns`), read only for the candidates a search returns (with pread, or
-    through a memory map when `mapped`).
+    through a memory map while the blobs file is within `map_up_to` bytes).
 
     Filters are numpy operations over whole columns; the result is the array of allowed FAISS
     ids handed to the search. Skills are an inverted index (skill hash -> int32 slots), so
@@ -78,10 +78,10 @@ class CandidateCatalog:
         self,
         capacity: int = 1024,
         directory: Path | None = None,
-        mapped: bool = False,
+        map_up_to: int = 0,
     ) -> None:
         self.directory = directory
-        self.mapped = mapped
+        self.map_up_to = map_up_to
         self._cap = max(1, capacity)
         self._n = 0  # slots ever used (high-water mark); columns are valid up to here
         self._hot: dict[str, np.ndarray] = {
@@ -140,7 +140,7 @@ class CandidateCatalog:
             None if d is None else d / names["blobs"],
             dim * 4,
             lengths.get("blobs", 0),
-            self.mapped,
+            self.map_up_to,
         )
         self._records = AppendFile(
             None if d is None else d / names["records"], lengths.get("records", 0)
@@ -555,7 +555,7 @@ class CandidateCatalog:
 
     @classmethod
     def load(
-        cls, directory: Path, generation: str | None, mapped: bool = False
+        cls, directory: Path, generation: str | None, map_up_to: int = 0
     ) -> CandidateCatalog | None:
         """The catalog saved in `directory` when it reflects `generation` (any saved one when
         None: `saved` says which); None otherwise."""
@@ -563,7 +563,7 @@ class CandidateCatalog:
         if state is None:
             return None
         n = len(state.ids)
-        cat = cls(capacity=max(n, 1024), directory=directory, mapped=mapped)
+        cat = cls(capacity=max(n, 1024), directory=directory, map_up_to=map_up_to)
         cat._n = n
         for k, v in state.hot.items():
             cat._hot[k][:n] = v

@@ -72,7 +72,8 @@ class AppendFile:
 class BlockFile(AppendFile):
     """An `AppendFile` of whole `block`-byte blocks, gathered by runs of blocks.
 
-    Two ways to read, chosen by `mapped`:
+    Two ways to read: through a memory map while the file holds at most `map_up_to` bytes, with
+    pread beyond (0: always pread), so the map's resident pages are bounded by that size:
     - pread (the default): one `preadv` per run, into the caller's arrays. The pages read stay
       in the kernel's page cache, so the service's resident memory is its own whatever share
       of the file the rankings have touched.
@@ -87,14 +88,12 @@ class BlockFile(AppendFile):
     Writes go through `pwrite` either way; a shared map sees them at once.
     """
 
-    def __init__(
-        self, path: Path | None, block: int, length: int = 0, mapped: bool = False
-    ) -> None:
+    def __init__(self, path: Path | None, block: int, length: int = 0, map_up_to: int = 0) -> None:
         super().__init__(path, length)
         if length % block:
             raise ValueError(f"{path} holds {length} bytes, not whole blocks of {block}")
         self.block = block
-        self.mapped = mapped
+        self.map_up_to = map_up_to
         self._view = np.zeros((0, block), dtype=np.uint8)
         self._map_lock = threading.Lock()
 
@@ -117,6 +116,18 @@ class BlockFile(AppendFile):
                 self._view = np.frombuffer(m, dtype=np.uint8).reshape(n, self.block)
             return self._view
 
+    @property
+    def mapped(self) -> bool:
+        """Whether a gather now reads through the memory map (the file is within `map_up_to`)."""
+        return 0 < len(self) <= self.map_up_to
+
+    def _unmap(self) -> None:
+        """Drop the map once the file outgrew `map_up_to`: its pages leave the service's
+        resident memory when the last gather still holding it ends."""
+        if len(self._view):
+            with self._map_lock:
+                self._view = np.zeros((0, self.block), dtype=np.uint8)
+
     def take(
         self, first: np.ndarray, head: np.ndarray, tail: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -130,6 +141,7 @@ class BlockFile(AppendFile):
                 np.take(view, range_index(first, head), axis=0),
                 np.take(view, range_index(first + head, tail), axis=0),
             )
+        self._unmap()
         out_h = np.empty(nh * self.block, dtype=np.uint8)
         out_t = np.empty(nt * self.block, dtype=np.uint8)
         vh, vt = out_h.data, out_t.data  # 1-D: slices are byte ranges
@@ -183,7 +195,7 @@ def copy_live(
     tag = secrets.token_hex(4)
     names = {"blobs": f"blobs.{tag}.bin", "records": f"records.{tag}.bin"}
     out = Copied(
-        BlockFile(directory / names["blobs"], blobs.block, 0, blobs.mapped),
+        BlockFile(directory / names["blobs"], blobs.block, 0, blobs.map_up_to),
         AppendFile(directory / names["records"]),
         names,
         np.zeros(len(blob_runs[0]), np.int64),

@@ -34,7 +34,7 @@ def catalog_from_store(store: Store, settings: Settings) -> tuple[CandidateCatal
 def _current_catalog(store: Store, settings: Settings, generation: str) -> CandidateCatalog | None:
     """The saved catalog when it reflects `generation` of the store."""
     directory = settings.resolved_index_dir / CATALOG_DIR
-    catalog = CandidateCatalog.load(directory, generation, settings.catalog_read == "mmap")
+    catalog = CandidateCatalog.load(directory, generation, settings.catalog_map_bytes)
     if catalog is not None and len(catalog) != store.count_candidates():
         catalog.close()
         return None
@@ -45,7 +45,7 @@ def _rebuilt_catalog(store: Store, settings: Settings, generation: str) -> Candi
     directory = settings.resolved_index_dir / CATALOG_DIR
     # Derived data only: the store is the truth, so a stale folder is simply started over.
     shutil.rmtree(directory, ignore_errors=True)
-    catalog = CandidateCatalog(directory=directory, mapped=settings.catalog_read == "mmap")
+    catalog = CandidateCatalog(directory=directory, map_up_to=settings.catalog_map_bytes)
     batch: list[tuple[int, PreparedCandidate]] = []
     for fid, row in store.iter_candidates_with_ids():
         batch.append((fid, prepare_candidate(row.candidate, row.doc_vector, row.chunk_vectors)))
@@ -64,7 +64,7 @@ def _behind_but_catchable(
     change-feed entry is known and every entry after it is still in the feed: (catalog, index,
     that seq), for the caller to apply the entries after it. None when they cannot catch up."""
     directory = settings.resolved_index_dir / CATALOG_DIR
-    catalog = CandidateCatalog.load(directory, None, settings.catalog_read == "mmap")
+    catalog = CandidateCatalog.load(directory, None, settings.catalog_map_bytes)
     if catalog is None or catalog.saved is None:
         return None
     generation, seq = catalog.saved

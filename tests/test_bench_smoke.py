@@ -189,6 +189,7 @@ def test_scale_section_measures_memory_recall_and_the_lean_baseline(
     assert all(a > 0 and b > 0 for a, b in r.throughput.values())
     # Both ways of reading the catalog measured; the crash's restart caught up from the feed.
     assert set(r.reads) == {"pread", "mmap"} and all(s.n == 4 for s, _ in r.reads.values())
+    assert next(iter(r.reads)) == "mmap"  # the default (auto) maps a set this small
     assert r.crash is not None and r.crash.caught_up and r.crash.erased == 2
     text = report([r], fixed, 1.0, base)
     assert "### Targets" in text and "recall@500" in text

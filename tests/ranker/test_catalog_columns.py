@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 
 from ranker.api import RankFilters
 from ranker.catalog import CandidateCatalog
+from ranker.config import Settings
 from ranker.domain import Candidate, Posting
 from ranker.features import FeatureBuilder
 from ranker.lexicon import LiveLexicon
@@ -55,7 +57,9 @@ def _filled(
     rng: np.random.Generator, directory: Path | None, mapped: bool = False
 ) -> tuple[CandidateCatalog, dict]:
     """A catalog through adds, erasures (slots reused) and replacements; {fid: prepared}."""
-    catalog = CandidateCatalog(capacity=4, directory=directory, mapped=mapped)
+    catalog = CandidateCatalog(
+        capacity=4, directory=directory, map_up_to=sys.maxsize if mapped else 0
+    )
     held: dict[int, PreparedCandidate] = {}
     fid_of: dict[str, int] = {}
     next_fid = 10
@@ -255,7 +259,7 @@ def test_block_file_reads_runs_split_in_two_and_sees_later_writes(
 ) -> None:
     from ranker.columns import BlockFile
 
-    f = BlockFile(tmp_path / "b.bin", block=4, mapped=mapped)
+    f = BlockFile(tmp_path / "b.bin", block=4, map_up_to=sys.maxsize if mapped else 0)
     assert f.append(bytes(range(12))) == 0  # blocks 0..2
     head, tail = f.take(np.array([0, 1]), np.array([1, 1]), np.array([2, 0]))
     assert head.tobytes() == bytes(range(4)) + bytes(range(4, 8))
@@ -269,6 +273,32 @@ def test_block_file_reads_runs_split_in_two_and_sees_later_writes(
     with pytest.raises(ValueError, match="whole blocks"):
         f.append(b"abc")
     f.close()
+
+
+def test_a_block_file_reads_through_its_map_until_it_outgrows_the_bound(tmp_path: Path) -> None:
+    from ranker.columns import BlockFile
+
+    f = BlockFile(tmp_path / "b.bin", block=4, map_up_to=12)
+    assert not f.mapped  # nothing to map yet
+    f.append(bytes(range(12)))
+    assert f.mapped
+    head, _ = f.take(np.array([2, 0]), np.array([1, 1]))
+    assert head.tobytes() == bytes(range(8, 12)) + bytes(range(4))
+    assert len(f._view) == 3  # the gather went through the map
+    f.append(b"\xfe" * 4)  # 16 bytes now: past the bound
+    assert not f.mapped
+    head, _ = f.take(np.array([3, 0]), np.array([1, 1]))
+    assert head.tobytes() == b"\xfe" * 4 + bytes(range(4))
+    assert len(f._view) == 0  # the map was released, so its pages leave resident memory
+    f.close()
+
+
+def test_the_read_setting_bounds_what_is_mapped() -> None:
+    assert Settings(catalog_read="pread").catalog_map_bytes == 0
+    assert Settings(catalog_read="mmap").catalog_map_bytes == sys.maxsize
+    auto = Settings(catalog_read="auto", catalog_mmap_max_mib=3)
+    assert auto.catalog_map_bytes == 3 << 20
+    assert Settings().catalog_read == "auto"
 
 
 def test_compaction_keeps_every_held_candidate_and_frees_the_dead_bytes(tmp_path: Path) -> None:
