@@ -16,8 +16,9 @@ from ranker.catalog_state import (
     load_state,
     save_state,
 )
-from ranker.columns import AppendFile, BlockFile, copy_live, range_index, remove_unnamed
+from ranker.columns import AppendFile, BlockFile, copy_live, remove_unnamed
 from ranker.domain import to_plain
+from ranker.kernels import split_heads
 from ranker.lexicon import LiveLexicon
 from ranker.prepared import N_SCALARS, PackedCandidates, PreparedCandidate, Scalar
 from ranker.retrieved import LazyRecords, RetrievedCandidates
@@ -183,16 +184,10 @@ class CandidateCatalog:
         assert self._blobs is not None
         first = self._hot["blob_start"][slots] // block
         head_blocks, vector_blocks = self._blobs.take(first, meta, rows)
-        head, vectors = head_blocks.reshape(-1), vector_blocks.view(np.float32)
         at = np.zeros(len(slots), dtype=np.int64)  # each blob's first byte in `head`
         at[1:] = np.cumsum(meta[:-1]) * block
-        u64, f32 = head.view(np.uint64), head.view(np.float32)
-        return (
-            np.take(u64, range_index(at // 8, terms)),
-            np.take(f32, range_index(at // 4 + 2 * terms, terms)),
-            np.take(u64, range_index((at + 12 * terms + 4 * (terms % 2)) // 8, tags)),
-            vectors.reshape(-1, self._dim),
-        )
+        hashes, counts, tag_hashes = split_heads(head_blocks.reshape(-1), at, terms, tags)
+        return hashes, counts, tag_hashes, vector_blocks.view(np.float32).reshape(-1, self._dim)
 
     def _skill_hashes(self, slot: int) -> np.ndarray:
         _, _, tags, _ = self._read(np.array([slot]))

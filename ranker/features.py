@@ -1,4 +1,4 @@
-"""Ranking features: one implementation shared by training and serving, vectorised over candidates.
+"""Ranking features: one implementation for training and serving, compiled (`ranker.kernels`).
 
 Each feature is a `FeatureSpec`: its name (a column of the model's input), what it means, and how
 a recruiter reads its value. A posting and its candidates are first prepared once
@@ -24,14 +24,14 @@ so an applicant's row is the row the service would build for them when retrieved
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+import ranker.kernels as kernels
 from ranker.lexicon import TermStatistics
-from ranker.prepared import PackedCandidates, PreparedCandidate, PreparedPosting, Scalar
+from ranker.prepared import PackedCandidates, PreparedCandidate, PreparedPosting
 
 
 def _plural(n: int, word: str) -> str:
@@ -288,6 +288,7 @@ def as_packed(candidates: Candidates) -> PackedCandidates:
 _COMPUTED: tuple[str, ...] = FEATURE_NAMES + tuple(n for n in RELATIVE_TO if n not in FEATURE_NAMES)
 _COL = {name: i for i, name in enumerate(_COMPUTED)}
 _RAW = [_COL[n] for n in RELATIVE_TO]
+_KERNEL_COLS = np.array([_COL[n] for n in kernels.ABSOLUTE_COLUMNS], dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -341,47 +342,6 @@ class ReferenceStats:
             std=tuple(float(c["std"]) for c in cols),  # type: ignore[index]
             best=tuple(float(c["best"]) for c in cols),  # type: ignore[index]
         )
-
-
-# Buckets of the per-thread term lookup table (2**20 int32 = 4 MiB per thread).
-_LUT_MASK = (1 << 20) - 1
-
-
-class _LookupTable(threading.local):
-    """A per-thread table from term bucket to query slot, kept zeroed between uses.
-
-    Hand-written because no library does this lookup as fast: a gather through a table indexed by
-    each CV term's bucket costs ~0.2 ms for 500 CVs, where a binary search of every term in the
-    query (np.searchsorted / np.isin) costs several ms, mostly in branch mispredictions.
-    """
-
-    def __init__(self) -> None:
-        self.table = np.zeros(_LUT_MASK + 1, dtype=np.int32)
-
-
-_LUT = _LookupTable()
-
-
-def _match_terms(query: np.ndarray, all_hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Positions in `all_hashes` (the concatenated CV terms) of terms in `query`, and their index
-    in `query`."""
-    q_buckets = (query & np.uint64(_LUT_MASK)).astype(np.intp)
-    if len(np.unique(q_buckets)) < len(q_buckets):
-        # Two query terms share a bucket (rare): fall back to the exact, slower binary search.
-        pos = np.minimum(np.searchsorted(query, all_hashes), len(query) - 1)
-        idx = np.flatnonzero(query[pos] == all_hashes)
-        return idx, pos[idx]
-    table = _LUT.table
-    table[q_buckets] = np.arange(1, len(query) + 1, dtype=np.int32)
-    try:
-        # Values below 2**20, so viewing them as intp is exact and copies nothing.
-        slots = np.take(table, (all_hashes & np.uint64(_LUT_MASK)).view(np.intp))
-    finally:
-        table[q_buckets] = 0
-    idx = np.flatnonzero(slots)
-    pos = slots[idx].astype(np.intp) - 1
-    exact = all_hashes[idx] == query[pos]  # a bucket hit is only a hash-prefix match
-    return idx[exact], pos[exact]
 
 
 class FeatureBuilder:
@@ -453,113 +413,43 @@ class FeatureBuilder:
         candidates: Candidates,
         lexicon: TermStatistics | None,
     ) -> np.ndarray:
-        """Every computed column (`_COMPUTED`) but the relative ones, which stay 0."""
+        """Every computed column (`_COMPUTED`) but the relative ones, which stay 0: one compiled
+        pass over the candidates (`ranker.kernels.absolute_columns`)."""
         n = len(candidates)
         x = np.zeros((n, len(_COMPUTED)), dtype=np.float32)
         if n == 0:
             return x
         p = posting.posting
         packed = as_packed(candidates)
-        num = packed.scalars
-        rows = np.arange(n)
-
-        # Dense similarity: one product over every candidate's doc and chunk rows, then a max per
-        # candidate over its chunk rows. einsum, not `@`: BLAS's threaded matrix-vector product
-        # costs ~8 ms here against ~0.1 ms.
-        sims = np.einsum("ij,j->i", packed.vectors, posting.vector)
-        starts = _starts(num[:, Scalar.CHUNKS] + 1)
-        x[:, _COL["dense_cosine"]] = sims[starts]
-        sims[starts] = -np.inf  # the doc rows take no part in the chunk maximum
-        x[:, _COL["chunk_max_cosine"]] = np.maximum.reduceat(sims, starts)
-
-        self._lexical(posting, lexicon or self.lexicon, packed, x)
-
-        # Structured skills and title words, as hashes: membership tests over all candidates at
-        # once, positions within each candidate's `tags` telling skills from title words.
-        n_skills = num[:, Scalar.SKILLS].astype(np.intp)
-        n_title = num[:, Scalar.TITLE].astype(np.intp)
-        tags = packed.tags
-        tag_len = n_skills + n_title + 1
-        tag_starts = _starts(tag_len)
-        owner = np.repeat(rows, tag_len)
-        local = np.arange(len(tags)) - tag_starts[owner]
-        is_skill = local < n_skills[owner]
-        n_req, n_nice = len(posting.required_hashes), len(posting.nice_hashes)
-        matched = np.bincount(owner, np.isin(tags, posting.required_hashes) & is_skill, minlength=n)
-        x[:, _COL["required_coverage"]] = matched / n_req if n_req else 1.0
-        x[:, _COL["required_missing"]] = n_req - matched
-        if n_nice:
-            nice = np.bincount(owner, np.isin(tags, posting.nice_hashes) & is_skill, minlength=n)
-            x[:, _COL["nice_coverage"]] = nice / n_nice
-        x[:, _COL["skills_listed"]] = num[:, Scalar.SKILLS]
-
-        years = num[:, Scalar.YEARS]
-        x[:, _COL["years_experience"]] = np.clip(years, 0, 40)
-        x[:, _COL["experience_gap"]] = np.clip(years - p.min_years, -10, 20)
-        x[:, _COL["under_min_years"]] = years < p.min_years
-
-        remote_fit = (num[:, Scalar.REMOTE] > 0) & p.remote
-        x[:, _COL["remote_fit"]] = remote_fit
-        if posting.location_hash:
-            locations = tags[tag_starts + tag_len - 1]
-            same = locations == np.uint64(posting.location_hash)
-            reloc = ~same & (num[:, Scalar.RELOCATE] > 0) & (not p.remote)
-            x[:, _COL["same_location"]] = same
-            x[:, _COL["relocation_needed"]] = reloc
-            fit = np.where(same | remote_fit, 1.0, np.where(reloc, 0.5, 0.0))
-            x[:, _COL["location_fit"]] = fit
-        elif not p.remote:
-            # On site, but where is not said: no location requirement anyone could miss.
-            x[:, _COL["location_fit"]] = 1.0
-        else:
-            x[:, _COL["location_fit"]] = remote_fit
-
-        if len(posting.title_hashes):
-            is_title = ~is_skill & (local < (n_skills + n_title)[owner])
-            in_title = np.isin(tags, posting.title_hashes) & is_title
-            common = np.bincount(owner, in_title, minlength=n)
-            union = num[:, Scalar.TITLE] + len(posting.title_hashes) - common
-            x[:, _COL["title_overlap"]] = common / np.maximum(union, 1)
-        x[:, _COL["seniority_gap"]] = num[:, Scalar.SENIORITY] - posting.seniority
-        x[:, _COL["cv_log_length"]] = np.log1p(num[:, Scalar.DOC_LEN])
-        return x
-
-    def _lexical(
-        self,
-        posting: PreparedPosting,
-        lexicon: TermStatistics,
-        packed: PackedCandidates,
-        x: np.ndarray,
-    ) -> None:
-        """BM25 (whole posting, required skills) and skill mentions, in one pass over all terms."""
-        if not posting.terms:
-            return
-        num = packed.scalars
-        n = len(num)
-        idx, pos = _match_terms(posting.term_hashes, packed.term_hashes)
-        ends = np.cumsum(num[:, Scalar.TERMS]).astype(np.intp)
-        rows = np.searchsorted(ends, idx, side="right")
-        tf = packed.term_counts[idx].astype(np.float64)
-
+        lexicon = lexicon or self.lexicon
+        # BM25 over the posting's terms: each term's idf, and the bound each query divides by.
         idf = lexicon.idf_of_hashes(posting.term_hashes.tolist())
-        k1, b = lexicon.k1, lexicon.b
-        norm = k1 * (1.0 - b + b * num[rows, Scalar.DOC_LEN] / lexicon.avgdl)
-        contrib = idf[pos] * tf * (k1 + 1.0) / (tf + norm)
-        for name, mask in (("bm25", posting.in_text), ("bm25_required", posting.in_required)):
-            bound = float(idf[mask].sum()) * (k1 + 1.0)
-            if bound > 0:
-                sel = mask[pos]
-                x[:, _COL[name]] = np.bincount(rows[sel], contrib[sel], minlength=n) / bound
-
-        if posting.required_slots:
-            present = np.zeros((n, len(posting.terms)), dtype=bool)
-            present[rows, pos] = True
-            mentioned = [present[:, list(s)].all(axis=1) for s in posting.required_slots]
-            x[:, _COL["required_text_coverage"]] = np.mean(mentioned, axis=0)
-
-
-def _starts(lengths: np.ndarray) -> np.ndarray:
-    """Start offset of each segment of the given lengths in their concatenation."""
-    starts = np.zeros(len(lengths), dtype=np.intp)
-    starts[1:] = np.cumsum(lengths[:-1])
-    return starts
+        k1 = lexicon.k1
+        bounds = [float(idf[m].sum()) * (k1 + 1.0) for m in (posting.in_text, posting.in_required)]
+        slots = posting.required_slots if posting.terms else ()
+        slot_starts = np.zeros(len(slots) + 1, dtype=np.int64)
+        slot_starts[1:] = np.cumsum([len(s) for s in slots])
+        u64 = np.uint64
+        kernels.absolute_columns(
+            x,
+            _KERNEL_COLS,
+            np.ascontiguousarray(packed.vectors, dtype=np.float32),
+            np.ascontiguousarray(posting.vector, dtype=np.float32),
+            np.ascontiguousarray(packed.term_hashes, dtype=u64),
+            np.ascontiguousarray(packed.term_counts, dtype=np.float32),  # whole counts: exact
+            np.ascontiguousarray(packed.tags, dtype=u64),
+            np.ascontiguousarray(packed.scalars, dtype=np.float64),
+            np.ascontiguousarray(posting.term_hashes, dtype=u64),
+            idf,
+            np.ascontiguousarray(posting.in_text, dtype=np.bool_),
+            np.ascontiguousarray(posting.in_required, dtype=np.bool_),
+            np.array([w for s in slots for w in s], dtype=np.int64),
+            slot_starts,
+            np.ascontiguousarray(posting.required_hashes, dtype=u64),
+            np.ascontiguousarray(posting.nice_hashes, dtype=u64),
+            np.ascontiguousarray(posting.title_hashes, dtype=u64),
+            u64(posting.location_hash or 0),
+            np.array([p.min_years, float(p.remote), posting.seniority], dtype=np.float64),
+            np.array([k1, lexicon.b, lexicon.avgdl, *bounds], dtype=np.float64),
+        )
+        return x

@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 
+import ranker.kernels as kernels
 from ranker.catalog import CandidateCatalog
 from ranker.config import Settings
 from ranker.index import FaissIndex, IvfOptions, index_from_store, load_index_if_current
@@ -116,6 +117,7 @@ def load_memory(
         log.info("rebuilt the catalog from the store: %d candidates", len(catalog))
         index = _index_of(store, settings, catalog, dim)
     _compact_if_due(catalog, settings)
+    kernels.warm_up()  # compiled on a fresh install, else loaded from numba's cache
     postings.put_many(
         [prepare_posting(prow.posting, prow.vector) for prow in store.list_postings()]
     )

@@ -67,7 +67,8 @@ def test_features_layer_text_prepared_lexicon_builder() -> None:
     below = {
         "ranker.prepared": {"ranker.domain", "ranker.errors", "ranker.redaction", "ranker.text"},
         "ranker.lexicon": {"ranker.domain", "ranker.errors", "ranker.prepared", "ranker.text"},
-        "ranker.features": {"ranker.lexicon", "ranker.prepared"},
+        "ranker.kernels": {"ranker.prepared"},
+        "ranker.features": {"ranker.kernels", "ranker.lexicon", "ranker.prepared"},
         "ranker.reasons": {"ranker.features"},
     }
     for module, allowed in below.items():

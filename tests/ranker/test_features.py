@@ -8,6 +8,7 @@ import dataclasses
 import inspect
 import math
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -213,22 +214,37 @@ def test_vectorised_lexical_features_match_a_plain_reference() -> None:
             assert x[i, COL["cv_log_length"]] == pytest.approx(np.log1p(len(tokenize(text))))
 
 
-def test_bucket_collisions_fall_back_to_exact_matching() -> None:
+def test_query_terms_sharing_a_slot_are_matched_exactly() -> None:
+    from ranker import kernels
+
+    real = np.array([5, 1029, 77, 2**40 + 5], dtype=np.uint64)  # 5, 1029, 2**40+5 share a slot
+    query = np.sort(real)
+    table = kernels._query_table(query)
+    for j, h in enumerate(query):
+        assert kernels._find(table, query, h) == j
+    for absent in (np.uint64(2**41 + 5), np.uint64(6), np.uint64(2**63 + 1029)):
+        assert kernels._find(table, query, absent) == -1
+    # The same through the builder: a query term colliding with a CV's term changes nothing.
     data = generate(DemoConfig(candidates=10, postings=2, applicants=(3, 4), seed=4))
     rng = np.random.default_rng(0)
     pc = [prepare_candidate(c, _unit(rng, 8), _unit(rng, 1, 8)) for c in data.candidates]
-    real = np.unique(np.concatenate([c.term_hashes for c in pc]))[:5]
-    # A fake hash sharing the first real hash's bucket, but not its value.
-    fake = real[0] ^ np.uint64(1 << 40)
-    query = np.sort(np.append(real, fake))
-    all_hashes = np.concatenate([c.term_hashes for c in pc])
-    idx, pos = features._match_terms(query, all_hashes)
-    assert np.array_equal(idx, np.flatnonzero(np.isin(all_hashes, real)))
-    assert np.array_equal(query[pos], all_hashes[idx])
-    # And the fast path gives the same answer without the colliding term.
-    idx2, pos2 = features._match_terms(real, all_hashes)
-    assert np.array_equal(idx2, idx)
-    assert np.array_equal(real[pos2], all_hashes[idx2])
+    pp = prepare_posting(data.postings[0], _unit(rng, 8))
+    fake = pc[0].term_hashes[0] ^ np.uint64(1 << 40)  # same low bits, another term
+    order = np.argsort(np.append(pp.term_hashes, fake))
+    crowded = replace(
+        pp,
+        terms=(*pp.terms, "(fake)"),
+        term_hashes=np.append(pp.term_hashes, fake)[order],
+        in_text=np.append(pp.in_text, False)[order],
+        in_required=np.append(pp.in_required, False)[order],
+        required_slots=tuple(
+            tuple(int(np.flatnonzero(order == w)[0]) for w in s) for s in pp.required_slots
+        ),
+    )
+    lex = Lexicon.fit(data.candidates)
+    np.testing.assert_array_equal(
+        FeatureBuilder(lex).build(crowded, pc), FeatureBuilder(lex).build(pp, pc)
+    )
 
 
 def test_empty_candidate_list_and_bad_vectors() -> None:

@@ -1,0 +1,275 @@
+"""Compiled loops (numba) for the per-candidate work of a ranking: the feature columns, and the
+split of the catalog's blobs into term and tag arrays.
+
+Written as loops because numpy needs dozens of whole-array passes (and temporaries) for what one
+pass over each candidate does: at 500 candidates of CV length, the feature columns cost ~1.4 ms
+in numpy and ~0.5 ms here (BENCHMARKS.md). numba compiles them on first use and caches the
+machine code next to this file (`cache=True`), so only a fresh install pays the compilation, a
+second or two; `warm_up` does it before a service answers. `nogil`: rankings on other worker
+threads go on meanwhile.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from ranker.prepared import Scalar
+
+_TERMS, _CHUNKS = int(Scalar.TERMS), int(Scalar.CHUNKS)
+_SKILLS, _TITLE, _YEARS = int(Scalar.SKILLS), int(Scalar.TITLE), int(Scalar.YEARS)
+_REMOTE, _RELOCATE = int(Scalar.REMOTE), int(Scalar.RELOCATE)
+_SENIORITY, _DOC_LEN = int(Scalar.SENIORITY), int(Scalar.DOC_LEN)
+
+ABSOLUTE_COLUMNS: tuple[str, ...] = (
+    "dense_cosine",
+    "chunk_max_cosine",
+    "bm25",
+    "bm25_required",
+    "required_coverage",
+    "required_missing",
+    "nice_coverage",
+    "required_text_coverage",
+    "years_experience",
+    "experience_gap",
+    "under_min_years",
+    "same_location",
+    "remote_fit",
+    "relocation_needed",
+    "location_fit",
+    "title_overlap",
+    "seniority_gap",
+    "skills_listed",
+    "cv_log_length",
+)
+"""The columns `absolute_columns` writes, in the order of its `cols` argument (the features
+module says what each means)."""
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _dot(a: np.ndarray, b: np.ndarray) -> np.float32:  # pragma: no cover - compiled
+    # fastmath lets the reduction use SIMD lanes; each row is summed alone, so a candidate's
+    # cosine does not depend on which other candidates are in the batch.
+    acc = np.float32(0.0)
+    for d in range(a.shape[0]):
+        acc += a[d] * b[d]
+    return acc
+
+
+@njit(cache=True, nogil=True)
+def _query_table(q: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
+    """Open-addressing table of the query's term hashes: slot -> index in `q` + 1 (0: empty),
+    at most 1/8 full, so a CV term not in the query usually meets an empty slot at once."""
+    size = 1024
+    while size < 8 * q.shape[0]:
+        size *= 2
+    mask = np.uint64(size - 1)
+    table = np.zeros(size, dtype=np.int32)
+    for j in range(q.shape[0]):
+        k = q[j] & mask
+        while table[k] != 0:
+            k = (k + np.uint64(1)) & mask
+        table[k] = j + 1
+    return table
+
+
+@njit(cache=True, nogil=True)
+def _find(table: np.ndarray, q: np.ndarray, h: np.uint64) -> int:  # pragma: no cover - compiled
+    """Index of `h` in `q`, or -1 (exact: a shared slot is resolved by comparing hashes)."""
+    mask = np.uint64(table.shape[0] - 1)
+    k = h & mask
+    while table[k] != 0:
+        j = table[k] - 1
+        if q[j] == h:
+            return j
+        k = (k + np.uint64(1)) & mask
+    return -1
+
+
+@njit(cache=True, nogil=True)
+def _count_in(
+    values: np.ndarray, start: int, stop: int, wanted: np.ndarray
+) -> int:  # pragma: no cover
+    """How many of `values[start:stop]` are in `wanted` (a handful of skills: a scan is fastest)."""
+    n = 0
+    for g in range(start, stop):
+        for k in range(wanted.shape[0]):
+            if wanted[k] == values[g]:
+                n += 1
+                break
+    return n
+
+
+@njit(cache=True, nogil=True)
+def absolute_columns(  # noqa: PLR0913  # pragma: no cover - compiled
+    x: np.ndarray,
+    cols: np.ndarray,
+    vectors: np.ndarray,
+    posting_vector: np.ndarray,
+    term_hashes: np.ndarray,
+    term_counts: np.ndarray,
+    tags: np.ndarray,
+    scalars: np.ndarray,
+    query: np.ndarray,
+    idf: np.ndarray,
+    in_text: np.ndarray,
+    in_required: np.ndarray,
+    slot_words: np.ndarray,
+    slot_starts: np.ndarray,
+    required: np.ndarray,
+    nice: np.ndarray,
+    title: np.ndarray,
+    location_hash: np.uint64,
+    posting_numbers: np.ndarray,
+    bm25: np.ndarray,
+) -> None:
+    """Write the `ABSOLUTE_COLUMNS` of every candidate into `x[:, cols]`.
+
+    Candidates are the packed arrays' (rows of `scalars`; their vector rows, terms and tags in
+    turn). The posting: its unit vector; its sorted query term hashes with their idf and
+    whether each is in the text / a required skill's word; the required skills' words as
+    indices into the query (`slot_words`, split at `slot_starts`); required, nice-to-have and
+    title hashes; its location's hash (0: it names none); `posting_numbers` = (min years,
+    remote, seniority); and `bm25` = (k1, b, avgdl, bound of the text query, bound of the
+    required query).
+    """
+    n = scalars.shape[0]
+    table = _query_table(query)
+    present = np.zeros(query.shape[0], dtype=np.bool_)
+    n_slots = slot_starts.shape[0] - 1
+    min_years, remote, seniority = posting_numbers[0], posting_numbers[1] > 0, posting_numbers[2]
+    k1, b, avgdl, bound_text, bound_required = bm25[0], bm25[1], bm25[2], bm25[3], bm25[4]
+    row = 0
+    t0 = 0
+    g0 = 0
+    for i in range(n):
+        # Dense: the doc row's cosine, and the best of the chunk rows'.
+        rows = int(scalars[i, _CHUNKS]) + 1
+        x[i, cols[0]] = _dot(vectors[row], posting_vector)
+        best = -np.inf
+        for r in range(1, rows):
+            best = max(best, float(_dot(vectors[row + r], posting_vector)))
+        x[i, cols[1]] = best
+        row += rows
+
+        # Lexical: BM25 of the text query and of the required words, and which words occur.
+        n_terms = int(scalars[i, _TERMS])
+        norm = k1 * (1.0 - b + b * scalars[i, _DOC_LEN] / avgdl)
+        text_score = 0.0
+        required_score = 0.0
+        present[:] = False
+        for t in range(t0, t0 + n_terms):
+            j = _find(table, query, term_hashes[t])
+            if j >= 0:
+                tf = np.float64(term_counts[t])
+                contrib = idf[j] * tf * (k1 + 1.0) / (tf + norm)
+                if in_text[j]:
+                    text_score += contrib
+                if in_required[j]:
+                    required_score += contrib
+                present[j] = True
+        t0 += n_terms
+        if bound_text > 0:
+            x[i, cols[2]] = text_score / bound_text
+        if bound_required > 0:
+            x[i, cols[3]] = required_score / bound_required
+        if n_slots > 0:
+            mentioned = 0
+            for s in range(n_slots):
+                every = True
+                for w in range(slot_starts[s], slot_starts[s + 1]):
+                    every = every and present[slot_words[w]]
+                mentioned += every
+            x[i, cols[7]] = mentioned / n_slots
+
+        # Tags: the structured skills, then the title words, then the location.
+        n_skills = int(scalars[i, _SKILLS])
+        n_title = int(scalars[i, _TITLE])
+        matched = _count_in(tags, g0, g0 + n_skills, required)
+        n_required = required.shape[0]
+        x[i, cols[4]] = matched / n_required if n_required else 1.0
+        x[i, cols[5]] = n_required - matched
+        if nice.shape[0]:
+            x[i, cols[6]] = _count_in(tags, g0, g0 + n_skills, nice) / nice.shape[0]
+        if title.shape[0]:
+            common = _count_in(tags, g0 + n_skills, g0 + n_skills + n_title, title)
+            union = scalars[i, _TITLE] + title.shape[0] - common
+            x[i, cols[15]] = common / max(union, 1.0)
+        location = tags[g0 + n_skills + n_title]
+        g0 += n_skills + n_title + 1
+        x[i, cols[17]] = scalars[i, _SKILLS]
+
+        years = scalars[i, _YEARS]
+        x[i, cols[8]] = min(max(years, 0.0), 40.0)
+        x[i, cols[9]] = min(max(years - min_years, -10.0), 20.0)
+        x[i, cols[10]] = years < min_years
+
+        remote_fit = scalars[i, _REMOTE] > 0 and remote
+        x[i, cols[12]] = remote_fit
+        if location_hash != 0:
+            same = location == location_hash
+            relocate = (not same) and scalars[i, _RELOCATE] > 0 and not remote
+            x[i, cols[11]] = same
+            x[i, cols[13]] = relocate
+            x[i, cols[14]] = 1.0 if (same or remote_fit) else (0.5 if relocate else 0.0)
+        elif not remote:
+            # On site, but where is not said: no location requirement anyone could miss.
+            x[i, cols[14]] = 1.0
+        else:
+            x[i, cols[14]] = remote_fit
+        x[i, cols[16]] = scalars[i, _SENIORITY] - seniority
+        x[i, cols[18]] = np.log1p(scalars[i, _DOC_LEN])
+
+
+@njit(cache=True, nogil=True)
+def split_heads(  # pragma: no cover - compiled
+    head: np.ndarray, starts: np.ndarray, terms: np.ndarray, tags: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The term hashes (uint64), term counts (float32) and tags (uint64) of blobs whose heads
+    were read back to back into `head` (bytes), blob i's from byte `starts[i]`: its `terms[i]`
+    hashes, then as many counts (padded to 8 bytes), then its `tags[i]` tags."""
+    hashes = np.empty(terms.sum(), dtype=np.uint64)
+    counts = np.empty(terms.sum(), dtype=np.float32)
+    out_tags = np.empty(tags.sum(), dtype=np.uint64)
+    u64, f32 = head.view(np.uint64), head.view(np.float32)
+    th = 0
+    tg = 0
+    for i in range(starts.shape[0]):
+        t, at = terms[i], starts[i]
+        hashes[th : th + t] = u64[at // 8 : at // 8 + t]
+        counts[th : th + t] = f32[at // 4 + 2 * t : at // 4 + 3 * t]
+        first_tag = (at + 12 * t + 4 * (t % 2)) // 8
+        out_tags[tg : tg + tags[i]] = u64[first_tag : first_tag + tags[i]]
+        th += t
+        tg += tags[i]
+    return hashes, counts, out_tags
+
+
+def warm_up() -> None:
+    """Compile (or load from the cache) every kernel now, on a tiny input of the argument types
+    rankings pass, so the first ranking does not pay for it."""
+    u64, f32, f64, i64 = np.uint64, np.float32, np.float64, np.int64
+    scalars = np.zeros((1, len(Scalar)), dtype=f64)
+    absolute_columns(
+        np.zeros((1, len(ABSOLUTE_COLUMNS)), dtype=f32),
+        np.arange(len(ABSOLUTE_COLUMNS), dtype=i64),
+        np.zeros((1, 4), dtype=f32),
+        np.zeros(4, dtype=f32),
+        np.zeros(0, dtype=u64),
+        np.zeros(0, dtype=f32),
+        np.zeros(1, dtype=u64),
+        scalars,
+        np.zeros(1, dtype=u64),
+        np.zeros(1, dtype=f64),
+        np.zeros(1, dtype=np.bool_),
+        np.zeros(1, dtype=np.bool_),
+        np.zeros(0, dtype=i64),
+        np.zeros(1, dtype=i64),
+        np.zeros(0, dtype=u64),
+        np.zeros(0, dtype=u64),
+        np.zeros(0, dtype=u64),
+        u64(0),
+        np.zeros(3, dtype=f64),
+        np.ones(5, dtype=f64),
+    )
+    split_heads(np.zeros(64, dtype=np.uint8), np.zeros(1, i64), np.ones(1, i64), np.ones(1, i64))
