@@ -31,7 +31,7 @@ import numpy as np
 
 import ranker.kernels as kernels
 from ranker.lexicon import TermStatistics
-from ranker.prepared import PackedCandidates, PreparedCandidate, PreparedPosting
+from ranker.prepared import PackedCandidates, PreparedCandidate, PreparedPosting, Scalar
 
 
 def _plural(n: int, word: str) -> str:
@@ -421,6 +421,7 @@ class FeatureBuilder:
             return x
         p = posting.posting
         packed = as_packed(candidates)
+        _check_shapes(packed, posting)
         lexicon = lexicon or self.lexicon
         # BM25 over the posting's terms: each term's idf, and the bound each query divides by.
         idf = lexicon.idf_of_hashes(posting.term_hashes.tolist())
@@ -453,3 +454,25 @@ class FeatureBuilder:
             np.array([k1, lexicon.b, lexicon.avgdl, *bounds], dtype=np.float64),
         )
         return x
+
+
+def _check_shapes(packed: PackedCandidates, posting: PreparedPosting) -> None:
+    """The packed arrays hold what their scalars say, in the posting's dimension: the compiled
+    loop trusts these counts to walk the arrays (it does not check bounds)."""
+    s = packed.scalars
+    want = {
+        "vector rows": (int(np.sum(s[:, Scalar.CHUNKS] + 1)), len(packed.vectors)),
+        "terms": (int(np.sum(s[:, Scalar.TERMS])), len(packed.term_hashes)),
+        "term counts": (int(np.sum(s[:, Scalar.TERMS])), len(packed.term_counts)),
+        "tags": (int(np.sum(s[:, Scalar.SKILLS] + s[:, Scalar.TITLE] + 1)), len(packed.tags)),
+    }
+    for what, (expected, held) in want.items():
+        if expected != held:
+            raise ValueError(
+                f"packed candidates hold {held} {what} where their scalars say {expected}"
+            )
+    if packed.vectors.ndim != 2 or packed.vectors.shape[1] != len(posting.vector):
+        raise ValueError(
+            f"candidate vectors of shape {packed.vectors.shape} against a posting vector of "
+            f"{len(posting.vector)} dimensions: encode both with the same encoder"
+        )

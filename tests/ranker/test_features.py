@@ -24,7 +24,13 @@ from ranker.errors import InvalidInput
 from ranker.explain import fit_summary
 from ranker.features import FEATURE_NAMES, FEATURES, FeatureBuilder
 from ranker.lexicon import Lexicon
-from ranker.prepared import candidate_text, posting_text, prepare_candidate, prepare_posting
+from ranker.prepared import (
+    PackedCandidates,
+    candidate_text,
+    posting_text,
+    prepare_candidate,
+    prepare_posting,
+)
 from ranker.text import STOPWORDS, phrase_key, tokenize
 from training.demo import DemoConfig, generate
 
@@ -245,6 +251,21 @@ def test_query_terms_sharing_a_slot_are_matched_exactly() -> None:
     np.testing.assert_array_equal(
         FeatureBuilder(lex).build(crowded, pc), FeatureBuilder(lex).build(pp, pc)
     )
+
+
+def test_packed_arrays_that_disagree_with_their_counts_are_refused() -> None:
+    # The compiled loop walks the arrays by the scalars' counts: a mismatch must stop it first.
+    rng = np.random.default_rng(1)
+    pc = [prepare_candidate(_cand(f"c{i}"), _unit(rng, 8), _unit(rng, 2, 8)) for i in range(3)]
+    packed = PackedCandidates.of(pc)
+    pp = prepare_posting(POSTING, _unit(rng, 8))
+    builder = FeatureBuilder(Lexicon.fit([_cand("a")]))
+    with pytest.raises(ValueError, match="vector rows"):
+        builder.build(pp, replace(packed, vectors=packed.vectors[:-1]))
+    with pytest.raises(ValueError, match="tags"):
+        builder.build(pp, replace(packed, tags=packed.tags[:-1]))
+    with pytest.raises(ValueError, match="same encoder"):
+        builder.build(prepare_posting(POSTING, _unit(rng, 16)), packed)
 
 
 def test_empty_candidate_list_and_bad_vectors() -> None:
