@@ -157,10 +157,31 @@ def test_scoring_section_runs(base: BaseSet) -> None:
     assert text.startswith("## Scoring") and "ONNX Runtime" in text
 
 
+def _numbers(text: str, row_start: str) -> list[float]:
+    """The numeric cells of the Markdown table row starting with `row_start`."""
+    (line,) = [x for x in text.splitlines() if x.startswith(f"| {row_start}")]
+    cells = [c.strip().rstrip("×").replace(",", "") for c in line.strip("|").split("|")[1:]]
+    return [float(c) for c in cells if c and c != "–"]
+
+
 def test_ingest_section_upserts_through_a_real_server(base: BaseSet, bench_dir: Path) -> None:
-    text = ingest.run(n=4, batch=2, base=base, root=bench_dir)
+    text = ingest.run(n=4, batch=2, base=base, root=bench_dir, bulk=60, held=N)
     assert text.startswith("## Ingestion") and "4 new demo candidates" in text
     assert not (bench_dir / "ingest").exists()  # the throwaway store is removed
+    assert not (bench_dir / "ingest-scale").exists()  # nor the copies of the at-scale part
+    # The bulk path, into an empty folder and a copy of the N-candidate set, stage by stage.
+    assert "### At scale: the bulk path" in text and f"a copy of the {N:,}-candidate" in text
+    for stage in ("`ranker ingest`: store writes", "catch-up: `CandidateCatalog.put_many`"):
+        empty_s, empty_rate, full_s, full_rate, ratio = _numbers(text, stage)
+        assert min(empty_s, empty_rate, full_s, full_rate, ratio) > 0
+    assert len(_numbers(text, "**first load")) == 5
+    assert "bound by" in text
+    # fp32 and int8 through the service on the copy, and the same in process.
+    assert "### At scale: encoding included, fp32 and int8" in text
+    fp32, int8, ratio = _numbers(text, "service: `UpsertCandidates` into")
+    assert fp32 > 0 and int8 > 0 and ratio > 0
+    assert all(r > 0 for r in _numbers(text, "`ranker ingest`-style: whole"))
+    assert "### A first load of 1,000,000 candidates" in text and "--dask" in text
 
 
 def test_scale_section_measures_memory_recall_and_the_lean_baseline(
