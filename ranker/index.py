@@ -18,7 +18,7 @@ import numpy as np
 from ranker.atomic import atomic_file
 from ranker.config import Settings
 from ranker.errors import InvalidInput
-from ranker.ivf import empty_ivf, list_ids, lists_to_probe, nlist_for, train_sample
+from ranker.ivf import MIN_LISTS, empty_ivf, list_ids, lists_to_probe, nlist_for, train_sample
 from ranker.permissions import private_dir
 from ranker.store_api import Store, open_store
 
@@ -104,7 +104,8 @@ class IvfOptions:
         )
 
     def wants_ivf(self, n: int) -> bool:
-        return bool(self.min_candidates) and n >= self.min_candidates
+        # Never below MIN_LISTS: k-means needs a training point per list.
+        return bool(self.min_candidates) and n >= max(self.min_candidates, MIN_LISTS)
 
 
 EXACT = IvfOptions(min_candidates=0)

@@ -16,7 +16,7 @@ from ranker.config import Settings
 from ranker.domain import Candidate, Outcome, Posting
 from ranker.encoding import TextEncoder, encode_candidates, encode_postings
 from ranker.errors import InvalidInput
-from ranker.index import index_from_store
+from ranker.index import IvfOptions, index_from_store
 from ranker.rows import CandidateRow, PostingRow
 from ranker.store_api import Store, open_store, store_exists
 
@@ -313,8 +313,13 @@ def ingest_files(
             store.upsert_protected(triples)
             n_prot = len(triples)
         stage("building the index")
+        # With the service's IVF options: past `index_ivf_min_candidates` the service then
+        # starts on lists, not on an exact scan until its background training ends.
         index, _ = index_from_store(
-            store, settings.resolved_index_dir, storage=settings.index_storage
+            store,
+            settings.resolved_index_dir,
+            storage=settings.index_storage,
+            ivf=IvfOptions.from_settings(settings),
         )
         report = IngestReport(
             candidates=n_cand,

@@ -14,7 +14,7 @@ from ranker.config import Settings
 from ranker.domain import Candidate
 from ranker.encoding import TextEncoder, encode_candidates
 from ranker.errors import InvalidInput
-from ranker.index import INDEX_FILE, ensure_index, index_from_store
+from ranker.index import INDEX_FILE, FaissIndex, IvfOptions, ensure_index, index_from_store
 from ranker.ingest import ingest_files, is_ingested
 from ranker.store import SqliteStore
 from training.demo import DemoData, write_demo
@@ -75,6 +75,23 @@ def test_ingest_files_fills_store_and_index(
     again = ingest_files(settings, encoder, candidates=demo_files / "candidates.jsonl")
     assert again.index_size == 24
     assert again.erased == ("C0002",)
+
+
+def test_ingest_past_the_ivf_threshold_saves_lists_the_service_loads_as_they_are(
+    encoder: TextEncoder, serving_demo: DemoData, tmp_path: Path
+) -> None:
+    write_demo(serving_demo, tmp_path / "demo")
+    n = len(serving_demo.candidates)
+    settings = Settings(
+        data_dir=tmp_path / "data", db_path=None, index_dir=None, index_ivf_min_candidates=n
+    )
+    report = ingest_files(settings, encoder, candidates=tmp_path / "demo" / "candidates.jsonl")
+    assert report.index_size == n
+    saved = FaissIndex.load(settings.resolved_index_dir, IvfOptions.from_settings(settings))
+    assert saved.is_ivf and saved.trained_on == n
+    assert ensure_index(settings) == (n, False)  # current as saved: no rebuild at start
+    # Below the fewest lists an IVF can have (one training point each), the index stays exact.
+    assert not IvfOptions(min_candidates=10).wants_ivf(63)
 
 
 class _PickyEncoder:
