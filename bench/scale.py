@@ -592,6 +592,8 @@ def report(runs: list[SizeRun], fixed: Memory, fixed_startup: float, base: BaseS
             lat_rows,
         ),
         "",
+        _block_positions(runs),
+        "",
     ]
     read_rows = [
         [
@@ -723,6 +725,28 @@ def _targets(runs: list[SizeRun], fixed: Memory) -> str:
         )
     return table(
         ["target", "measured", "met"], [[n, g, "yes" if ok else "**no**"] for n, g, ok in checks]
+    )
+
+
+def _block_positions(runs: Sequence[SizeRun]) -> str:
+    """The interleaved rankings split by their place in a block: the first of each follows the
+    baseline's blocks (whose flat scans take both cores and the caches), the others follow one
+    of the service's own rankings."""
+    block = ServingConfig().block
+    parts = []
+    for r in runs:
+        assert r.service is not None
+        t = r.service.client_ms
+        first, rest = Summary.of(t[::block]), Summary.of(np.delete(t, np.s_[::block]))
+        parts.append(
+            f"at {r.n:,}, the first ranking of each block p50 {ms(first.p50)} / p99 "
+            f"{ms(first.p99)} ms ({first.n} rankings), the other {block - 1} p50 "
+            f"{ms(rest.p50)} / p99 {ms(rest.p99)} ms ({rest.n})"
+        )
+    return (
+        f"The service's interleaved rankings by their place in a block of {block}: "
+        + "; ".join(parts)
+        + ". The first follows the baseline's blocks, which leave the caches cold."
     )
 
 

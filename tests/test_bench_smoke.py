@@ -214,4 +214,5 @@ def test_scale_section_measures_memory_recall_and_the_lean_baseline(
     assert r.crash is not None and r.crash.caught_up and r.crash.erased == 2
     text = report([r], fixed, 1.0, base)
     assert "### Targets" in text and "recall@500" in text
+    assert "the first ranking of each block p50" in text
     assert "Restart after a crash" in text and "caught up from the change feed" in text
