@@ -3,18 +3,36 @@ split of the catalog's blobs into term and tag arrays.
 
 Written as loops because numpy needs dozens of whole-array passes (and temporaries) for what one
 pass over each candidate does: at 500 candidates of CV length, the feature columns cost ~1.4 ms
-in numpy and ~0.5 ms here (BENCHMARKS.md). numba compiles them on first use and caches the
+in numpy and ~0.55 ms here (measured in-process at 10^5 candidates). numba compiles them on first use and caches the
 machine code next to this file (`cache=True`), so only a fresh install pays the compilation, a
-second or two; `warm_up` does it before a service answers. `nogil`: rankings on other worker
-threads go on meanwhile.
+second or two; `warm_up` does it before a service answers (and where no cache can be written,
+at every start). `nogil`: rankings on other worker threads go on meanwhile.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from numba import njit
 
 from ranker.prepared import Scalar
+
+
+def _compiled(**options: Any) -> Callable[[Callable[..., Any]], Any]:
+    """`njit` with its machine code cached on disk when numba finds a writable place (next to
+    this file, else the user's cache folder); where none is (a read-only install run by a user
+    without a home), compiled at every start instead of failing to import."""
+
+    def wrap(fn: Callable[..., Any]) -> Any:
+        try:
+            return njit(cache=True, nogil=True, **options)(fn)
+        except RuntimeError:  # numba: "cannot cache function ...: no locator available"
+            return njit(nogil=True, **options)(fn)
+
+    return wrap
+
 
 _TERMS, _CHUNKS = int(Scalar.TERMS), int(Scalar.CHUNKS)
 _SKILLS, _TITLE, _YEARS = int(Scalar.SKILLS), int(Scalar.TITLE), int(Scalar.YEARS)
@@ -46,7 +64,7 @@ ABSOLUTE_COLUMNS: tuple[str, ...] = (
 module says what each means)."""
 
 
-@njit(cache=True, nogil=True, fastmath=True)
+@_compiled(fastmath=True)
 def _dot(a: np.ndarray, b: np.ndarray) -> np.float32:  # pragma: no cover - compiled
     # fastmath lets the reduction use SIMD lanes; each row is summed alone, so a candidate's
     # cosine does not depend on which other candidates are in the batch.
@@ -56,7 +74,7 @@ def _dot(a: np.ndarray, b: np.ndarray) -> np.float32:  # pragma: no cover - comp
     return acc
 
 
-@njit(cache=True, nogil=True)
+@_compiled()
 def _query_table(q: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
     """Open-addressing table of the query's term hashes: slot -> index in `q` + 1 (0: empty),
     at most 1/8 full, so a CV term not in the query usually meets an empty slot at once."""
@@ -73,7 +91,7 @@ def _query_table(q: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
     return table
 
 
-@njit(cache=True, nogil=True)
+@_compiled()
 def _find(table: np.ndarray, q: np.ndarray, h: np.uint64) -> int:  # pragma: no cover - compiled
     """Index of `h` in `q`, or -1 (exact: a shared slot is resolved by comparing hashes)."""
     mask = np.uint64(table.shape[0] - 1)
@@ -86,7 +104,7 @@ def _find(table: np.ndarray, q: np.ndarray, h: np.uint64) -> int:  # pragma: no 
     return -1
 
 
-@njit(cache=True, nogil=True)
+@_compiled()
 def _count_in(
     values: np.ndarray, start: int, stop: int, wanted: np.ndarray
 ) -> int:  # pragma: no cover
@@ -100,7 +118,7 @@ def _count_in(
     return n
 
 
-@njit(cache=True, nogil=True)
+@_compiled()
 def absolute_columns(  # noqa: PLR0913  # pragma: no cover - compiled
     x: np.ndarray,
     cols: np.ndarray,
@@ -221,7 +239,7 @@ def absolute_columns(  # noqa: PLR0913  # pragma: no cover - compiled
         x[i, cols[18]] = np.log1p(scalars[i, _DOC_LEN])
 
 
-@njit(cache=True, nogil=True)
+@_compiled()
 def split_heads(  # pragma: no cover - compiled
     head: np.ndarray, starts: np.ndarray, terms: np.ndarray, tags: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -440,3 +440,20 @@ def test_bm25_reads_the_lexicon_it_is_given() -> None:
     np.testing.assert_array_equal(
         builder.build(pp, pc, lexicon=pool), FeatureBuilder(pool).build(pp, pc)
     )
+
+
+def test_kernels_compile_without_a_writable_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A read-only install run by a user without a home: numba finds nowhere to cache, and the
+    # kernels must still compile (at every start) rather than fail to import.
+    import numba.core.caching
+
+    from ranker import kernels
+
+    monkeypatch.setattr(numba.core.caching.CacheImpl, "_locator_classes", [])
+
+    def twice(x: float) -> float:
+        return 2 * x
+
+    with pytest.raises(RuntimeError, match="no locator"):
+        numba.njit(cache=True)(twice)  # what a plain cached njit does there
+    assert kernels._compiled()(twice)(2.5) == 5.0
