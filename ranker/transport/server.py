@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
+import gc
 import logging
 import signal
 import threading
@@ -208,6 +209,11 @@ class RankerServer:
             self.load_error = e
             self.loaded.set()
             return
+        # What was just loaded (the catalog's per-candidate lists and maps, the index, the model)
+        # lives as long as the service: move it out of the cycle collector's reach, or every
+        # full collection walks it while a ranking waits (130 ms at 10^6 candidates, measured).
+        gc.collect()
+        gc.freeze()
         health_now = self.service.pipeline.health()
         await self._set_health(health_now[""], health_now)
         self.loaded.set()
