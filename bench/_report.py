@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import gc
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,3 +65,19 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 def mib(n_bytes: float) -> str:
     return f"{n_bytes / 2**20:,.0f} MiB"
+
+
+@contextmanager
+def timed_without_gc() -> Iterator[None]:
+    """Timed calls without this process's cycle collector, as `timeit` times them: at 10^6 the
+    bench holds the baseline's large structures, and a full collection walking them paused a
+    timed call (service or baseline alike) by ~100 ms. Collected once before; cycles made
+    meanwhile wait until the end (reference counting frees everything else at once)."""
+    was = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()

@@ -27,7 +27,7 @@ from bench._data import (
     fresh_candidates,
 )
 from bench._machine import measured_peak
-from bench._report import Summary, mib, ms, rate_ratio, ratio, table
+from bench._report import Summary, mib, ms, rate_ratio, ratio, table, timed_without_gc
 from bench._server import ServerProcess
 from bench.serving import (
     PathRun,
@@ -278,16 +278,17 @@ def _filtered_latency(server: ServerProcess, base: BaseSet, run: SizeRun, cfg: S
         if f.filters.min_years is not None:
             req_filters.min_years = f.filters.min_years
         times = []
-        for i in range(cfg.filtered_requests):
-            req = pb.RankCandidatesRequest(
-                posting_id=base.postings[i % len(base.postings)].posting.id,
-                top_k=10,
-                retrieve_n=500,
-                filters=req_filters,
-            )
-            t0 = time.perf_counter()
-            stub.RankCandidates(req, timeout=60)
-            times.append((time.perf_counter() - t0) * 1000)
+        with timed_without_gc():
+            for i in range(cfg.filtered_requests):
+                req = pb.RankCandidatesRequest(
+                    posting_id=base.postings[i % len(base.postings)].posting.id,
+                    top_k=10,
+                    retrieve_n=500,
+                    filters=req_filters,
+                )
+                t0 = time.perf_counter()
+                stub.RankCandidates(req, timeout=60)
+                times.append((time.perf_counter() - t0) * 1000)
         f.rank_ms = Summary.of(times)
 
 
@@ -402,10 +403,11 @@ def _service_only(
     serving_cfg = ServingConfig(requests=cfg.requests)
     _service_block(stub, reqs, range(serving_cfg.warmup), None, serving_cfg, n)
     times = []
-    for i in range(cfg.requests):
-        t0 = time.perf_counter()
-        stub.RankCandidates(reqs[i % len(reqs)], timeout=60)
-        times.append((time.perf_counter() - t0) * 1000)
+    with timed_without_gc():
+        for i in range(cfg.requests):
+            t0 = time.perf_counter()
+            stub.RankCandidates(reqs[i % len(reqs)], timeout=60)
+            times.append((time.perf_counter() - t0) * 1000)
     return Summary.of(times)
 
 

@@ -27,7 +27,7 @@ from bench._data import (
     file_bytes,
     index_file,
 )
-from bench._report import Summary, mib, ms, rate_ratio, ratio, table
+from bench._report import Summary, mib, ms, rate_ratio, ratio, table, timed_without_gc
 from bench._server import ServerProcess
 from ranker.config import Settings
 from ranker.domain import Posting
@@ -241,12 +241,13 @@ def _compare(
     _service_block(stub, reqs, warm, None, cfg, n)
     _baseline_block(stack, targets, warm, None, cfg, explain)
     count = _count(cfg, path)
-    for start in range(0, count, cfg.block):
-        idx = range(start, min(count, start + cfg.block))
-        _service_block(stub, reqs, idx, ours, cfg, n)
-        _baseline_block(stack, targets, idx, theirs, cfg, explain)
-        if tuned:
-            _baseline_block(stack, targets, idx, theirs_tuned, cfg, explain, one_thread=True)
+    with timed_without_gc():
+        for start in range(0, count, cfg.block):
+            idx = range(start, min(count, start + cfg.block))
+            _service_block(stub, reqs, idx, ours, cfg, n)
+            _baseline_block(stack, targets, idx, theirs, cfg, explain)
+            if tuned:
+                _baseline_block(stack, targets, idx, theirs_tuned, cfg, explain, one_thread=True)
     return ours.run(), theirs.run(), theirs_tuned.run() if tuned else None
 
 
