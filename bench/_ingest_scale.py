@@ -23,7 +23,7 @@ from ranker.domain import Candidate, Posting, to_plain
 from ranker.encoding import TextEncoder
 from ranker.errors import InvalidInput
 from ranker.follower import BATCH as CATCH_UP_BATCH
-from ranker.index import FaissIndex, IvfOptions, build_index, load_index_if_current
+from ranker.index import FaissIndex, IvfOptions, load_index_if_current
 from ranker.ingest import Batch, BatchEncoder, ingest_files
 from ranker.prepared import candidate_text, prepare_candidate
 from ranker.rows import CandidateRow, PostingRow
@@ -169,14 +169,6 @@ def bulk_into(folder: Path, base: BaseSet, rows: Sequence[CandidateRow]) -> Bulk
         index.generation = generation
         index.save(s.resolved_index_dir)
         run.seconds["save"] = time.perf_counter() - t0
-        if ivf.wants_ivf(len(index)):
-            # What a server does in the background after `ranker ingest` left it an exact index:
-            # train IVF lists over every vector held, read from the catalog as it reads them.
-            _, all_fids = catalog.ids_and_fids()
-            found, vectors = catalog.doc_vectors(np.sort(all_fids))
-            t0 = time.perf_counter()
-            build_index(found, vectors, generation, dim, s.index_storage, ivf)
-            run.seconds["ivf"] = time.perf_counter() - t0
     finally:
         catalog.close()
     return run

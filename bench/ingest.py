@@ -270,12 +270,6 @@ def _bulk_report(empty: BulkRun, full: BulkRun, held: int, copy_s: float) -> lis
     rows.append(
         row("**first load: `ranker ingest`, then the catch-up** (every row above)", *FIRST_LOAD)
     )
-    rows.append(
-        row(
-            "IVF lists trained over the whole folder (`build_index`; the server, in the background)",
-            "ivf",
-        )
-    )
     labels = {key: short for key, _, short in _BULK_ROWS}
     bound = max(INCREMENTAL, key=lambda s: full.seconds[s])
     bound_first = max(FIRST_LOAD, key=lambda s: full.seconds[s])
@@ -307,8 +301,9 @@ def _bulk_report(empty: BulkRun, full: BulkRun, held: int, copy_s: float) -> lis
         f"(copied in {copy_s:.0f} s, not counted; removed at the end; {full.held:,} candidates "
         "by then, the service runs below having gone first). First `ranker ingest`'s "
         "`ingest_files` as it is, its encoding replaced by a lookup of the given vectors: the "
-        "file check, the erasure screen, the store writes and its closing index rebuild (an "
-        "exact index, over everything stored). Then what `ranker serve` does at start for "
+        "file check, the erasure screen, the store writes and its closing index rebuild over "
+        "everything stored (IVF lists, trained then, past `RANKER_INDEX_IVF_MIN_CANDIDATES`; "
+        "an exact index below). Then what `ranker serve` does at start for "
         "candidates its saved catalog lacks (the change feed's catch-up): prepare them, put "
         f"them in the catalog, add them to the folder's saved index ({layout}), save both. "
         "One pass each, in the bench "
@@ -402,12 +397,6 @@ def _first_load(full: BulkRun, runs: dict[bool, EncodedRun]) -> list[str]:
     per = sum(full.seconds[s] for s in ("check", "store", "prepare", "put", "add")) / full.new
     whole = (full.seconds["rebuild"] + full.seconds["save"]) / stored
     bulk_s = million * (per + whole)
-    ivf = (
-        f", and the server then trains its IVF lists in the background (~"
-        f"{full.seconds['ivf'] * million / stored:.0f} s, serving exact scans meanwhile)"
-        if "ivf" in full.seconds
-        else ""
-    )
     fp32, int8 = runs[False], runs[True]
     svc = (_median(fp32.service), _median(int8.service))
     alone1 = _median(fp32.alone)
@@ -419,7 +408,7 @@ def _first_load(full: BulkRun, runs: dict[bool, EncodedRun]) -> list[str]:
         f"Extrapolated from the {stored:,}-candidate folder (per-candidate stages as measured, "
         "the index rebuild and the saves linear in what the folder holds): with the vectors "
         f"already computed, `ranker ingest` and the start-up catch-up take about "
-        f"{bulk_s / 60:.0f} minutes for 10^6 on this machine ({rate:,.0f} candidates/s){ivf}. "
+        f"{bulk_s / 60:.0f} minutes for 10^6 on this machine ({rate:,.0f} candidates/s), the IVF lists trained within `ranker ingest`'s index rebuild. "
         "With encoding, the encoder bounds everything: `ranker ingest` in this process "
         f"encodes and stores {ingest[0]:.1f} (fp32) or {ingest[1]:.1f} (int8) candidates/s, "
         f"{rate / ingest[0]:,.0f}× and {rate / ingest[1]:,.0f}× slower than without encoding, "
