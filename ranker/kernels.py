@@ -65,7 +65,7 @@ module says what each means)."""
 
 
 @_compiled(fastmath=True)
-def _dot(a: np.ndarray, b: np.ndarray) -> np.float32:  # pragma: no cover - compiled
+def _dot(a: np.ndarray, b: np.ndarray) -> np.float32:
     # fastmath lets the reduction use SIMD lanes; each row is summed alone, so a candidate's
     # cosine does not depend on which other candidates are in the batch.
     acc = np.float32(0.0)
@@ -75,7 +75,7 @@ def _dot(a: np.ndarray, b: np.ndarray) -> np.float32:  # pragma: no cover - comp
 
 
 @_compiled()
-def _query_table(q: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
+def _query_table(q: np.ndarray) -> np.ndarray:
     """Open-addressing table of the query's term hashes: slot -> index in `q` + 1 (0: empty),
     at most 1/8 full, so a CV term not in the query usually meets an empty slot at once."""
     size = 1024
@@ -92,7 +92,7 @@ def _query_table(q: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
 
 
 @_compiled()
-def _find(table: np.ndarray, q: np.ndarray, h: np.uint64) -> int:  # pragma: no cover - compiled
+def _find(table: np.ndarray, q: np.ndarray, h: np.uint64) -> int:
     """Index of `h` in `q`, or -1 (exact: a shared slot is resolved by comparing hashes)."""
     mask = np.uint64(table.shape[0] - 1)
     k = h & mask
@@ -105,9 +105,7 @@ def _find(table: np.ndarray, q: np.ndarray, h: np.uint64) -> int:  # pragma: no 
 
 
 @_compiled()
-def _count_in(
-    values: np.ndarray, start: int, stop: int, wanted: np.ndarray
-) -> int:  # pragma: no cover
+def _count_in(values: np.ndarray, start: int, stop: int, wanted: np.ndarray) -> int:
     """How many of `values[start:stop]` are in `wanted` (a handful of skills: a scan is fastest)."""
     n = 0
     for g in range(start, stop):
@@ -119,7 +117,7 @@ def _count_in(
 
 
 @_compiled()
-def absolute_columns(  # noqa: PLR0913  # pragma: no cover - compiled
+def absolute_columns(
     x: np.ndarray,
     cols: np.ndarray,
     vectors: np.ndarray,
@@ -240,7 +238,7 @@ def absolute_columns(  # noqa: PLR0913  # pragma: no cover - compiled
 
 
 @_compiled()
-def split_heads(  # pragma: no cover - compiled
+def split_heads(
     head: np.ndarray, starts: np.ndarray, terms: np.ndarray, tags: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The term hashes (uint64), term counts (float32) and tags (uint64) of blobs whose heads
