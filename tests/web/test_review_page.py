@@ -113,6 +113,23 @@ def _screenshot(driver: object, path: Path, width: int, max_height: int) -> None
         shutil.copyfile(path, ROOT / "docs" / path.name)
 
 
+def _click_through(driver: object, element: object) -> None:
+    """Click a link or a form button that loads a new page, and wait for that page: the click
+    may return before the navigation, and the next lookup would then read the old page."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.remote.webelement import WebElement
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    assert isinstance(driver, WebDriver) and isinstance(element, WebElement)
+    old = driver.find_element(By.TAG_NAME, "html")
+    element.click()
+    wait = WebDriverWait(driver, 60)
+    wait.until(ec.staleness_of(old))
+    wait.until(lambda d: d.execute_script("return document.readyState") == "complete")
+
+
 def test_review_a_posting_and_shortlist_a_candidate(
     browser: object, review_page: str, recruiter_served: ServerHandle, tmp_path: Path
 ) -> None:
@@ -123,7 +140,7 @@ def test_review_a_posting_and_shortlist_a_candidate(
     d.get(review_page + "/")
     assert "decision aid" in d.find_element(By.ID, "notice").text
     assert d.find_element(By.ID, "model-version").text == "v0001"
-    d.find_element(By.CSS_SELECTOR, 'a[href="/postings/R-MADRID"]').click()
+    _click_through(d, d.find_element(By.CSS_SELECTOR, 'a[href="/postings/R-MADRID"]'))
 
     assert d.find_element(By.TAG_NAME, "h1").text.startswith("Senior Financial Analyst")
     facts = d.find_element(By.ID, "posting").text
@@ -148,7 +165,7 @@ def test_review_a_posting_and_shortlist_a_candidate(
     # Shortlist the third candidate: a POST form, then back to the ranking with a confirmation.
     chosen = shown[2]
     before = recruiter_served.pipeline.store.list_outcomes()
-    d.find_element(By.CSS_SELECTOR, f'button[value="shortlist-{chosen}"]').click()
+    _click_through(d, d.find_element(By.CSS_SELECTOR, f'button[value="shortlist-{chosen}"]'))
     banner = d.find_element(By.ID, "confirmation").text
     assert chosen in banner and "shortlisted" in banner and "screened" in banner
     stored = [
@@ -159,7 +176,7 @@ def test_review_a_posting_and_shortlist_a_candidate(
     assert [(o.candidate_id, o.stage) for o in stored] == [(chosen, Stage.SCREENED)]
 
     # Reject another one.
-    d.find_element(By.CSS_SELECTOR, f'button[value="reject-{shown[4]}"]').click()
+    _click_through(d, d.find_element(By.CSS_SELECTOR, f'button[value="reject-{shown[4]}"]'))
     assert "rejected" in d.find_element(By.ID, "confirmation").text
     assert any(
         o.candidate_id == shown[4] and o.stage == Stage.REJECTED
@@ -167,7 +184,7 @@ def test_review_a_posting_and_shortlist_a_candidate(
     )
 
     # Why is #1 above #2?
-    d.find_elements(By.CSS_SELECTOR, "a.why")[0].click()
+    _click_through(d, d.find_elements(By.CSS_SELECTOR, "a.why")[0])
     summary = d.find_element(By.ID, "summary").text
     assert shown[0] in summary and shown[1] in summary
     assert d.find_elements(By.CSS_SELECTOR, "#separating li")
