@@ -44,6 +44,7 @@ from bench.serving import (
 from ranker.api import RankFilters
 from ranker.catalog import CandidateCatalog
 from ranker.catalog_state import STATE_FILE
+from ranker.columns import reads_mapped
 from ranker.config import Settings
 from ranker.index import FaissIndex, IvfOptions
 from ranker.prepared import Scalar
@@ -354,7 +355,7 @@ def measure(base: BaseSet, n: int, cfg: ScaleConfig, root: Path, crash: bool = F
 def _default_read(data: BenchData) -> str:
     """The read mode the default settings (`auto`) chose for this set's blobs file."""
     blobs = sum(file_bytes(p) for p in (data.index_dir / CATALOG_DIR).glob("blobs*.bin"))
-    return "mmap" if 0 < blobs <= Settings().catalog_map_bytes else "pread"
+    return "mmap" if reads_mapped(blobs, Settings().catalog_map_bytes) else "pread"
 
 
 def _crash_restart(base: BaseSet, data: BenchData, root: Path, writes: int) -> Crash:

@@ -474,10 +474,14 @@ class CandidateCatalog:
         total = len(self._blobs or ()) + len(self._records or ())
         if not total:
             return 0.0
-        alive = np.flatnonzero(self._hot["alive"][: self._n])
-        blocks = _blob_layout(self._scalars[alive], self._row_bytes)[-1]
+        alive, blocks = self._live_blobs()
         live = int(blocks.sum()) * self._row_bytes + int(self._hot["rec_len"][alive].sum())
         return 1.0 - live / total
+
+    def _live_blobs(self) -> tuple[np.ndarray, np.ndarray]:
+        """The held candidates' slots, and the blocks each one's blob takes."""
+        alive = np.flatnonzero(self._hot["alive"][: self._n])
+        return alive, _blob_layout(self._scalars[alive], self._row_bytes)[-1]
 
     def compact(self) -> int:
         """Rewrite the column files with only the held candidates' bytes; the bytes freed.
@@ -493,8 +497,7 @@ class CandidateCatalog:
             raise ValueError("compact a saved or loaded catalog: its state is saved again")
         before = len(self._blobs) + len(self._records)
         h, block = self._hot, self._row_bytes
-        alive = np.flatnonzero(h["alive"][: self._n])
-        blocks = _blob_layout(self._scalars[alive], block)[-1]
+        alive, blocks = self._live_blobs()
         copied = copy_live(
             self._blobs,
             self._records,

@@ -119,7 +119,7 @@ class BlockFile(AppendFile):
     @property
     def mapped(self) -> bool:
         """Whether a gather now reads through the memory map (the file is within `map_up_to`)."""
-        return 0 < len(self) <= self.map_up_to
+        return reads_mapped(len(self), self.map_up_to)
 
     def _unmap(self) -> None:
         """Drop the map once the file outgrew `map_up_to`: its pages leave the service's
@@ -159,6 +159,12 @@ class BlockFile(AppendFile):
         with self._map_lock:
             self._view = np.zeros((0, self.block), dtype=np.uint8)
         super().close()
+
+
+def reads_mapped(size: int, map_up_to: int) -> bool:
+    """Whether a `BlockFile` of `size` bytes is read through its memory map (an empty file
+    has nothing to map)."""
+    return 0 < size <= map_up_to
 
 
 def range_index(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
