@@ -18,7 +18,7 @@ from ranker.catalog_state import (
 )
 from ranker.columns import AppendFile, BlockFile, copy_live, remove_unnamed
 from ranker.domain import to_plain
-from ranker.kernels import split_heads
+from ranker.kernels import passing_fids, split_heads
 from ranker.lexicon import LiveLexicon
 from ranker.prepared import N_SCALARS, PackedCandidates, PreparedCandidate, Scalar
 from ranker.retrieved import LazyRecords, RetrievedCandidates
@@ -36,7 +36,11 @@ _HOT: dict[str, tuple[type, object]] = {
     "blob_start": (np.int64, 0),
     "rec_start": (np.int64, 0),
     "rec_len": (np.int32, 0),
+    # Derived from the scalars, contiguous for the filters' pass; not saved (rebuilt at load).
+    "years": (np.float64, 0.0),
+    "flags": (np.uint8, 0),
 }
+_DERIVED = ("years", "flags")
 
 
 def _blob_layout(scalars: np.ndarray, row_bytes: int) -> tuple[np.ndarray, ...]:
@@ -173,6 +177,12 @@ class CandidateCatalog:
             grown[: len(self._slot_of_fid)] = self._slot_of_fid
             self._slot_of_fid = grown
         self._slot_of_fid[fid] = slot
+
+    def _derive(self, rows: slice) -> None:
+        """Fill the filters' columns of `rows` from their scalars."""
+        s = self._scalars[rows]
+        self._hot["years"][rows] = s[:, Scalar.YEARS]
+        self._hot["flags"][rows] = (s[:, Scalar.REMOTE] > 0) | ((s[:, Scalar.RELOCATE] > 0) << 1)
 
     def _read(self, slots: np.ndarray) -> tuple[np.ndarray, ...]:
         """The blobs of `slots`: (term hashes, counts, tags, vector rows), each concatenated in
@@ -318,6 +328,7 @@ class CandidateCatalog:
             h["rec_start"][slot], rec0 = rec0, rec0 + len(rec)
             h["rec_len"][slot] = len(rec)
             self._scalars[slot] = pc.numbers[:N_SCALARS]
+            self._derive(slice(slot, slot + 1))
             h["loc_hash"][slot] = pc.location_hash
             h["loc"][slot] = self._loc_acquire(pc.location_hash)
             self._note(delta, pc.skill_hashes, slot, +1)
@@ -412,37 +423,27 @@ class CandidateCatalog:
         return slots
 
     def allowed(self, f: RankFilters) -> np.ndarray | None:
-        """FAISS ids passing the filters; None when there is no filter (search everything)."""
+        """FAISS ids passing the filters (in slot order); None when there is no filter (search
+        everything). One compiled pass over the catalog's columns (`kernels.passing_fids`)."""
         if f.empty:
             return None
         n = self._n
         h = self._hot
-        mask = h["alive"][:n].copy()
-        s = self._scalars
-        if f.location_clause:
-            where = np.zeros(n, dtype=bool)
-            codes = [self._loc_codes.get(term_hash(loc), -1) for loc in f.locations]
-            codes = [c for c in codes if c >= 0]
-            if codes:
-                where |= np.isin(h["loc"][:n], np.asarray(codes, dtype=np.int32))
-            if f.include_remote:
-                where |= s[:n, Scalar.REMOTE] > 0
-            if f.include_relocating:
-                where |= s[:n, Scalar.RELOCATE] > 0
-            mask &= where
-        if f.remote_only:
-            mask &= s[:n, Scalar.REMOTE] > 0
-        if f.min_years is not None and f.min_years > 0:
-            mask &= s[:n, Scalar.YEARS] >= f.min_years
+        codes = [self._loc_codes.get(term_hash(loc), -1) for loc in f.locations]
+        wanted = np.zeros(len(self._loc_refs) + 1, dtype=np.bool_)
+        wanted[[c + 1 for c in codes if c >= 0]] = True
+        held = np.zeros(0, dtype=np.bool_)
         # Rarest skill first: an empty intersection is found with the least work.
-        held = [self._skills.get(term_hash(k)) for k in f.must_have_skills]
-        for slots in sorted(held, key=lambda a: -1 if a is None else len(a)):
+        holders = [self._skills.get(term_hash(k)) for k in f.must_have_skills]
+        for slots in sorted(holders, key=lambda a: -1 if a is None else len(a)):
             if slots is None:
                 return np.zeros(0, dtype=np.int64)
-            has = np.zeros(n, dtype=bool)
+            has = np.zeros(n, dtype=np.bool_)
             has[slots] = True
-            mask &= has
-        return h["fid"][:n][mask]
+            held = has if not len(held) else held & has
+        columns = (h["fid"], h["alive"], h["loc"], h["years"], h["flags"], n, wanted)
+        clauses = (f.location_clause, f.include_remote, f.include_relocating, f.remote_only)
+        return passing_fids(*columns, *clauses, float(f.min_years or 0.0), held)
 
     def lookup(self, fids: np.ndarray) -> tuple[RetrievedCandidates, np.ndarray]:
         """The candidates of `fids` and a mask of which fids were found (order kept)."""
@@ -531,7 +532,7 @@ class CandidateCatalog:
                 generation=generation,
                 dim=self._dim,
                 lengths={"blobs": len(self._blobs or ()), "records": len(self._records or ())},
-                hot={k: v[:n] for k, v in self._hot.items()},
+                hot={k: v[:n] for k, v in self._hot.items() if k not in _DERIVED},
                 scalars=self._scalars[:n],
                 ids=[i or "" for i in self._ids],
                 free=list(self._free),
@@ -564,8 +565,10 @@ class CandidateCatalog:
         cat = cls(capacity=max(n, 1024), directory=directory, map_up_to=map_up_to)
         cat._n = n
         for k, v in state.hot.items():
-            cat._hot[k][:n] = v
+            if k not in _DERIVED:
+                cat._hot[k][:n] = v
         cat._scalars[:n] = state.scalars
+        cat._derive(slice(0, n))
         cat._ids = [i or None for i in state.ids]
         cat._free = list(state.free)
         cat._files = dict(state.files)

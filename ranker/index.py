@@ -19,6 +19,7 @@ from ranker.atomic import atomic_file
 from ranker.config import Settings
 from ranker.errors import InvalidInput
 from ranker.ivf import MIN_LISTS, empty_ivf, list_ids, lists_to_probe, nlist_for, train_sample
+from ranker.kernels import id_bitmap
 from ranker.permissions import private_dir
 from ranker.store_api import Store, open_store
 
@@ -225,9 +226,7 @@ class FaissIndex:
                 raise InvalidInput("ids are non-negative")
             # A bitmap over the id range is O(1) per test and cheap to build: store ids are
             # dense (autoincrement), so the map is max_id/8 bytes (12.5 KB per 10^5 ids).
-            bits = np.zeros(int(allowed64.max()) + 1, dtype=bool)
-            bits[allowed64] = True
-            bitmap = np.packbits(bits, bitorder="little")
+            bitmap = id_bitmap(allowed64)
             # The bitmap size is given in bytes.
             selector = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))
         with self._lock.read():

@@ -1,5 +1,5 @@
-"""Compiled loops (numba) for the per-candidate work of a ranking: the feature columns, and the
-split of the catalog's blobs into term and tag arrays.
+"""Compiled loops (numba) for the per-candidate work of a ranking: the feature columns, the
+split of the catalog's blobs into term and tag arrays, and the filters' pass over the catalog.
 
 Written as loops because numpy needs dozens of whole-array passes (and temporaries) for what one
 pass over each candidate does: at 500 candidates of CV length, the feature columns cost ~1.4 ms
@@ -261,6 +261,69 @@ def split_heads(
     return hashes, counts, out_tags
 
 
+@_compiled()
+def passing_fids(
+    fid: np.ndarray,
+    alive: np.ndarray,
+    loc: np.ndarray,
+    years: np.ndarray,
+    flags: np.ndarray,
+    n: int,
+    loc_wanted: np.ndarray,
+    loc_clause: bool,
+    remote_in: bool,
+    relocating_in: bool,
+    remote_only: bool,
+    min_years: float,
+    held: np.ndarray,
+) -> np.ndarray:
+    """FAISS ids of the live slots below `n` that pass a ranking's filters, in slot order.
+
+    One pass over contiguous columns: the location code (`loc_wanted[code + 1]` says whether
+    it is asked for; code -1, no location, reads `loc_wanted[0]`, False), the years, the flags (bit 0 open to remote, bit 1 to relocation). With
+    `loc_clause` a slot passes on its location or, when asked for, its remote or relocation
+    flag; `remote_only` requires the remote flag; a `min_years` above 0 the years (at least that
+    many); `held` (empty: no skill asked for) marks the
+    slots holding every required skill. Numpy needs a masked pass and a temporary per clause,
+    over a strided column of the scalars for the years: ~6-12 ms at 10^6 candidates.
+    """
+    # Branch-free: every slot is written and the count moves on only when it passes, so a
+    # filter passing a random 10% costs no mispredicted branch per slot (~3x faster here).
+    out = np.empty(n + 1, dtype=np.int64)
+    k = 0
+    use_held = held.shape[0] > 0
+    check_years = min_years > 0
+    top = loc_wanted.shape[0] - 1
+    for s in range(n):
+        f = flags[s]
+        ok = alive[s]
+        if loc_clause:
+            where = loc_wanted[min(loc[s] + 1, top)]
+            where |= remote_in & ((f & 1) == 1)
+            where |= relocating_in & ((f & 2) == 2)
+            ok &= where
+        ok &= (not remote_only) | ((f & 1) == 1)
+        ok &= (not check_years) | (years[s] >= min_years)
+        if use_held:
+            ok &= held[s]
+        out[k] = fid[s]
+        k += ok
+    return out[:k]
+
+
+@_compiled()
+def id_bitmap(ids: np.ndarray) -> np.ndarray:
+    """A little-endian bitmap (bit i of byte i // 8 set for id i) of non-negative `ids`, as FAISS's
+    `IDSelectorBitmap` reads it; one byte past the largest id."""
+    top = 0
+    for i in ids:
+        top = max(top, i)
+    bits = np.zeros(top // 8 + 1, dtype=np.uint8)
+    for i in ids:
+        bits[i >> 3] |= np.uint8(1 << (i & 7))
+    return bits
+
+
 def warm_up() -> None:
     """Compile (or load from the cache) every kernel now, on a tiny input of the argument types
     rankings pass, so the first ranking does not pay for it."""
@@ -289,3 +352,19 @@ def warm_up() -> None:
         np.ones(5, dtype=f64),
     )
     split_heads(np.zeros(64, dtype=np.uint8), np.zeros(1, i64), np.ones(1, i64), np.ones(1, i64))
+    passing_fids(
+        np.zeros(1, dtype=i64),
+        np.ones(1, dtype=np.bool_),
+        np.zeros(1, dtype=np.int32),
+        np.zeros(1, dtype=f64),
+        np.zeros(1, dtype=np.uint8),
+        1,
+        np.zeros(1, dtype=np.bool_),
+        True,
+        False,
+        False,
+        False,
+        0.0,
+        np.zeros(0, dtype=np.bool_),
+    )
+    id_bitmap(np.zeros(1, dtype=i64))

@@ -9,6 +9,7 @@ import pytest
 
 from ranker.errors import InvalidInput
 from ranker.index import INDEX_FILE, FaissIndex
+from ranker.kernels import id_bitmap
 
 
 def _unit(rng: np.random.Generator, n: int, dim: int = 16) -> np.ndarray:
@@ -41,6 +42,15 @@ def test_search_matches_brute_force(populated: tuple[FaissIndex, np.ndarray, np.
 
 def ids_to_rows(got: np.ndarray) -> np.ndarray:
     return (got // 3 - 1).astype(np.int64)
+
+
+def test_id_bitmap_is_the_packed_bitmap_faiss_reads() -> None:
+    rng = np.random.default_rng(4)
+    for top in (0, 7, 8, 63, 1000, 100_003):
+        ids = np.unique(np.append(rng.integers(0, top + 1, size=50), top)).astype(np.int64)
+        bits = np.zeros(top + 1, dtype=bool)
+        bits[ids] = True
+        assert np.array_equal(id_bitmap(ids), np.packbits(bits, bitorder="little"))
 
 
 def test_filter_is_applied_inside_the_search(

@@ -34,7 +34,7 @@ def _random_candidates(rng: np.random.Generator, n: int, start: int = 0) -> list
             id=f"c{start + i}",
             cv_text=f"cv {start + i}",
             skills=tuple(s for s in SKILLS if rng.random() < 0.4),
-            years_experience=float(rng.integers(0, 15)),
+            years_experience=float(rng.integers(0, 30)) / 2,
             location=str(rng.choice(CITIES)),
             willing_to_relocate=bool(rng.random() < 0.3),
             remote_ok=bool(rng.random() < 0.3),
@@ -94,7 +94,8 @@ def test_catalog_filters_match_a_brute_force_scan_through_upserts_and_deletes() 
             include_remote=bool(rng.random() < 0.5),
             include_relocating=bool(rng.random() < 0.5),
             remote_only=bool(rng.random() < 0.2),
-            min_years=float(rng.integers(0, 10)) if rng.random() < 0.5 else None,
+            # Halves too: the bound is compared in the scalars' float64, never rounded.
+            min_years=float(rng.integers(0, 20)) / 2 if rng.random() < 0.5 else None,
             must_have_skills=tuple(rng.choice(SKILLS, size=int(rng.integers(0, 3)), replace=False)),
         )
         allowed = catalog.allowed(f)
