@@ -120,6 +120,8 @@ class Filtered:
     search_ms: float
     """In-process search of the saved index (median)."""
     exact_ms: float
+    filter_ms: float = 0.0
+    """In-process `CandidateCatalog.allowed` (the filters' pass over the catalog), median."""
     rank_ms: Summary | None = None
     """Rankings by id with this filter through gRPC."""
 
@@ -234,6 +236,11 @@ def _recall(
     for share in SELECTIVITIES:
         f, eligible = _filters_for(catalog, share, run.n)
         allowed = catalog.allowed(f)
+        filter_times = []
+        for _ in range(20):
+            t0 = time.perf_counter()
+            catalog.allowed(f)
+            filter_times.append((time.perf_counter() - t0) * 1000)
         recalls, times, exact_times = [], [], []
         for prow in postings:
             q = prow.vector.astype(np.float32)
@@ -252,6 +259,7 @@ def _recall(
                 float(np.mean(recalls)),
                 _median(np.array(times)),
                 _median(np.array(exact_times)),
+                _median(np.array(filter_times)),
             )
         )
 
@@ -671,6 +679,7 @@ def report(runs: list[SizeRun], fixed: Memory, fixed_startup: float, base: BaseS
                 f"{f.eligible:,} ({f.eligible / r.n:.1%})",
                 _describe(f.filters),
                 f"{f.recall:.4f}",
+                "–" if f.share >= 1.0 else ms(f.filter_ms),
                 ms(f.search_ms),
                 ms(f.exact_ms),
                 "–" if f.rank_ms is None else f"{ms(f.rank_ms.p50)} / {ms(f.rank_ms.p99)}",
@@ -681,7 +690,8 @@ def report(runs: list[SizeRun], fixed: Memory, fixed_startup: float, base: BaseS
             f"Recall of the 500 retrieved against exact float32 search at {r.n:,} candidates, "
             f"{len(base.postings[:40])} postings per row (the saved index searched in-process "
             "as the service searches it; the filter nearest each share among location and "
-            "minimum-years filters):",
+            "minimum-years filters; `filter ms`: the catalog's compiled pass that lists the "
+            "passing ids, `kernels.passing_fids`, in-process):",
             "",
             table(
                 [
@@ -689,6 +699,7 @@ def report(runs: list[SizeRun], fixed: Memory, fixed_startup: float, base: BaseS
                     "passing",
                     "filter",
                     "recall@500",
+                    "filter ms",
                     "index search ms",
                     "exact float32 ms",
                     "ranking p50 / p99 ms (gRPC)",
