@@ -1,5 +1,6 @@
 """Compiled loops (numba) for the per-candidate work of a ranking: the feature columns, the
-split of the catalog's blobs into term and tag arrays, and the filters' pass over the catalog.
+split of the catalog's blobs into term and tag arrays, the filters' pass over the catalog, and
+the reads of the retrieved candidates' blobs from the catalog's file.
 
 Written as loops because numpy needs dozens of whole-array passes (and temporaries) for what one
 pass over each candidate does: at 500 candidates of CV length, the feature columns cost ~1.4 ms
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from numba import njit
+from numba import njit, types
 
 from ranker.prepared import Scalar
 
@@ -324,6 +325,48 @@ def id_bitmap(ids: np.ndarray) -> np.ndarray:
     return bits
 
 
+_PREADV = types.ExternalFunction(
+    "preadv", types.int64(types.int32, types.uint64, types.int32, types.int64)
+)
+"""libc's `ssize_t preadv(int fd, const struct iovec *iov, int iovcnt, off_t offset)`, called
+from compiled code by its symbol (so the kernel using it is cached like the others; a ctypes
+pointer would not be), the iovec pointer passed as a 64-bit integer: 64-bit POSIX only, as
+numba and this service are."""
+
+
+@_compiled()
+def read_runs(
+    fd: int,
+    first: np.ndarray,
+    head: np.ndarray,
+    tail: np.ndarray,
+    block: int,
+    out_head: np.ndarray,
+    out_tail: np.ndarray,
+) -> int:
+    """Read runs of `block`-byte blocks of file `fd`: the `head[i]` blocks from block `first[i]`
+    into `out_head`, back to back, and the `tail[i]` blocks after them into `out_tail`, one
+    `preadv` per run straight into the two arrays. -1 when every run was read whole, else the
+    index of the first run that was not (an error, or short at the end of the file: the caller
+    reads it again to say which).
+
+    Written by hand because `os.preadv` costs, per run, Python's call and two memoryview slices
+    with the GIL held between system calls: for the 500 runs of a ranking (~9 KB each, cached
+    pages) 2.2 ms that way, 1.4 ms here, with the GIL released throughout (measured on this
+    machine's 2 cores)."""
+    iov = np.empty(4, dtype=np.uint64)  # struct iovec[2]: (base, length) twice
+    at_head, at_tail = out_head.ctypes.data, out_tail.ctypes.data
+    for i in range(first.shape[0]):
+        h, t = head[i] * block, tail[i] * block
+        iov[0], iov[1], iov[2], iov[3] = at_head, h, at_tail, t
+        got = _PREADV(np.int32(fd), np.uint64(iov.ctypes.data), np.int32(2), first[i] * block)
+        if got != h + t:
+            return i
+        at_head += h
+        at_tail += t
+    return -1
+
+
 def warm_up() -> None:
     """Compile (or load from the cache) every kernel now, on a tiny input of the argument types
     rankings pass, so the first ranking does not pay for it."""
@@ -368,3 +411,5 @@ def warm_up() -> None:
         np.zeros(0, dtype=np.bool_),
     )
     id_bitmap(np.zeros(1, dtype=i64))
+    empty = np.zeros(0, dtype=i64)
+    read_runs(-1, empty, empty, empty, 1, np.zeros(0, np.uint8), np.zeros(0, np.uint8))

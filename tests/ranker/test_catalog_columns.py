@@ -275,6 +275,29 @@ def test_block_file_reads_runs_split_in_two_and_sees_later_writes(
     f.close()
 
 
+def test_the_compiled_reads_fill_both_arrays_and_name_the_first_run_read_short(
+    tmp_path: Path,
+) -> None:
+    from ranker.kernels import read_runs
+
+    path = tmp_path / "r.bin"
+    data = np.random.default_rng(3).integers(0, 256, 4 * 10, dtype=np.uint8).tobytes()
+    path.write_bytes(data)  # ten blocks of 4 bytes
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        first, head, tail = np.array([7, 0, 3]), np.array([1, 2, 0]), np.array([2, 1, 3])
+        out_h, out_t = np.zeros(4 * 3, np.uint8), np.zeros(4 * 6, np.uint8)
+        assert read_runs(fd, first, head, tail, 4, out_h, out_t) == -1
+        block = [data[4 * i : 4 * i + 4] for i in range(10)]
+        assert out_h.tobytes() == block[7] + block[0] + block[1]
+        assert out_t.tobytes() == block[8] + block[9] + block[2] + block[3] + block[4] + block[5]
+        past_the_end = np.array([0, 9]), np.array([1, 1]), np.array([0, 1])
+        assert read_runs(fd, *past_the_end, 4, out_h, out_t) == 1
+        assert read_runs(-1, first, head, tail, 4, out_h, out_t) == 0  # a bad descriptor
+    finally:
+        os.close(fd)
+
+
 def test_a_block_file_reads_through_its_map_until_it_outgrows_the_bound(tmp_path: Path) -> None:
     from ranker.columns import BlockFile
 
