@@ -325,7 +325,7 @@ def id_bitmap(ids: np.ndarray) -> np.ndarray:
     return bits
 
 
-_PREADV = types.ExternalFunction(
+_PREADV: Any = types.ExternalFunction(
     "preadv", types.int64(types.int32, types.uint64, types.int32, types.int64)
 )
 """libc's `ssize_t preadv(int fd, const struct iovec *iov, int iovcnt, off_t offset)`, called
