@@ -115,19 +115,27 @@ def _screenshot(driver: object, path: Path, width: int, max_height: int) -> None
 
 def _click_through(driver: object, element: object) -> None:
     """Click a link or a form button that loads a new page, and wait for that page: the click
-    may return before the navigation, and the next lookup would then read the old page."""
-    from selenium.webdriver.common.by import By
+    may return before the navigation, and the next lookup would then read the old page.
+
+    The old page is marked with a window property, which a new document does not have. Selenium's
+    `staleness_of` is not used: while the old document is being torn down, Chrome can answer a
+    query on its element with a generic "Node ... does not belong to the document" error rather
+    than a stale-element one, and that failed a CI run. Any WebDriver error while the page
+    changes means "not yet", so the wait ignores them."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.remote.webdriver import WebDriver
     from selenium.webdriver.remote.webelement import WebElement
-    from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
     assert isinstance(driver, WebDriver) and isinstance(element, WebElement)
-    old = driver.find_element(By.TAG_NAME, "html")
+    driver.execute_script("window.__reviewTestOldPage = true")
     element.click()
-    wait = WebDriverWait(driver, 60)
-    wait.until(ec.staleness_of(old))
-    wait.until(lambda d: d.execute_script("return document.readyState") == "complete")
+    wait = WebDriverWait(driver, 60, ignored_exceptions=(WebDriverException,))
+    wait.until(
+        lambda d: d.execute_script(
+            "return window.__reviewTestOldPage !== true && document.readyState === 'complete'"
+        )
+    )
 
 
 def test_review_a_posting_and_shortlist_a_candidate(
