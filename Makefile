@@ -79,7 +79,7 @@ bench: install
 	$(BIN)/python -m bench
 
 # Only the scale section (issue 14): BENCH_SCALE candidates, 10^6 by default; the synthetic set
-# is built once (~7 min, ~22 GB under data/bench/) and reused. BENCH_SCALE=0 skips it in `make bench`.
+# is built once (~11 min, ~24 GB under data/bench/) and reused. BENCH_SCALE=0 skips it in `make bench`.
 bench-scale: install
 	$(BIN)/python -m bench scale
 
