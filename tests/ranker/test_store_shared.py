@@ -380,8 +380,9 @@ def _logged_fids(store: SqlStore) -> set[int]:
     return {int(f) for b in blobs for f in np.frombuffer(b or b"", dtype="<i8")}
 
 
-def _log_scoring_both(store: SqlStore, fids: list[int], n: int) -> None:
-    """Log decisions r0..r{n-1}, each of which scored c1 and c2 (faiss ids `fids`)."""
+def test_erasure_finds_a_candidate_s_scores_in_every_block_of_decisions(store: SqlStore) -> None:
+    # The score index is by (block of 8 decisions, faiss id): 150 decisions span 19 blocks.
+    fids = store.upsert_candidates([_cand(1), _cand(2)])
     base = _decision("x", ("c1",))
     scores = np.array([0.5, 0.25], dtype=np.float32)
     store.log_decisions(
@@ -393,15 +394,9 @@ def _log_scoring_both(store: SqlStore, fids: list[int], n: int) -> None:
                     "scored": ScoredCandidates(np.array(fids), ("c1", "c2"), scores),
                 }
             )
-            for i in range(n)
+            for i in range(150)
         ]
     )
-
-
-def test_erasure_finds_a_candidate_s_scores_in_every_block_of_decisions(store: SqlStore) -> None:
-    # The score index is by (block of 8 decisions, faiss id): 150 decisions span 19 blocks.
-    fids = store.upsert_candidates([_cand(1), _cand(2)])
-    _log_scoring_both(store, fids, 150)
     assert _rows_naming(store, "decision_scored", "faiss_id", fids[0]) == 150
     receipt = store.delete_candidates(["c1"])
     assert receipt.rows["decision_scores"] == 150
@@ -463,7 +458,20 @@ def test_a_store_of_schema_6_gets_the_smaller_score_blocks(backend: Backend) -> 
 
     store = backend.open()
     fids = store.upsert_candidates([_cand(1), _cand(2)])
-    _log_scoring_both(store, fids, 100)
+    base = _decision("x", ("c1",))
+    scores = np.array([0.5, 0.25], dtype=np.float32)
+    store.log_decisions(
+        [
+            Decision(
+                **{
+                    **base.__dict__,
+                    "request_id": f"r{i}",
+                    "scored": ScoredCandidates(np.array(fids), ("c1", "c2"), scores),
+                }
+            )
+            for i in range(100)
+        ]
+    )
     # Back to schema 6: blocks of 64 decisions.
     with store._tx() as tx:
         tx.execute("UPDATE decision_scored SET block = seq >> 6")
