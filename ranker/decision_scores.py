@@ -2,17 +2,15 @@
 
 A decision's scores are one row of `decision_score_sets`: the faiss ids (int64, ascending) and
 their scores (float32, as served) as two blobs, ~6 KB for 500 candidates. Which decisions
-scored a candidate is kept apart, in `decision_scored` (block of 8 decisions, faiss id, seq),
+scored a candidate is kept apart, in `decision_scored` (block of 64 decisions, faiss id, seq),
 for erasure. Faiss ids are never reused, and mean nothing once the candidate's row is gone.
 
 Why this layout (measured on 2 million logged scores, per decision of 500 scores):
 - one row per (decision, candidate) with an index on faiss_id: each row landed on its own index
   page, 6.8 ms of CPU per decision, growing with the log;
 - the same rows indexed by (block, faiss_id): 2.0 ms;
-- blobs plus the (block, faiss_id, seq) index: 0.9 ms; with blocks of 8 decisions rather than
-  64, 0.97 ms instead of 1.58 ms on the 10^5-candidate bench store (`ranker.schema.SCORE_BLOCK_SHIFT`
-  says why). The log is written on the service's own cores after every ranking, so this is CPU
-  taken from the rankings that follow.
+- blobs plus the (block, faiss_id, seq) index: 0.9 ms. The log is written on the service's own
+  cores after every ranking, so this is CPU taken from the rankings that follow.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import numpy as np
 if TYPE_CHECKING:
     from ranker.sql import Sql
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 6
 """Stored in `meta`. A store of an older version listed in `MIGRATABLE` is brought up to date
 when opened; any other version is refused, not migrated.
 
@@ -18,22 +18,12 @@ fields, `ranker.domain.to_plain`).
 4: earlier candidate versions kept (`candidate_versions`; `candidates.valid_from`).
 5: every scored candidate's score per decision (`decision_score_sets`, `decision_scores`).
 6: a decision's scores as two blobs in `decision_score_sets`; `decision_scored` says which
-decisions scored a candidate, by block of 64 decisions (`ranker.decision_scores`).
-7: `decision_scored` in blocks of 8 decisions, not 64 (`SCORE_BLOCK_SHIFT`): a logged decision
-dirties a few pages instead of a hundred."""
+decisions scored a candidate, by block of 64 decisions (`ranker.decision_scores`)."""
 
-SCORE_BLOCK_SHIFT = 3
-"""`decision_scored` is keyed by (seq >> 3, faiss_id, seq): the 8 decisions of a block share one
-stretch of the key, so logging a decision writes near the end of the index instead of touching a
-page per candidate; erasure probes the key once per block (`ranker.decision_scores`).
-
-Why 8: a decision's ~500 rows land all over its block's stretch (ordered by faiss id), so every
-page of that stretch is rewritten at each commit. Measured per decision of 500 scores (CPU,
-SQLite, one decision per commit, the 10^5-candidate bench store, two runs): blocks of 64
-decisions 1.58 / 1.94 ms (inserting 0.92 / 1.09, committing 0.68 / 0.82), of 16 1.51, of 8
-0.97 / 1.02 ms (0.49–0.51 + 0.29–0.30), of one 0.70 ms. The price is paid by erasure, one
-probe per block and erased candidate: 3 µs a probe (16,000 decisions logged, cached), so ~0.4 s
-per erased candidate at 10^6 logged decisions, against ~0.05 s with blocks of 64."""
+SCORE_BLOCK_SHIFT = 6
+"""`decision_scored` is keyed by (seq >> 6, faiss_id, seq): the 64 decisions of a block share
+one stretch of the key, so logging a decision appends near the end instead of touching a page
+per candidate; erasure probes the key once per block (`ranker.decision_scores`)."""
 
 _SCORED_TABLE = """-- Which decisions scored a candidate (erasure's lookup); the scores are in decision_score_sets.
 CREATE TABLE IF NOT EXISTS decision_scored (
@@ -44,7 +34,7 @@ CREATE TABLE IF NOT EXISTS decision_scored (
 ){without_rowid};
 """
 
-MIGRATABLE = frozenset({"5", "6"})
+MIGRATABLE = frozenset({"5"})
 """Older schema versions a store is migrated from in place when opened (`migrate`)."""
 
 
@@ -224,15 +214,8 @@ def migrate(tx: Sql, found: str, postgres: bool) -> None:
     transaction, before the schema's own statements run.
 
     5 -> 6: each decision's score rows become two blobs in `decision_score_sets`, the rows'
-    (block, faiss id, seq) go to `decision_scored`, and `decision_scores` is dropped; the blocks
-    are written with today's `SCORE_BLOCK_SHIFT`, so 6 -> 7 has nothing left to do.
-    6 -> 7: `decision_scored`'s blocks recomputed with the smaller `SCORE_BLOCK_SHIFT` (every
-    row rewritten once; (faiss id, seq) is unique, so no new key can collide with an old one).
+    (block, faiss id, seq) go to `decision_scored`, and `decision_scores` is dropped.
     """
-    if found == "6":
-        tx.execute(f"UPDATE decision_scored SET block = seq >> {SCORE_BLOCK_SHIFT}")
-        tx.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
-        return
     types = _POSTGRES_TYPES if postgres else _SQLITE_TYPES
     tx.execute(f"ALTER TABLE decision_score_sets ADD COLUMN faiss_ids {types['blob']}")
     tx.execute(f"ALTER TABLE decision_score_sets ADD COLUMN scores {types['blob']}")

@@ -381,7 +381,7 @@ def _logged_fids(store: SqlStore) -> set[int]:
 
 
 def test_erasure_finds_a_candidate_s_scores_in_every_block_of_decisions(store: SqlStore) -> None:
-    # The score index is by (block of 8 decisions, faiss id): 150 decisions span 19 blocks.
+    # The score index is by (block of 64 decisions, faiss id): 150 decisions span three blocks.
     fids = store.upsert_candidates([_cand(1), _cand(2)])
     base = _decision("x", ("c1",))
     scores = np.array([0.5, 0.25], dtype=np.float32)
@@ -448,45 +448,6 @@ def test_a_store_of_schema_5_is_migrated_in_place(backend: Backend) -> None:
         assert _rows_naming(store, "decision_scored", "faiss_id", fids[0]) == 2
         receipt = store.delete_candidates(["c1"])  # erasure works on the migrated log
         assert receipt.rows["decision_scores"] == 2
-        assert _logged_fids(store) == {fids[1]}
-    finally:
-        store.close()
-
-
-def test_a_store_of_schema_6_gets_the_smaller_score_blocks(backend: Backend) -> None:
-    from ranker.schema import SCHEMA_VERSION, SCORE_BLOCK_SHIFT
-
-    store = backend.open()
-    fids = store.upsert_candidates([_cand(1), _cand(2)])
-    base = _decision("x", ("c1",))
-    scores = np.array([0.5, 0.25], dtype=np.float32)
-    store.log_decisions(
-        [
-            Decision(
-                **{
-                    **base.__dict__,
-                    "request_id": f"r{i}",
-                    "scored": ScoredCandidates(np.array(fids), ("c1", "c2"), scores),
-                }
-            )
-            for i in range(100)
-        ]
-    )
-    # Back to schema 6: blocks of 64 decisions.
-    with store._tx() as tx:
-        tx.execute("UPDATE decision_scored SET block = seq >> 6")
-        tx.execute("UPDATE meta SET value = '6' WHERE key = 'schema_version'")
-    store.close()
-    store = backend.open()
-    try:
-        with store._read() as c:
-            assert store._meta_in(c, "schema_version") == str(SCHEMA_VERSION)
-            rows = c.execute("SELECT block, seq FROM decision_scored").fetchall()
-        assert len(rows) == 200 and SCORE_BLOCK_SHIFT < 6
-        assert all(int(b) == int(q) >> SCORE_BLOCK_SHIFT for b, q in rows)
-        assert len({int(b) for b, _ in rows}) > 2  # more blocks than the two of 64 it had
-        receipt = store.delete_candidates(["c1"])  # erasure finds every decision again
-        assert receipt.rows["decision_scores"] == 100
         assert _logged_fids(store) == {fids[1]}
     finally:
         store.close()
