@@ -51,6 +51,7 @@ from ranker.prepared import Scalar
 from ranker.transport.convert import candidate_to_pb
 from ranker.v1 import ranker_pb2 as pb
 from ranker.warmup import CATALOG_DIR
+from training.metrics import bootstrap
 
 log = logging.getLogger(__name__)
 
@@ -117,11 +118,16 @@ class Filtered:
     filters: RankFilters
     eligible: int
     recall: float
+    """Mean over the postings of the share of the exact top 500 retrieved."""
     search_ms: float
     """In-process search of the saved index (median)."""
     exact_ms: float
     filter_ms: float = 0.0
     """In-process `CandidateCatalog.allowed` (the filters' pass over the catalog), median."""
+    recall_ci: tuple[float, float] = (float("nan"), float("nan"))
+    """95% percentile-bootstrap interval of `recall`, resampling postings."""
+    postings: int = 0
+    """Postings the recall is measured on."""
     rank_ms: Summary | None = None
     """Rankings by id with this filter through gRPC."""
 
@@ -251,15 +257,18 @@ def _recall(
             truth = _exact(stack, fids, q, 500, allowed)
             exact_times.append((time.perf_counter() - t0) * 1000)
             recalls.append(len(set(got.tolist()) & set(truth.tolist())) / max(1, len(truth)))
+        est = bootstrap(recalls)
         run.filtered.append(
             Filtered(
                 share,
                 f,
                 eligible,
-                float(np.mean(recalls)),
+                est.mean,
                 _median(np.array(times)),
                 _median(np.array(exact_times)),
                 _median(np.array(filter_times)),
+                (est.low, est.high),
+                est.n,
             )
         )
 
@@ -678,7 +687,7 @@ def report(runs: list[SizeRun], fixed: Memory, fixed_startup: float, base: BaseS
                 f"{f.share:.0%}",
                 f"{f.eligible:,} ({f.eligible / r.n:.1%})",
                 _describe(f.filters),
-                f"{f.recall:.4f}",
+                _recall_text(f),
                 "–" if f.share >= 1.0 else ms(f.filter_ms),
                 ms(f.search_ms),
                 ms(f.exact_ms),
@@ -698,7 +707,7 @@ def report(runs: list[SizeRun], fixed: Memory, fixed_startup: float, base: BaseS
                     "target share",
                     "passing",
                     "filter",
-                    "recall@500",
+                    "recall@500 [95% CI]",
                     "filter ms",
                     "index search ms",
                     "exact float32 ms",
@@ -720,6 +729,12 @@ def report(runs: list[SizeRun], fixed: Memory, fixed_startup: float, base: BaseS
         ]
     out += ["### Targets", "", _targets(runs, fixed)]
     return "\n".join(out) + "\n"
+
+
+def _recall_text(f: Filtered) -> str:
+    """Recall with its bootstrap interval over postings."""
+    low, high = f.recall_ci
+    return f"{f.recall:.4f} [{low:.4f}, {high:.4f}]"
 
 
 def _describe(f: RankFilters) -> str:
@@ -761,7 +776,7 @@ def _targets(runs: list[SizeRun], fixed: Memory) -> str:
         checks.append(
             (
                 f"recall@500 ≥ {TARGET_RECALL} with {f.share:.0%} passing",
-                f"{f.recall:.4f}",
+                f"{_recall_text(f)} ({f.postings} postings)",
                 f.recall >= TARGET_RECALL,
             )
         )

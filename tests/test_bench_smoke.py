@@ -207,13 +207,14 @@ def test_scale_section_measures_memory_recall_and_the_lean_baseline(
     # Exact layout at this size: the retrieved set is the exact one, with or without a filter.
     assert [f.share for f in r.filtered] == [1.0, 0.1, 0.01]
     assert all(f.recall >= 0.99 for f in r.filtered)
+    assert all(f.postings == 3 and f.recall_ci[0] <= f.recall <= f.recall_ci[1] for f in r.filtered)
     assert all(a > 0 and b > 0 for a, b in r.throughput.values())
     # Both ways of reading the catalog measured; the crash's restart caught up from the feed.
     assert set(r.reads) == {"pread", "mmap"} and all(s.n == 4 for s, _ in r.reads.values())
     assert next(iter(r.reads)) == "mmap"  # the default (auto) maps a set this small
     assert r.crash is not None and r.crash.caught_up and r.crash.erased == 2
     text = report([r], fixed, 1.0, base)
-    assert "### Targets" in text and "recall@500" in text
+    assert "### Targets" in text and "recall@500 [95% CI]" in text and "(3 postings)" in text
     assert "the first ranking of each block p50" in text
     assert "· index search (in the bench process)" in text  # retrieval split in two
     assert "Restart after a crash" in text and "caught up from the change feed" in text
