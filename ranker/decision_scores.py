@@ -2,27 +2,32 @@
 
 A decision's scores are one row of `decision_score_sets`: the faiss ids (int64, ascending) and
 their scores (float32, as served) as two blobs, ~6 KB for 500 candidates. Which decisions
-scored a candidate is kept apart, in `decision_scored` (block of 64 decisions, faiss id, seq),
-for erasure. Faiss ids are never reused, and mean nothing once the candidate's row is gone.
+scored a candidate (erasure's lookup) is kept apart, in a layout per engine:
 
-Why this layout (measured on 2 million logged scores, per decision of 500 scores):
-- one row per (decision, candidate) with an index on faiss_id: each row landed on its own index
-  page, 6.8 ms of CPU per decision, growing with the log;
-- the same rows indexed by (block, faiss_id): 2.0 ms;
-- blobs plus the (block, faiss_id, seq) index: 0.9 ms. The log is written on the service's own
-  cores after every ranking, so this is CPU taken from the rankings that follow.
+- SQLite (the service's embedded store, written on its own cores): runs. Once `RUN_DECISIONS`
+  decisions have been logged since the last run, they are indexed as one run: every (faiss id,
+  decision) pair they scored, sorted by faiss id, in rows of `PAGE_ENTRIES` pairs
+  (`decision_scored_pages`: the ids, int64, and each one's decision as an offset from the run's
+  first seq, uint32), and one row of `decision_scored_runs` with each page's first id (its
+  fences). Erasure reads each run's fences, then the one or two pages they name (~35 µs a run:
+  ~35 ms at 10^6 decisions), and the decisions logged since the last run (< `RUN_DECISIONS`;
+  their own id blobs are sorted) directly; the erased id's entries are overwritten in place,
+  so no run keeps it. One blob per run, binary-searched through `sqlite3.Blob` reads, cost
+  ~0.9 ms a run instead: SQLite walks a large blob's chain of overflow pages to reach an offset.
+- PostgreSQL: rows of `decision_scored` (block of 64 decisions, faiss id, seq), inserted by the
+  database server from one array parameter, which is where their cost lands.
 
-In a server ranking the bench's postings at 10^5 candidates (CPU time of the writer thread from
-/proc, rounds of 500 rankings alternating between versions), the writer took 2.1-2.7 ms per
-ranking, and 1.0 ms with these index rows left out: they are half of it. Two layouts that cut
-the pages a commit rewrites did not cut that: blocks of 8 decisions (1.9-2.2 ms, and 8 times the
-probes per erasure), and writing a block's rows at once, sorted, when it fills (2.0-2.6 ms). The
-cost is per row (~2 µs), not per page; fewer rows would need a different erasure lookup.
+Why runs: one index row per (decision, candidate) is ~2 µs of the writer's CPU per row, ~1.1 ms
+per ranking of 500, on the cores that answer rankings (measured in a server at 10^5 candidates:
+the writer took 2.1-2.7 ms per ranking with the rows, 1.0 ms without; blocks of 8 decisions
+instead of 64, or a block's rows written at once, sorted, did not cut it: the cost is per row,
+not per page). Measured in one process logging decisions of 500 random ids out of 10^5 (batches
+of 8, as the service's writer commits them): 0.84-0.90 ms of CPU per decision with the rows,
+0.20 ms with runs (0.11 median; building a run takes ~90 ms once per `RUN_DECISIONS`).
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
 
 import numpy as np
@@ -37,7 +42,20 @@ SELECT s.seq FROM blocks
 JOIN decision_scored s ON s.block = blocks.b AND s.faiss_id = ?
 """
 """The decisions that scored a faiss id (parameters: the last block, the faiss id): one probe
-of `decision_scored`'s key per block of decisions (`ranker.schema.SCORE_BLOCK_SHIFT`)."""
+of `decision_scored`'s key per block of decisions (`ranker.schema.SCORE_BLOCK_SHIFT`);
+PostgreSQL's layout."""
+
+RUN_DECISIONS = 1024
+"""Decisions per run of the erasure index (SQLite): ~12 bytes per score, 6 MB for 1,024
+rankings of 500; erasure reads at most this many decisions' id blobs beyond the runs."""
+
+PAGE_ENTRIES = 256
+"""(faiss id, offset) entries per row of `decision_scored_pages`: 3 KB, one database page."""
+
+_GONE = 0xFFFFFFFF
+"""A run's offset for an entry whose candidate was erased."""
+_BELOW_ALL = np.iinfo(np.int64).min
+"""Written over an erased id that opens a run: keeps the ids ascending, matches no faiss id."""
 
 
 def write_scores(tx: Sql, request_id: str, scored: ScoredCandidates) -> None:
@@ -54,21 +72,172 @@ def write_scores(tx: Sql, request_id: str, scored: ScoredCandidates) -> None:
             (request_id, fids.astype("<i8").tobytes(), values.astype("<f4").tobytes()),
         ).fetchone()[0]
     )
-    block = seq >> SCORE_BLOCK_SHIFT
-    # One statement for all index rows, run by the engine without the GIL: executemany would
-    # bind ~500 rows one by one in Python, trading the GIL with the threads answering rankings.
     if isinstance(tx, sqlite3.Connection):
-        tx.execute(
-            "INSERT INTO decision_scored (block, faiss_id, seq) SELECT ?, value, ? "
-            "FROM json_each(?)",
-            (block, seq, json.dumps(fids.tolist())),
-        )
+        first = _unindexed_from(tx)
+        if seq - first + 1 >= RUN_DECISIONS:
+            write_run(tx, first, seq)
     else:
         tx.execute(
             "INSERT INTO decision_scored (block, faiss_id, seq) "
             "SELECT ?, unnest(CAST(? AS BIGINT[])), ?",
-            (block, fids.tolist(), seq),
+            (seq >> SCORE_BLOCK_SHIFT, fids.tolist(), seq),
         )
+
+
+def _unindexed_from(conn: sqlite3.Connection) -> int:
+    """The first seq no run covers."""
+    row = conn.execute(
+        "SELECT last_seq FROM decision_scored_runs ORDER BY first_seq DESC LIMIT 1"
+    ).fetchone()
+    return 0 if row is None else int(row[0]) + 1
+
+
+def write_run(conn: sqlite3.Connection, first: int, last: int) -> None:
+    """Index the decisions `first`..`last` (seqs, inclusive) as one run (SQLite): their (faiss
+    id, offset) entries sorted by id, in pages of `PAGE_ENTRIES`, and each page's first id."""
+    if last - first >= _GONE:
+        raise ValueError(f"a run spans fewer than {_GONE} seqs, not {last - first + 1}")
+    rows = conn.execute(
+        "SELECT seq, faiss_ids FROM decision_score_sets WHERE seq BETWEEN ? AND ? ORDER BY seq",
+        (first, last),
+    ).fetchall()
+    parts = [np.frombuffer(blob or b"", dtype="<i8") for _, blob in rows]
+    fids = np.concatenate(parts) if parts else np.zeros(0, dtype="<i8")
+    offsets = np.repeat(
+        np.array([seq - first for seq, _ in rows], dtype="<u4"), [len(p) for p in parts]
+    )
+    order = np.argsort(fids, kind="stable")
+    fids, offsets = fids[order], offsets[order]
+    top = conn.execute("SELECT MAX(page) FROM decision_scored_pages").fetchone()[0]
+    first_page = 0 if top is None else int(top) + 1
+    starts = range(0, len(fids), PAGE_ENTRIES)
+    conn.executemany(
+        "INSERT INTO decision_scored_pages (page, faiss_ids, offsets) VALUES (?, ?, ?)",
+        (
+            (
+                first_page + i,
+                fids[at : at + PAGE_ENTRIES].tobytes(),
+                offsets[at : at + PAGE_ENTRIES].tobytes(),
+            )
+            for i, at in enumerate(starts)
+        ),
+    )
+    conn.execute(
+        "INSERT INTO decision_scored_runs (first_seq, last_seq, first_page, fences) "
+        "VALUES (?, ?, ?, ?)",
+        (first, last, first_page, fids[::PAGE_ENTRIES].tobytes()),
+    )
+
+
+def index_runs(conn: sqlite3.Connection) -> int:
+    """Index every full run of logged decisions not yet in a run (a migrated store); how many
+    runs were written."""
+    last = conn.execute("SELECT MAX(seq) FROM decision_score_sets").fetchone()[0]
+    written = 0
+    first = _unindexed_from(conn)
+    while last is not None and int(last) - first + 1 >= RUN_DECISIONS:
+        write_run(conn, first, first + RUN_DECISIONS - 1)
+        first += RUN_DECISIONS
+        written += 1
+    return written
+
+
+class _Hit:
+    """The pages of one run around a faiss id's entries, read back as one sorted stretch."""
+
+    def __init__(
+        self, run: int, page: int, fids: np.ndarray, offsets: np.ndarray, lo: int, hi: int
+    ):
+        self.run, self.page = run, page
+        self.fids, self.offsets = fids, offsets
+        self.lo, self.hi = lo, hi
+
+    def seqs(self) -> list[int]:
+        return [self.run + int(o) for o in self.offsets[self.lo : self.hi] if o != _GONE]
+
+
+def _run_hits(conn: sqlite3.Connection, faiss_id: int) -> list[_Hit]:
+    """Where `faiss_id` has entries in the runs: per run, its fences (each page's first id)
+    name the pages that can hold it: from the last page opening below it (so the entry before
+    its first, which an erasure fills from, is read too) to the last page opening at or below it."""
+    hits = []
+    runs = conn.execute("SELECT first_seq, first_page, fences FROM decision_scored_runs")
+    for run, first_page, fence_blob in runs.fetchall():
+        fences = np.frombuffer(fence_blob, dtype="<i8")
+        last = int(np.searchsorted(fences, faiss_id, side="right")) - 1
+        if last < 0:
+            continue
+        start = max(int(np.searchsorted(fences, faiss_id, side="left")) - 1, 0)
+        pages = conn.execute(
+            "SELECT faiss_ids, offsets FROM decision_scored_pages WHERE page BETWEEN ? AND ? "
+            "ORDER BY page",
+            (first_page + start, first_page + last),
+        ).fetchall()
+        fids = np.concatenate([np.frombuffer(f, dtype="<i8") for f, _ in pages])
+        lo = int(np.searchsorted(fids, faiss_id, side="left"))
+        hi = int(np.searchsorted(fids, faiss_id, side="right"))
+        if hi > lo:
+            offsets = np.concatenate([np.frombuffer(o, dtype="<u4") for _, o in pages])
+            hits.append(_Hit(int(run), int(first_page) + start, fids, offsets, lo, hi))
+    return hits
+
+
+def _unindexed_seqs(conn: sqlite3.Connection, faiss_id: int) -> list[int]:
+    """The decisions logged since the last run that scored `faiss_id` (their id blobs are
+    ascending: one binary search each)."""
+    seqs = []
+    rows = conn.execute(
+        "SELECT seq, faiss_ids FROM decision_score_sets WHERE seq >= ? ORDER BY seq",
+        (_unindexed_from(conn),),
+    )
+    for seq, blob in rows:
+        fids = np.frombuffer(blob or b"", dtype="<i8")
+        at = int(np.searchsorted(fids, faiss_id))
+        if at < len(fids) and fids[at] == faiss_id:
+            seqs.append(int(seq))
+    return seqs
+
+
+def scored_decisions(conn: Sql, faiss_id: int) -> list[int]:
+    """The seqs of the logged decisions whose scores include `faiss_id`, ascending."""
+    if not isinstance(conn, sqlite3.Connection):
+        last = conn.execute("SELECT MAX(seq) FROM decision_score_sets").fetchone()
+        if last is None or last[0] is None:
+            return []
+        rows = conn.execute(SCORED_SEQS, (int(last[0]) >> SCORE_BLOCK_SHIFT, faiss_id))
+        return sorted(int(r[0]) for r in rows)
+    seqs = [s for hit in _run_hits(conn, faiss_id) for s in hit.seqs()]
+    return sorted(seqs + _unindexed_seqs(conn, faiss_id))
+
+
+def _unindex(tx: sqlite3.Connection, faiss_id: int) -> list[int]:
+    """Remove `faiss_id` from every run; the seqs its entries named. The entries are overwritten
+    in place: the id by the entry before it (so the ids stay ascending and every page's first
+    id, its fence, stays right), the offset by `_GONE`."""
+    seqs = []
+    for hit in _run_hits(tx, faiss_id):
+        seqs += hit.seqs()
+        fids, offsets = hit.fids.copy(), hit.offsets.copy()
+        fids[hit.lo : hit.hi] = fids[hit.lo - 1] if hit.lo else _BELOW_ALL
+        offsets[hit.lo : hit.hi] = _GONE
+        touched = range(hit.lo // PAGE_ENTRIES, (hit.hi - 1) // PAGE_ENTRIES + 1)
+        for i in touched:
+            part = slice(i * PAGE_ENTRIES, (i + 1) * PAGE_ENTRIES)
+            tx.execute(
+                "UPDATE decision_scored_pages SET faiss_ids = ?, offsets = ? WHERE page = ?",
+                (fids[part].tobytes(), offsets[part].tobytes(), hit.page + i),
+            )
+        first_page, fences = tx.execute(
+            "SELECT first_page, fences FROM decision_scored_runs WHERE first_seq = ?", (hit.run,)
+        ).fetchone()
+        new = np.frombuffer(fences, dtype="<i8").copy()
+        for i in touched:
+            new[hit.page + i - first_page] = fids[i * PAGE_ENTRIES]
+        tx.execute(
+            "UPDATE decision_scored_runs SET fences = ? WHERE first_seq = ?",
+            (new.tobytes(), hit.run),
+        )
+    return seqs
 
 
 def _arrays(faiss_ids: bytes | None, scores: bytes | None) -> tuple[np.ndarray, np.ndarray]:
@@ -107,14 +276,18 @@ def read_scores(conn: Sql, request_id: str) -> ScoredCandidates | None:
 def erase_scores(tx: Sql, faiss_id: int) -> int:
     """Remove one candidate's score from every decision that logged it; how many were removed.
 
-    Each such decision's blobs are rewritten without it, and its `decision_scored` rows go.
+    Each such decision's blobs are rewritten without it, and the erasure index forgets it
+    (SQLite: its run entries overwritten; PostgreSQL: its `decision_scored` rows deleted).
     """
-    last = tx.execute("SELECT MAX(seq) FROM decision_score_sets").fetchone()
-    if last is None or last[0] is None:
-        return 0
-    seqs = [
-        int(r[0]) for r in tx.execute(SCORED_SEQS, (int(last[0]) >> SCORE_BLOCK_SHIFT, faiss_id))
-    ]
+    if isinstance(tx, sqlite3.Connection):
+        seqs = sorted(_unindex(tx, faiss_id) + _unindexed_seqs(tx, faiss_id))
+    else:
+        seqs = scored_decisions(tx, faiss_id)
+        for seq in seqs:
+            tx.execute(
+                "DELETE FROM decision_scored WHERE block = ? AND faiss_id = ? AND seq = ?",
+                (seq >> SCORE_BLOCK_SHIFT, faiss_id, seq),
+            )
     removed = 0
     for seq in seqs:
         found = tx.execute(
@@ -128,9 +301,5 @@ def erase_scores(tx: Sql, faiss_id: int) -> int:
         tx.execute(
             "UPDATE decision_score_sets SET faiss_ids = ?, scores = ? WHERE seq = ?",
             (fids[keep].astype("<i8").tobytes(), scores[keep].astype("<f4").tobytes(), seq),
-        )
-        tx.execute(
-            "DELETE FROM decision_scored WHERE block = ? AND faiss_id = ? AND seq = ?",
-            (seq >> SCORE_BLOCK_SHIFT, faiss_id, seq),
         )
     return removed

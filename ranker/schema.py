@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -9,7 +10,7 @@ import numpy as np
 if TYPE_CHECKING:
     from ranker.sql import Sql
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 """Stored in `meta`. A store of an older version listed in `MIGRATABLE` is brought up to date
 when opened; any other version is refused, not migrated.
 
@@ -18,12 +19,15 @@ fields, `ranker.domain.to_plain`).
 4: earlier candidate versions kept (`candidate_versions`; `candidates.valid_from`).
 5: every scored candidate's score per decision (`decision_score_sets`, `decision_scores`).
 6: a decision's scores as two blobs in `decision_score_sets`; `decision_scored` says which
-decisions scored a candidate, by block of 64 decisions (`ranker.decision_scores`)."""
+decisions scored a candidate, by block of 64 decisions (`ranker.decision_scores`).
+7: SQLite only: `decision_scored` (a row per score) becomes runs of logged decisions
+(`decision_scored_runs`, `decision_scored_pages`; `ranker.decision_scores.RUN_DECISIONS`);
+PostgreSQL keeps `decision_scored`."""
 
 SCORE_BLOCK_SHIFT = 6
-"""`decision_scored` is keyed by (seq >> 6, faiss_id, seq): the 64 decisions of a block share
-one stretch of the key, so logging a decision appends near the end instead of touching a page
-per candidate; erasure probes the key once per block (`ranker.decision_scores`)."""
+"""PostgreSQL's `decision_scored` is keyed by (seq >> 6, faiss_id, seq): the 64 decisions of a
+block share one stretch of the key, so logging a decision appends near the end instead of
+touching a page per candidate; erasure probes the key once per block (`ranker.decision_scores`)."""
 
 _SCORED_TABLE = """-- Which decisions scored a candidate (erasure's lookup); the scores are in decision_score_sets.
 CREATE TABLE IF NOT EXISTS decision_scored (
@@ -34,7 +38,27 @@ CREATE TABLE IF NOT EXISTS decision_scored (
 ){without_rowid};
 """
 
-MIGRATABLE = frozenset({"5"})
+_RUNS_TABLES = (
+    """-- Which decisions scored a candidate (erasure's lookup, SQLite, ranker.decision_scores): per
+-- run of consecutive decisions, every (faiss id, decision) pair they scored, sorted by faiss id
+-- (int64) with the decision as an offset from first_seq (uint32, 0xFFFFFFFF once its candidate
+-- is erased), in pages of consecutive rowids from first_page. fences: each page's first id.
+CREATE TABLE IF NOT EXISTS decision_scored_runs (
+    first_seq INTEGER PRIMARY KEY,
+    last_seq INTEGER NOT NULL,
+    first_page INTEGER NOT NULL,
+    fences BLOB NOT NULL
+);
+""",
+    """CREATE TABLE IF NOT EXISTS decision_scored_pages (
+    page INTEGER PRIMARY KEY,
+    faiss_ids BLOB NOT NULL,
+    offsets BLOB NOT NULL
+);
+""",
+)
+
+MIGRATABLE = frozenset({"5", "6"})
 """Older schema versions a store is migrated from in place when opened (`migrate`)."""
 
 
@@ -200,7 +224,7 @@ _POSTGRES_TYPES = {
     "without_rowid": "",
 }
 
-SCHEMA = _TABLES.format(**_SQLITE_TYPES, scored_table=_SCORED_TABLE.format(**_SQLITE_TYPES))
+SCHEMA = _TABLES.format(**_SQLITE_TYPES, scored_table="".join(_RUNS_TABLES))
 """The SQLite store's tables (`ranker.store.SqliteStore`)."""
 
 POSTGRES_SCHEMA = _TABLES.format(
@@ -211,11 +235,29 @@ POSTGRES_SCHEMA = _TABLES.format(
 
 def migrate(tx: Sql, found: str, postgres: bool) -> None:
     """Bring a store of schema `found` (in `MIGRATABLE`) to `SCHEMA_VERSION` inside the caller's
-    transaction, before the schema's own statements run.
+    transaction, before the schema's own statements run, one version at a time."""
+    if found == "5":
+        _migrate_5_to_6(tx, postgres)
+    if not postgres:
+        _migrate_6_to_7(tx)
+    tx.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
 
-    5 -> 6: each decision's score rows become two blobs in `decision_score_sets`, the rows'
-    (block, faiss id, seq) go to `decision_scored`, and `decision_scores` is dropped.
-    """
+
+def _migrate_6_to_7(tx: Sql) -> None:
+    """SQLite: the full runs of the log are indexed in `decision_scored_runs` (the decisions
+    after the last full run are found from their own blobs), and `decision_scored` is dropped."""
+    from ranker.decision_scores import index_runs  # it reads this module's constants
+
+    assert isinstance(tx, sqlite3.Connection)
+    for table in _RUNS_TABLES:
+        tx.execute(table)
+    index_runs(tx)
+    tx.execute("DROP TABLE IF EXISTS decision_scored")
+
+
+def _migrate_5_to_6(tx: Sql, postgres: bool) -> None:
+    """Each decision's score rows become two blobs in `decision_score_sets`, the rows' (block,
+    faiss id, seq) go to `decision_scored`, and `decision_scores` is dropped."""
     types = _POSTGRES_TYPES if postgres else _SQLITE_TYPES
     tx.execute(f"ALTER TABLE decision_score_sets ADD COLUMN faiss_ids {types['blob']}")
     tx.execute(f"ALTER TABLE decision_score_sets ADD COLUMN scores {types['blob']}")
@@ -242,4 +284,3 @@ def migrate(tx: Sql, found: str, postgres: bool) -> None:
                 (fids.tobytes(), scores.tobytes(), seq),
             )
     tx.execute("DROP TABLE decision_scores")
-    tx.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))

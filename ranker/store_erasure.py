@@ -83,11 +83,13 @@ ERASED_TABLES = (
 )
 """What an erasure deletes a candidate's rows from (the receipt counts rows per table). One
 entry is not a table: `decision_scores` counts the candidate's scores removed from the logged
-score sets (`ranker.decision_scores`: the blobs of `decision_score_sets`, rows of
-`decision_scored`)."""
+score sets (`ranker.decision_scores`: the blobs of `decision_score_sets`, and the erasure
+index: SQLite's `decision_scored_runs`, whose entries are overwritten in place, PostgreSQL's
+rows of `decision_scored`)."""
 
 _TABLES_OF = {"decision_scores": ("decision_score_sets", "decision_scored")}
-"""The tables behind a receipt entry that is not a table (their residue is cleared too)."""
+"""The tables behind a receipt entry that is not a table, on PostgreSQL (VACUUMed after an
+erasure; SQLite's clean-up checkpoints the whole file)."""
 
 ERASED_RELATIONS = tuple(t for k in ERASED_TABLES for t in _TABLES_OF.get(k, (k,)))
 """Every table an erasure writes to (those whose files must lose the erased bytes)."""

@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ranker import decision_scores
 from ranker.config import Settings
 from ranker.decision_reader import DecisionReader
+from ranker.decision_scores import scored_decisions
 from ranker.domain import Candidate, Outcome, Posting, Stage
 from ranker.errors import ErasedId, InvalidInput, NotFound
 from ranker.rows import CandidateRow, Decision, PostingRow, ScoredCandidates, ShadowRanking
@@ -369,7 +371,8 @@ def test_every_scored_candidate_s_score_is_logged_and_erased_with_the_candidate(
     assert store.get_decision("r1").scored.candidate_ids == ("c2", "c3", "c4")  # type: ignore[union-attr]
     # No row anywhere still names the erased candidate or its faiss id.
     assert _rows_naming(store, "decision_items", "candidate_id", "c1") == 0
-    assert _rows_naming(store, "decision_scored", "faiss_id", fids["c1"]) == 0
+    assert _indexed(store, fids["c1"]) == []
+    assert fids["c1"] not in _index_fids(store)
     assert _logged_fids(store) == {fids["c2"], fids["c3"], fids["c4"]}
 
 
@@ -380,8 +383,36 @@ def _logged_fids(store: SqlStore) -> set[int]:
     return {int(f) for b in blobs for f in np.frombuffer(b or b"", dtype="<i8")}
 
 
-def test_erasure_finds_a_candidate_s_scores_in_every_block_of_decisions(store: SqlStore) -> None:
-    # The score index is by (block of 64 decisions, faiss id): 150 decisions span three blocks.
+def _indexed(store: SqlStore, fid: int) -> list[int]:
+    """The decisions the erasure index says scored `fid` (seqs)."""
+    with store._read() as c:
+        return scored_decisions(c, fid)
+
+
+def _index_fids(store: SqlStore) -> set[int]:
+    """Every faiss id the erasure index holds (SQLite's runs, where an erased entry opening a
+    run holds a negative filler, PostgreSQL's rows)."""
+    with store._read() as c:
+        if isinstance(store, SqliteStore):
+            blobs = [r[0] for r in c.execute("SELECT faiss_ids FROM decision_scored_pages")]
+            blobs += [r[0] for r in c.execute("SELECT fences FROM decision_scored_runs")]
+            return {int(f) for b in blobs for f in np.frombuffer(b, dtype="<i8") if f >= 0}
+        return {int(r[0]) for r in c.execute("SELECT faiss_id FROM decision_scored")}
+
+
+def _runs(store: SqlStore) -> int:
+    with store._read() as c:
+        if not isinstance(store, SqliteStore):
+            return 0
+        return int(c.execute("SELECT COUNT(*) FROM decision_scored_runs").fetchone()[0])
+
+
+def test_erasure_finds_a_candidate_s_scores_in_every_block_and_run_of_decisions(
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # PostgreSQL indexes by (block of 64 decisions, faiss id): 150 decisions span three blocks.
+    # SQLite by runs, here of 64 decisions: two runs, and the decisions after them not yet in one.
+    monkeypatch.setattr(decision_scores, "RUN_DECISIONS", 64)
     fids = store.upsert_candidates([_cand(1), _cand(2)])
     base = _decision("x", ("c1",))
     scores = np.array([0.5, 0.25], dtype=np.float32)
@@ -397,14 +428,34 @@ def test_erasure_finds_a_candidate_s_scores_in_every_block_of_decisions(store: S
             for i in range(150)
         ]
     )
-    assert _rows_naming(store, "decision_scored", "faiss_id", fids[0]) == 150
+    assert _runs(store) == (2 if isinstance(store, SqliteStore) else 0)
+    seqs = _indexed(store, fids[0])
+    assert len(seqs) == 150 and seqs == sorted(seqs) and seqs == _indexed(store, fids[1])
     receipt = store.delete_candidates(["c1"])
     assert receipt.rows["decision_scores"] == 150
-    assert _rows_naming(store, "decision_scored", "faiss_id", fids[0]) == 0
-    assert _rows_naming(store, "decision_scored", "faiss_id", fids[1]) == 150
+    assert _indexed(store, fids[0]) == []
+    assert _indexed(store, fids[1]) == seqs
+    assert _index_fids(store) == {fids[1]}
     assert _logged_fids(store) == {fids[1]}
     got = store.get_decision("r149").scored
     assert got is not None and got.candidate_ids == ("c2",)
+    # Decisions logged after the erasure close the third run; the erased id stays out of it.
+    store.log_decisions(
+        [
+            Decision(
+                **{
+                    **base.__dict__,
+                    "request_id": f"s{i}",
+                    "scored": ScoredCandidates(np.array(fids[1:]), ("c2",), scores[1:]),
+                }
+            )
+            for i in range(50)
+        ]
+    )
+    assert _runs(store) == (3 if isinstance(store, SqliteStore) else 0)
+    assert len(_indexed(store, fids[1])) == 200 and _indexed(store, fids[0]) == []
+    assert store.delete_candidates(["c2"]).rows["decision_scores"] == 200
+    assert _index_fids(store) == set() and _logged_fids(store) == set()
 
 
 def test_a_store_of_schema_5_is_migrated_in_place(backend: Backend) -> None:
@@ -415,7 +466,9 @@ def test_a_store_of_schema_5_is_migrated_in_place(backend: Backend) -> None:
     store.log_decisions([_decision("r1", ("c1",)), _decision("r2", ("c2",))])
     # Back to schema 5: one row per (decision, candidate) in decision_scores, no blobs.
     with store._tx() as tx:
-        tx.execute("DROP TABLE decision_scored")
+        tx.execute("DROP TABLE IF EXISTS decision_scored")
+        tx.execute("DROP TABLE IF EXISTS decision_scored_runs")
+        tx.execute("DROP TABLE IF EXISTS decision_scored_pages")
         tx.execute("DROP TABLE decision_score_sets")
         serial = (
             "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY"
@@ -445,9 +498,124 @@ def test_a_store_of_schema_5_is_migrated_in_place(backend: Backend) -> None:
         r1 = store.get_decision("r1").scored
         assert r1 is not None and r1.candidate_ids == ("c1", "c2")
         assert r1.scores.tolist() == [0.5, 0.25]
-        assert _rows_naming(store, "decision_scored", "faiss_id", fids[0]) == 2
+        assert len(_indexed(store, fids[0])) == 2
         receipt = store.delete_candidates(["c1"])  # erasure works on the migrated log
         assert receipt.rows["decision_scores"] == 2
+        assert _logged_fids(store) == {fids[1]}
+    finally:
+        store.close()
+
+
+def test_the_runs_index_stays_exact_while_candidates_are_erased_one_by_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Tiny runs and pages, so ids span pages and erased stretches open pages and runs.
+    monkeypatch.setattr(decision_scores, "RUN_DECISIONS", 8)
+    monkeypatch.setattr(decision_scores, "PAGE_ENTRIES", 4)
+    store = Backend("sqlite", tmp_path, None).open()
+    try:
+        fids = store.upsert_candidates([_cand(i) for i in range(1, 31)])
+        names = {fid: f"c{i}" for i, fid in enumerate(fids, start=1)}
+        rng = np.random.default_rng(7)
+        base = _decision("x", ("c1",))
+        picks = [np.sort(rng.choice(fids, rng.integers(1, 12), replace=False)) for _ in range(45)]
+        store.log_decisions(
+            [
+                Decision(
+                    **{
+                        **base.__dict__,
+                        "request_id": f"r{i}",
+                        "scored": ScoredCandidates(
+                            pick.astype(np.int64),
+                            tuple(names[int(f)] for f in pick),
+                            rng.random(len(pick)).astype(np.float32),
+                        ),
+                    }
+                )
+                for i, pick in enumerate(picks)
+            ]
+        )
+        assert _runs(store) == 5  # 45 decisions: 5 runs of 8 (the first from seq 0), 5 after
+
+        def check() -> None:
+            with store._read() as c:
+                sets = c.execute("SELECT seq, faiss_ids FROM decision_score_sets").fetchall()
+                pages = {
+                    p: np.frombuffer(b, dtype="<i8")
+                    for p, b in c.execute("SELECT page, faiss_ids FROM decision_scored_pages")
+                }
+                runs = c.execute("SELECT first_page, fences FROM decision_scored_runs").fetchall()
+                for first_page, fences in runs:
+                    fence_ids = np.frombuffer(fences, dtype="<i8")
+                    run_ids = [pages[first_page + i] for i in range(len(fence_ids))]
+                    assert [p[0] for p in run_ids] == fence_ids.tolist()  # each page's first id
+                    joined = np.concatenate(run_ids)
+                    assert (joined[1:] >= joined[:-1]).all()  # ascending through the run
+            truth: dict[int, list[int]] = {}
+            for seq, blob in sets:
+                for f in np.frombuffer(blob, dtype="<i8"):
+                    truth.setdefault(int(f), []).append(int(seq))
+            for f in fids:
+                assert _indexed(store, f) == sorted(truth.get(f, []))
+
+        check()
+        for f in rng.permutation(fids)[:20]:
+            expected = len(_indexed(store, int(f)))
+            assert store.delete_candidates([names[int(f)]]).rows["decision_scores"] == expected
+            check()
+        left = _index_fids(store)
+        assert left == {f for f in fids if f in left} and len(left) <= 10
+    finally:
+        store.close()
+
+
+def test_a_sqlite_store_of_schema_6_gets_its_erasure_index_as_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ranker.schema import SCHEMA_VERSION
+
+    monkeypatch.setattr(decision_scores, "RUN_DECISIONS", 4)
+    backend = Backend("sqlite", tmp_path, None)
+    store = backend.open()
+    fids = store.upsert_candidates([_cand(1), _cand(2)])
+    base = _decision("x", ("c1",))
+    store.log_decisions(
+        [
+            Decision(
+                **{
+                    **base.__dict__,
+                    "request_id": f"r{i}",
+                    "scored": ScoredCandidates(
+                        np.array(fids), ("c1", "c2"), np.array([0.5, 0.25], dtype=np.float32)
+                    ),
+                }
+            )
+            for i in range(10)
+        ]
+    )
+    # Back to schema 6: one decision_scored row per score, no runs.
+    with store._tx() as tx:
+        tx.execute("DROP TABLE decision_scored_runs")
+        tx.execute("DROP TABLE decision_scored_pages")
+        tx.execute(
+            "CREATE TABLE decision_scored (block INTEGER NOT NULL, faiss_id INTEGER NOT NULL, "
+            "seq INTEGER NOT NULL, PRIMARY KEY (block, faiss_id, seq)) WITHOUT ROWID"
+        )
+        for (seq,) in tx.execute("SELECT seq FROM decision_score_sets").fetchall():
+            for fid in fids:
+                tx.execute("INSERT INTO decision_scored VALUES (?, ?, ?)", (seq >> 6, fid, seq))
+        tx.execute("UPDATE meta SET value = '6' WHERE key = 'schema_version'")
+    store.close()
+    store = backend.open()
+    try:
+        with store._read() as c:
+            assert store._meta_in(c, "schema_version") == str(SCHEMA_VERSION)
+            tables = {r[0] for r in c.execute("SELECT name FROM sqlite_master")}
+        assert "decision_scored" not in tables
+        assert _runs(store) == 2  # seqs 0-3 and 4-7; 8-10 are found from their own blobs
+        assert len(_indexed(store, fids[0])) == 10 == len(_indexed(store, fids[1]))
+        assert store.delete_candidates(["c1"]).rows["decision_scores"] == 10
+        assert _indexed(store, fids[0]) == [] and _index_fids(store) == {fids[1]}
         assert _logged_fids(store) == {fids[1]}
     finally:
         store.close()
