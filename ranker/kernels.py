@@ -277,25 +277,30 @@ def passing_fids(
     remote_only: bool,
     min_years: float,
     held: np.ndarray,
+    among: np.ndarray,
 ) -> np.ndarray:
-    """FAISS ids of the live slots below `n` that pass a ranking's filters, in slot order.
+    """FAISS ids of the live slots below `n` that pass a ranking's filters, in the order tested.
 
     One pass over contiguous columns: the location code (`loc_wanted[code + 1]` says whether
     it is asked for; code -1, no location, reads `loc_wanted[0]`, False), the years, the flags (bit 0 open to remote, bit 1 to relocation). With
     `loc_clause` a slot passes on its location or, when asked for, its remote or relocation
     flag; `remote_only` requires the remote flag; a `min_years` above 0 the years (at least that
     many); `held` (empty: no skill asked for) marks the
-    slots holding every required skill. Numpy needs a masked pass and a temporary per clause,
+    slots holding every required skill. `among` lists the slots to test (int32), or is `[-1]`
+    for every slot below `n`. Numpy needs a masked pass and a temporary per clause,
     over a strided column of the scalars for the years: ~6-12 ms at 10^6 candidates.
     """
+    every = among.shape[0] == 1 and among[0] < 0
+    m = n if every else among.shape[0]
     # Branch-free: every slot is written and the count moves on only when it passes, so a
     # filter passing a random 10% costs no mispredicted branch per slot (~3x faster here).
-    out = np.empty(n + 1, dtype=np.int64)
+    out = np.empty(m + 1, dtype=np.int64)
     k = 0
     use_held = held.shape[0] > 0
     check_years = min_years > 0
     top = loc_wanted.shape[0] - 1
-    for s in range(n):
+    for i in range(m):
+        s = i if every else among[i]
         f = flags[s]
         ok = alive[s]
         if loc_clause:
@@ -409,6 +414,7 @@ def warm_up() -> None:
         False,
         0.0,
         np.zeros(0, dtype=np.bool_),
+        np.full(1, -1, dtype=np.int32),
     )
     id_bitmap(np.zeros(1, dtype=i64))
     empty = np.zeros(0, dtype=i64)
