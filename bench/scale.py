@@ -445,8 +445,13 @@ def _rpc_floor(server: ServerProcess) -> float:
 # Report
 
 
+def _p99(values: np.ndarray) -> str:
+    return ms(float(np.percentile(values, 99)))
+
+
 def _breakdown(run: SizeRun, dim: int, bandwidth: float, peak_gflops: float) -> str:
-    """The service's stages beside their physical floors."""
+    """The service's stages (median, and p99: where the tail comes from) beside their physical
+    floors."""
     assert run.service is not None
     st = run.service.stages
     per_list = run.n / max(run.nlist, 1)
@@ -478,24 +483,28 @@ def _breakdown(run: SizeRun, dim: int, bandwidth: float, peak_gflops: float) -> 
     rows_out = []
     for stage in ("retrieve", "features", "score"):
         floor, what = floors[stage]
-        rows_out.append([stage, ms(_median(st[stage])), ms(floor), what])
+        rows_out.append([stage, ms(_median(st[stage])), _p99(st[stage]), ms(floor), what])
         if stage == "retrieve":
             rows_out += _retrieve_parts(run, _median(st[stage]), scan_bytes, gather, bandwidth)
     inside = _median(st["total"])
     other = inside - sum(_median(st[s]) for s in ("retrieve", "features", "score"))
-    rows_out.append(["other work in the server (locks, decision log, set-up)", ms(other), "–", ""])
+    rows_out.append(
+        ["other work in the server (locks, decision log, set-up)", ms(other), "–", "–", ""]
+    )
+    rows_out.append(["inside the server", ms(inside), _p99(st["total"]), "", ""])
     end = _median(run.service.client_ms)
     floor_rpc = run.rpc_floor_ms
     rows_out.append(
         [
             "gRPC + protobuf + client",
             ms(end - inside),
+            "–",
             ms(floor_rpc),
             "an empty health check's round trip",
         ]
     )
-    rows_out.append(["end to end (client)", ms(end), "", ""])
-    return table(["stage (median ms)", "measured", "floor", "floor from"], rows_out)
+    rows_out.append(["end to end (client)", ms(end), _p99(run.service.client_ms), "", ""])
+    return table(["stage (ms)", "median", "p99", "floor", "floor from"], rows_out)
 
 
 def _retrieve_parts(
@@ -512,12 +521,14 @@ def _retrieve_parts(
         [
             "· index search (in the bench process)",
             ms(search),
+            "–",
             ms(scan_bytes / bandwidth * 1e3),
             f"{scan_bytes / 1e6:.1f} MB of index scanned",
         ],
         [
             f"· the rest: filter, blobs read back ({mode})",
             ms(max(retrieve - search, 0.0)),
+            "–",
             ms(gather / bandwidth * 1e3),
             f"{gather / 1e6:.1f} MB gathered",
         ],
@@ -720,9 +731,10 @@ def report(runs: list[SizeRun], fixed: Memory, fixed_startup: float, base: BaseS
     bw = bandwidth / 1e9
     for r in runs:
         out += [
-            f"Where a ranking's time goes at {r.n:,} candidates, beside each stage's physical "
-            f"floor (read bandwidth {bw:.1f} GB/s measured on one core, peak "
-            f"{peak_gflops / 1e9:.0f} GFLOP/s per core):",
+            f"Where a ranking's time goes at {r.n:,} candidates (the interleaved rankings; "
+            "the p99 of each stage the server times, to show where the tail comes from), beside "
+            f"each stage's physical floor (read bandwidth {bw:.1f} GB/s measured on one core, "
+            f"peak {peak_gflops / 1e9:.0f} GFLOP/s per core):",
             "",
             _breakdown(r, dim, bandwidth, peak_gflops),
             "",

@@ -154,9 +154,9 @@ CREATE TABLE IF NOT EXISTS shadow_items (
 );
 CREATE INDEX IF NOT EXISTS shadow_items_by_candidate ON shadow_items (candidate_id);
 -- The score of every candidate a decision scored (the retrieved set, not only the top k), for
--- the bias audit's scoring rate. Keyed by integers, not text ids, so 500 scores cost ~15 KB
--- (about 31 bytes a score with the index; FAIRNESS.md); faiss ids are never reused, and erasure
--- deletes a candidate's rows through the index on faiss_id.
+-- the bias audit's scoring rate. Faiss ids, not text ids: 500 scores cost ~14 KB with the
+-- erasure index (about 28 bytes a score on SQLite; FAIRNESS.md); faiss ids are never reused,
+-- and erasure rewrites the blobs naming one, found through the erasure index below.
 CREATE TABLE IF NOT EXISTS decision_score_sets (
     seq {serial},
     request_id {text} NOT NULL UNIQUE,
