@@ -146,11 +146,14 @@ class _Hit:
     """The pages of one run around a faiss id's entries, read back as one sorted stretch."""
 
     def __init__(
-        self, run: int, page: int, fids: np.ndarray, offsets: np.ndarray, lo: int, hi: int
-    ):
-        self.run, self.page = run, page
-        self.fids, self.offsets = fids, offsets
-        self.lo, self.hi = lo, hi
+        self, run: int, first_page: int, fences: np.ndarray, start: int, pages: list[tuple]
+    ) -> None:
+        self.run, self.first_page, self.fences, self.start = run, first_page, fences, start
+        self.fids = np.concatenate([np.frombuffer(f, dtype="<i8") for f, _ in pages])
+        self.offsets = np.concatenate([np.frombuffer(o, dtype="<u4") for _, o in pages])
+        # Where each page read starts in the stretch (and where the last ends).
+        self.bounds = np.cumsum([0] + [len(f) // 8 for f, _ in pages])
+        self.lo = self.hi = 0
 
     def seqs(self) -> list[int]:
         return [self.run + int(o) for o in self.offsets[self.lo : self.hi] if o != _GONE]
@@ -173,12 +176,11 @@ def _run_hits(conn: sqlite3.Connection, faiss_id: int) -> list[_Hit]:
             "ORDER BY page",
             (first_page + start, first_page + last),
         ).fetchall()
-        fids = np.concatenate([np.frombuffer(f, dtype="<i8") for f, _ in pages])
-        lo = int(np.searchsorted(fids, faiss_id, side="left"))
-        hi = int(np.searchsorted(fids, faiss_id, side="right"))
-        if hi > lo:
-            offsets = np.concatenate([np.frombuffer(o, dtype="<u4") for _, o in pages])
-            hits.append(_Hit(int(run), int(first_page) + start, fids, offsets, lo, hi))
+        hit = _Hit(int(run), int(first_page), fences, start, pages)
+        hit.lo = int(np.searchsorted(hit.fids, faiss_id, side="left"))
+        hit.hi = int(np.searchsorted(hit.fids, faiss_id, side="right"))
+        if hit.hi > hit.lo:
+            hits.append(hit)
     return hits
 
 
@@ -220,23 +222,21 @@ def _unindex(tx: sqlite3.Connection, faiss_id: int) -> list[int]:
         fids, offsets = hit.fids.copy(), hit.offsets.copy()
         fids[hit.lo : hit.hi] = fids[hit.lo - 1] if hit.lo else _BELOW_ALL
         offsets[hit.lo : hit.hi] = _GONE
-        touched = range(hit.lo // PAGE_ENTRIES, (hit.hi - 1) // PAGE_ENTRIES + 1)
-        for i in touched:
-            part = slice(i * PAGE_ENTRIES, (i + 1) * PAGE_ENTRIES)
+        fences = hit.fences.copy()
+        for i in range(len(hit.bounds) - 1):
+            at, end = int(hit.bounds[i]), int(hit.bounds[i + 1])
+            if end <= hit.lo or at >= hit.hi:
+                continue
             tx.execute(
                 "UPDATE decision_scored_pages SET faiss_ids = ?, offsets = ? WHERE page = ?",
-                (fids[part].tobytes(), offsets[part].tobytes(), hit.page + i),
+                (fids[at:end].tobytes(), offsets[at:end].tobytes(), hit.first_page + hit.start + i),
             )
-        first_page, fences = tx.execute(
-            "SELECT first_page, fences FROM decision_scored_runs WHERE first_seq = ?", (hit.run,)
-        ).fetchone()
-        new = np.frombuffer(fences, dtype="<i8").copy()
-        for i in touched:
-            new[hit.page + i - first_page] = fids[i * PAGE_ENTRIES]
-        tx.execute(
-            "UPDATE decision_scored_runs SET fences = ? WHERE first_seq = ?",
-            (new.tobytes(), hit.run),
-        )
+            fences[hit.start + i] = fids[at]
+        if not np.array_equal(fences, hit.fences):
+            tx.execute(
+                "UPDATE decision_scored_runs SET fences = ? WHERE first_seq = ?",
+                (fences.tobytes(), hit.run),
+            )
     return seqs
 
 
