@@ -167,7 +167,8 @@ class _Recorder:
 
     def __init__(self) -> None:
         self.client: list[float] = []
-        self.stages: dict[str, list[float]] = {s: [] for s in (*STAGES, "total")}
+        # "search": the vector search's part of "retrieve" (the service's rankings only).
+        self.stages: dict[str, list[float]] = {s: [] for s in (*STAGES, "total", "search")}
         self.top: list[tuple[str, ...]] = []
 
     def add(self, client_ms: float, stages: dict[str, float], top: tuple[str, ...]) -> None:
@@ -204,6 +205,7 @@ def _service_block(
             t = resp.timings
             stages = {s: float(getattr(t, f"{s}_ms")) for s in STAGES}
             stages["total"] = t.total_ms
+            stages["search"] = t.search_ms
             rec.add(client, stages, tuple(r.candidate_id for r in resp.results))
 
 

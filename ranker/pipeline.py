@@ -215,6 +215,7 @@ class RankingPipeline:
         deadline.check("retrieval")
         hits = self._retrieve(req)
         watch.lap("retrieve")
+        watch.part("search", hits.search_ms)
         deadline.check("feature building")
         x, reference = build_features(req, hits)
         watch.lap("features")
@@ -285,11 +286,13 @@ class RankingPipeline:
         with self._lock.read():
             allowed = self._catalog.allowed(req.query.filters)
             eligible = len(self._catalog) if allowed is None else len(allowed)
+            searched = time.perf_counter()
             fids, sims = self.index.search(req.posting.vector, req.retrieve_n, allowed)
+            search_ms = (time.perf_counter() - searched) * 1000
             cands, keep = self._catalog.lookup(fids)
             erasures_seen = self._erasures
             lexicon = self._catalog.lexicon.view(req.posting.term_hashes.tolist())
-        return Retrieved(cands, fids[keep], sims[keep], eligible, erasures_seen, lexicon)
+        return Retrieved(cands, fids[keep], sims[keep], eligible, erasures_seen, lexicon, search_ms)
 
     def _log(
         self,

@@ -60,6 +60,9 @@ class Retrieved:
     """The pipeline's erasure count at the search: a later one may have erased a result."""
     lexicon: LexiconView
     """The live pool's BM25 statistics of the posting's terms at the search."""
+    search_ms: float = 0.0
+    """Of the retrieval, the vector search's own time (the rest: the filter's pass and the
+    retrieved candidates read back from the catalog)."""
 
     @cached_property
     def ids(self) -> list[str]:
@@ -96,6 +99,10 @@ class Stopwatch:
         if ran:
             self.ran[stage] = self._ms[stage]
         self._last = now
+
+    def part(self, stage: str, ms: float) -> None:
+        """Report a part of a stage lapped already (not added to the total)."""
+        self._ms[stage] = ms
 
     def timings(self) -> dict[str, float]:
         """Every stage lapped and the total so far."""

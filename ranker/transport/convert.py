@@ -289,6 +289,7 @@ def rank_result_to_pb(r: RankResult) -> pb.RankCandidatesResponse:
         timings=pb.StageTimings(
             encode_ms=t["encode"],
             retrieve_ms=t["retrieve"],
+            search_ms=t.get("search", 0.0),
             features_ms=t["features"],
             score_ms=t["score"],
             explain_ms=t["explain"],

@@ -90,6 +90,7 @@ def test_rank_by_stored_posting_returns_top_k_with_reasons(
     assert r.eligible == len(serving_demo.candidates)
     assert r.retrieved == len(serving_demo.candidates)  # retrieve_n 500 > 90 stored
     assert r.timings.total_ms > 0 and r.timings.encode_ms == 0
+    assert 0 < r.timings.search_ms <= r.timings.retrieve_ms <= r.timings.total_ms
     by_id = {c.id: c for c in serving_demo.candidates}
     for c in r.results:
         e = c.explanation
