@@ -18,6 +18,7 @@ from ranker.catalog_state import (
 )
 from ranker.columns import AppendFile, BlockFile, copy_live, remove_unnamed
 from ranker.domain import to_plain
+from ranker.holders import Delta, apply, grouped, note
 from ranker.kernels import passing_fids, split_heads
 from ranker.lexicon import LiveLexicon
 from ranker.prepared import N_SCALARS, PackedCandidates, PreparedCandidate, Scalar
@@ -29,9 +30,6 @@ if TYPE_CHECKING:
 
 _ALL_SLOTS = np.full(1, -1, dtype=np.int32)
 """`passing_fids`'s `among` for a pass over every slot."""
-
-_Delta = dict[int, dict[int, int]]
-"""Changes to an index of holders (skill or location hash -> slot -> +1 / -1), applied at once."""
 
 # Hot columns, one value per slot, grown together (name -> dtype, fill).
 _HOT: dict[str, tuple[type, object]] = {
@@ -63,10 +61,6 @@ def _blob_layout(scalars: np.ndarray, row_bytes: int) -> tuple[np.ndarray, ...]:
     meta_bytes = 12 * terms + 4 * (terms % 2) + 8 * tags
     meta_blocks = -(-meta_bytes // row_bytes)
     return terms, tags, rows, meta_blocks, meta_blocks + rows
-
-
-def _slots(values: Sequence[int]) -> np.ndarray:
-    return np.asarray(values, dtype=np.int32)
 
 
 class CandidateCatalog:
@@ -260,8 +254,8 @@ class CandidateCatalog:
             self._open_files(items[0][1].vectors.shape[1])
         # Net change per (skill, slot): +1 gained, -1 lost. Netting lets an erased slot be
         # reused within the batch, and the batch then costs one pass per skill touched.
-        delta: _Delta = {}
-        where: _Delta = {}
+        delta: Delta = {}
+        where: Delta = {}
         gone: list[int] = []
         slots: list[int] = []
         created: list[bool] = []
@@ -278,8 +272,8 @@ class CandidateCatalog:
             self._ids[slot] = pc.id
         self._forget_lexicon(gone)
         self._write(slots, items, delta, where)
-        self._apply(self._skills, delta)
-        self._apply(self._located, where)
+        apply(self._skills, delta)
+        apply(self._located, where)
         # Added after the replaced were taken away, with the counts of the new versions.
         self.lexicon.add([pc for _, pc in items])
         return created
@@ -291,10 +285,10 @@ class CandidateCatalog:
         self._ids.append(None)
         return slot
 
-    def _forget(self, slot: int, delta: _Delta, where: _Delta) -> None:
+    def _forget(self, slot: int, delta: Delta, where: Delta) -> None:
         """Undo a held slot's entries in the skill and location indexes and location codes."""
-        self._note(delta, self._skill_hashes(slot), slot, -1)
-        self._note(where, self._hot["loc_hash"][slot : slot + 1], slot, -1)
+        note(delta, self._skill_hashes(slot), slot, -1)
+        note(where, self._hot["loc_hash"][slot : slot + 1], slot, -1)
         self._loc_release(slot)
         self._hot["loc"][slot] = -1
         old = int(self._hot["fid"][slot])
@@ -323,8 +317,8 @@ class CandidateCatalog:
         self,
         slots: list[int],
         items: Sequence[tuple[int, PreparedCandidate]],
-        delta: _Delta,
-        where: _Delta,
+        delta: Delta,
+        where: Delta,
     ) -> None:
         """Append the batch's cold data (one write per column) and fill its hot columns."""
         pcs = [pc for _, pc in items]
@@ -344,14 +338,14 @@ class CandidateCatalog:
             self._derive(slice(slot, slot + 1))
             h["loc_hash"][slot] = pc.location_hash
             h["loc"][slot] = self._loc_acquire(pc.location_hash)
-            self._note(delta, pc.skill_hashes, slot, +1)
-            self._note(where, h["loc_hash"][slot : slot + 1], slot, +1)
+            note(delta, pc.skill_hashes, slot, +1)
+            note(where, h["loc_hash"][slot : slot + 1], slot, +1)
             self._map_fid(fid, slot)
 
     def remove_many(self, candidate_ids: Sequence[str]) -> list[int | None]:
         """Forget candidates; each one's FAISS id, or None when it was not here."""
-        delta: _Delta = {}
-        where: _Delta = {}
+        delta: Delta = {}
+        where: Delta = {}
         fids: list[int | None] = []
         gone: list[int] = []
         for cid in candidate_ids:
@@ -368,38 +362,9 @@ class CandidateCatalog:
             self._hot["fid"][slot] = -1
             self._ids[slot] = None
             self._free.append(slot)
-        self._apply(self._skills, delta)
-        self._apply(self._located, where)
+        apply(self._skills, delta)
+        apply(self._located, where)
         return fids
-
-    @staticmethod
-    def _note(delta: _Delta, keys: np.ndarray, slot: int, d: int) -> None:
-        """Count `slot` in (d = +1) or out (-1) of the holders of `keys` (0: no key)."""
-        for s in keys.tolist():
-            if s:
-                per = delta.setdefault(s, {})
-                per[slot] = per.get(slot, 0) + d
-
-    @staticmethod
-    def _apply(index: dict[int, np.ndarray], delta: _Delta) -> None:
-        # Arrays are replaced, never changed in place, so a reference taken under the lock stays
-        # valid; writes are applied once per batch so a burst costs one pass per skill touched.
-        for skill, per_slot in delta.items():
-            gained = [slot for slot, d in per_slot.items() if d > 0]
-            lost = [slot for slot, d in per_slot.items() if d < 0]
-            if not gained and not lost:
-                continue
-            held = index.get(skill)
-            if held is None:
-                held = np.zeros(0, dtype=np.int32)
-            if lost:
-                held = held[~np.isin(held, _slots(lost))]
-            if gained:
-                held = np.concatenate([held, _slots(gained)])
-            if len(held):
-                index[skill] = held
-            else:
-                index.pop(skill, None)
 
     # -- queries --------------------------------------------------------------------------
     def get(self, candidate_id: str) -> PreparedCandidate | None:
@@ -619,12 +584,7 @@ class CandidateCatalog:
                 cat._skills = dict(zip(keys.tolist(), parts, strict=True))
             for s in alive.tolist():
                 cat._hot["loc"][s] = cat._loc_acquire(int(cat._hot["loc_hash"][s]))
-            placed = alive[cat._hot["loc_hash"][alive] != 0]
-            hashes = cat._hot["loc_hash"][placed]
-            order = np.argsort(hashes, kind="stable")
-            keys, starts = np.unique(hashes[order], return_index=True)
-            parts = np.split(placed[order].astype(np.int32), starts[1:])
-            cat._located = dict(zip(keys.tolist(), parts, strict=True))
+            cat._located = grouped(alive, cat._hot["loc_hash"][alive])
         cat.lexicon.restore(state.df, *state.lexicon_totals)
         cat.saved = (state.generation, state.change_seq)
         return cat

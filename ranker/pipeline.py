@@ -286,13 +286,11 @@ class RankingPipeline:
         with self._lock.read():
             allowed = self._catalog.allowed(req.query.filters)
             eligible = len(self._catalog) if allowed is None else len(allowed)
-            searched = time.perf_counter()
-            fids, sims = self.index.search(req.posting.vector, req.retrieve_n, allowed)
-            search_ms = (time.perf_counter() - searched) * 1000
+            fids, sims, took = self.index.timed_search(req.posting.vector, req.retrieve_n, allowed)
             cands, keep = self._catalog.lookup(fids)
             erasures_seen = self._erasures
             lexicon = self._catalog.lexicon.view(req.posting.term_hashes.tolist())
-        return Retrieved(cands, fids[keep], sims[keep], eligible, erasures_seen, lexicon, search_ms)
+        return Retrieved(cands, fids[keep], sims[keep], eligible, erasures_seen, lexicon, took)
 
     def _log(
         self,
