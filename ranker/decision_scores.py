@@ -146,14 +146,22 @@ class _Hit:
     """The pages of one run around a faiss id's entries, read back as one sorted stretch."""
 
     def __init__(
-        self, run: int, first_page: int, fences: np.ndarray, start: int, pages: list[tuple]
+        self,
+        faiss_id: int,
+        run: int,
+        first_page: int,
+        fences: np.ndarray,
+        start: int,
+        pages: list[tuple],
     ) -> None:
         self.run, self.first_page, self.fences, self.start = run, first_page, fences, start
         self.fids = np.concatenate([np.frombuffer(f, dtype="<i8") for f, _ in pages])
         self.offsets = np.concatenate([np.frombuffer(o, dtype="<u4") for _, o in pages])
         # Where each page read starts in the stretch (and where the last ends).
         self.bounds = np.cumsum([0] + [len(f) // 8 for f, _ in pages])
-        self.lo = self.hi = 0
+        # The stretch of the id's own entries (empty when the pages do not hold it).
+        self.lo = int(np.searchsorted(self.fids, faiss_id, side="left"))
+        self.hi = int(np.searchsorted(self.fids, faiss_id, side="right"))
 
     def seqs(self) -> list[int]:
         return [self.run + int(o) for o in self.offsets[self.lo : self.hi] if o != _GONE]
@@ -176,9 +184,7 @@ def _run_hits(conn: sqlite3.Connection, faiss_id: int) -> list[_Hit]:
             "ORDER BY page",
             (first_page + start, first_page + last),
         ).fetchall()
-        hit = _Hit(int(run), int(first_page), fences, start, pages)
-        hit.lo = int(np.searchsorted(hit.fids, faiss_id, side="left"))
-        hit.hi = int(np.searchsorted(hit.fids, faiss_id, side="right"))
+        hit = _Hit(faiss_id, int(run), int(first_page), fences, start, pages)
         if hit.hi > hit.lo:
             hits.append(hit)
     return hits

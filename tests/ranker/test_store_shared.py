@@ -419,7 +419,7 @@ def test_erasure_finds_a_candidate_s_scores_in_every_block_and_run_of_decisions(
 ) -> None:
     # PostgreSQL indexes by (block of 64 decisions, faiss id): 150 decisions span three blocks.
     # SQLite by runs, here of 64 decisions: two runs, and the decisions after them not yet in one.
-    monkeypatch.setattr(decision_scores, "RUN_DECISIONS", 64)
+    _small_runs(monkeypatch, 64)
     fids = store.upsert_candidates([_cand(1), _cand(2)])
     base = _decision("x", ("c1",))
     scores = np.array([0.5, 0.25], dtype=np.float32)
@@ -502,12 +502,17 @@ def test_a_store_of_schema_5_is_migrated_in_place(backend: Backend) -> None:
         store.close()
 
 
+def _small_runs(monkeypatch: pytest.MonkeyPatch, runs: int, pages: int | None = None) -> None:
+    """Runs of `runs` decisions (and pages of `pages` entries) in SQLite's erasure index."""
+    monkeypatch.setattr(decision_scores, "RUN_DECISIONS", runs)
+    if pages is not None:
+        monkeypatch.setattr(decision_scores, "PAGE_ENTRIES", pages)
+
+
 def test_the_runs_index_stays_exact_while_candidates_are_erased_one_by_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Tiny runs and pages, so ids span pages and erased stretches open pages and runs.
-    monkeypatch.setattr(decision_scores, "RUN_DECISIONS", 8)
-    monkeypatch.setattr(decision_scores, "PAGE_ENTRIES", 4)
+    _small_runs(monkeypatch, 8, 4)  # ids span pages; erased stretches open pages and runs
     store = Backend("sqlite", tmp_path, None).open()
     try:
         fids = store.upsert_candidates([_cand(i) for i in range(1, 31)])
@@ -560,7 +565,7 @@ def test_a_sqlite_store_of_schema_6_gets_its_erasure_index_as_runs(
 ) -> None:
     from ranker.schema import SCHEMA_VERSION
 
-    monkeypatch.setattr(decision_scores, "RUN_DECISIONS", 4)
+    _small_runs(monkeypatch, 4)
     backend = Backend("sqlite", tmp_path, None)
     store = backend.open()
     fids = store.upsert_candidates([_cand(1), _cand(2)])
