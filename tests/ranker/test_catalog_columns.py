@@ -298,6 +298,52 @@ def test_the_compiled_reads_fill_both_arrays_and_name_the_first_run_read_short(
         os.close(fd)
 
 
+def _evicted(fd: int, at: int, length: int) -> bool:
+    """Drop `fd`'s pages from the page cache; whether the `length` bytes at `at` then went."""
+    from ranker.kernels import RWF_NOWAIT
+
+    os.fsync(fd)  # clean pages, so the kernel drops them when asked
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    try:
+        os.preadv(fd, [bytearray(length)], at, RWF_NOWAIT)
+    except BlockingIOError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("nowait", [True, False], ids=["nowait", "blocking"])
+def test_runs_the_page_cache_lost_are_read_in_the_second_pass(tmp_path: Path, nowait: bool) -> None:
+    from ranker.kernels import RWF_NOWAIT, read_runs
+
+    block = 4096  # a page: eviction is by page
+    path = tmp_path / "r.bin"
+    data = np.random.default_rng(5).integers(0, 256, block * 16, dtype=np.uint8).tobytes()
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # no readahead past what is read
+        if nowait:
+            # Evicted (the kernel may keep a page another core still batches: asked again), a
+            # first pass cannot read them (block 5 stands for the runs below, which this probe
+            # would start reading), so they come from the second.
+            assert any(_evicted(fd, 5 * block, block) for _ in range(50))
+        else:
+            _evicted(fd, 5 * block, block)
+        # Runs cached and not: blocks 0-1 are read again first, the rest only from the disk.
+        os.pread(fd, 2 * block, 0)
+        first, head, tail = np.array([9, 0, 12]), np.array([1, 1, 0]), np.array([2, 1, 3])
+        out_h, out_t = np.zeros(block * 2, np.uint8), np.zeros(block * 6, np.uint8)
+        got = read_runs(fd, first, head, tail, block, out_h, out_t, RWF_NOWAIT if nowait else 0)
+        assert got == -1
+        b = [data[block * i : block * (i + 1)] for i in range(16)]
+        assert out_h.tobytes() == b[9] + b[0]
+        assert out_t.tobytes() == b[10] + b[11] + b[1] + b[12] + b[13] + b[14]
+        past_the_end = np.array([15, 0]), np.array([1, 1]), np.array([1, 0])
+        assert read_runs(fd, *past_the_end, block, out_h, out_t, RWF_NOWAIT) == 0
+    finally:
+        os.close(fd)
+
+
 def test_a_block_file_reads_through_its_map_until_it_outgrows_the_bound(tmp_path: Path) -> None:
     from ranker.columns import BlockFile
 
