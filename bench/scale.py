@@ -138,6 +138,8 @@ class SizeRun:
     data: BenchData
     lean: bool
     startup_s: float = 0.0
+    warm_s: float = 0.0
+    """From the start until the catalog's files were in the page cache (`catalog-cache`)."""
     loaded: Memory | None = None
     served: Memory | None = None
     service: PathRun | None = None
@@ -334,7 +336,7 @@ def measure(base: BaseSet, n: int, cfg: ScaleConfig, root: Path, crash: bool = F
     serving_cfg = ServingConfig(requests=cfg.requests, throughput_requests=cfg.throughput_requests)
     log.info("scale bench: %d candidates, starting the server", n)
     with ServerProcess(data.settings(base), root / "logs" / f"serve-scale-c{n}.log") as server:
-        run.startup_s = server.startup_seconds
+        run.startup_s, run.warm_s = server.startup_seconds, server.warm_seconds
         run.loaded = Memory.of(server.pid)
         stub = server.stub()
         run.service, run.baseline, run.tuned = _compare(
@@ -589,6 +591,7 @@ def report(runs: list[SizeRun], fixed: Memory, fixed_startup: float, base: BaseS
             [
                 f"{r.n:,}",
                 f"{r.startup_s:.0f} s",
+                f"{r.warm_s:.0f} s",
                 mib(r.loaded.rss),
                 mib(r.served.rss),
                 f"{mib(r.served.anon)} / {mib(r.served.file)}",
@@ -599,12 +602,16 @@ def report(runs: list[SizeRun], fixed: Memory, fixed_startup: float, base: BaseS
         )
     out += [
         "Memory and startup (RSS from /proc: anonymous = heap, file = mapped files; the column "
-        "files' pages a ranking read count as file-backed, reclaimable by the kernel):",
+        "files' pages a ranking read count as file-backed, reclaimable by the kernel; `page "
+        "cache warm`: from the start until the service had read its catalog's column files "
+        "into the kernel's page cache, `RANKER_CATALOG_PRELOAD`, health `catalog-cache`; the "
+        "rankings below are measured from then on):",
         "",
         table(
             [
                 "candidates",
                 "startup to SERVING",
+                "page cache warm",
                 "RSS loaded",
                 "RSS after the runs",
                 "anon / file",

@@ -141,18 +141,11 @@ class CandidateCatalog:
 
     # -- columns --------------------------------------------------------------------------
     def _open_files(self, dim: int, lengths: dict[str, int] | None = None) -> None:
-        d, names = self.directory, self._files
+        blobs, records = self.column_paths() or (None, None)
         lengths = lengths or {}
         self._dim = dim
-        self._blobs = BlockFile(
-            None if d is None else d / names["blobs"],
-            dim * 4,
-            lengths.get("blobs", 0),
-            self.map_up_to,
-        )
-        self._records = AppendFile(
-            None if d is None else d / names["records"], lengths.get("records", 0)
-        )
+        self._blobs = BlockFile(blobs, dim * 4, lengths.get("blobs", 0), self.map_up_to)
+        self._records = AppendFile(records, lengths.get("records", 0))
 
     @property
     def _row_bytes(self) -> int:
@@ -476,6 +469,11 @@ class CandidateCatalog:
         live = int(blocks.sum()) * self._row_bytes + int(self._hot["rec_len"][alive].sum())
         return 1.0 - live / total
 
+    def column_paths(self) -> list[Path]:
+        """The column files on disk (blobs, then records); none when unnamed (no `directory`)."""
+        d = self.directory
+        return [] if d is None else [d / self._files[k] for k in ("blobs", "records")]
+
     def _live_blobs(self) -> tuple[np.ndarray, np.ndarray]:
         """The held candidates' slots, and the blocks each one's blob takes."""
         alive = np.flatnonzero(self._hot["alive"][: self._n])
@@ -503,7 +501,7 @@ class CandidateCatalog:
             (h["blob_start"][alive] // block, blocks),
             (h["rec_start"][alive], h["rec_len"][alive]),
         )
-        old = [self.directory / self._files[k] for k in ("blobs", "records")]
+        old = self.column_paths()
         self._blobs.close()
         self._records.close()
         self._blobs, self._records, self._files = copied.blobs, copied.records, copied.names

@@ -93,6 +93,13 @@ class Settings(EncoderSettings):
     (about 100,000 candidates of CV length). Checked at every ranking: a file that grows past it
     is read with pread from then on, and its map released."""
 
+    catalog_preload: Literal["auto", "on", "off"] = "auto"
+    """After a start, read the catalog's column files once from start to end on a thread of
+    their own, so rankings find the retrieved candidates in the page cache instead of waiting
+    on the disk (at 10^6 candidates, 12 GiB read in ~40 s on a disk reading 300 MB/s). `auto`:
+    the files that fit in half of the memory available at start (the blobs first); `on`: all;
+    `off`: none. The health service `catalog-cache` turns SERVING when it is done."""
+
     catalog_compact_share: float = Field(default=0.5, gt=0, le=1)
     """At start, the catalog's column files are rewritten without the bytes of replaced and
     erased candidates (zeroed, but kept by the append-only files) once those are this share of

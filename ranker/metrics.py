@@ -159,6 +159,12 @@ class ServiceMetrics:
             "Export files in the data folder that still hold an erased candidate.",
             registry=r,
         )
+        self.catalog_warmed_bytes = Gauge(
+            "ranker_catalog_warmed_bytes",
+            "Bytes of the catalog's column files read into the page cache since the start "
+            "(ranker.preload; the health service `catalog-cache` says when it is done).",
+            registry=r,
+        )
 
         # -- replicas following a shared store (ranker.follower) -----------------------------
         self.replica_lag = Histogram(

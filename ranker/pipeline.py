@@ -111,7 +111,7 @@ class RankingPipeline:
             waiter = open_change_waiter(settings)
             self._follower = ChangeFollower(store, self, settings, start_seq, waiter, metrics)
         self._upkeep = PipelineUpkeep(
-            settings, self.model, store, self._decisions, self.save_index, metrics
+            settings, self.model, store, self._decisions, self.save_index, metrics, self._catalog
         )
         self._update_gauges()
         if self._follower is not None:
@@ -156,6 +156,7 @@ class RankingPipeline:
         """Stop following, write pending decisions and the index, then close the store."""
         if self._follower is not None:
             self._follower.close()
+        self._upkeep.close()
         self._shadow.close()
         self._decisions.close()
         self.index.stop_retraining()

@@ -13,10 +13,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from ranker.backoff import RetryBackoff
+from ranker.catalog import CandidateCatalog
 from ranker.config import Settings
 from ranker.decisions import DecisionLog
 from ranker.metrics import ServiceMetrics
 from ranker.model_slot import ModelSlot
+from ranker.preload import PageCacheWarmer
 from ranker.store_api import Store
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,7 @@ class PipelineUpkeep:
         decisions: DecisionLog,
         save_index: Callable[[], bool],
         metrics: ServiceMetrics | None,
+        catalog: CandidateCatalog | None = None,
     ) -> None:
         self.settings = settings
         self.model = model
@@ -46,6 +49,12 @@ class PipelineUpkeep:
         self._next_model_poll = 0.0
         self._next_prune = 0.0
         self._index_saves = RetryBackoff(f"save the index to {settings.resolved_index_dir}")
+        paths = [] if catalog is None else catalog.column_paths()
+        self.warmer = PageCacheWarmer.for_catalog(paths, settings.catalog_preload, metrics)
+
+    def close(self) -> None:
+        """Stop the work of its own threads (the page cache's warming)."""
+        self.warmer.close()
 
     def run(self) -> None:
         now = time.monotonic()
@@ -84,11 +93,14 @@ class PipelineUpkeep:
     def health(self) -> dict[str, bool]:
         """Serving status per health service name: "" (and the service) turn NOT_SERVING
         without a model, or while the decision log fails under the strict policy;
-        `decision-log` and `erasure-checkpoint` report those two on their own."""
+        `decision-log` and `erasure-checkpoint` report those two on their own; `catalog-cache`
+        turns SERVING once the catalog's files were read into the page cache (`ranker.preload`),
+        at once when none are to be."""
         log_ok = self.decisions.failing is None
         strict = self.settings.decision_log_policy == "strict"
         return {
             "": self.model.served is not None and (log_ok or not strict),
             "decision-log": log_ok,
             "erasure-checkpoint": not self.store.residue_pending,
+            "catalog-cache": self.warmer.done,
         }

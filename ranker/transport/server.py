@@ -46,7 +46,7 @@ def _port_in_use(port: int) -> StartError:
     )
 
 
-HEALTH_DETAILS = ("decision-log", "erasure-checkpoint", "replication")
+HEALTH_DETAILS = ("decision-log", "erasure-checkpoint", "replication", "catalog-cache")
 """Health service names that report one concern each (`RankingPipeline.health`)."""
 
 
