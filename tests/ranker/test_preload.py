@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -53,6 +55,7 @@ def _evict(path: Path) -> bool:
             except BlockingIOError:
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
                 return True
+            time.sleep(0.02)
         return False
     finally:
         os.close(fd)
@@ -60,7 +63,7 @@ def _evict(path: Path) -> bool:
 
 def test_auto_warms_the_files_that_fit_in_a_share_of_the_available_memory(tmp_path: Path) -> None:
     a, b, c = _files(tmp_path, 1000, 3000, 10)
-    budget = int(4000 / AVAILABLE_SHARE)  # a and b fit together; c would overflow it
+    budget = math.ceil(4000 / AVAILABLE_SHARE)  # a and b fit together; c would overflow it
     assert planned([a, b, c], "auto", budget) == [a, b]
     assert planned([a, b, c], "auto", budget - 2) == [a]  # b no longer fits: c is not tried
     assert planned([a, b, c], "on", 0) == [a, b, c]
