@@ -96,9 +96,9 @@ class Settings(EncoderSettings):
     catalog_preload: Literal["auto", "on", "off"] = "auto"
     """After a start, read the catalog's column files once from start to end on a thread of
     their own, so rankings find the retrieved candidates in the page cache instead of waiting
-    on the disk (at 10^6 candidates, 12 GiB read in ~40 s on a disk reading 300 MB/s). `auto`:
-    the files that fit in three quarters of the memory available at start (the blobs first); `on`: all;
-    `off`: none. The health service `catalog-cache` turns SERVING when it is done."""
+    on the disk (at 10^6 candidates, 12 GiB read in 55 s from a cold disk, measured). `auto`:
+    the files that fit in three quarters of the memory available at start (the blobs first);
+    `on`: all; `off`: none. The health service `catalog-cache` turns SERVING when it is done."""
 
     catalog_compact_share: float = Field(default=0.5, gt=0, le=1)
     """At start, the catalog's column files are rewritten without the bytes of replaced and
