@@ -103,8 +103,9 @@ class BlockFile(AppendFile):
     pread beyond (0: always pread), so the map's resident pages are bounded by that size:
     - pread (the default): one `preadv2` per run, into the caller's arrays, in compiled code
       (`kernels.read_runs`); the runs the page cache does not hold are asked of the disk all at
-      once, then read, rather than waited for one by one. The pages read stay in the kernel's page cache, so the service's
-      resident memory is its own whatever share of the file the rankings have touched.
+      once, then read, rather than waited for one by one. The pages read stay in the kernel's
+      page cache, so the service's resident memory is its own whatever share of the file the
+      rankings have touched.
     - a shared read-only memory map: one numpy `take` per gather, no system call per run;
       ~0.8 ms less per ranking at 10^5 and 10^6 candidates (BENCHMARKS.md). Every page a gather
       touches stays mapped into the service, and each fault maps up to 16 cached neighbours, so

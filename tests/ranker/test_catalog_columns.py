@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from ranker.prepared import PreparedCandidate, prepare_candidate, prepare_postin
 from ranker.rows import CandidateRow
 from ranker.store import SqliteStore
 from ranker.warmup import CATALOG_DIR, catalog_from_store
+from tests.fixtures.pagecache import evict
 from tests.fixtures.server import serving_settings
 
 DIM = 16
@@ -299,19 +299,6 @@ def test_the_compiled_reads_fill_both_arrays_and_name_the_first_run_read_short(
         os.close(fd)
 
 
-def _evicted(fd: int, at: int, length: int) -> bool:
-    """Drop `fd`'s pages from the page cache; whether the `length` bytes at `at` then went."""
-    from ranker.kernels import RWF_NOWAIT
-
-    os.fsync(fd)  # clean pages, so the kernel drops them when asked
-    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    try:
-        os.preadv(fd, [bytearray(length)], at, RWF_NOWAIT)
-    except BlockingIOError:
-        return True
-    return False
-
-
 @pytest.mark.parametrize("nowait", [True, False], ids=["nowait", "blocking"])
 def test_runs_the_page_cache_lost_are_read_in_the_second_pass(tmp_path: Path, nowait: bool) -> None:
     from ranker.kernels import RWF_NOWAIT, read_runs
@@ -322,14 +309,10 @@ def test_runs_the_page_cache_lost_are_read_in_the_second_pass(tmp_path: Path, no
     path.write_bytes(data)
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # no readahead past what is read
-        if nowait:
-            # Evicted (the kernel may keep a page another core still batches: asked again), a
-            # first pass cannot read them (block 5 stands for the runs below, which this probe
-            # would start reading), so they come from the second.
-            assert any(_evicted(fd, 5 * block, block) or time.sleep(0.02) for _ in range(50))
-        else:
-            _evicted(fd, 5 * block, block)
+        # Evicted, a first pass cannot read them (block 5 stands for the runs below, which the
+        # probe would start reading), so they come from the second.
+        went = evict(fd, probe_at=5 * block)
+        assert went or not nowait
         # Runs cached and not: blocks 0-1 are read again first, the rest only from the disk.
         os.pread(fd, 2 * block, 0)
         first, head, tail = np.array([9, 0, 12]), np.array([1, 1, 0]), np.array([2, 1, 3])

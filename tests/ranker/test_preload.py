@@ -5,15 +5,14 @@ from __future__ import annotations
 import logging
 import math
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from grpc_health.v1 import health_pb2
 
-from ranker.kernels import RWF_NOWAIT
 from ranker.preload import AVAILABLE_SHARE, PageCacheWarmer, planned
+from tests.fixtures.pagecache import cached, evict_file
 from tests.fixtures.server import ServerHandle, seed, wait_for
 from training.demo import DemoData
 
@@ -29,38 +28,6 @@ def _files(tmp_path: Path, *sizes: int) -> list[Path]:
     return out
 
 
-def _cached(path: Path) -> bool:
-    """Whether every page of `path` is in the page cache (a read that may not wait succeeds)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        size = os.fstat(fd).st_size
-        return os.preadv(fd, [bytearray(size)], 0, RWF_NOWAIT) == size
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
-
-
-def _evict(path: Path) -> bool:
-    """Drop `path`'s pages from the page cache; whether they went (asked again while another
-    core's batch still holds one)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # the probe reads only its pages
-        for _ in range(50):
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            try:
-                os.preadv(fd, [bytearray(4096)], 0, RWF_NOWAIT)
-            except BlockingIOError:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-                return True
-            time.sleep(0.02)
-        return False
-    finally:
-        os.close(fd)
-
-
 def test_auto_warms_the_files_that_fit_in_a_share_of_the_available_memory(tmp_path: Path) -> None:
     a, b, c = _files(tmp_path, 1000, 3000, 10)
     budget = math.ceil(4000 / AVAILABLE_SHARE)  # a and b fit together; c would overflow it
@@ -72,12 +39,12 @@ def test_auto_warms_the_files_that_fit_in_a_share_of_the_available_memory(tmp_pa
 
 def test_the_warmer_reads_every_file_into_the_page_cache(tmp_path: Path) -> None:
     paths = _files(tmp_path, 3 * (8 << 20) + 12345, 70_000)
-    assert all(_evict(p) for p in paths), "the kernel kept the pages: nothing to test"
-    assert not any(_cached(p) for p in paths)
+    assert all(evict_file(p) for p in paths), "the kernel kept the pages: nothing to test"
+    assert not any(cached(p) for p in paths)
     warmer = PageCacheWarmer(paths)
     assert warmer.wait(60)
     assert warmer.read_bytes == sum(p.stat().st_size for p in paths)
-    assert all(_cached(p) for p in paths)
+    assert all(cached(p) for p in paths)
     warmer.close()
 
 
