@@ -194,6 +194,64 @@ def load_average() -> tuple[float, float, float]:
     return os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
 
 
+def proactive_reclaim() -> str | None:
+    """The kernel's proactive reclaim of idle memory, where DAMON runs one (its sysfs admin
+    interface): e.g. `pageout` of page-cache pages no process maps, once idle for 60 s."""
+    found = []
+    for kd in sorted(Path("/sys/kernel/mm/damon/admin/kdamonds").glob("[0-9]*")):
+        try:
+            if (kd / "state").read_text().strip() != "on":
+                continue
+            for ctx in sorted((kd / "contexts").glob("[0-9]*")):
+                aggr_us = int((ctx / "monitoring_attrs/intervals/aggr_us").read_text())
+                for sch in sorted((ctx / "schemes").glob("[0-9]*")):
+                    action = (sch / "action").read_text().strip()
+                    age = int((sch / "access_pattern/age/min").read_text())
+                    allow: dict[bool, list[str]] = {True: [], False: []}
+                    for f in sorted((sch / "ops_filters").glob("[0-9]*")):
+                        kind = (f / "type").read_text().strip()
+                        allow[(f / "allow").read_text().strip() == "Y"].append(kind)
+                    kinds = " ".join(allow[True]) + (
+                        f" (not {', '.join(allow[False])})" if allow[False] else ""
+                    )
+                    quota = int((sch / "quotas/bytes").read_text())
+                    reset_ms = int((sch / "quotas/reset_interval_ms").read_text())
+                    found.append(
+                        f"DAMON `{action}` of {kinds or 'any'} pages idle for "
+                        f"{age * aggr_us / 1e6:.0f} s or more"
+                        + (f", up to {quota / 2**20:.0f} MiB per {reset_ms} ms" if quota else "")
+                    )
+        except (OSError, ValueError):
+            continue
+    return "; ".join(found) or None
+
+
+def cached_share(paths: list[Path]) -> float:
+    """The share of the files' pages in the kernel's page cache now (`mincore` over a map of
+    each; the map is only looked at, so no page is read or kept)."""
+    import ctypes
+    import mmap
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    held = total = 0
+    for p in paths:
+        size = p.stat().st_size
+        if not size:
+            continue
+        with p.open("rb") as f, mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ) as m:
+            pages = -(-size // mmap.PAGESIZE)
+            vec = (ctypes.c_ubyte * pages)()
+            view = np.frombuffer(m, dtype=np.uint8)
+            try:
+                if libc.mincore(ctypes.c_void_p(view.ctypes.data), ctypes.c_size_t(size), vec):
+                    raise OSError(ctypes.get_errno(), "mincore failed")
+            finally:
+                del view
+            held += int((np.frombuffer(vec, dtype=np.uint8) & 1).sum())
+            total += pages
+    return held / total if total else float("nan")
+
+
 def header(sections: list[str], load_start: tuple[float, float, float], minutes: float) -> str:
     """The Markdown header of BENCHMARKS.md: when, on what, with which versions."""
     c = cpu()
@@ -214,7 +272,8 @@ def header(sections: list[str], load_start: tuple[float, float, float], minutes:
             f"- **CPU:** {c.model} (vendor {c.vendor}, family {c.family:#x}), "
             f"{c.physical_cores} physical cores / {c.logical_cpus} logical CPUs, "
             f"reported clock {c.mhz:.0f} MHz; ISA: {isa}",
-            f"- **Memory:** {mem:.0f} GiB",
+            f"- **Memory:** {mem:.0f} GiB"
+            + (f"; proactive reclaim: {reclaim}" if (reclaim := proactive_reclaim()) else ""),
             f"- **Load:** 1-minute load average {load_start[0]:.1f} at the start, {end[0]:.1f} "
             f"at the end of the {minutes:.0f}-minute run, on {c.logical_cpus} CPUs (the machine "
             "is shared: other work adds noise; ratios within one run are what count)",

@@ -26,7 +26,7 @@ from bench._data import (
     file_bytes,
     fresh_candidates,
 )
-from bench._machine import measured_peak
+from bench._machine import cached_share, measured_peak
 from bench._report import Summary, mib, ms, rate_ratio, ratio, table, timed_without_gc
 from bench._server import ServerProcess
 from bench.serving import (
@@ -155,6 +155,8 @@ class SizeRun:
     """Service-only rankings per `RANKER_CATALOG_READ` mode: latency, RSS after them. The
     first is the mode the default (`auto`) chose on the main server."""
     crash: Crash | None = None
+    cached: float = float("nan")
+    """Share of the catalog's column files in the page cache after the main server's runs."""
 
 
 @dataclass
@@ -356,6 +358,7 @@ def measure(base: BaseSet, n: int, cfg: ScaleConfig, root: Path, crash: bool = F
         run.rpc_floor_ms = _rpc_floor(server)
         chosen = _default_read(data)
         run.reads[chosen] = (_service_only(server, reqs, cfg, n), Memory.of(server.pid))
+        run.cached = cached_share(catalog.column_paths())
     catalog.close()
     # One service per data folder: the other read mode runs on a server started after.
     other = "pread" if chosen == "mmap" else "mmap"
@@ -591,7 +594,7 @@ def report(runs: list[SizeRun], fixed: Memory, fixed_startup: float, base: BaseS
             [
                 f"{r.n:,}",
                 f"{r.startup_s:.0f} s",
-                f"{r.warm_s:.0f} s",
+                f"{r.warm_s:.0f} s; {100 * r.cached:.1f}% cached after the runs",
                 mib(r.loaded.rss),
                 mib(r.served.rss),
                 f"{mib(r.served.anon)} / {mib(r.served.file)}",
@@ -605,7 +608,9 @@ def report(runs: list[SizeRun], fixed: Memory, fixed_startup: float, base: BaseS
         "files' pages a ranking read count as file-backed, reclaimable by the kernel; `page "
         "cache warm`: from the start until the service had read its catalog's column files "
         "into the kernel's page cache, `RANKER_CATALOG_PRELOAD`, health `catalog-cache`; the "
-        "rankings below are measured from then on):",
+        "rankings below are measured from then on; the share of the files' pages still cached "
+        "once they ran, which `RANKER_CATALOG_KEEP_WARM_SECONDS` keeps against the idle-page "
+        "reclaim named in the header, when the machine runs one):",
         "",
         table(
             [

@@ -100,6 +100,15 @@ class Settings(EncoderSettings):
     the files that fit in three quarters of the memory available at start (the blobs first);
     `on`: all; `off`: none. The health service `catalog-cache` turns SERVING when it is done."""
 
+    catalog_keep_warm_seconds: float = Field(default=30.0, ge=0)
+    """After warming (`catalog_preload`), touch the files again this often so they stay in the
+    page cache: a ranking reads ~500 of 10^6 candidates, so to the kernel most pages look idle,
+    and a proactive reclaimer (DAMON's pageout, as on the machine BENCHMARKS.md was measured
+    on: unmapped pages idle for 60 s) or memory pressure evicts them, and rankings wait on the
+    disk again. Keep it below the reclaimer's idle age. Each pass splices the files to
+    /dev/null (no copy): ~0.4 s of CPU for 12 GiB. 0: warm once, then leave them to the
+    kernel."""
+
     catalog_compact_share: float = Field(default=0.5, gt=0, le=1)
     """At start, the catalog's column files are rewritten without the bytes of replaced and
     erased candidates (zeroed, but kept by the append-only files) once those are this share of

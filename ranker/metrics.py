@@ -165,6 +165,12 @@ class ServiceMetrics:
             "(ranker.preload; the health service `catalog-cache` says when it is done).",
             registry=r,
         )
+        self.catalog_cache_sweeps = Counter(
+            "ranker_catalog_cache_sweeps_total",
+            "Passes over the catalog's column files after the first, keeping them in the page "
+            "cache (RANKER_CATALOG_KEEP_WARM_SECONDS).",
+            registry=r,
+        )
 
         # -- replicas following a shared store (ranker.follower) -----------------------------
         self.replica_lag = Histogram(

@@ -49,8 +49,12 @@ class PipelineUpkeep:
         self._next_model_poll = 0.0
         self._next_prune = 0.0
         self._index_saves = RetryBackoff(f"save the index to {settings.resolved_index_dir}")
-        paths = [] if catalog is None else catalog.column_paths()
-        self.warmer = PageCacheWarmer.for_catalog(paths, settings.catalog_preload, metrics)
+        self.warmer = PageCacheWarmer.for_catalog(
+            (lambda: []) if catalog is None else catalog.column_paths,
+            settings.catalog_preload,
+            metrics,
+            settings.catalog_keep_warm_seconds,
+        )
 
     def close(self) -> None:
         """Stop the work of its own threads (the page cache's warming)."""
