@@ -106,8 +106,8 @@ class Settings(EncoderSettings):
     and a proactive reclaimer (DAMON's pageout, as on the machine BENCHMARKS.md was measured
     on: unmapped pages idle for 60 s) or memory pressure evicts them, and rankings wait on the
     disk again. Keep it below the reclaimer's idle age. Each pass splices the files to
-    /dev/null (no copy): ~0.4 s of CPU for 12 GiB. 0: warm once, then leave them to the
-    kernel."""
+    /dev/null (no copy): ~0.5 s for 12 GiB, ~0.25 s of it CPU. 0: warm once, then leave
+    them to the kernel."""
 
     catalog_compact_share: float = Field(default=0.5, gt=0, le=1)
     """At start, the catalog's column files are rewritten without the bytes of replaced and
