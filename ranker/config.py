@@ -53,6 +53,12 @@ class Settings(EncoderSettings):
     """Threads that run rankings by stored posting and reads off the event loop; encoding has
     its own (`encode_threads`), so a read never waits behind an upsert."""
 
+    inline_lone_rankings: bool = True
+    """Run a ranking by stored posting on the event loop's own thread when no other call is in
+    flight, instead of handing it to a worker and back: two thread wake-ups fewer on the
+    ranking's path (BENCHMARKS.md, "At scale"). A call arriving meanwhile waits for that one
+    ranking (a few ms); while any other call is in flight, rankings go to the workers."""
+
     model_poll_seconds: float = Field(default=2.0, gt=0)
     """How often the service checks the registry for a newly promoted model version."""
 

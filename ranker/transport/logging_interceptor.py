@@ -2,7 +2,7 @@
 
 Every unary RPC (the ranker's, health's Check) is wrapped: the line says method, status code,
 duration, request id, model version and the counts the response holds, at INFO (WARNING for a
-server-side failure). A client may send its own `x-request-id` (1..128 printable ASCII
+server-side failure), written just after the answer is sent. A client may send its own `x-request-id` (1..128 printable ASCII
 characters, no spaces; anything else is ignored and a fresh id used); the id goes back in the
 trailing metadata `x-request-id`, set before the handler runs so an error carries it too. For
 RankCandidates without a client id, the response's `request_id` (the decision log's key) is
@@ -108,7 +108,13 @@ class RequestLogInterceptor(grpc.aio.ServerInterceptor):
                 code = _code_of(context)
                 raise
             finally:
-                self._finish(method, code, time.perf_counter() - started, request_id, response)
+                seconds = time.perf_counter() - started
+                # Written once the answer has left: grpc starts sending it as soon as this
+                # coroutine returns, before the loop runs its next callback. The line and the
+                # histograms cost ~0.2 ms that the caller then does not wait for.
+                asyncio.get_running_loop().call_soon(
+                    self._finish, method, code, seconds, request_id, response
+                )
 
         return grpc.unary_unary_rpc_method_handler(
             logged,

@@ -79,6 +79,7 @@ class RankerServer:
             self.metrics, self.pool, self.encode_pool, self.admission
         )
         self.service.strict_fields = settings.strict_fields
+        self.service.inline_lone_rankings = settings.inline_lone_rankings
         self.health = ListingHealthServicer()
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None

@@ -63,10 +63,15 @@ class CandidateRankerService:
     Two pools: `pool` runs reads and rankings by stored posting, `encode_pool` runs whatever
     encodes (upserts, inline postings) after `admission` let it in; so a read never queues
     behind an encoding, and a caller that gives up stops its encoding at the next checkpoint.
+    One exception: a ranking by stored posting that is the only call in flight runs on the
+    event loop's thread (`inline_lone_rankings`), which has nothing else to do meanwhile.
     """
 
     strict_fields = False
     """Refuse field numbers the contract does not define (`Settings.strict_fields`)."""
+
+    inline_lone_rankings = True
+    """Rank by stored posting on the loop's thread when alone (`Settings.inline_lone_rankings`)."""
 
     def __init__(
         self,
@@ -83,6 +88,8 @@ class CandidateRankerService:
         self.access = access
         self.pipeline: RankingPipeline | None = None
         """Set once the store, index and model are loaded; until then calls are UNAVAILABLE."""
+        self._in_flight = 0
+        """Calls of this service between parsing and answering (the event loop's count)."""
 
     def _pipeline(self) -> RankingPipeline:
         p = self.pipeline
@@ -98,7 +105,8 @@ class CandidateRankerService:
         encode_chars: int | None = None,
     ) -> R:
         """`fn(*args)` on a worker thread: the encode pool when `encode_chars` is given (after
-        admission), else the read pool. CPU work never runs on the event loop.
+        admission), else the read pool: CPU work stays off the event loop (but for a lone
+        ranking, `RankCandidates`).
 
         When the call is cancelled (the caller gave up, or its deadline passed) the job is
         dropped if it has not started, and told to stop through `deadline` if it has.
@@ -183,6 +191,13 @@ class CandidateRankerService:
             if query.posting is None
             else len(request.posting.title) + len(request.posting.description)
         )
+        if chars is None and self.inline_lone_rankings:
+            # Calls that arrived with this one get to count themselves first.
+            await asyncio.sleep(0)
+            if self._in_flight == 1:
+                # Alone: ranked here, on the loop's thread, which would otherwise only wait for
+                # it; a worker would cost two thread wake-ups (there and back) on its path.
+                return rank_result_to_pb(self._pipeline().rank(query, d))
         r = await self._run(self._pipeline().rank, query, d, deadline=d, encode_chars=chars)
         return rank_result_to_pb(r)
 
@@ -249,6 +264,7 @@ class CandidateRankerService:
             code = grpc.StatusCode.OK
             message = ""
             details: bytes | None = None
+            self._in_flight += 1
             try:
                 try:
                     request = request_cls.FromString(raw)
@@ -273,6 +289,7 @@ class CandidateRankerService:
                 log.exception("%s failed", name)
                 code, message = grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
             finally:
+                self._in_flight -= 1
                 self.metrics.requests.labels(rpc=name, code=code.name).inc()
                 self.metrics.latency.labels(rpc=name).observe(time.perf_counter() - started)
                 if code != grpc.StatusCode.OK:

@@ -547,6 +547,46 @@ def test_reads_take_the_lock_on_a_worker_not_the_event_loop(
     assert all(name.startswith("ranker-worker") for name in recording.readers)
 
 
+def test_a_lone_ranking_runs_on_the_event_loop_and_one_beside_another_call_on_a_worker(
+    served: ServerHandle, serving_demo: DemoData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recording = _RecordingLock(served.pipeline._lock)
+    monkeypatch.setattr(served.pipeline, "_lock", recording)
+    request = pb.RankCandidatesRequest(posting_id=serving_demo.postings[0].id, top_k=3)
+    loop_thread = served._thread.name
+
+    # Alone: ranked on the loop's thread, which would otherwise only wait for a worker.
+    alone = served.stub.RankCandidates(request, timeout=10)
+    assert recording.readers and set(recording.readers) == {loop_thread}
+
+    # Beside a call still in flight (a read held on a worker), the ranking goes to a worker
+    # too, and neither waits for the other.
+    entered, release = threading.Event(), threading.Event()
+    get_candidate = served.pipeline.get_candidate
+
+    def held(candidate_id: str):  # type: ignore[no-untyped-def]
+        entered.set()
+        release.wait(10)
+        return get_candidate(candidate_id)
+
+    monkeypatch.setattr(served.pipeline, "get_candidate", held)
+    wanted = serving_demo.candidates[0].id
+    pending = served.stub.GetCandidate.future(pb.GetCandidateRequest(id=wanted), timeout=20)
+    assert entered.wait(10)
+    recording.readers.clear()
+    beside = served.stub.RankCandidates(request, timeout=10)
+    assert recording.readers and all(n.startswith("ranker-worker") for n in recording.readers)
+    release.set()
+    assert pending.result().candidate.id == wanted
+    assert [r.candidate_id for r in beside.results] == [r.candidate_id for r in alone.results]
+
+    # Switched off (RANKER_INLINE_LONE_RANKINGS=false): every ranking goes to a worker.
+    monkeypatch.setattr(served.server.service, "inline_lone_rankings", False)
+    recording.readers.clear()
+    served.stub.RankCandidates(request, timeout=10)
+    assert recording.readers and all(n.startswith("ranker-worker") for n in recording.readers)
+
+
 def test_concurrent_upserts_and_rankings_lose_nothing(
     served: ServerHandle, serving_demo: DemoData
 ) -> None:

@@ -31,6 +31,10 @@ def _rpc_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
     return [r.fields for r in caplog.records if r.name == "ranker.rpc"]  # type: ignore[attr-defined]
 
 
+def _line_of(caplog: pytest.LogCaptureFixture, request_id: str) -> bool:
+    return any(f["request_id"] == request_id for f in _rpc_lines(caplog))
+
+
 def test_a_client_request_id_round_trips_and_is_logged(
     served: ServerHandle, serving_demo: DemoData, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -40,6 +44,8 @@ def test_a_client_request_id_round_trips_and_is_logged(
             pb.RankCandidatesRequest(posting_id=posting, top_k=3),
             metadata=(("x-request-id", "ats-7f3a:42"),),
         )
+        # The line is written just after the answer leaves: wait for it while INFO is captured.
+        wait_for(lambda: _line_of(caplog, "ats-7f3a:42"), "the log line")
     assert ("x-request-id", "ats-7f3a:42") in call.trailing_metadata()
     (line,) = [f for f in _rpc_lines(caplog) if f["request_id"] == "ats-7f3a:42"]
     assert line["method"] == "/ranker.v1.CandidateRanker/RankCandidates"
@@ -71,9 +77,7 @@ def test_errors_carry_the_request_id_and_log_their_code(
             )
         # An aborted call's status reaches the client before the server's handler has unwound
         # and written its line, so wait for it (briefly, and while INFO is still captured).
-        wait_for(
-            lambda: any(f["request_id"] == "err-1" for f in _rpc_lines(caplog)), "the log line"
-        )
+        wait_for(lambda: _line_of(caplog, "err-1"), "the log line")
     assert e.value.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
     assert ("x-request-id", "err-1") in e.value.trailing_metadata()  # type: ignore[attr-defined]
     (line,) = [f for f in _rpc_lines(caplog) if f["request_id"] == "err-1"]
@@ -87,6 +91,7 @@ def test_every_unary_rpc_is_one_line(
         served.stub.GetModelInfo(pb.GetModelInfoRequest(), metadata=(("x-request-id", "a1"),))
         served.stub.ListPostings(pb.ListPostingsRequest(), metadata=(("x-request-id", "a2"),))
         served.health.Check(health_pb2.HealthCheckRequest(), metadata=(("x-request-id", "a3"),))
+        wait_for(lambda: all(_line_of(caplog, i) for i in ("a1", "a2", "a3")), "the log lines")
     by_id = {f["request_id"]: f for f in _rpc_lines(caplog)}
     assert by_id["a1"]["method"].endswith("/GetModelInfo") and by_id["a1"]["model_version"]
     assert by_id["a2"]["items"] > 0
@@ -126,15 +131,22 @@ def test_metrics_have_process_figures_and_ranking_histograms(
     served.stub.RankCandidates(
         pb.RankCandidatesRequest(posting_id=serving_demo.postings[1].id, top_k=4)
     )
-    text = generate_latest(served.server.metrics.registry).decode()
-    assert "process_cpu_seconds_total" in text and "python_info" in text
-    for name in ("ranker_result_score", "ranker_result_similarity", "ranker_eligible_candidates"):
-        count = next(
-            float(line.split()[-1])
-            for line in text.splitlines()
-            if line.startswith(f"{name}_count")
-        )
-        assert count > 0, name
+    names = ("ranker_result_score", "ranker_result_similarity", "ranker_eligible_candidates")
+
+    def counts() -> dict[str, float]:
+        text = generate_latest(served.server.metrics.registry).decode()
+        assert "process_cpu_seconds_total" in text and "python_info" in text
+        return {
+            name: next(
+                float(line.split()[-1])
+                for line in text.splitlines()
+                if line.startswith(f"{name}_count")
+            )
+            for name in names
+        }
+
+    # Observed with the log line, just after the answer has left.
+    wait_for(lambda: all(c > 0 for c in counts().values()), "the ranking histograms")
 
 
 def _record(**fields: object) -> logging.LogRecord:
